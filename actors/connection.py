@@ -1,0 +1,142 @@
+"""One client connection to the hub: a DEALER socket, the handshake and liveness.
+
+Not thread-safe: each Connection is used by exactly one thread (the producer's I/O thread, a
+consumer's caller, an actor's loop). Other threads talk to that thread, never to the socket.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import zmq
+
+from ..router import protocol
+from ..router.config import DEFAULT_BIND, HEARTBEAT_INTERVAL_MS, LIVENESS
+from ..router.protocol import Command
+from .errors import HubError, HubUnavailable, InvalidMessage
+
+ENV_HUB = "ZMQ_MQ_HUB"
+
+
+def resolve_endpoint(endpoint: str | None) -> str:
+    """The hub endpoint: the argument, else $ZMQ_MQ_HUB, else the hub's default bind."""
+    return endpoint or os.environ.get(ENV_HUB) or DEFAULT_BIND
+
+
+def monotonic_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+class Connection:
+    """A DEALER connected to the hub, with HELLO/WELCOME done and heartbeat bookkeeping."""
+
+    def __init__(self, endpoint: str | None, *, name: str = "", context: zmq.Context | None = None):
+        self.endpoint = resolve_endpoint(endpoint)
+        self.name = name
+        self._ctx = context or zmq.Context.instance()
+        self.socket: zmq.Socket | None = None
+        self.welcome: dict[str, Any] = {}
+        self.hub_instance: str | None = None
+        self.heartbeat_ms = HEARTBEAT_INTERVAL_MS
+        self.liveness = LIVENESS
+        self.last_heard = 0
+        self.last_sent = 0
+        self.limits: dict[str, int] = {}
+
+    def _new_socket(self) -> None:
+        if self.socket is not None:
+            self.socket.close(linger=0)
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)  # never drop: flow is bounded by our own windows
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        sock.connect(self.endpoint)
+        self.socket = sock
+
+    def open(self, timeout: float) -> dict:
+        """(Re)connect and handshake. Raises HubUnavailable if no WELCOME within ``timeout`` s."""
+        self._new_socket()
+        self.send(Command.HELLO, {"name": self.name, "pid": os.getpid()})
+        deadline = monotonic_ms() + int(timeout * 1000)
+        while True:
+            left = deadline - monotonic_ms()
+            if left <= 0 or not self.socket.poll(left, zmq.POLLIN):
+                raise HubUnavailable(
+                    f"no answer from the hub at {self.endpoint} within {timeout:g} s "
+                    "(is `zmq-mq hub` running there?)"
+                )
+            command, body = self.recv()
+            if command == Command.WELCOME:
+                self._welcomed(body)
+                return body
+            if command == Command.ERROR:
+                raise HubError.from_body(protocol.parse_error(body))
+
+    def _welcomed(self, body: dict) -> None:
+        self.welcome = body
+        self.hub_instance = body.get("hub")
+        self.heartbeat_ms = int(body.get("heartbeat_ms", HEARTBEAT_INTERVAL_MS))
+        self.liveness = int(body.get("liveness", LIVENESS))
+        self.limits = dict(body.get("limits") or {})
+
+    def send(self, command: bytes, body: Any) -> None:
+        self.socket.send_multipart(protocol.encode(command, body), copy=False)
+        self.last_sent = monotonic_ms()
+
+    def recv(self) -> tuple[bytes, Any]:
+        """Receive one command (blocking; poll first)."""
+        frames = self.socket.recv_multipart()
+        self.last_heard = monotonic_ms()
+        return protocol.decode(frames, protocol.HUB_COMMANDS)
+
+    def heartbeat_due(self, now: int) -> bool:
+        return now - self.last_sent >= self.heartbeat_ms
+
+    def hub_silent(self, now: int) -> bool:
+        """True when the hub has said nothing for ``liveness`` heartbeat intervals."""
+        return now - self.last_heard > self.heartbeat_ms * self.liveness
+
+    def check_message(self, topic: str, payload: bytes, key: str | None, headers: dict | None) -> None:
+        """Refuse locally what the hub would refuse, with the same words."""
+        problem = protocol.check_topic(topic)
+        if problem:
+            raise InvalidMessage(problem)
+        if not isinstance(payload, (bytes, bytearray, memoryview)):
+            raise InvalidMessage(f"payload must be bytes, not {type(payload).__name__}")
+        limit = self.limits.get("max_message_bytes", protocol.MAX_MESSAGE_BYTES)
+        if len(payload) > limit:
+            raise InvalidMessage(f"payload of {len(payload)} bytes is over the hub's limit of {limit}")
+        if key is not None and not isinstance(key, str):
+            raise InvalidMessage("key must be a string")
+        if headers is not None and not isinstance(headers, dict):
+            raise InvalidMessage("headers must be a dict")
+
+    def close(self) -> None:
+        if self.socket is not None:
+            self.socket.close(linger=0)
+            self.socket = None
+
+
+def request(endpoint: str | None, command: bytes, *, timeout: float = 10.0,
+            context: zmq.Context | None = None) -> Any:
+    """One admin round trip (e.g. TOPICS): connect, ask, return the REPLY body, close."""
+    conn = Connection(endpoint, name="admin", context=context)
+    try:
+        conn.open(timeout)
+        conn.send(command, [1])
+        deadline = monotonic_ms() + int(timeout * 1000)
+        while True:
+            left = deadline - monotonic_ms()
+            if left <= 0 or not conn.socket.poll(left, zmq.POLLIN):
+                raise HubUnavailable(f"no answer to {command.decode()} within {timeout:g} s")
+            reply, body = conn.recv()
+            if reply == Command.REPLY and isinstance(body, list) and body and body[0] == 1:
+                return body[1]
+            if reply == Command.ERROR:
+                raise HubError.from_body(protocol.parse_error(body))
+    finally:
+        conn.close()

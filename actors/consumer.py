@@ -1,0 +1,323 @@
+"""Consumer: a pull-style reader of durable subscriptions, and the session the Actor builds on.
+
+A ``Session`` owns one connection and the subscriptions attached through it: it turns DELIVER
+frames into ``Message`` objects, batches acks, sends heartbeats, and after a hub restart or a
+silent hub reconnects and re-attaches by itself (messages not yet handed to the application are
+dropped: the hub delivers them again). It is single-threaded: ``Consumer`` drives it from the
+caller's thread, ``Actor`` from its loop thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import zmq
+
+from ..router import protocol
+from ..router.protocol import Command
+from .connection import Connection, monotonic_ms
+from .errors import ClosedError, HubError, HubUnavailable
+from .message import Message
+
+log = logging.getLogger("zmq_mq.consumer")
+
+DEFAULT_CREDIT = 100
+
+
+@dataclass(slots=True)
+class SubscriptionSpec:
+    """What a client asked for when it subscribed; replayed on every re-attach."""
+
+    sid: int
+    topic: str
+    group: str
+    credit: int = DEFAULT_CREDIT
+    ack_wait_ms: int | None = None
+    max_deliver: int | None = None
+    start: str = "first"
+
+    def body(self) -> dict:
+        body: dict[str, Any] = {
+            "sid": self.sid,
+            "topic": self.topic,
+            "group": self.group,
+            "credit": self.credit,
+            "start": self.start,
+        }
+        if self.ack_wait_ms is not None:
+            body["ack_wait_ms"] = self.ack_wait_ms
+        if self.max_deliver is not None:
+            body["max_deliver"] = self.max_deliver
+        return body
+
+
+class Session:
+    """One connection's subscriptions, inbox and pending acks (single-threaded)."""
+
+    def __init__(self, endpoint: str | None, *, name: str = "", timeout: float = 10.0,
+                 context: zmq.Context | None = None) -> None:
+        self.conn = Connection(endpoint, name=name, context=context)
+        self.timeout = timeout
+        self.specs: dict[int, SubscriptionSpec] = {}
+        self.inbox: collections.deque[Message] = collections.deque()
+        self._acks: dict[int, list[int]] = {}
+        self._ack_count = 0
+        self._next_sid = 1
+        self._waiting: dict[int, Any] = {}  # sid -> SUBSCRIBED body or HubError, for subscribe()
+        self._detached: set[int] = set()
+        self.settler: Any = self  # who Message.ack() reports to (the Actor swaps in its own)
+        self.open = False
+        self.reattached = 0  # times this session re-attached after losing the hub
+
+    # --- connection ------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        self.conn.open(self.timeout)
+        self.open = True
+
+    def close(self) -> None:
+        self.conn.close()
+        self.open = False
+
+    def _reattach(self, reason: str) -> None:
+        """Subscribe every spec again (the hub lost or never had our attachments)."""
+        log.warning("re-attaching %d subscriptions: %s", len(self.specs), reason)
+        self.reattached += 1
+        self.inbox.clear()  # not handed out yet: the hub will deliver them again
+        for spec in self.specs.values():
+            self.conn.send(Command.SUBSCRIBE, spec.body())
+        self.flush_acks()  # acks of what was processed still count on the new hub
+
+    def _reconnect(self) -> None:
+        log.warning("hub at %s silent; reconnecting", self.conn.endpoint)
+        self.conn.open(self.conn.heartbeat_ms * self.conn.liveness / 1000)
+        self._reattach("reconnected")
+
+    # --- subscribing -----------------------------------------------------------------------
+
+    def subscribe(self, topic: str, group: str, *, credit: int = DEFAULT_CREDIT,
+                  ack_wait_ms: int | None = None, max_deliver: int | None = None,
+                  start: str = "first") -> SubscriptionSpec:
+        """Attach to subscription ``group`` on ``topic``; waits for the hub's answer."""
+        problem = protocol.check_topic(topic) or protocol.check_group(group)
+        if problem:
+            raise ValueError(problem)
+        if not self.open:
+            self.connect()
+        spec = SubscriptionSpec(self._next_sid, topic, group, credit, ack_wait_ms, max_deliver, start)
+        self._next_sid += 1
+        self.conn.send(Command.SUBSCRIBE, spec.body())
+        deadline = monotonic_ms() + int(self.timeout * 1000)
+        while spec.sid not in self._waiting:
+            left = deadline - monotonic_ms()
+            if left <= 0:
+                raise HubUnavailable(f"no answer to SUBSCRIBE within {self.timeout:g} s")
+            self.pump(left)
+        answer = self._waiting.pop(spec.sid)
+        if isinstance(answer, HubError):
+            raise answer
+        self.specs[spec.sid] = spec
+        return spec
+
+    def set_credit(self, sid: int, credit: int) -> None:
+        self.specs[sid].credit = credit
+        self.conn.send(Command.CREDIT, [sid, credit])
+
+    # --- the pump --------------------------------------------------------------------------
+
+    def pump(self, timeout_ms: int | None) -> None:
+        """Wait up to ``timeout_ms`` for traffic, handle all that arrived, keep the link alive."""
+        sock = self.conn.socket
+        hb = self.conn.heartbeat_ms
+        wait = hb if timeout_ms is None else min(timeout_ms, hb)
+        if sock.poll(max(0, wait), zmq.POLLIN):
+            while True:
+                self._handle(*self.conn.recv())
+                if not sock.poll(0, zmq.POLLIN):
+                    break
+        self.keepalive()
+
+    def keepalive(self) -> None:
+        now = monotonic_ms()
+        if self.conn.heartbeat_due(now):
+            self.conn.send(Command.HEARTBEAT, [])
+        if self.specs and self.conn.hub_silent(now):
+            try:
+                self._reconnect()
+            except HubUnavailable:
+                pass  # try again at the next pump; messages stay safe in the hub
+
+    def _handle(self, command: bytes, body: Any) -> None:
+        if command == Command.DELIVER:
+            self._on_deliver(body)
+        elif command == Command.HEARTBEAT:
+            instance = body[0] if isinstance(body, list) and body else None
+            if instance and self.conn.hub_instance and instance != self.conn.hub_instance:
+                self.conn.hub_instance = instance
+                if self.specs:
+                    self._reattach("hub restarted")
+        elif command == Command.SUBSCRIBED:
+            self._waiting[body["sid"]] = body
+        elif command == Command.DETACHED:
+            self._detached.add(body[0])
+        elif command == Command.ERROR:
+            err = protocol.parse_error(body)
+            if err["code"] == "unknown_subscription" and err.get("ref") in self.specs:
+                self._reattach("hub does not know our subscription")
+            elif err.get("command") == "SUBSCRIBE" and isinstance(err.get("ref"), int):
+                self._waiting[err["ref"]] = HubError.from_body(err)
+            else:
+                log.warning("hub error: %s: %s", err["code"], err["message"])
+        elif command == Command.WELCOME:
+            self.conn._welcomed(body)
+
+    def _on_deliver(self, body: Any) -> None:
+        sid, topic, entries = body
+        spec = self.specs.get(sid)
+        if spec is None:
+            return  # detached meanwhile: the hub takes them back
+        group = spec.group
+        settler = self.settler
+        append = self.inbox.append
+        unpackb = msgpack.unpackb
+        for seq, deliveries, record in entries:
+            ts, key, headers, payload = unpackb(record, raw=False)
+            append(Message(topic, seq, key, headers or {}, payload, deliveries, ts, group, sid, settler))
+
+    # --- settling --------------------------------------------------------------------------
+
+    def settle(self, msg: Message, kind: str, arg: Any = None) -> None:
+        """Record the application's decision on ``msg``; acks are batched, the rest sent now."""
+        if kind == "ack":
+            self._acks.setdefault(msg.sid, []).append(msg.seq)
+            self._ack_count += 1
+            spec = self.specs.get(msg.sid)
+            if spec is not None and self._ack_count * 2 >= spec.credit:
+                self.flush_acks()
+            return
+        if msg.sid not in self.specs:
+            return
+        by_topic = {msg.topic: [msg.seq]}
+        if kind == "nack":
+            self.conn.send(Command.NACK, [msg.sid, by_topic, arg or 0])
+        elif kind == "reject":
+            self.conn.send(Command.REJECT, [msg.sid, by_topic, str(arg)])
+        elif kind == "release":
+            self.conn.send(Command.RELEASE, [msg.sid, by_topic])
+        elif kind == "progress":
+            self.conn.send(Command.PROGRESS, [msg.sid, by_topic])
+
+    def flush_acks(self) -> None:
+        if not self._ack_count:
+            return
+        acks, self._acks, self._ack_count = self._acks, {}, 0
+        for sid, seqs in acks.items():
+            spec = self.specs.get(sid)
+            if spec is not None:
+                self.conn.send(Command.ACK, [sid, {spec.topic: seqs}])
+
+    def detach_all(self, timeout: float) -> bool:
+        """Flush acks, detach every subscription (releasing what was not settled) and wait for
+        the hub to confirm, which it does only after committing: the acks are then durable."""
+        if not self.open:
+            return True
+        self.flush_acks()
+        sids = list(self.specs)
+        for sid in sids:
+            self.conn.send(Command.DETACH, [sid])
+        self.inbox.clear()
+        deadline = monotonic_ms() + int(timeout * 1000)
+        while not all(s in self._detached for s in sids):
+            left = deadline - monotonic_ms()
+            if left <= 0:
+                return False
+            sock = self.conn.socket
+            if sock.poll(left, zmq.POLLIN):
+                command, body = self.conn.recv()
+                if command == Command.DETACHED:
+                    self._detached.add(body[0])
+        self.specs.clear()
+        return True
+
+
+class Consumer:
+    """Read durable subscriptions one message at a time, from the calling thread.
+
+    ::
+
+        with Consumer("tcp://127.0.0.1:5555") as consumer:
+            consumer.subscribe("orders", group="audit", credit=100)
+            while (msg := consumer.receive(timeout=5.0)) is not None:
+                print(msg.payload)
+                msg.ack()
+
+    Call ``receive`` at least every heartbeat interval (1 s by default) while holding messages,
+    or the hub takes the consumer for dead and hands its messages to others; for long work use
+    an ``Actor``, whose loop keeps the heartbeats going. ``close`` flushes acks and releases
+    every message received but not settled, and returns once the hub has committed that.
+    """
+
+    def __init__(self, endpoint: str | None = None, *, name: str = "consumer", timeout: float = 10.0,
+                 context: zmq.Context | None = None) -> None:
+        self._session = Session(endpoint, name=name, timeout=timeout, context=context)
+        self.timeout = timeout
+        self._closed = False
+
+    def __enter__(self) -> "Consumer":
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        if self._closed:
+            raise ClosedError("consumer is closed")
+        if not self._session.open:
+            self._session.connect()
+
+    def subscribe(self, topic: str, group: str, *, credit: int = DEFAULT_CREDIT,
+                  ack_wait: float | None = None, max_deliver: int | None = None,
+                  start: str = "first") -> int:
+        """Attach to subscription ``group`` on ``topic``; returns its handle (sid)."""
+        spec = self._session.subscribe(
+            topic, group, credit=credit,
+            ack_wait_ms=None if ack_wait is None else int(ack_wait * 1000),
+            max_deliver=max_deliver, start=start,
+        )
+        return spec.sid
+
+    def receive(self, timeout: float | None = None) -> Message | None:
+        """The next message, or None after ``timeout`` seconds without one (None: wait forever)."""
+        session = self._session
+        if session.inbox:
+            session.keepalive()
+            return session.inbox.popleft()
+        session.flush_acks()
+        deadline = None if timeout is None else monotonic_ms() + int(timeout * 1000)
+        while not session.inbox:
+            left = None if deadline is None else deadline - monotonic_ms()
+            if left is not None and left <= 0:
+                return None
+            session.pump(left)
+        return session.inbox.popleft()
+
+    def flush(self) -> None:
+        """Send the acks batched so far."""
+        self._session.flush_acks()
+
+    def close(self, timeout: float | None = None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._session.open and not self._session.detach_all(
+                self.timeout if timeout is None else timeout
+            ):
+                log.warning("hub did not confirm detach; unsettled messages return after ack_wait")
+        finally:
+            self._session.close()

@@ -1,0 +1,97 @@
+"""A delivered message, as handlers and consumers see it."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class _Settler(Protocol):
+    def settle(self, msg: "Message", kind: str, arg: Any = None) -> None: ...
+
+
+class Message:
+    """One delivery of a stored message.
+
+    ``payload`` is bytes; ``deliveries`` is 1 on the first delivery and grows with each
+    redelivery; ``timestamp`` is the hub's clock at publish, in integer milliseconds since the
+    epoch. ``ack``, ``nack``, ``reject``, ``release`` and ``progress`` settle it explicitly;
+    an Actor acks on return and nacks on exception when the handler did neither.
+    """
+
+    # Slots: a consumer creates one per delivery, on the hot path.
+    __slots__ = (
+        "topic",
+        "seq",
+        "key",
+        "headers",
+        "payload",
+        "deliveries",
+        "timestamp",
+        "group",
+        "sid",
+        "settled",
+        "_settler",
+    )
+
+    def __init__(
+        self,
+        topic: str,
+        seq: int,
+        key: str | None,
+        headers: dict,
+        payload: bytes,
+        deliveries: int,
+        timestamp: int,
+        group: str,
+        sid: int,
+        settler: _Settler | None,
+    ) -> None:
+        self.topic = topic
+        self.seq = seq
+        self.key = key
+        self.headers = headers
+        self.payload = payload
+        self.deliveries = deliveries
+        self.timestamp = timestamp
+        self.group = group
+        self.sid = sid
+        self.settled: str | None = None
+        self._settler = settler
+
+    def text(self, encoding: str = "utf-8") -> str:
+        """The payload decoded as text."""
+        return self.payload.decode(encoding)
+
+    def _settle(self, kind: str, arg: Any = None) -> None:
+        if self.settled is not None:
+            return  # settling twice is a no-op: the first decision stands
+        self.settled = kind
+        if self._settler is not None:
+            self._settler.settle(self, kind, arg)
+
+    def ack(self) -> None:
+        """Done: never deliver it to this subscription again."""
+        self._settle("ack")
+
+    def nack(self, delay: float = 0.0) -> None:
+        """Failed: deliver again after ``delay`` seconds (dead-lettered at max_deliver)."""
+        self._settle("nack", int(delay * 1000))
+
+    def reject(self, reason: str = "rejected") -> None:
+        """Dead-letter it now, with ``reason`` in its ``x-reason`` header."""
+        self._settle("reject", reason)
+
+    def release(self) -> None:
+        """Not processed: give it back to be delivered again, without counting an attempt."""
+        self._settle("release")
+
+    def progress(self) -> None:
+        """Still working on it: push the redelivery deadline ``ack_wait`` further."""
+        if self.settled is None and self._settler is not None:
+            self._settler.settle(self, "progress", None)
+
+    def __repr__(self) -> str:
+        return (
+            f"Message(topic={self.topic!r}, seq={self.seq}, key={self.key!r}, "
+            f"deliveries={self.deliveries}, payload={self.payload[:40]!r})"
+        )

@@ -1,0 +1,1 @@
+"""The zmq-mq command line."""

@@ -1,0 +1,1 @@
+"""The hub: protocol, subscription state machine and the event loop."""

@@ -1,0 +1,244 @@
+"""zmq-mq wire protocol, version 1: the single source of truth for hub and clients.
+
+Pure code: no sockets, no clock. ``docs/PROTOCOL.md`` describes the same thing for people.
+
+Frame layout
+------------
+Every command is one ZeroMQ multipart message of exactly three frames (the hub's ROUTER socket
+sees the sender's routing id in front of them, and prepends it to replies)::
+
+    frame 0  signature   b"ZMQMQ/1"              protocol name and version
+    frame 1  command     ASCII name, e.g. b"PUBLISH"
+    frame 2  body        msgpack; the schema depends on the command (see COMMANDS below)
+
+Hot-path bodies (PUBLISH, CONFIRM, DELIVER, ACK, ...) are msgpack *arrays* so that encoding is
+cheap; rare ones (HELLO, SUBSCRIBE, ERROR, ...) are msgpack *maps* so that they can grow.
+
+A stored message record (what the LMDB log holds, and what DELIVER and the PUB socket carry
+unchanged, so the hub never decodes and re-encodes a payload) is the msgpack array
+``[timestamp_ms, key, headers, payload]``.
+
+Decoding never raises anything but :class:`DecodeError`, which carries an error code from
+:class:`ErrorCode` so the hub can answer the sender precisely.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from typing import Any
+
+import msgpack
+
+VERSION = 1
+SIGNATURE = b"ZMQMQ/1"
+SIGNATURE_PREFIX = b"ZMQMQ/"
+
+# Limits the hub enforces by default (each can be changed on the hub's command line). They are
+# told to clients in WELCOME so that a well-behaved client refuses bad input before sending it.
+MAX_FRAME_BYTES = 64 * 1024 * 1024  # one frame; larger gets too_large (bounded hub memory)
+MAX_MESSAGE_BYTES = 1024 * 1024  # one payload
+MAX_HEADERS_BYTES = 64 * 1024  # one message's key + headers, packed
+MAX_BATCH_MESSAGES = 10_000  # messages in one PUBLISH
+MAX_TOPIC_LENGTH = 255
+MAX_GROUP_LENGTH = 255
+MAX_CREDIT = 100_000  # per attachment: bounds hub and client memory
+
+# Topic names: dot-separated tokens of letters, digits, '_', '-'; e.g. "orders", "dlq.billing".
+# '*' and '>' are reserved for patterns, whitespace and empty tokens are refused.
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
+_GROUP_RE = re.compile(r"^[A-Za-z0-9_\-.]+$")
+
+
+class Command:
+    """Command names (frame 1). Client-to-hub first, then hub-to-client."""
+
+    HELLO = b"HELLO"
+    PUBLISH = b"PUBLISH"
+    SUBSCRIBE = b"SUBSCRIBE"
+    CREDIT = b"CREDIT"
+    ACK = b"ACK"
+    NACK = b"NACK"
+    RELEASE = b"RELEASE"
+    REJECT = b"REJECT"
+    PROGRESS = b"PROGRESS"
+    DETACH = b"DETACH"
+    HEARTBEAT = b"HEARTBEAT"
+    TOPICS = b"TOPICS"
+
+    WELCOME = b"WELCOME"
+    CONFIRM = b"CONFIRM"
+    SUBSCRIBED = b"SUBSCRIBED"
+    DELIVER = b"DELIVER"
+    DETACHED = b"DETACHED"
+    REPLY = b"REPLY"
+    ERROR = b"ERROR"
+
+
+CLIENT_COMMANDS = frozenset(
+    {
+        Command.HELLO,
+        Command.PUBLISH,
+        Command.SUBSCRIBE,
+        Command.CREDIT,
+        Command.ACK,
+        Command.NACK,
+        Command.RELEASE,
+        Command.REJECT,
+        Command.PROGRESS,
+        Command.DETACH,
+        Command.HEARTBEAT,
+        Command.TOPICS,
+    }
+)
+HUB_COMMANDS = frozenset(
+    {
+        Command.WELCOME,
+        Command.CONFIRM,
+        Command.SUBSCRIBED,
+        Command.DELIVER,
+        Command.DETACHED,
+        Command.HEARTBEAT,
+        Command.REPLY,
+        Command.ERROR,
+    }
+)
+
+
+class ErrorCode(str, Enum):
+    """Stable error codes carried by ERROR. Clients may switch on them; they never change meaning."""
+
+    BAD_FRAME = "bad_frame"  # wrong number of frames, or frame 0 is not a zmq-mq signature
+    BAD_VERSION = "bad_version"  # a zmq-mq signature with a version this hub does not speak
+    UNKNOWN_COMMAND = "unknown_command"  # frame 1 names no command
+    BAD_BODY = "bad_body"  # frame 2 is not msgpack, or not the schema the command needs
+    TOO_LARGE = "too_large"  # frame, payload, headers or batch over the hub's limits
+    BAD_TOPIC = "bad_topic"  # topic name breaks the naming rules
+    BAD_GROUP = "bad_group"  # subscription (group) name breaks the naming rules
+    INVALID = "invalid"  # a well-formed command with a value out of range
+    UNKNOWN_SUBSCRIPTION = "unknown_subscription"  # sid not attached on this connection
+    UNKNOWN_SEQUENCE = "unknown_sequence"  # ack/nack/... of a sequence never published
+    STORAGE_FULL = "storage_full"  # the LMDB map or the disk is full: nothing was stored
+    STORAGE_ERROR = "storage_error"  # another storage failure: nothing was stored
+    INTERNAL = "internal"  # a bug in the hub; the hub keeps serving
+
+
+class DecodeError(Exception):
+    """The peer sent something that is not valid protocol v1 (the peer's fault)."""
+
+    def __init__(self, code: ErrorCode, message: str, command: bytes | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.command = command
+
+
+# --- encoding ------------------------------------------------------------------------------
+
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+def pack(obj: Any) -> bytes:
+    """Encode a body (or a message record) as msgpack."""
+    return _packer.pack(obj)
+
+
+def unpack(data: bytes) -> Any:
+    """Decode msgpack produced by :func:`pack` (str stays str, bytes stay bytes)."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def encode(command: bytes, body: Any) -> list[bytes]:
+    """The three frames of one command (without a routing id)."""
+    return [SIGNATURE, command, _packer.pack(body)]
+
+
+def pack_record(timestamp_ms: int, key: str | None, headers: dict | None, payload: bytes) -> bytes:
+    """A stored message record: ``[timestamp_ms, key, headers, payload]``."""
+    return _packer.pack([timestamp_ms, key, headers, payload])
+
+
+def unpack_record(data: bytes) -> tuple[int, str | None, dict, bytes]:
+    ts, key, headers, payload = msgpack.unpackb(data, raw=False)
+    return ts, key, headers or {}, payload
+
+
+# --- decoding ------------------------------------------------------------------------------
+
+
+def decode(frames: list[bytes], known: frozenset[bytes] = CLIENT_COMMANDS) -> tuple[bytes, Any]:
+    """Parse the frames of one command into ``(command, body)``.
+
+    ``known`` is the set of commands the receiver accepts (the hub passes CLIENT_COMMANDS, a client
+    HUB_COMMANDS). Raises DecodeError, and nothing else, for any input that is not valid.
+    """
+    if len(frames) != 3:
+        raise DecodeError(ErrorCode.BAD_FRAME, f"expected 3 frames, got {len(frames)}")
+    sig, command, body = frames
+    if sig != SIGNATURE:
+        if bytes(sig[: len(SIGNATURE_PREFIX)]) == SIGNATURE_PREFIX:
+            raise DecodeError(
+                ErrorCode.BAD_VERSION,
+                f"protocol {bytes(sig)[:32]!r} not supported; this hub speaks {SIGNATURE.decode()}",
+            )
+        raise DecodeError(ErrorCode.BAD_FRAME, f"frame 0 must be {SIGNATURE!r}")
+    command = bytes(command)
+    if command not in known:
+        raise DecodeError(ErrorCode.UNKNOWN_COMMAND, f"unknown command {command[:32]!r}")
+    try:
+        obj = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise DecodeError(ErrorCode.BAD_BODY, f"body is not valid msgpack: {exc}", command) from None
+    return command, obj
+
+
+def check_topic(topic: Any) -> str | None:
+    """Return an error text if ``topic`` is not a valid topic name, else None."""
+    if not isinstance(topic, str):
+        return "topic must be a string"
+    if len(topic) > MAX_TOPIC_LENGTH:
+        return f"topic longer than {MAX_TOPIC_LENGTH} characters"
+    if not _TOPIC_RE.match(topic):
+        return (
+            f"bad topic name {topic[:64]!r}: use dot-separated tokens of letters, digits, '_' "
+            "and '-' (e.g. 'orders.eu')"
+        )
+    return None
+
+
+def check_group(group: Any) -> str | None:
+    """Return an error text if ``group`` is not a valid subscription name, else None."""
+    if not isinstance(group, str):
+        return "group must be a string"
+    if len(group) > MAX_GROUP_LENGTH:
+        return f"group longer than {MAX_GROUP_LENGTH} characters"
+    if not _GROUP_RE.match(group):
+        return f"bad group name {group[:64]!r}: use letters, digits, '_', '-' and '.'"
+    return None
+
+
+def dlq_topic(group: str) -> str:
+    """The default dead-letter topic of a subscription."""
+    return f"dlq.{group}"
+
+
+def error_body(code: ErrorCode | str, message: str, command: bytes | None = None, ref: Any = None) -> dict:
+    return {
+        "code": code.value if isinstance(code, ErrorCode) else code,
+        "message": message,
+        "command": command.decode("ascii", "replace") if command else None,
+        "ref": ref,
+    }
+
+
+def parse_error(body: Any) -> dict:
+    """Normalise an ERROR body from the hub into a dict with code, message, command, ref."""
+    if not isinstance(body, dict):
+        return {"code": "bad_body", "message": repr(body)[:200], "command": None, "ref": None}
+    return {
+        "code": str(body.get("code")),
+        "message": str(body.get("message")),
+        "command": body.get("command"),
+        "ref": body.get("ref"),
+        **{k: v for k, v in body.items() if k not in ("code", "message", "command", "ref")},
+    }
