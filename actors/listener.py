@@ -35,7 +35,8 @@ class Listener:
                 return None
             topic, body = self.socket.recv_multipart()
             name = topic.decode()
-            for seq, record in msgpack.unpackb(body, raw=False):
+            first, records = msgpack.unpackb(body, raw=False)
+            for seq, record in enumerate(records, first):
                 ts, key, headers, payload = msgpack.unpackb(record, raw=False)
                 self._pending.append(Message(name, seq, key, headers or {}, payload, 1, ts, "", 0, None))
             self._pending.reverse()

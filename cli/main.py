@@ -16,7 +16,8 @@ import typer
 from ..actors import Actor, Consumer, Producer
 from ..actors.connection import ENV_HUB, request
 from ..actors.errors import HubError, HubUnavailable, InvalidMessage, ZmqMqError
-from ..router.config import DEFAULT_BIND, DEFAULT_DATA_DIR, DEFAULT_PUB, HubConfig
+from ..router.config import DEFAULT_BIND, DEFAULT_DATA_DIR, DEFAULT_PUB, HEARTBEAT_INTERVAL_MS, HubConfig
+from ..router.protocol import MAX_MESSAGE_BYTES
 from ..router.protocol import Command
 
 app = typer.Typer(
@@ -58,8 +59,8 @@ def hub(
     ),
     map_size_mb: int = typer.Option(1024, "--map-size-mb", help="Initial LMDB map size (grows on demand)."),
     max_size_mb: Optional[int] = typer.Option(None, "--max-size-mb", help="Cap on the LMDB map size (default: until the disk is full)."),
-    max_message_bytes: int = typer.Option(HubConfig.max_message_bytes, "--max-message-bytes"),
-    heartbeat_ms: int = typer.Option(HubConfig.heartbeat_ms, "--heartbeat-ms"),
+    max_message_bytes: int = typer.Option(MAX_MESSAGE_BYTES, "--max-message-bytes", help="Largest payload accepted."),
+    heartbeat_ms: int = typer.Option(HEARTBEAT_INTERVAL_MS, "--heartbeat-ms", help="Heartbeat interval told to clients."),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Run the hub until SIGINT or SIGTERM."""

@@ -264,9 +264,9 @@ class Hub:
         return [sub for (t, _), sub in self.subs.items() if t == topic]
 
     def _broadcast(self, stored: dict[str, tuple[int, list[bytes]]]) -> None:
-        """Live feed: one PUB frame per topic per turn: ``[topic, msgpack [[seq, record], ...]]``."""
+        """Live feed: one PUB message per topic per turn: ``[topic, msgpack [first_seq, [record, ...]]]``."""
         for topic, (first, records) in stored.items():
-            body = protocol.pack([[first + i, rec] for i, rec in enumerate(records)])
+            body = protocol.pack([first, records])
             try:
                 self.pub.send_multipart([topic.encode(), body], zmq.NOBLOCK)
             except zmq.Again:  # at-most-once by design: slow listeners lose messages

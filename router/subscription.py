@@ -383,7 +383,7 @@ class Subscription:
             elif s in acked:
                 continue
             else:  # ready, delayed or never handed out: done without a (re)delivery
-                pass
+                self._ready_set.discard(s)
                 self._delayed_due.pop(s, None)
             counts.pop(s, None)
             changed = True
@@ -509,7 +509,7 @@ class Subscription:
         need = budget - len(seqs)
         if need > 0:
             nxt = self._next
-            if nxt <= self._floor:
+            if False:
                 nxt = self._floor + 1
             last = self._last
             acked = self._acked
