@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +57,12 @@ class SubscriptionSpec:
 
 
 class Session:
-    """One connection's subscriptions, inbox and pending acks (single-threaded)."""
+    """One connection's subscriptions, inbox and pending acks.
+
+    Every use of the socket happens under ``lock``, so that a Consumer's keeper thread can keep
+    heartbeats going while the application is busy (or blocked writing its output) between
+    ``receive`` calls; an Actor uses it from its loop thread only, uncontended.
+    """
 
     def __init__(self, endpoint: str | None, *, name: str = "", timeout: float = 10.0,
                  context: zmq.Context | None = None) -> None:
@@ -70,6 +76,7 @@ class Session:
         self._waiting: dict[int, Any] = {}  # sid -> SUBSCRIBED body or HubError, for subscribe()
         self._detached: set[int] = set()
         self.settler: Any = self  # who Message.ack() reports to (the Actor swaps in its own)
+        self.lock = threading.RLock()
         self.open = False
         self.reattached = 0  # times this session re-attached after losing the hub
 
@@ -80,8 +87,9 @@ class Session:
         self.open = True
 
     def close(self) -> None:
-        self.conn.close()
-        self.open = False
+        with self.lock:
+            self.conn.close()
+            self.open = False
 
     def _reattach(self, reason: str) -> None:
         """Subscribe every spec again (the hub lost or never had our attachments)."""
@@ -110,7 +118,8 @@ class Session:
             self.connect()
         spec = SubscriptionSpec(self._next_sid, topic, group, credit, ack_wait_ms, max_deliver, start)
         self._next_sid += 1
-        self.conn.send(Command.SUBSCRIBE, spec.body())
+        with self.lock:
+            self.conn.send(Command.SUBSCRIBE, spec.body())
         deadline = monotonic_ms() + int(self.timeout * 1000)
         while spec.sid not in self._waiting:
             left = deadline - monotonic_ms()
@@ -124,32 +133,35 @@ class Session:
         return spec
 
     def set_credit(self, sid: int, credit: int) -> None:
-        self.specs[sid].credit = credit
-        self.conn.send(Command.CREDIT, [sid, credit])
+        with self.lock:
+            self.specs[sid].credit = credit
+            self.conn.send(Command.CREDIT, [sid, credit])
 
     # --- the pump --------------------------------------------------------------------------
 
     def pump(self, timeout_ms: int | None) -> None:
         """Wait up to ``timeout_ms`` for traffic, handle all that arrived, keep the link alive."""
-        sock = self.conn.socket
-        hb = self.conn.heartbeat_ms
-        wait = hb if timeout_ms is None else min(timeout_ms, hb)
-        if sock.poll(max(0, wait), zmq.POLLIN):
-            while True:
-                self._handle(*self.conn.recv())
-                if not sock.poll(0, zmq.POLLIN):
-                    break
-        self.keepalive()
+        with self.lock:
+            sock = self.conn.socket
+            hb = self.conn.heartbeat_ms
+            wait = hb if timeout_ms is None else min(timeout_ms, hb)
+            if sock.poll(max(0, wait), zmq.POLLIN):
+                while True:
+                    self._handle(*self.conn.recv())
+                    if not sock.poll(0, zmq.POLLIN):
+                        break
+            self.keepalive()
 
     def keepalive(self) -> None:
-        now = monotonic_ms()
-        if self.conn.heartbeat_due(now):
-            self.conn.send(Command.HEARTBEAT, [])
-        if self.specs and self.conn.hub_silent(now):
-            try:
-                self._reconnect()
-            except HubUnavailable:
-                pass  # try again at the next pump; messages stay safe in the hub
+        with self.lock:
+            now = monotonic_ms()
+            if self.conn.heartbeat_due(now):
+                self.conn.send(Command.HEARTBEAT, [])
+            if self.specs and self.conn.hub_silent(now) and not self.conn.socket.poll(0, zmq.POLLIN):
+                try:
+                    self._reconnect()
+                except HubUnavailable:
+                    pass  # try again at the next pump; messages stay safe in the hub
 
     def _handle(self, command: bytes, body: Any) -> None:
         if command == Command.DELIVER:
@@ -192,6 +204,10 @@ class Session:
 
     def settle(self, msg: Message, kind: str, arg: Any = None) -> None:
         """Record the application's decision on ``msg``; acks are batched, the rest sent now."""
+        with self.lock:
+            self._settle(msg, kind, arg)
+
+    def _settle(self, msg: Message, kind: str, arg: Any) -> None:
         if kind == "ack":
             self._acks.setdefault(msg.sid, []).append(msg.seq)
             self._ack_count += 1
@@ -214,15 +230,20 @@ class Session:
     def flush_acks(self) -> None:
         if not self._ack_count:
             return
-        acks, self._acks, self._ack_count = self._acks, {}, 0
-        for sid, seqs in acks.items():
-            spec = self.specs.get(sid)
-            if spec is not None:
-                self.conn.send(Command.ACK, [sid, {spec.topic: seqs}])
+        with self.lock:
+            acks, self._acks, self._ack_count = self._acks, {}, 0
+            for sid, seqs in acks.items():
+                spec = self.specs.get(sid)
+                if spec is not None:
+                    self.conn.send(Command.ACK, [sid, {spec.topic: seqs}])
 
     def detach_all(self, timeout: float) -> bool:
         """Flush acks, detach every subscription (releasing what was not settled) and wait for
         the hub to confirm, which it does only after committing: the acks are then durable."""
+        with self.lock:
+            return self._detach_all(timeout)
+
+    def _detach_all(self, timeout: float) -> bool:
         if not self.open:
             return True
         self.flush_acks()
@@ -255,9 +276,9 @@ class Consumer:
                 print(msg.payload)
                 msg.ack()
 
-    Call ``receive`` at least every heartbeat interval (1 s by default) while holding messages,
-    or the hub takes the consumer for dead and hands its messages to others; for long work use
-    an ``Actor``, whose loop keeps the heartbeats going. ``close`` flushes acks and releases
+    A keeper thread answers heartbeats while the application is busy between ``receive`` calls,
+    so slow work is not mistaken for a dead consumer; a message not settled within ``ack_wait``
+    is delivered again to another consumer all the same. ``close`` flushes acks and releases
     every message received but not settled, and returns once the hub has committed that.
     """
 
@@ -266,6 +287,8 @@ class Consumer:
         self._session = Session(endpoint, name=name, timeout=timeout, context=context)
         self.timeout = timeout
         self._closed = False
+        self._keeper: threading.Thread | None = None
+        self._stop_keeper = threading.Event()
 
     def __enter__(self) -> "Consumer":
         self.connect()
@@ -279,6 +302,23 @@ class Consumer:
             raise ClosedError("consumer is closed")
         if not self._session.open:
             self._session.connect()
+        if self._keeper is None:
+            self._keeper = threading.Thread(target=self._keep, name="zmq-mq-consumer-keeper", daemon=True)
+            self._keeper.start()
+
+    def _keep(self) -> None:
+        """Heartbeats and incoming traffic while the application is away from receive()."""
+        session = self._session
+        interval = session.conn.heartbeat_ms / 2000
+        while not self._stop_keeper.wait(interval):
+            if session.lock.acquire(timeout=interval):
+                try:
+                    if session.open and session.conn.socket is not None:
+                        session.pump(0)
+                except Exception:  # never let the keeper die silently on a transient error
+                    log.exception("consumer keeper")
+                finally:
+                    session.lock.release()
 
     def subscribe(self, topic: str, group: str, *, credit: int = DEFAULT_CREDIT,
                   ack_wait: float | None = None, max_deliver: int | None = None,
@@ -294,17 +334,17 @@ class Consumer:
     def receive(self, timeout: float | None = None) -> Message | None:
         """The next message, or None after ``timeout`` seconds without one (None: wait forever)."""
         session = self._session
-        if session.inbox:
-            session.keepalive()
-            return session.inbox.popleft()
-        session.flush_acks()
         deadline = None if timeout is None else monotonic_ms() + int(timeout * 1000)
-        while not session.inbox:
-            left = None if deadline is None else deadline - monotonic_ms()
-            if left is not None and left <= 0:
-                return None
-            session.pump(left)
-        return session.inbox.popleft()
+        while True:
+            with session.lock:  # the keeper thread may re-attach, which empties the inbox
+                session.keepalive()
+                if session.inbox:
+                    return session.inbox.popleft()
+                session.flush_acks()
+                left = None if deadline is None else deadline - monotonic_ms()
+                if left is not None and left <= 0:
+                    return None
+                session.pump(left)
 
     def flush(self) -> None:
         """Send the acks batched so far."""
@@ -314,6 +354,9 @@ class Consumer:
         if self._closed:
             return
         self._closed = True
+        self._stop_keeper.set()
+        if self._keeper is not None:
+            self._keeper.join()
         try:
             if self._session.open and not self._session.detach_all(
                 self.timeout if timeout is None else timeout

@@ -257,7 +257,8 @@ def topics(
             head = [t["topic"], str(t["messages"]), str(t["first_seq"]), str(t["last_seq"]), str(t["bytes"])] if i == 0 else [""] * 5
             tail = [s["group"], str(s["ack_floor"]), str(s["lag"]), str(s["in_flight"]), str(s["actors"])] if s else ["-", "", "", "", ""]
             table.add_row(*head, *tail)
-    Console().print(table)
+    # piped output: wide enough that no column is cut to "…"
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 # --- demo ----------------------------------------------------------------------------------

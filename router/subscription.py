@@ -457,7 +457,7 @@ class Subscription:
         dead: list[DeadLetter] = []
         timers = self._timers
         inflight = self._inflight
-        while timers and timers[0][0] <= now:
+        while timers and timers[0][0] <= now + 1:
             deadline, _, group = heapq.heappop(timers)
             self._timer_refs -= len(group)
             for s in group:
@@ -509,7 +509,7 @@ class Subscription:
         need = budget - len(seqs)
         if need > 0:
             nxt = self._next
-            if False:
+            if nxt <= self._floor:
                 nxt = self._floor + 1
             last = self._last
             acked = self._acked
