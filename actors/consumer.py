@@ -119,17 +119,22 @@ class Session:
         spec = SubscriptionSpec(self._next_sid, topic, group, credit, ack_wait_ms, max_deliver, start)
         self._next_sid += 1
         with self.lock:
+            # Registered before sending: DELIVER frames may follow SUBSCRIBED in the same read.
+            self.specs[spec.sid] = spec
             self.conn.send(Command.SUBSCRIBE, spec.body())
-        deadline = monotonic_ms() + int(self.timeout * 1000)
-        while spec.sid not in self._waiting:
-            left = deadline - monotonic_ms()
-            if left <= 0:
-                raise HubUnavailable(f"no answer to SUBSCRIBE within {self.timeout:g} s")
-            self.pump(left)
-        answer = self._waiting.pop(spec.sid)
-        if isinstance(answer, HubError):
-            raise answer
-        self.specs[spec.sid] = spec
+            deadline = monotonic_ms() + int(self.timeout * 1000)
+            try:
+                while spec.sid not in self._waiting:
+                    left = deadline - monotonic_ms()
+                    if left <= 0:
+                        raise HubUnavailable(f"no answer to SUBSCRIBE within {self.timeout:g} s")
+                    self.pump(left)
+                answer = self._waiting.pop(spec.sid)
+                if isinstance(answer, HubError):
+                    raise answer
+            except BaseException:
+                self.specs.pop(spec.sid, None)
+                raise
         return spec
 
     def set_credit(self, sid: int, credit: int) -> None:
@@ -178,10 +183,10 @@ class Session:
             self._detached.add(body[0])
         elif command == Command.ERROR:
             err = protocol.parse_error(body)
-            if err["code"] == "unknown_subscription" and err.get("ref") in self.specs:
-                self._reattach("hub does not know our subscription")
-            elif err.get("command") == "SUBSCRIBE" and isinstance(err.get("ref"), int):
+            if err.get("command") == "SUBSCRIBE" and isinstance(err.get("ref"), int):
                 self._waiting[err["ref"]] = HubError.from_body(err)
+            elif err["code"] == "unknown_subscription" and err.get("ref") in self.specs:
+                self._reattach("hub does not know our subscription")
             else:
                 log.warning("hub error: %s: %s", err["code"], err["message"])
         elif command == Command.WELCOME:

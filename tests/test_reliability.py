@@ -1,0 +1,224 @@
+"""Failures handled: dead actors, poison messages, slow actors, garbage on the wire."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import msgpack
+import pytest
+import zmq
+
+from conftest import wait_for
+from zmq_mq.actors import Actor, Consumer, Producer
+from zmq_mq.router import protocol
+from zmq_mq.router.protocol import SIGNATURE
+
+HOLDER = textwrap.dedent(
+    """
+    import sys, threading
+    from zmq_mq.actors import Consumer
+    c = Consumer(sys.argv[1])
+    c.connect()
+    c.subscribe("jobs", "workers", credit=10)
+    got = [c.receive(timeout=30).seq for _ in range(10)]
+    print(" ".join(map(str, got)), flush=True)
+    threading.Event().wait()   # hold them, never ack, until killed
+    """
+)
+
+
+@pytest.mark.slow
+def test_messages_held_by_a_killed_actor_go_to_another_actor(hub, processes):
+    # Given 30 messages and an actor process holding 10 of them unacked
+    with Producer(hub.endpoint) as p:
+        for i in range(30):
+            p.publish("jobs", b"job %d" % i)
+    holder = processes(subprocess.Popen([sys.executable, "-c", HOLDER, hub.endpoint],
+                                        stdout=subprocess.PIPE, text=True))
+    held = {int(s) for s in holder.stdout.readline().split()}
+    assert len(held) == 10
+
+    # When it is killed with SIGKILL while another actor of the group is consuming
+    seen: dict[int, int] = {}
+    all_seen = threading.Event()
+
+    def handle(msg):
+        seen[msg.seq] = msg.deliveries
+        if len(seen) == 30:
+            all_seen.set()
+
+    other = Actor(hub.endpoint, name="survivor")
+    other.add_handler("jobs", handle, group="workers", credit=10)
+    other.start()
+    try:
+        holder.kill()
+        holder.wait(10)
+        # Then the held messages reach the survivor (within a few heartbeat intervals), none lost
+        assert all_seen.wait(30), f"missing {set(range(1, 31)) - set(seen)} {hub.hub.topics()}"
+    finally:
+        other.stop()
+    assert set(seen) == set(range(1, 31))
+    assert all(seen[s] == 2 for s in held)  # their second delivery
+
+
+def test_a_poison_message_is_dead_lettered_after_max_deliver_and_others_flow(hub):
+    # Given a handler that always fails on one message
+    processed = []
+    done = threading.Event()
+
+    def handle(msg):
+        if msg.payload == b"poison":
+            raise ValueError("cannot process poison")
+        processed.append(msg.seq)
+        if len(processed) == 9:
+            done.set()
+
+    actor = Actor(hub.endpoint, name="billing-1")
+    actor.add_handler("orders", handle, group="billing", credit=5, max_deliver=3)
+    actor.start()
+    try:
+        with Producer(hub.endpoint) as p:
+            for i in range(10):
+                p.publish("orders", b"poison" if i == 4 else b"ok %d" % i, key="k", headers={"n": str(i)})
+        assert done.wait(20)
+        # Then the poison message lands in dlq.billing with its origin
+        with Consumer(hub.endpoint) as c:
+            c.subscribe("dlq.billing", "inspect")
+            dead = c.receive(timeout=20)
+            assert dead is not None
+            dead.ack()
+    finally:
+        actor.stop()
+    assert sorted(processed) == [1, 2, 3, 4, 6, 7, 8, 9, 10]
+    assert dead.payload == b"poison" and dead.key == "k"
+    assert dead.headers["n"] == "4"
+    assert dead.headers["x-origin-topic"] == "orders"
+    assert dead.headers["x-origin-seq"] == 5
+    assert dead.headers["x-subscription"] == "billing"
+    assert dead.headers["x-deliveries"] == 3
+    assert "nack" in dead.headers["x-reason"]
+
+
+def test_reject_dead_letters_at_once(hub):
+    with Producer(hub.endpoint) as p:
+        p.publish("orders", b"bad")
+    with Consumer(hub.endpoint) as c:
+        c.subscribe("orders", "strict")
+        c.receive(timeout=10).reject("schema invalid")
+        c.subscribe("dlq.strict", "inspect")
+        dead = c.receive(timeout=10)
+    assert dead.headers["x-reason"].endswith("schema invalid")
+    assert dead.headers["x-deliveries"] == 1
+
+
+def test_an_unacked_message_is_redelivered_after_ack_wait(hub):
+    with Producer(hub.endpoint) as p:
+        p.publish("orders", b"slow")
+    with Consumer(hub.endpoint) as c:
+        c.subscribe("orders", "g", ack_wait=0.3)
+        first = c.receive(timeout=10)
+        again = c.receive(timeout=10)  # not acked: comes back after 0.3 s
+        assert again is not None and again.seq == first.seq and again.deliveries == 2
+        again.ack()
+
+
+def _rss_anon_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    raise AssertionError("no RssAnon")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")
+def test_credit_bounds_in_flight_and_hub_memory_stays_flat_with_a_backlog(hub_process):
+    # Given a hub process and a consumer with credit 10 that never acks
+    hub = hub_process()
+    with Producer(hub.endpoint) as p:
+        for i in range(1000):
+            p.publish_async("flood", b"x" * 128)
+        p.flush()
+        c = Consumer(hub.endpoint)
+        c.connect()
+        c.subscribe("flood", "lazy", credit=10, ack_wait=3600)
+        held = [c.receive(timeout=10) for _ in range(10)]
+        assert all(m is not None for m in held)
+        baseline = _rss_anon_kb(hub.pid)
+
+        # When 100,000 more messages are published
+        for _ in range(100):
+            for i in range(1000):
+                p.publish_async("flood", b"y" * 128)
+            p.flush()
+            assert c.receive(timeout=0) is None  # never an 11th message in flight
+        grown = _rss_anon_kb(hub.pid) - baseline
+
+    # Then nothing beyond credit was delivered, and the hub's heap did not grow with the backlog
+    assert c.receive(timeout=0.5) is None
+    c.close()
+    assert grown < 30_000, f"hub anonymous memory grew by {grown} kB"
+
+
+# --- garbage on the wire -------------------------------------------------------------------
+
+
+def _ask(sock: zmq.Socket, frames: list[bytes]) -> tuple[bytes, dict]:
+    sock.send_multipart(frames)
+    assert sock.poll(10_000), "no reply from the hub"
+    reply = sock.recv_multipart()
+    assert reply[0] == SIGNATURE
+    return reply[1], msgpack.unpackb(reply[2], raw=False)
+
+
+@pytest.mark.parametrize(
+    "frames, code",
+    [
+        ([b"\x00\xffrandom garbage"], "bad_frame"),
+        ([os.urandom(64), os.urandom(3), os.urandom(9)], "bad_frame"),
+        ([b"ZMQMQ/9", b"HELLO", b"\x80"], "bad_version"),
+        ([SIGNATURE, b"FROBNICATE", b"\x80"], "unknown_command"),
+        ([SIGNATURE, b"PUBLISH", b"\xc1\xc1"], "bad_body"),
+        ([SIGNATURE, b"PUBLISH", msgpack.packb({"a": 1})], "bad_body"),
+        ([SIGNATURE, b"PUBLISH", msgpack.packb([1, [["bad topic!", b"x", None, None]]])], "bad_topic"),
+        ([SIGNATURE, b"PUBLISH", msgpack.packb([1, [["t", "not bytes", None, None]]])], "bad_body"),
+        ([SIGNATURE, b"PUBLISH", msgpack.packb([1, [["t", b"x" * (2 << 20), None, None]]])], "too_large"),
+        ([SIGNATURE, b"PUBLISH", b"\x00" * (70 << 20)], "too_large"),
+        ([SIGNATURE, b"ACK", msgpack.packb([7, {"t": [1]}])], "unknown_subscription"),
+        ([SIGNATURE, b"SUBSCRIBE", msgpack.packb({"sid": 1, "topic": "t", "group": "g", "credit": -5})], "invalid"),
+        ([SIGNATURE, b"SUBSCRIBE", msgpack.packb({"sid": 1, "topic": "t", "group": "x" * 10_000})], "bad_group"),
+    ],
+    ids=["one-frame", "random", "version", "command", "msgpack", "schema", "topic", "payload-type",
+         "payload-size", "huge-frame", "unknown-sid", "negative-credit", "long-group"],
+)
+def test_bad_input_gets_a_clear_error_and_the_hub_keeps_serving(hub, raw_client, frames, code):
+    # Given a producer already using the hub
+    with Producer(hub.endpoint) as p:
+        p.publish("t", b"before")
+        # When garbage arrives on another connection
+        command, body = _ask(raw_client(), frames)
+        # Then the sender gets an ERROR with a stable code and a message
+        assert command == b"ERROR"
+        assert body["code"] == code and body["message"]
+        # And everyone else is still served, with nothing lost
+        assert p.publish("t", b"after") == 2
+
+
+def test_a_bad_message_refuses_its_whole_batch_and_stores_nothing(hub, raw_client):
+    sock = raw_client()
+    batch = [7, [["t", b"good", None, None], ["t", b"bad", 5, None]]]
+    command, body = _ask(sock, [SIGNATURE, b"PUBLISH", msgpack.packb(batch)])
+    assert command == b"ERROR" and body["ref"] == 7 and body["index"] == 1
+    with Producer(hub.endpoint) as p:
+        assert p.publish("t", b"first stored") == 1
+
+
+def test_acking_a_sequence_never_published_is_an_error(hub, raw_client):
+    sock = raw_client()
+    _ask(sock, protocol.encode(b"SUBSCRIBE", {"sid": 1, "topic": "t", "group": "g", "credit": 0}))
+    command, body = _ask(sock, protocol.encode(b"ACK", [1, {"t": [99]}]))
+    assert command == b"ERROR" and body["code"] == "unknown_sequence"
