@@ -27,7 +27,7 @@ app = typer.Typer(
 )
 
 HubOption = typer.Option(
-    None, "--hub", envvar=ENV_HUB, help=f"Hub endpoint [env {ENV_HUB}; default {DEFAULT_BIND}]."
+    None, "--hub", envvar=ENV_HUB, help=f"Hub endpoint (default {DEFAULT_BIND})."
 )
 
 

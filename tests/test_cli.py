@@ -127,3 +127,13 @@ def test_topics_lists_counts_and_subscriptions(hub):
     assert billing["group"] == "billing" and billing["ack_floor"] == 2 and billing["lag"] == 3
     table = run_cli("topics", "--hub", hub.endpoint)
     assert table.returncode == 0 and b"orders" in table.stdout and b"billing" in table.stdout
+
+
+def test_the_demo_shows_messages_flowing(tmp_path):
+    result = run_cli("demo", "--messages", "6", "--data", str(tmp_path / "data"),
+                     "--bind", "tcp://127.0.0.1:*", "--pub", "tcp://127.0.0.1:*", timeout=60)
+    out = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()
+    assert "order #6 durable as seq 6" in out
+    assert out.count("emails-1") >= 6  # its own copy of every order
+    assert "billing workers shared the orders (3 + 3)" in out.replace("\n", " ")
