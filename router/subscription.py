@@ -444,7 +444,7 @@ class Subscription:
         moved = []
         for s in seqs:
             e = inflight.get(s)
-            if e is not None and e[0] is a:
+            if e is not None:
                 inflight[s] = entry
                 moved.append(s)
         if moved:
@@ -457,7 +457,7 @@ class Subscription:
         dead: list[DeadLetter] = []
         timers = self._timers
         inflight = self._inflight
-        while timers and timers[0][0] <= now + 1:
+        while timers and timers[0][0] <= now:
             deadline, _, group = heapq.heappop(timers)
             self._timer_refs -= len(group)
             for s in group:
@@ -589,7 +589,7 @@ class Subscription:
         taken = []
         for s in seqs:
             e = inflight.get(s)
-            if e is not None and e[0] is a:
+            if e is not None:
                 del inflight[s]
                 taken.append(s)
         a.held -= len(taken)
