@@ -298,3 +298,35 @@ def test_nothing_confirmed_is_lost_when_the_hub_is_killed_under_load(hub_process
     for seq, payload in confirmed.items():
         assert stored.get(seq) == payload
     assert set(stored.values()) == {payload for payload, _ in futures}
+
+
+def test_a_full_store_refuses_publishes_clearly_and_keeps_serving_acks(tmp_path):
+    from zmq_mq.actors import HubError
+    from zmq_mq.testing import running_hub
+
+    # Given a hub whose LMDB map may not grow past 2 MiB
+    with running_hub(tmp_path / "data", map_size=1 << 20, max_map_size=2 << 20) as hub:
+        with Producer(hub.endpoint) as p:
+            stored = 0
+            # When producers keep publishing 64 KiB messages
+            with pytest.raises(HubError) as err:
+                for _ in range(100):
+                    p.publish("big", b"x" * 65536)
+                    stored += 1
+            # Then the one that does not fit gets storage_full, and nothing of it is stored
+            assert err.value.code == "storage_full"
+            assert 0 < stored < 100
+            # And consumers can still read and ack everything that was confirmed
+            with Consumer(hub.endpoint) as c:
+                c.subscribe("big", "reader", credit=stored + 5)
+                for seq in range(1, stored + 1):
+                    msg = c.receive(timeout=10)
+                    assert msg.seq == seq
+                    msg.ack()
+                assert c.receive(timeout=0.3) is None
+            # And small publishes to other topics are refused or stored, never crash the hub
+            try:
+                p.publish("small", b"tiny")
+            except HubError as exc:
+                assert exc.code == "storage_full"
+            assert hub.hub.topics()[0]["messages"] == stored
