@@ -1,0 +1,126 @@
+"""The Actor runtime: handlers, acks on return, graceful stop, signals."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from zmq_mq.actors import Actor, Consumer, Producer
+
+SLOW_ACTOR = textwrap.dedent(
+    """
+    import sys, time
+    from zmq_mq.actors import Actor
+    actor = Actor(sys.argv[1], name="slow")
+
+    @actor.subscribe("work", group="workers", credit=5)
+    def handle(msg):
+        print(msg.seq, flush=True)
+        time.sleep(0.2)
+
+    actor.run()
+    print("stopped", flush=True)
+    """
+)
+
+
+def test_sigterm_stops_an_actor_gracefully_and_loses_nothing(hub, processes):
+    # Given 20 messages and an actor process working slowly through them
+    with Producer(hub.endpoint) as p:
+        for i in range(20):
+            p.publish_async("work", b"%d" % i)
+        p.flush()
+    proc = processes(subprocess.Popen([sys.executable, "-c", SLOW_ACTOR, hub.endpoint],
+                                      stdout=subprocess.PIPE, text=True))
+    started = [int(proc.stdout.readline())]  # it is inside a handler now
+
+    # When it gets SIGTERM
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+
+    # Then it finishes what it started, exits 0, and every other message is still there,
+    # released without counting a delivery
+    assert proc.returncode == 0
+    lines = out.split()
+    assert lines[-1] == "stopped"
+    processed = set(started) | {int(x) for x in lines[:-1]}
+    with Consumer(hub.endpoint) as c:
+        c.subscribe("work", "workers", credit=50)
+        rest = []
+        while (m := c.receive(timeout=1)) is not None:
+            rest.append((m.seq, m.deliveries))
+            m.ack()
+    assert {s for s, _ in rest} == set(range(1, 21)) - processed
+    assert all(d == 1 for _, d in rest)
+
+
+def test_explicit_settling_in_a_handler_wins_over_the_automatic_ack(hub):
+    # Given a handler that rejects odd payloads itself and returns normally
+    done = threading.Event()
+    seen = []
+
+    def handle(msg):
+        if int(msg.payload) % 2:
+            msg.reject("odd")
+        seen.append(msg.seq)
+        if len(seen) == 4:
+            done.set()
+
+    actor = Actor(hub.endpoint, name="picky")
+    actor.add_handler("nums", handle, group="picky")
+    actor.start()
+    try:
+        with Producer(hub.endpoint) as p:
+            for i in range(4):
+                p.publish("nums", b"%d" % i)
+        assert done.wait(10)
+    finally:
+        actor.stop()
+    with Consumer(hub.endpoint) as c:
+        c.subscribe("dlq.picky", "audit")
+        dead = [c.receive(timeout=5) for _ in range(2)]
+    assert sorted(d.payload for d in dead) == [b"1", b"3"]
+
+
+def test_a_work_queue_spreads_messages_over_competing_actors(hub):
+    # Given three actors attached to one subscription
+    seen: dict[str, list[int]] = {}
+    lock = threading.Lock()
+    all_done = threading.Event()
+
+    def handler(name):
+        def handle(msg):
+            with lock:
+                seen.setdefault(name, []).append(msg.seq)
+                if sum(map(len, seen.values())) == 300:
+                    all_done.set()
+        return handle
+
+    actors = []
+    for name in ("w1", "w2", "w3"):
+        a = Actor(hub.endpoint, name=name)
+        a.add_handler("tasks", handler(name), group="pool", credit=5)
+        actors.append(a.start())
+    try:
+        with Producer(hub.endpoint) as p:
+            for i in range(300):
+                p.publish_async("tasks", b"t%d" % i)
+            p.flush()
+        assert all_done.wait(30)
+    finally:
+        for a in actors:
+            a.stop()
+    # Then each message went to exactly one actor, and every actor got a share
+    everything = [s for seqs in seen.values() for s in seqs]
+    assert sorted(everything) == list(range(1, 301))
+    assert len(seen) == 3 and all(len(v) > 0 for v in seen.values())
+
+
+def test_run_refuses_an_actor_without_handlers(hub):
+    with pytest.raises(RuntimeError, match="no handlers"):
+        Actor(hub.endpoint).run()
