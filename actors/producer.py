@@ -72,16 +72,14 @@ class PublishFuture:
         return self._error
 
     def add_done_callback(self, fn) -> None:
-        """Call ``fn(future)`` once resolved (from the producer's I/O thread)."""
-        if self._done:
-            fn(self)
-        else:
-            if self._callbacks is None:
-                self._callbacks = []
-            self._callbacks.append(fn)
-            if self._done and fn in self._callbacks:  # resolved meanwhile
-                self._callbacks.remove(fn)
-                fn(self)
+        """Call ``fn(future)`` once resolved (from the producer's I/O thread), exactly once."""
+        with self._producer._cond:  # the resolver gathers callbacks under the same lock
+            if not self._done:
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append(fn)
+                return
+        fn(self)
 
 
 class Producer:
@@ -355,24 +353,20 @@ class Producer:
     def _resolve_batch(self, futures: list[PublishFuture], seqs: list[int] | None = None,
                        error: BaseException | None = None) -> None:
         """Resolve a batch's futures (I/O thread only), then wake waiters once."""
-        callbacks = []
         if error is None:
             for fut, seq in zip(futures, seqs):
                 fut._result = seq
                 fut._done = True
-                if fut._callbacks:
-                    callbacks.append(fut)
         else:
             for fut in futures:
                 fut._error = error
                 fut._done = True
-                if fut._callbacks:
-                    callbacks.append(fut)
         with self._cond:
             self._resolved += len(futures)
             if error is not None and self._first_error is None:
                 self._first_error = error
             self._cond.notify_all()
+            callbacks = [fut for fut in futures if fut._callbacks]
         for fut in callbacks:
             for fn in fut._callbacks:
                 try:

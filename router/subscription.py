@@ -2,7 +2,7 @@
 
 Pure code: no socket, no LMDB, no clock. Time comes in as integer milliseconds ``now``; the hub
 feeds events in and carries out the decisions that come back (:class:`Delivery` batches to send,
-:class:`DeadLetter` records to write, and ``dirty`` meaning "persist :meth:`Subscription.snapshot`").
+:class:`DeadLetter` records to write, and ``dirty``: "persist :meth:`Subscription.snapshot`").
 Everything that decides delivery for one subscription on one topic lives here.
 
 Theory of operation
@@ -169,7 +169,7 @@ class Subscription:
         self._acked: set[int] = set()
         self._ready: list[int] = []  # heap; an entry is live iff its seq is in _ready_set
         self._ready_set: set[int] = set()
-        self._delayed: list[tuple[int, int]] = []  # heap of (due, seq); live iff _delayed_due agrees
+        self._delayed: list[tuple[int, int]] = []  # heap (due, seq); live iff _delayed_due agrees
         self._delayed_due: dict[int, int] = {}
         # seq -> (actor, deadline). One tuple object is shared by a whole batch.
         self._inflight: dict[int, tuple[_Actor, int]] = {}
@@ -361,7 +361,8 @@ class Subscription:
 
     def ack(self, actor: Hashable, seqs: Iterable[int]) -> list[int]:
         """Mark seqs done, from whichever actor and in whichever state. Idempotent. Returns the
-        seqs that were never published (``< 1`` or ``> last_seq``) so the hub can answer an error."""
+        seqs that were never published (``< 1`` or ``> last_seq``), for the hub to answer an error.
+        """
         bad: list[int] = []
         floor = self._floor
         last = self._last
@@ -444,7 +445,7 @@ class Subscription:
         moved = []
         for s in seqs:
             e = inflight.get(s)
-            if e is not None:
+            if e is not None and e[0] is a:
                 inflight[s] = entry
                 moved.append(s)
         if moved:
@@ -589,7 +590,7 @@ class Subscription:
         taken = []
         for s in seqs:
             e = inflight.get(s)
-            if e is not None:
+            if e is not None and e[0] is a:
                 del inflight[s]
                 taken.append(s)
         a.held -= len(taken)

@@ -433,6 +433,9 @@ def test_stale_timer_entries_are_swept_when_acks_outrun_deadlines():
 # --------------------------------------------------------------------------- property test
 
 
+DISPATCH_AFTER = st.booleans()
+
+
 class SubscriptionMachine(RuleBasedStateMachine):
     """Invariants: dispatch never lets an actor hold more than its credit; every seq handed out is
     <= last_seq, not done and not in flight; a seq is handed out again only after a failure or a
@@ -446,7 +449,7 @@ class SubscriptionMachine(RuleBasedStateMachine):
     ACTORS = ("a", "b")
 
     @initialize(
-        ack_wait=st.integers(1, 50),
+        ack_wait=st.sampled_from([1, 25, 100]),
         max_deliver=st.integers(0, 4),
         start=st.integers(0, 3),
     )
@@ -483,7 +486,8 @@ class SubscriptionMachine(RuleBasedStateMachine):
     def failed(self, seq: int, why: str, delay: int, expected: list) -> None:
         n = self.counts.get(seq, 0)
         if self.max_deliver and n >= self.max_deliver:
-            expected.append(DeadLetter(seq, n, f"max_deliver reached ({n} deliveries, last: {why})"))
+            reason = f"max_deliver reached ({n} deliveries, last: {why})"
+            expected.append(DeadLetter(seq, n, reason))
             self.finish(seq, "dead")
         elif delay > 0:
             self.delayed[seq] = self.now + delay
@@ -532,18 +536,20 @@ class SubscriptionMachine(RuleBasedStateMachine):
 
     # -- rules
 
-    @rule(n=st.integers(1, 6))
-    def publish(self, n):
+    @rule(n=st.integers(1, 6), then=DISPATCH_AFTER)
+    def publish(self, n, then):
         self.last += n
         self.sub.published(self.last)
+        self.dispatch_if(then)
 
-    @rule(actor=st.sampled_from(ACTORS), credit=st.integers(0, 5))
-    def attach(self, actor, credit):
+    @rule(actor=st.sampled_from(ACTORS), credit=st.integers(1, 6), then=DISPATCH_AFTER)
+    def attach(self, actor, credit, then):
         self.sub.attach(actor, credit)
         self.credit[actor] = credit
+        self.dispatch_if(then)
 
     @precondition(lambda self: self.credit)
-    @rule(data=st.data(), credit=st.integers(0, 5))
+    @rule(data=st.data(), credit=st.integers(0, 6))
     def set_credit(self, data, credit):
         actor = data.draw(st.sampled_from(sorted(self.credit)))
         self.sub.set_credit(actor, credit)
@@ -562,9 +568,15 @@ class SubscriptionMachine(RuleBasedStateMachine):
                 self.given_back(s)
         assert dead == expected
 
-    @rule(limit=st.none() | st.integers(0, 4))
+    @rule(limit=st.sampled_from([None, None, None, 0, 1, 3]))
     def dispatch(self, limit):
         self.check_dispatch(self.sub.dispatch(self.now, limit), limit)
+
+    def dispatch_if(self, then: bool) -> None:
+        """What the hub does after a batch of events; optional so that events also meet a
+        subscription with undispatched work."""
+        if then:
+            self.dispatch(None)
 
     def pick(self, data, actor=None) -> list[int]:
         mine = sorted(s for s, (a, _) in self.flight.items() if actor is None or a == actor)
@@ -572,18 +584,25 @@ class SubscriptionMachine(RuleBasedStateMachine):
             return []
         return data.draw(st.lists(st.sampled_from(mine), max_size=4))
 
-    @rule(data=st.data(), actor=st.sampled_from(ACTORS + ("ghost",)))
-    def ack(self, data, actor):
+    def pick_held(self, data) -> tuple:
+        """An actor (usually one holding seqs) and seqs: mostly its own, some of others'."""
+        holders = sorted({a for a, _ in self.flight.values()})
+        actor = data.draw(st.sampled_from(holders or list(self.ACTORS)))
+        return actor, self.pick(data, actor) + self.pick(data)
+
+    @rule(data=st.data(), actor=st.sampled_from(ACTORS + ("ghost",)), then=DISPATCH_AFTER)
+    def ack(self, data, actor, then):
         seqs = self.pick(data) + data.draw(st.lists(st.integers(-1, self.last + 2), max_size=3))
         bad = self.sub.ack(actor, seqs)
         assert bad == [s for s in seqs if s < 1 or s > self.last]
         for s in seqs:
             if 1 <= s <= self.last and s not in self.done:
                 self.finish(s, "acked")
+        self.dispatch_if(then)
 
-    @rule(data=st.data(), actor=st.sampled_from(ACTORS), delay=st.sampled_from([0, 0, 5, 40]))
-    def nack(self, data, actor, delay):
-        seqs = self.pick(data, actor) + self.pick(data)  # others' seqs must be ignored
+    @rule(data=st.data(), delay=st.sampled_from([0, 0, 5, 40]), then=DISPATCH_AFTER)
+    def nack(self, data, delay, then):
+        actor, seqs = self.pick_held(data)  # seqs of other actors must be ignored
         dead = self.sub.nack(actor, seqs, self.now, delay)
         expected: list = []
         for s in seqs:
@@ -591,19 +610,20 @@ class SubscriptionMachine(RuleBasedStateMachine):
                 del self.flight[s]
                 self.failed(s, "nacked", delay, expected)
         assert dead == expected
+        self.dispatch_if(then)
 
-    @rule(data=st.data(), actor=st.sampled_from(ACTORS))
-    def release(self, data, actor):
-        seqs = self.pick(data, actor) + self.pick(data)
+    @rule(data=st.data())
+    def release(self, data):
+        actor, seqs = self.pick_held(data)
         self.sub.release(actor, seqs)
         for s in seqs:
             if s in self.flight and self.flight[s][0] == actor:
                 del self.flight[s]
                 self.given_back(s)
 
-    @rule(data=st.data(), actor=st.sampled_from(ACTORS))
-    def reject(self, data, actor):
-        seqs = self.pick(data, actor) + self.pick(data)
+    @rule(data=st.data())
+    def reject(self, data):
+        actor, seqs = self.pick_held(data)
         dead = self.sub.reject(actor, seqs, "nope")
         expected = []
         for s in seqs:
@@ -612,16 +632,16 @@ class SubscriptionMachine(RuleBasedStateMachine):
                 self.finish(s, "dead")
         assert dead == expected
 
-    @rule(data=st.data(), actor=st.sampled_from(ACTORS))
-    def progress(self, data, actor):
-        seqs = self.pick(data, actor) + self.pick(data)
+    @rule(data=st.data())
+    def progress(self, data):
+        actor, seqs = self.pick_held(data)
         self.sub.progress(actor, seqs, self.now)
         for s in seqs:
             if s in self.flight and self.flight[s][0] == actor:
                 self.flight[s] = (actor, self.now + self.ack_wait)
 
-    @rule(dt=st.integers(0, 30))
-    def advance_clock_and_tick(self, dt):
+    @rule(dt=st.integers(0, 20), then=DISPATCH_AFTER)
+    def advance_clock_and_tick(self, dt, then=False):
         self.now += dt
         dead = self.sub.tick(self.now)
         expected: list = []
@@ -633,6 +653,7 @@ class SubscriptionMachine(RuleBasedStateMachine):
             self.may_redeliver.add(s)
         # same dead letters; their order follows the timer batches, so compare as sets
         assert sorted(dead, key=lambda d: d.seq) == sorted(expected, key=lambda d: d.seq)
+        self.dispatch_if(then)
 
     @precondition(lambda self: self.flight or self.delayed)
     @rule(data=st.data(), offset=st.sampled_from([-1, 0]))
