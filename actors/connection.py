@@ -15,6 +15,7 @@ import zmq
 from ..router import protocol
 from ..router.config import DEFAULT_BIND, HEARTBEAT_INTERVAL_MS, LIVENESS
 from ..router.protocol import Command
+from ..router.wire import NOBLOCK, recv_frames, send_frames
 from .errors import HubError, HubUnavailable, InvalidMessage
 
 ENV_HUB = "ZMQ_MQ_HUB"
@@ -85,13 +86,22 @@ class Connection:
         self.limits = dict(body.get("limits") or {})
 
     def send(self, command: bytes, body: Any) -> None:
-        # copy=True: zero-copy sends cost a garbage-collector round trip each, dearer than memcpy
-        self.socket.send_multipart(protocol.encode(command, body))
+        # copying sends: zero-copy costs a garbage-collector round trip each, dearer than memcpy
+        send_frames(self.socket, protocol.encode(command, body))
         self.last_sent = monotonic_ms()
 
     def recv(self) -> tuple[bytes, Any]:
         """Receive one command (blocking; poll first)."""
-        frames = self.socket.recv_multipart()
+        frames = recv_frames(self.socket)
+        self.last_heard = monotonic_ms()
+        return protocol.decode(frames, protocol.HUB_COMMANDS)
+
+    def try_recv(self) -> tuple[bytes, Any] | None:
+        """Receive one command if one is waiting, else None (never blocks)."""
+        try:
+            frames = recv_frames(self.socket, NOBLOCK)
+        except zmq.Again:
+            return None
         self.last_heard = monotonic_ms()
         return protocol.decode(frames, protocol.HUB_COMMANDS)
 

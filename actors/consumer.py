@@ -150,11 +150,13 @@ class Session:
             sock = self.conn.socket
             hb = self.conn.heartbeat_ms
             wait = hb if timeout_ms is None else min(timeout_ms, hb)
-            if sock.poll(max(0, wait), zmq.POLLIN):
-                while True:
-                    self._handle(*self.conn.recv())
-                    if not sock.poll(0, zmq.POLLIN):
-                        break
+            # Socket.poll builds a Poller per call: only worth it when we must wait.
+            got = self.conn.try_recv()
+            if got is None and wait > 0 and sock.poll(wait, zmq.POLLIN):
+                got = self.conn.try_recv()
+            while got is not None:
+                self._handle(*got)
+                got = self.conn.try_recv()
             self.keepalive()
 
     def keepalive(self) -> None:

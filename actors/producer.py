@@ -311,9 +311,11 @@ class Producer:
             conn.send(Command.PUBLISH, [batch_id, messages])
 
     def _receive(self, conn: Connection, outstanding: dict) -> None:
-        sock = conn.socket
-        while sock.poll(0, zmq.POLLIN):
-            command, body = conn.recv()
+        while True:
+            got = conn.try_recv()
+            if got is None:
+                return
+            command, body = got
             if command == Command.CONFIRM:
                 batch = outstanding.pop(body[0], None)
                 if batch is not None:

@@ -29,6 +29,7 @@ from . import protocol
 from .config import HubConfig
 from .protocol import Command, DecodeError, ErrorCode
 from .subscription import DeadLetter, Subscription
+from .wire import NOBLOCK, recv_frames, send_frames
 
 log = logging.getLogger("zmq_mq.hub")
 
@@ -182,11 +183,10 @@ class Hub:
 
     def _read_commands(self) -> None:
         router = self.router
-        recv = router.recv_multipart
         handle = self._handle
         for _ in range(self.config.max_turn_commands):
             try:
-                frames = recv(zmq.NOBLOCK, copy=True)
+                frames = recv_frames(router, NOBLOCK)
             except zmq.Again:
                 return
             handle(frames)
@@ -268,7 +268,7 @@ class Hub:
         for topic, (first, records) in stored.items():
             body = protocol.pack([first, records])
             try:
-                self.pub.send_multipart([topic.encode(), body], zmq.NOBLOCK)
+                send_frames(self.pub, [topic.encode(), body], NOBLOCK)
             except zmq.Again:  # at-most-once by design: slow listeners lose messages
                 pass
 
@@ -352,7 +352,7 @@ class Hub:
 
     def _send(self, identity: bytes, command: bytes, body: Any) -> bool:
         try:
-            self.router.send_multipart([identity, *protocol.encode(command, body)], zmq.NOBLOCK)
+            send_frames(self.router, [identity, *protocol.encode(command, body)], NOBLOCK)
             return True
         except zmq.ZMQError as exc:  # EHOSTUNREACH: peer gone; EAGAIN: peer not reading
             if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
