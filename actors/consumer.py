@@ -40,6 +40,7 @@ class SubscriptionSpec:
     ack_wait_ms: int | None = None
     max_deliver: int | None = None
     start: str = "first"
+    attached: bool = False  # the hub said SUBSCRIBED (again, after every re-attach)
 
     def body(self) -> dict:
         body: dict[str, Any] = {
@@ -75,6 +76,7 @@ class Session:
         self._next_sid = 1
         self._waiting: dict[int, Any] = {}  # sid -> SUBSCRIBED body or HubError, for subscribe()
         self._detached: set[int] = set()
+        self._detaching = False
         self.settler: Any = self  # who Message.ack() reports to (the Actor swaps in its own)
         self.lock = threading.RLock()
         self.open = False
@@ -91,12 +93,21 @@ class Session:
             self.conn.close()
             self.open = False
 
-    def _reattach(self, reason: str) -> None:
-        """Subscribe every spec again (the hub lost or never had our attachments)."""
-        log.warning("re-attaching %d subscriptions: %s", len(self.specs), reason)
+    def _reattach(self, reason: str, sids: list[int] | None = None) -> None:
+        """Subscribe again (all specs, or those of ``sids``): the hub lost our attachments."""
+        specs = [s for s in self.specs.values() if sids is None or s.sid in sids]
+        if not specs or self._detaching:
+            return
+        log.warning("re-attaching %d subscriptions: %s", len(specs), reason)
         self.reattached += 1
-        self.inbox.clear()  # not handed out yet: the hub will deliver them again
-        for spec in self.specs.values():
+        # Not handed out yet, and the hub has given them back: it delivers them again.
+        if sids is None:
+            self.inbox.clear()
+        else:
+            lost = set(sids)
+            self.inbox = collections.deque(m for m in self.inbox if m.sid not in lost)
+        for spec in specs:
+            spec.attached = False
             self.conn.send(Command.SUBSCRIBE, spec.body())
         self.flush_acks()  # acks of what was processed still count on the new hub
 
@@ -179,8 +190,19 @@ class Session:
                 self.conn.hub_instance = instance
                 if self.specs:
                     self._reattach("hub restarted")
+            elif len(body) >= 2 and isinstance(body[1], list):
+                # The hub lists what this connection has attached. It answers in order, so a sid
+                # whose SUBSCRIBED came before this reply and is missing was dropped by the hub
+                # (e.g. it took us for dead while we were paused): attach again.
+                held = set(body[1])
+                missing = [s.sid for s in self.specs.values() if s.attached and s.sid not in held]
+                if missing:
+                    self._reattach("the hub had detached us", missing)
         elif command == Command.SUBSCRIBED:
             self._waiting[body["sid"]] = body
+            spec = self.specs.get(body["sid"])
+            if spec is not None:
+                spec.attached = True
         elif command == Command.DETACHED:
             self._detached.add(body[0])
         elif command == Command.ERROR:
@@ -188,7 +210,8 @@ class Session:
             if err.get("command") == "SUBSCRIBE" and isinstance(err.get("ref"), int):
                 self._waiting[err["ref"]] = HubError.from_body(err)
             elif err["code"] == "unknown_subscription" and err.get("ref") in self.specs:
-                self._reattach("hub does not know our subscription")
+                if self.specs[err["ref"]].attached:  # not when a SUBSCRIBE is already on its way
+                    self._reattach("hub does not know our subscription", [err["ref"]])
             else:
                 log.warning("hub error: %s: %s", err["code"], err["message"])
         elif command == Command.WELCOME:
@@ -198,13 +221,16 @@ class Session:
         sid, topic, entries = body
         spec = self.specs.get(sid)
         if spec is None:
-            return  # detached meanwhile: the hub takes them back
+            # Not ours (any more), e.g. a subscribe() that gave up waiting: the hub must not count
+            # these as in flight here until ack_wait. DETACH gives them back at once (idempotent).
+            self.conn.send(Command.DETACH, [sid])
+            return
         group = spec.group
         settler = self.settler
         append = self.inbox.append
         unpackb = msgpack.unpackb
         for seq, deliveries, record in entries:
-            ts, key, headers, payload = unpackb(record, raw=False)
+            ts, key, headers, payload = unpackb(record, raw=False, strict_map_key=False)
             append(Message(topic, seq, key, headers or {}, payload, deliveries, ts, group, sid, settler))
 
     # --- settling --------------------------------------------------------------------------
@@ -254,6 +280,7 @@ class Session:
         if not self.open:
             return True
         self.flush_acks()
+        self._detaching = True
         sids = list(self.specs)
         for sid in sids:
             self.conn.send(Command.DETACH, [sid])
@@ -269,6 +296,7 @@ class Session:
                 if command == Command.DETACHED:
                     self._detached.add(body[0])
         self.specs.clear()
+        self._detaching = False
         return True
 
 

@@ -35,9 +35,9 @@ class Listener:
                 return None
             topic, body = self.socket.recv_multipart()
             name = topic.decode()
-            first, records = msgpack.unpackb(body, raw=False)
+            first, records = msgpack.unpackb(body, raw=False, strict_map_key=False)
             for seq, record in enumerate(records, first):
-                ts, key, headers, payload = msgpack.unpackb(record, raw=False)
+                ts, key, headers, payload = msgpack.unpackb(record, raw=False, strict_map_key=False)
                 self._pending.append(Message(name, seq, key, headers or {}, payload, 1, ts, "", 0, None))
             self._pending.reverse()
         return self._pending.pop()

@@ -23,7 +23,7 @@ import zmq
 from ..router import protocol
 from ..router.protocol import Command
 from .connection import Connection, monotonic_ms
-from .errors import ClosedError, HubError, HubUnavailable
+from .errors import ClosedError, HubError, HubUnavailable, InvalidMessage
 
 log = logging.getLogger("zmq_mq.producer")
 
@@ -180,7 +180,7 @@ class Producer:
             self.connect()
         if self._closing or self._closed:
             raise ClosedError("producer is closed")
-        self._conn.check_message(topic, payload, key, headers)
+        size = self._conn.check_message(topic, payload, key, headers)
         number = next(self._submitted)
         self._last_submitted = number
         if number - self._resolved > self._max_pending:
@@ -191,7 +191,7 @@ class Producer:
                 ):
                     raise HubUnavailable(f"{self.timeout:g} s without room: the hub is not confirming")
         future = PublishFuture(self)
-        self._queue.append(([topic, bytes(payload), key, headers], future))
+        self._queue.append(([topic, bytes(payload), key, headers], future, size))
         if not self._wake_sent:
             self._wake()
         return future
@@ -265,11 +265,12 @@ class Producer:
                 timeout = conn.heartbeat_ms if outstanding else None
                 events = dict(poller.poll(timeout))
                 if wake_rx in events:
-                    while True:
-                        try:
-                            wake_rx.recv(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
+                    # _wake_sent keeps at most one wake-up in flight (a second one only at close,
+                    # and that one merely wakes the loop again), so one recv drains it
+                    try:
+                        wake_rx.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        pass
                     self._wake_sent = False
                 if conn.socket in events:
                     self._receive(conn, outstanding)
@@ -296,19 +297,26 @@ class Producer:
 
     def _send_queued(self, conn: Connection, outstanding: dict, batch_ids) -> None:
         queue = self._queue
-        max_batch = self._max_batch
+        limits = conn.limits
+        max_batch = min(self._max_batch, limits.get("max_batch_messages", self._max_batch))
+        # frames stay far below the hub's frame limit, counting keys and headers as well
+        max_bytes = min(MAX_BATCH_BYTES, limits.get("max_frame_bytes", MAX_BATCH_BYTES * 4) // 4)
         while queue:
             messages: list = []
             futures: list[PublishFuture] = []
             size = 0
-            while queue and len(messages) < max_batch and size < MAX_BATCH_BYTES:
-                msg, fut = queue.popleft()
+            while queue and len(messages) < max_batch and size < max_bytes:
+                msg, fut, msg_size = queue.popleft()
                 messages.append(msg)
                 futures.append(fut)
-                size += len(msg[1])
+                size += msg_size
             batch_id = next(batch_ids)
+            try:
+                conn.send(Command.PUBLISH, [batch_id, messages])
+            except (TypeError, ValueError, OverflowError) as exc:  # publish_async checks; belt and braces
+                self._resolve_batch(futures, error=InvalidMessage(f"cannot encode the batch: {exc}"))
+                continue
             outstanding[batch_id] = (messages, futures)
-            conn.send(Command.PUBLISH, [batch_id, messages])
 
     def _receive(self, conn: Connection, outstanding: dict) -> None:
         while True:

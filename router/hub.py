@@ -22,6 +22,7 @@ import time
 import uuid
 from typing import Any
 
+import msgpack
 import zmq
 
 from ..storage import Store, StorageError, StorageFull
@@ -52,6 +53,26 @@ def _monotonic_ms() -> int:
 
 def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _oversized_ref(parts: list[bytes]) -> tuple[bytes | None, Any]:
+    """Command and ref (batch id or sid) of a command whose frame is too large, read from the
+    first bytes of its body only, so that the sender can match the error to its request."""
+    if len(parts) != 3 or len(parts[1]) > 32 or parts[0] != protocol.SIGNATURE:
+        return None, None
+    command = bytes(parts[1])
+    if command not in protocol.CLIENT_COMMANDS:
+        return None, None
+    try:
+        unpacker = msgpack.Unpacker(raw=False)
+        unpacker.feed(parts[2][:64])
+        if command == Command.PUBLISH:
+            if unpacker.read_array_header() >= 1:
+                ref = unpacker.unpack()
+                return command, ref if type(ref) is int else None
+    except Exception:  # garbage or truncated: no ref, the error still names the command
+        pass
+    return command, None
 
 
 class _Peer:
@@ -221,6 +242,8 @@ class Hub:
         dlq = self._dead_letter_records(dead)
         dirty = [sub for sub in self.subs.values() if sub.dirty]
         if not appends and not dlq and not dirty:
+            for identity, batch_id, _ in confirms:  # empty batches: nothing to store
+                self._outbox.append((identity, Command.CONFIRM, [batch_id, []]))
             return {}
         subs = {(s.topic, s.group): protocol.pack(s.snapshot()) for s in dirty}
         combined = {topic: list(records) for topic, records in appends.items()}
@@ -287,20 +310,24 @@ class Hub:
             (record,) = self.store.read(sub.topic, [dl.seq])
             if record is None:  # removed from the log meanwhile: nothing left to keep
                 continue
-            ts, key, headers, payload = protocol.unpack_record(record)
-            headers = dict(headers)
-            headers.update(
-                {
-                    "x-origin-topic": sub.topic,
-                    "x-origin-seq": dl.seq,
-                    "x-origin-timestamp": ts,
-                    "x-subscription": sub.group,
-                    "x-deliveries": dl.deliveries,
-                    "x-reason": dl.reason,
-                }
-            )
+            origin = {
+                "x-origin-topic": sub.topic,
+                "x-origin-seq": dl.seq,
+                "x-subscription": sub.group,
+                "x-deliveries": dl.deliveries,
+                "x-reason": dl.reason,
+            }
+            try:
+                ts, key, headers, payload = protocol.unpack_record(record)
+                headers = dict(headers) if isinstance(headers, dict) else {"x-original-headers": headers}
+                headers.update(origin)
+                headers["x-origin-timestamp"] = ts
+                dead_record = protocol.pack_record(_wall_ms(), key, headers, payload)
+            except Exception:  # a record this hub cannot re-pack: keep it as stored, never lose it
+                log.exception("dead letter %s/%s: record kept unchanged", sub.topic, dl.seq)
+                dead_record = record
             topic = protocol.dlq_topic(sub.group)
-            out.setdefault(topic, []).append(protocol.pack_record(_wall_ms(), key, headers, payload))
+            out.setdefault(topic, []).append(dead_record)
         return out
 
     # --- dispatch --------------------------------------------------------------------------
@@ -386,11 +413,14 @@ class Hub:
         parts = frames[1:]
         for part in parts:
             if len(part) > self.config.max_frame_bytes:
+                command, ref = _oversized_ref(parts)
                 self._error(
                     identity,
                     ErrorCode.TOO_LARGE,
                     f"frame of {len(part)} bytes is over the limit of "
                     f"{self.config.max_frame_bytes}",
+                    command,
+                    ref,
                 )
                 return
         try:
@@ -428,7 +458,10 @@ class Hub:
         )
 
     def _on_heartbeat(self, identity: bytes, peer: _Peer | None, body: Any) -> None:
-        self._outbox.append((identity, Command.HEARTBEAT, [self.instance]))
+        # The sids this connection has attached: a client that was taken for dead (and detached)
+        # while it was paused or cut off sees its sids missing and subscribes again.
+        attached = sorted(peer.attachments) if peer is not None else []
+        self._outbox.append((identity, Command.HEARTBEAT, [self.instance, attached]))
 
     def _on_publish(self, identity: bytes, peer: _Peer | None, body: Any) -> None:
         if not (isinstance(body, list) and len(body) == 2 and isinstance(body[1], list)):
@@ -457,7 +490,7 @@ class Hub:
                     batch_id,
                     index,
                 ) from None
-            if topic not in valid_topics:
+            if type(topic) is not str or topic not in valid_topics:  # unhashable: no set lookup
                 problem = protocol.check_topic(topic)
                 if problem:
                     raise _BadRequest(ErrorCode.BAD_TOPIC, f"message {index}: {problem}", batch_id, index)
@@ -475,7 +508,11 @@ class Hub:
                 )
             if key is not None and type(key) is not str:
                 raise _BadRequest(ErrorCode.BAD_BODY, f"message {index}: key must be a string or nil", batch_id, index)
-            if headers is not None and type(headers) is not dict:
+            if headers:
+                problem = protocol.check_headers(headers)
+                if problem:
+                    raise _BadRequest(ErrorCode.BAD_BODY, f"message {index}: {problem}", batch_id, index)
+            elif headers is not None and type(headers) is not dict:
                 raise _BadRequest(ErrorCode.BAD_BODY, f"message {index}: headers must be a map or nil", batch_id, index)
             try:
                 record = pack_record(ts, key, headers, payload)

@@ -41,13 +41,13 @@ MAX_MESSAGE_BYTES = 1024 * 1024  # one payload
 MAX_HEADERS_BYTES = 64 * 1024  # one message's key + headers, packed
 MAX_BATCH_MESSAGES = 10_000  # messages in one PUBLISH
 MAX_TOPIC_LENGTH = 255
-MAX_GROUP_LENGTH = 255
+MAX_GROUP_LENGTH = MAX_TOPIC_LENGTH - len("dlq.")  # dlq.<group> must be a valid topic
 MAX_CREDIT = 100_000  # per attachment: bounds hub and client memory
 
 # Topic names: dot-separated tokens of letters, digits, '_', '-'; e.g. "orders", "dlq.billing".
 # '*' and '>' are reserved for patterns, whitespace and empty tokens are refused.
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
-_GROUP_RE = re.compile(r"^[A-Za-z0-9_\-.]+$")
+_GROUP_RE = _TOPIC_RE  # a group names its dead-letter topic dlq.<group>, so same token rules
 
 
 class Command:
@@ -159,7 +159,7 @@ def pack_record(timestamp_ms: int, key: str | None, headers: dict | None, payloa
 
 
 def unpack_record(data: bytes) -> tuple[int, str | None, dict, bytes]:
-    ts, key, headers, payload = msgpack.unpackb(data, raw=False)
+    ts, key, headers, payload = msgpack.unpackb(data, raw=False, strict_map_key=False)
     return ts, key, headers or {}, payload
 
 
@@ -206,6 +206,18 @@ def check_topic(topic: Any) -> str | None:
     return None
 
 
+def check_headers(headers: Any) -> str | None:
+    """Return an error text if ``headers`` is not None or a map with string keys, else None."""
+    if headers is None:
+        return None
+    if type(headers) is not dict:
+        return "headers must be a map of string keys or nil"
+    for name in headers:
+        if type(name) is not str:
+            return f"header names must be strings, not {type(name).__name__} ({name!r:.40})"
+    return None
+
+
 def check_group(group: Any) -> str | None:
     """Return an error text if ``group`` is not a valid subscription name, else None."""
     if not isinstance(group, str):
@@ -213,7 +225,10 @@ def check_group(group: Any) -> str | None:
     if len(group) > MAX_GROUP_LENGTH:
         return f"group longer than {MAX_GROUP_LENGTH} characters"
     if not _GROUP_RE.match(group):
-        return f"bad group name {group[:64]!r}: use letters, digits, '_', '-' and '.'"
+        return (
+            f"bad group name {group[:64]!r}: use dot-separated tokens of letters, digits, '_' "
+            "and '-' (e.g. 'billing' or 'billing.eu')"
+        )
     return None
 
 

@@ -63,6 +63,26 @@ def test_topic_name_rules(topic, ok):
     assert (protocol.check_topic(topic) is None) is ok
 
 
+@pytest.mark.parametrize(
+    "group, ok",
+    [("billing", True), ("billing.eu", True), ("b-1_x", True), ("x" * 251, True),
+     ("billing.", False), ("a..b", False), (".a", False), ("x" * 252, False), ("", False), (None, False)],
+)
+def test_group_names_always_give_a_valid_dead_letter_topic(group, ok):
+    assert (protocol.check_group(group) is None) is ok
+    if ok:
+        assert protocol.check_topic(protocol.dlq_topic(group)) is None
+
+
+@pytest.mark.parametrize(
+    "headers, ok",
+    [(None, True), ({}, True), ({"a": 1, "b": [1, "x"], "c": b"\x00"}, True),
+     ({1: "x"}, False), ({b"bytes": 1}, False), (["a"], False)],
+)
+def test_header_names_must_be_strings(headers, ok):
+    assert (protocol.check_headers(headers) is None) is ok
+
+
 def test_error_bodies_parse_back_with_extra_fields():
     body = protocol.error_body(ErrorCode.TOO_LARGE, "too big", Command.PUBLISH, 7)
     body["index"] = 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -12,8 +13,8 @@ import msgpack
 import pytest
 import zmq
 
-from conftest import wait_for
-from zmq_mq.actors import Actor, Consumer, Producer
+from conftest import wait_for, zmq_mq_command
+from zmq_mq.actors import Actor, Consumer, InvalidMessage, Producer
 from zmq_mq.router import protocol
 from zmq_mq.router.protocol import SIGNATURE
 
@@ -191,9 +192,13 @@ def _ask(sock: zmq.Socket, frames: list[bytes]) -> tuple[bytes, dict]:
         ([SIGNATURE, b"ACK", msgpack.packb([7, {"t": [1]}])], "unknown_subscription"),
         ([SIGNATURE, b"SUBSCRIBE", msgpack.packb({"sid": 1, "topic": "t", "group": "g", "credit": -5})], "invalid"),
         ([SIGNATURE, b"SUBSCRIBE", msgpack.packb({"sid": 1, "topic": "t", "group": "x" * 10_000})], "bad_group"),
+        ([SIGNATURE, b"SUBSCRIBE", msgpack.packb({"sid": 1, "topic": "t", "group": "billing."})], "bad_group"),
+        ([SIGNATURE, b"PUBLISH", msgpack.packb([1, [[["a", "list"], b"x", None, None]]])], "bad_topic"),
+        ([SIGNATURE, b"PUBLISH", msgpack.packb([1, [["t", b"x", None, {1: "int key"}]]])], "bad_body"),
     ],
     ids=["one-frame", "random", "version", "command", "msgpack", "schema", "topic", "payload-type",
-         "payload-size", "huge-frame", "unknown-sid", "negative-credit", "long-group"],
+         "payload-size", "huge-frame", "unknown-sid", "negative-credit", "long-group",
+         "dlq-unsafe-group", "unhashable-topic", "int-header-name"],
 )
 def test_bad_input_gets_a_clear_error_and_the_hub_keeps_serving(hub, raw_client, frames, code):
     # Given a producer already using the hub
@@ -215,6 +220,105 @@ def test_a_bad_message_refuses_its_whole_batch_and_stores_nothing(hub, raw_clien
     assert command == b"ERROR" and body["ref"] == 7 and body["index"] == 1
     with Producer(hub.endpoint) as p:
         assert p.publish("t", b"first stored") == 1
+
+
+def test_an_oversized_publish_frame_names_its_batch_so_the_producer_can_fail_it(hub, raw_client):
+    body = msgpack.packb([42, [["t", b"x" * (1 << 20), None, None]] * 70])  # ~70 MiB
+    command, err = _ask(raw_client(), [SIGNATURE, b"PUBLISH", body])
+    assert command == b"ERROR" and err["code"] == "too_large"
+    assert err["command"] == "PUBLISH" and err["ref"] == 42
+
+
+def test_an_empty_publish_batch_is_confirmed(hub, raw_client):
+    command, body = _ask(raw_client(), protocol.encode(b"PUBLISH", [9, []]))
+    assert (command, body) == (b"CONFIRM", [9, []])
+
+
+def test_the_producer_sizes_frames_by_the_hub_limits_including_headers(tmp_path):
+    # Given a hub that takes frames of at most 1 MiB
+    from zmq_mq.testing import running_hub
+
+    with running_hub(tmp_path, max_frame_bytes=1 << 20) as hub, Producer(hub.endpoint) as p:
+        # When 200 messages with 20 KiB of headers each (4 MiB in all) are published at once
+        futures = [
+            p.publish_async("t", b"m%d" % i, headers={"blob": "h" * 20_000}) for i in range(200)
+        ]
+        p.flush(30)
+        # Then every one is stored: the producer split them into frames the hub accepts
+        assert sorted(f.result() for f in futures) == list(range(1, 201))
+
+
+def test_headers_msgpack_cannot_encode_fail_the_call_not_the_producer(hub):
+    with Producer(hub.endpoint) as p:
+        with pytest.raises(InvalidMessage, match="cannot be encoded"):
+            p.publish_async("t", b"x", headers={"when": object()})
+        with pytest.raises(InvalidMessage, match="header names must be strings"):
+            p.publish_async("t", b"x", headers={1: "x"})
+        assert p.publish("t", b"still fine", headers={"n": 1}) == 1
+
+
+def test_a_dead_letter_keeps_headers_of_any_type(hub):
+    with Producer(hub.endpoint) as p:
+        p.publish("t", b"poison", headers={"n": 1, "tags": ["a", "b"], "raw": b"\x00"})
+    with Consumer(hub.endpoint) as c:
+        c.subscribe("t", "g", credit=1)
+        c.receive(timeout=10).reject("bad")
+        c.subscribe("dlq.g", "inspect", credit=1)
+        dead = c.receive(timeout=10)
+        assert dead.topic == "dlq.g" and dead.payload == b"poison"
+        assert dead.headers["tags"] == ["a", "b"] and dead.headers["raw"] == b"\x00"
+        assert dead.headers["x-reason"] == "rejected: bad" and dead.headers["x-origin-seq"] == 1
+
+
+@pytest.mark.slow
+def test_a_subscriber_paused_past_its_deadline_attaches_again_when_it_resumes(hub_process, processes):
+    # Given a hub with fast heartbeats and an idle subscriber
+    hub = hub_process(extra=["--heartbeat-ms", "100"])
+    sub = processes(subprocess.Popen(
+        [*zmq_mq_command(), "subscribe", "late", "--group", "g", "--count", "1", "--timeout", "60",
+         "--hub", hub.endpoint],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    ))
+    actors = lambda: [s["actors"] for t in _topics(hub.endpoint) if t["topic"] == "late"  # noqa: E731
+                      for s in t["subscriptions"]]
+    wait_for(lambda: actors() == [1], message="subscriber attached")
+    # When it is paused past the hub's liveness limit, so that the hub detaches it
+    os.kill(sub.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: actors() == [0], message="hub detached the paused subscriber")
+    finally:
+        os.kill(sub.pid, signal.SIGCONT)
+    # Then once resumed it attaches again by itself, and gets a message published afterwards
+    wait_for(lambda: actors() == [1], message="subscriber attached again")
+    with Producer(hub.endpoint) as p:
+        p.publish("late", b"after the pause")
+    out, err = sub.communicate(timeout=60)
+    assert sub.returncode == 0, err
+    assert b"after the pause" in out
+
+
+def test_a_consumer_attaches_again_when_the_hub_says_it_dropped_the_attachment(hub):
+    # Given a consumer attached to a subscription
+    with Consumer(hub.endpoint) as c:
+        c.subscribe("t", "g", credit=5)
+        session = c._session
+        with session.lock:
+            # When a heartbeat answer lists none of its sids (the hub took it for dead)
+            session._handle(protocol.Command.HEARTBEAT, [session.conn.hub_instance, []])
+            assert session.reattached == 1
+            # while one that lists them changes nothing
+            session._handle(protocol.Command.HEARTBEAT, [session.conn.hub_instance, [1]])
+        assert session.reattached == 1
+        # Then it is attached and served as before
+        with Producer(hub.endpoint) as p:
+            p.publish("t", b"still served")
+        assert c.receive(timeout=10).payload == b"still served"
+
+
+def _topics(endpoint: str) -> list[dict]:
+    from zmq_mq.actors.connection import request
+
+    return request(endpoint, protocol.Command.TOPICS, timeout=10)
 
 
 def test_acking_a_sequence_never_published_is_an_error(hub, raw_client):
