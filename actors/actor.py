@@ -252,11 +252,18 @@ class Actor:
                             msg.topic, msg.group, msg.seq, msg.deliveries, exc)
                 if msg.settled is None:
                     msg.nack()
+            except BaseException as exc:  # SystemExit, KeyboardInterrupt: the handler wants out
+                log.error("handler for %s/%s raised %r on seq %d: stopping the actor",
+                          msg.topic, msg.group, exc, msg.seq)
+                if msg.settled is None:
+                    msg.release()  # not a failure of the message: another actor takes it
+                self._stop.set()
             else:
                 if msg.settled is None:
                     msg.ack()
-            self._results.append((None, "done", None))
-            self._wake()
+            finally:  # whatever happened, the worker is free again and keeps serving
+                self._results.append((None, "done", None))
+                self._wake()
 
     def settle(self, msg: Message, kind: str, arg: Any = None) -> None:
         """Message.ack() and friends, from any thread: handed to the loop thread."""

@@ -6,6 +6,7 @@ consumer's caller, an actor's loop). Other threads talk to that thread, never to
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
@@ -14,9 +15,11 @@ import zmq
 
 from ..router import protocol
 from ..router.config import DEFAULT_BIND, HEARTBEAT_INTERVAL_MS, LIVENESS
-from ..router.protocol import Command
+from ..router.protocol import Command, DecodeError
 from ..router.wire import NOBLOCK, recv_frames, send_frames
 from .errors import HubError, HubUnavailable, InvalidMessage
+
+log = logging.getLogger("zmq_mq.connection")
 
 ENV_HUB = "ZMQ_MQ_HUB"
 
@@ -71,7 +74,11 @@ class Connection:
                     f"no answer from the hub at {self.endpoint} within {timeout:g} s "
                     "(is `zmq-mq hub` running there?)"
                 )
-            command, body = self.recv()
+            try:
+                command, body = self.recv()
+            except DecodeError as exc:  # not an answer to our HELLO: keep waiting for it
+                log.warning("ignoring a bad frame from the hub: %s", exc.message)
+                continue
             if command == Command.WELCOME:
                 self._welcomed(body)
                 return body

@@ -180,6 +180,8 @@ class Session:
                     self._reconnect()
                 except HubUnavailable:
                     pass  # try again at the next pump; messages stay safe in the hub
+                except HubError as exc:
+                    log.error("hub at %s refused the connection: %s", self.conn.endpoint, exc)
 
     def _handle(self, command: bytes, body: Any) -> None:
         if command == Command.DELIVER:
@@ -349,6 +351,7 @@ class Consumer:
             if session.lock.acquire(timeout=interval):
                 try:
                     if session.open and session.conn.socket is not None:
+                        session.flush_acks()  # acks of an app that stopped calling receive()
                         session.pump(0)
                 except Exception:  # never let the keeper die silently on a transient error
                     log.exception("consumer keeper")

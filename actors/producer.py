@@ -111,11 +111,12 @@ class Producer:
         self._start_error: BaseException | None = None
         self._closing = False
         self._closed = False
-        # Accounting without a lock per message: user threads only draw from _submitted (an
-        # itertools counter, atomic under the GIL); only the I/O thread adds to _resolved, and
-        # it notifies _cond once per batch.
+        # Accounting: user threads draw numbers under _number_lock (uncontended, cheap), so
+        # _last_submitted only grows; only the I/O thread adds to _resolved, and it notifies
+        # _cond once per batch.
         self._cond = threading.Condition()
         self._submitted = itertools.count(1)
+        self._number_lock = threading.Lock()
         self._last_submitted = 0
         self._resolved = 0
         self._first_error: BaseException | None = None
@@ -181,15 +182,19 @@ class Producer:
         if self._closing or self._closed:
             raise ClosedError("producer is closed")
         size = self._conn.check_message(topic, payload, key, headers)
-        number = next(self._submitted)
-        self._last_submitted = number
-        if number - self._resolved > self._max_pending:
+        if self._last_submitted - self._resolved >= self._max_pending:
+            # Wait for room before taking a number: a call that gives up leaves no gap that
+            # flush() would wait for forever.
             self._wake()
             with self._cond:
                 if not self._cond.wait_for(
-                    lambda: number - self._resolved <= self._max_pending, self.timeout
+                    lambda: self._last_submitted - self._resolved < self._max_pending, self.timeout
                 ):
                     raise HubUnavailable(f"{self.timeout:g} s without room: the hub is not confirming")
+        if self._closing or self._closed:
+            raise ClosedError("producer is closed")
+        with self._number_lock:  # numbers and _last_submitted move together, in order
+            self._last_submitted = next(self._submitted)
         future = PublishFuture(self)
         self._queue.append(([topic, bytes(payload), key, headers], future, size))
         if not self._wake_sent:
@@ -358,6 +363,12 @@ class Producer:
             except HubUnavailable:
                 if self._closing:
                     return
+            except HubError as exc:  # the hub answered, and refused us: tell the publishers
+                log.error("hub at %s refused the connection: %s", conn.endpoint, exc)
+                for _, futures in outstanding.values():
+                    self._resolve_batch(futures, error=exc)
+                outstanding.clear()
+                return
         self._resend(conn, outstanding)
 
     def _resolve_batch(self, futures: list[PublishFuture], seqs: list[int] | None = None,

@@ -124,3 +124,27 @@ def test_a_work_queue_spreads_messages_over_competing_actors(hub):
 def test_run_refuses_an_actor_without_handlers(hub):
     with pytest.raises(RuntimeError, match="no handlers"):
         Actor(hub.endpoint).run()
+
+
+def test_a_handler_that_raises_systemexit_stops_the_actor_and_its_message_goes_elsewhere(hub):
+    # Given an actor whose handler asks the process to exit
+    def handle(msg):
+        raise SystemExit(3)
+
+    actor = Actor(hub.endpoint, name="quitter", concurrency=2)
+    actor.add_handler("exits", handle, group="g")
+    actor.start()
+    try:
+        with Producer(hub.endpoint) as p:
+            p.publish("exits", b"hot potato")
+        # Then the actor stops by itself instead of hanging with a dead worker
+        actor.join(30)
+        assert not actor.running
+    finally:
+        actor.stop()
+    # And the message was given back, not counted as a failed attempt
+    with Consumer(hub.endpoint) as c:
+        c.subscribe("exits", "g")
+        msg = c.receive(timeout=10)
+        assert msg is not None and msg.payload == b"hot potato" and msg.deliveries == 1
+        msg.ack()

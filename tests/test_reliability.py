@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from conftest import wait_for, zmq_mq_command
-from zmq_mq.actors import Actor, Consumer, InvalidMessage, Producer
+from zmq_mq.actors import Actor, Consumer, HubUnavailable, InvalidMessage, Producer
 from zmq_mq.router import protocol
 from zmq_mq.router.protocol import SIGNATURE
 
@@ -434,3 +434,47 @@ def test_a_full_store_refuses_publishes_clearly_and_keeps_serving_acks(tmp_path)
             except HubError as exc:
                 assert exc.code == "storage_full"
             assert hub.hub.topics()[0]["messages"] == stored
+
+
+def test_a_publish_that_times_out_waiting_for_room_leaves_flush_working(tmp_path):
+    # Given a fake hub that welcomes the producer but holds back its confirms until told
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    release = threading.Event()
+    stop = threading.Event()
+
+    def fake_hub():
+        held = []
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        while not stop.is_set():
+            if poller.poll(20):
+                ident, *frames = router.recv_multipart()
+                command, body = protocol.decode(frames)
+                if command == b"HELLO":
+                    router.send_multipart([ident, *protocol.encode(b"WELCOME", {"hub": "fake", "limits": {}})])
+                elif command == b"PUBLISH":
+                    held.append((ident, body))
+            if release.is_set():
+                for n, (ident, (batch_id, msgs)) in enumerate(held):
+                    router.send_multipart([ident, *protocol.encode(b"CONFIRM", [batch_id, [n + 1] * len(msgs)])])
+                held.clear()
+
+    thread = threading.Thread(target=fake_hub, daemon=True)
+    thread.start()
+    try:
+        with Producer(f"tcp://127.0.0.1:{port}", timeout=0.5, max_pending=2) as p:
+            first = [p.publish_async("t", b"a"), p.publish_async("t", b"b")]
+            # When a third publish gives up waiting for room
+            with pytest.raises(HubUnavailable):
+                p.publish_async("t", b"c")
+            # Then once the hub confirms, flush() sees everything accepted as done
+            release.set()
+            p.flush(5)
+            assert all(f.done() for f in first)
+    finally:
+        stop.set()
+        thread.join(5)
+        router.close(linger=0)
