@@ -448,6 +448,54 @@ def background_cpu(seconds: float = 1.0) -> dict:
         return {}
 
 
+class StallMeter:
+    """How often this machine stops running a ready thread (hypervisor throttling, steal time).
+
+    A thread in the otherwise idle bench parent sleeps 1 ms at a time and records every wake-up
+    more than ``threshold_ms`` late. Such stalls hit the hub and the clients alike, so a latency
+    tail that matches them is the machine's, not the queue's. Measured, never subtracted.
+    """
+
+    def __init__(self, threshold_ms: float = 4.0) -> None:
+        self.threshold = threshold_ms / 1000
+        self.stalls: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stall-meter", daemon=True)
+        self.started = 0.0
+        self.elapsed = 0.0
+
+    def _run(self) -> None:
+        tick = 0.001
+        prev = time.perf_counter()
+        while not self._stop.is_set():
+            time.sleep(tick)
+            now = time.perf_counter()
+            late = now - prev - tick
+            if late > self.threshold:
+                self.stalls.append(late)
+            prev = now
+
+    def __enter__(self) -> "StallMeter":
+        self.started = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.elapsed = time.perf_counter() - self.started
+
+    def summary(self) -> dict:
+        stalls = sorted(self.stalls)
+        return {
+            "threshold_ms": self.threshold * 1000, "seconds": round(self.elapsed, 2),
+            "count": len(stalls), "per_s": round(len(stalls) / max(self.elapsed, 1e-9), 2),
+            "stalled_ms": round(sum(stalls) * 1000, 1),
+            "max_ms": round(stalls[-1] * 1000, 2) if stalls else 0.0,
+            "p50_ms": round(stalls[len(stalls) // 2] * 1000, 2) if stalls else 0.0,
+        }
+
+
 def run_workload(name: str, args) -> dict:
     hub = HubProcess(args.sync)
     workers = Workers()
@@ -468,9 +516,11 @@ def run_workload(name: str, args) -> dict:
         elif name == "W3":
             workers.start("w3", hub.endpoint, dict(base, rate=args.rate, duration=args.duration))
         workers.wait_ready(60.0)
-        workers.go.set()
-        out = workers.collect(args.timeout + 30.0)
+        with StallMeter() as stalls:
+            workers.go.set()
+            out = workers.collect(args.timeout + 30.0)
         result.update(summarise(name, out))
+        result["machine_stalls"] = stalls.summary()
         result["hub"] = hub.status()
     except BaseException as exc:
         result["error"] = "".join(traceback.format_exception_only(type(exc), exc)).strip()
@@ -613,8 +663,8 @@ def print_table(report: dict) -> None:
         f"Python {m.get('python')}"
     )
     table = Table(show_lines=True)
-    for col in ("workload", "result", "details", "hub peak RSS", "busy before", "floor",
-                "verdict"):
+    for col in ("workload", "result", "details", "hub peak RSS", "busy before",
+                "machine stalls", "floor", "verdict"):
         table.add_column(col)
     for r in report["workloads"]:
         name = f"{r['workload']}\n{r['description']}"
@@ -622,11 +672,14 @@ def print_table(report: dict) -> None:
         rss = fmt(hub.get("peak_rss_mb"), ",.1f") + " MiB"
         bg = r.get("background_cpu_before", {})
         busy = f"{fmt(bg.get('busy_cores'), '.2f')} cores"
+        st = r.get("machine_stalls") or {}
+        stalls = (f"{st['count']:,} ({fmt(st['per_s'], '.1f')}/s), max {fmt(st['max_ms'], '.1f')} ms"
+                  if st else "n/a")
         label, verdict = floor_verdict(r)
         color = {"PASS": "green", "FAIL": "red", "INVALID": "red"}.get(verdict, "yellow")
         verdict = f"[{color}]{verdict}[/{color}]"
         if "error" in r:
-            table.add_row(name, "[red]ERROR[/red]", r["error"][:300], rss, busy, label, verdict)
+            table.add_row(name, "[red]ERROR[/red]", r["error"][:300], rss, busy, stalls, label, verdict)
             continue
         lost = f"lost {r['lost']}" if r.get("lost") else "none lost"
         if r["workload"] == "W1":
@@ -648,10 +701,13 @@ def print_table(report: dict) -> None:
                        f"p99 {fmt(sched.get('p99'), '.2f')} ms, max {fmt(sched.get('max'), '.2f')} ms")
         if not r.get("ok"):
             main = f"[red]{main}[/red]"
-        table.add_row(name, main, details, rss, busy, label, verdict)
+        table.add_row(name, main, details, rss, busy, stalls, label, verdict)
     console.print(table)
     console.print("busy before: machine-wide CPU in use during the 1 s before the workload "
                   "started (other processes on this machine)")
+    console.print("machine stalls: wake-ups of an idle 1 ms sleeper in the bench process more than "
+                  "4 ms late while the workload ran (the machine itself not running ready threads; "
+                  "they hit the hub and clients alike)")
 
 
 def main(argv: list[str] | None = None) -> int:
