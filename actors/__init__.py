@@ -1,6 +1,7 @@
 """The zmq-mq client library: producers, consumers, actors and live listeners."""
 
 from .actor import Actor
+from .connection import CurveKeys
 from .consumer import Consumer
 from .errors import ClosedError, HubError, HubUnavailable, InvalidMessage, ZmqMqError
 from .listener import Listener
@@ -11,6 +12,7 @@ __all__ = [
     "Actor",
     "ClosedError",
     "Consumer",
+    "CurveKeys",
     "HubError",
     "HubUnavailable",
     "InvalidMessage",

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import zmq
 
-from .connection import monotonic_ms
+from .connection import CurveKeys, monotonic_ms
 from .consumer import DEFAULT_CREDIT, Session
 from .errors import ClosedError
 from .message import Message
@@ -58,7 +58,7 @@ class Actor:
 
     def __init__(self, endpoint: str | None = None, *, name: str | None = None,
                  concurrency: int = 1, timeout: float = 10.0, grace: float = DEFAULT_GRACE,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, curve: CurveKeys | None = None) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.name = name or f"actor-{next(_counter)}"
@@ -67,6 +67,7 @@ class Actor:
         self.timeout = timeout
         self.grace = grace
         self._ctx = context or zmq.Context.instance()
+        self.curve = curve
         self._routes: list[_Route] = []
         self._stop = threading.Event()
         self._started = threading.Event()
@@ -150,7 +151,7 @@ class Actor:
         self._wake_tx = self._ctx.socket(zmq.PAIR)
         self._wake_tx.connect(self._wake_addr)
         session = self.session = Session(self.endpoint, name=self.name, timeout=self.timeout,
-                                         context=self._ctx)
+                                         context=self._ctx, curve=self.curve)
         session.settler = self
         workers = [threading.Thread(target=self._worker, name=f"{self.name}-worker-{i}", daemon=True)
                    for i in range(self.concurrency)]

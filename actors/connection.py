@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
+import zmq.auth
 
 from ..router import protocol
 from ..router.config import DEFAULT_BIND, HEARTBEAT_INTERVAL_MS, LIVENESS
@@ -22,6 +24,65 @@ from .errors import HubError, HubUnavailable, InvalidMessage
 log = logging.getLogger("zmq_mq.connection")
 
 ENV_HUB = "ZMQ_MQ_HUB"
+ENV_CURVE_KEY = "ZMQ_MQ_CURVE_KEY"  # this client's NAME.key_secret file
+ENV_SERVER_KEY = "ZMQ_MQ_SERVER_KEY"  # the hub's hub.key file, or its Z85 public key
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """A client's CURVE key pair and the hub's public key (all Z85), for a ``--curve`` hub.
+
+    ``CurveKeys.load("keys/alice.key_secret", "keys/hub.key")`` reads the files
+    ``zmq-mq keygen`` writes; :meth:`from_env` reads the same from $ZMQ_MQ_CURVE_KEY and
+    $ZMQ_MQ_SERVER_KEY.
+    """
+
+    public: bytes
+    secret: bytes = field(repr=False)
+    server: bytes
+
+    @classmethod
+    def load(cls, secret_key_file: str | os.PathLike, server_key: str | os.PathLike) -> "CurveKeys":
+        """Read this client's ``NAME.key_secret`` and the hub's ``hub.key`` (or Z85 key text)."""
+        try:
+            public, secret = zmq.auth.load_certificate(secret_key_file)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read the client secret key {secret_key_file}: {exc}") from None
+        if not secret:
+            raise ValueError(
+                f"{secret_key_file} holds no secret key: give the NAME.key_secret file, not NAME.key"
+            )
+        text = os.fspath(server_key)
+        if len(text) == 40 and not os.path.exists(text):
+            server = text.encode("ascii")  # the Z85 public key itself
+        else:
+            try:
+                server, _ = zmq.auth.load_certificate(text)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"cannot read the hub public key {text}: {exc}") from None
+        return cls(public, secret, server)
+
+    @classmethod
+    def from_env(cls) -> "CurveKeys | None":
+        """Keys named by $ZMQ_MQ_CURVE_KEY and $ZMQ_MQ_SERVER_KEY, or None if neither is set."""
+        secret_file = os.environ.get(ENV_CURVE_KEY)
+        server = os.environ.get(ENV_SERVER_KEY)
+        if not secret_file and not server:
+            return None
+        if not (secret_file and server):
+            raise ValueError(f"set both ${ENV_CURVE_KEY} and ${ENV_SERVER_KEY} (or neither)")
+        return cls.load(secret_file, server)
+
+    def apply(self, sock: zmq.Socket) -> None:
+        """Make ``sock`` a CURVE client of the hub (before it connects)."""
+        sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
+        sock.setsockopt(zmq.CURVE_SERVERKEY, self.server)
+
+
+def resolve_curve(curve: CurveKeys | None) -> CurveKeys | None:
+    """The CURVE keys to use: the argument, else those named by the environment, else None."""
+    return curve if curve is not None else CurveKeys.from_env()
 
 
 def resolve_endpoint(endpoint: str | None) -> str:
@@ -36,9 +97,12 @@ def monotonic_ms() -> int:
 class Connection:
     """A DEALER connected to the hub, with HELLO/WELCOME done and heartbeat bookkeeping."""
 
-    def __init__(self, endpoint: str | None, *, name: str = "", context: zmq.Context | None = None):
+    def __init__(self, endpoint: str | None, *, name: str = "", context: zmq.Context | None = None,
+                 curve: CurveKeys | None = None):
         self.endpoint = resolve_endpoint(endpoint)
         self.name = name
+        # kept for every socket this connection opens, so reconnects stay encrypted
+        self.curve = resolve_curve(curve)
         self._ctx = context or zmq.Context.instance()
         self.socket: zmq.Socket | None = None
         self.welcome: dict[str, Any] = {}
@@ -59,6 +123,8 @@ class Connection:
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        if self.curve is not None:
+            self.curve.apply(sock)
         sock.connect(self.endpoint)
         self.socket = sock
 
@@ -70,9 +136,14 @@ class Connection:
         while True:
             left = deadline - monotonic_ms()
             if left <= 0 or not self.socket.poll(left, zmq.POLLIN):
+                hint = (
+                    "is `zmq-mq hub --curve` running there, is this client's public key "
+                    "authorised on it, and is the hub key right?"
+                    if self.curve is not None
+                    else "is `zmq-mq hub` running there? a --curve hub needs client keys"
+                )
                 raise HubUnavailable(
-                    f"no answer from the hub at {self.endpoint} within {timeout:g} s "
-                    "(is `zmq-mq hub` running there?)"
+                    f"no answer from the hub at {self.endpoint} within {timeout:g} s ({hint})"
                 )
             try:
                 command, body = self.recv()
@@ -163,9 +234,9 @@ class Connection:
 
 
 def request(endpoint: str | None, command: bytes, *, timeout: float = 10.0,
-            context: zmq.Context | None = None) -> Any:
+            context: zmq.Context | None = None, curve: CurveKeys | None = None) -> Any:
     """One admin round trip (e.g. TOPICS): connect, ask, return the REPLY body, close."""
-    conn = Connection(endpoint, name="admin", context=context)
+    conn = Connection(endpoint, name="admin", context=context, curve=curve)
     try:
         conn.open(timeout)
         conn.send(command, [1])

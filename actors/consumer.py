@@ -20,7 +20,7 @@ import zmq
 
 from ..router import protocol
 from ..router.protocol import Command
-from .connection import Connection, monotonic_ms
+from .connection import Connection, CurveKeys, monotonic_ms
 from .errors import ClosedError, HubError, HubUnavailable
 from .message import Message
 
@@ -66,8 +66,8 @@ class Session:
     """
 
     def __init__(self, endpoint: str | None, *, name: str = "", timeout: float = 10.0,
-                 context: zmq.Context | None = None) -> None:
-        self.conn = Connection(endpoint, name=name, context=context)
+                 context: zmq.Context | None = None, curve: CurveKeys | None = None) -> None:
+        self.conn = Connection(endpoint, name=name, context=context, curve=curve)
         self.timeout = timeout
         self.specs: dict[int, SubscriptionSpec] = {}
         self.inbox: collections.deque[Message] = collections.deque()
@@ -320,8 +320,8 @@ class Consumer:
     """
 
     def __init__(self, endpoint: str | None = None, *, name: str = "consumer", timeout: float = 10.0,
-                 context: zmq.Context | None = None) -> None:
-        self._session = Session(endpoint, name=name, timeout=timeout, context=context)
+                 context: zmq.Context | None = None, curve: CurveKeys | None = None) -> None:
+        self._session = Session(endpoint, name=name, timeout=timeout, context=context, curve=curve)
         self.timeout = timeout
         self._closed = False
         self._keeper: threading.Thread | None = None

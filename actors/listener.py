@@ -12,6 +12,7 @@ from typing import Iterator
 import msgpack
 import zmq
 
+from .connection import CurveKeys, resolve_curve
 from .message import Message
 
 
@@ -19,10 +20,13 @@ class Listener:
     """Receive live messages whose topic starts with one of ``prefixes`` ('' for all)."""
 
     def __init__(self, pub_endpoint: str, prefixes: tuple[str, ...] | list[str] = ("",), *,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, curve: CurveKeys | None = None) -> None:
         self._ctx = context or zmq.Context.instance()
         self.socket = self._ctx.socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
+        keys = resolve_curve(curve)
+        if keys is not None:  # a --curve hub's live feed (with an ACL: keys allowed to read '>')
+            keys.apply(self.socket)
         for prefix in prefixes:
             self.socket.setsockopt(zmq.SUBSCRIBE, prefix.encode())
         self.socket.connect(pub_endpoint)

@@ -22,7 +22,7 @@ import zmq
 
 from ..router import protocol
 from ..router.protocol import Command
-from .connection import Connection, monotonic_ms
+from .connection import Connection, CurveKeys, monotonic_ms
 from .errors import ClosedError, HubError, HubUnavailable, InvalidMessage
 
 log = logging.getLogger("zmq_mq.producer")
@@ -94,9 +94,11 @@ class Producer:
         max_batch: int = DEFAULT_MAX_BATCH,
         max_pending: int = DEFAULT_MAX_PENDING,
         context: zmq.Context | None = None,
+        curve: CurveKeys | None = None,
     ) -> None:
         self._ctx = context or zmq.Context.instance()
-        self._conn = Connection(endpoint, name=name or f"producer-{next(_counter)}", context=self._ctx)
+        self._conn = Connection(endpoint, name=name or f"producer-{next(_counter)}", context=self._ctx,
+                                curve=curve)
         self.endpoint = self._conn.endpoint
         self.timeout = timeout
         self._max_batch = max_batch

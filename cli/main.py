@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -14,9 +15,16 @@ from typing import Optional
 import typer
 
 from ..actors import Actor, Consumer, Producer
-from ..actors.connection import ENV_HUB, request
+from ..actors.connection import ENV_CURVE_KEY, ENV_HUB, ENV_SERVER_KEY, CurveKeys, request
 from ..actors.errors import HubError, HubUnavailable, InvalidMessage, ZmqMqError
-from ..router.config import DEFAULT_BIND, DEFAULT_DATA_DIR, DEFAULT_PUB, HEARTBEAT_INTERVAL_MS, HubConfig
+from ..router.config import (
+    DEFAULT_BIND,
+    DEFAULT_DATA_DIR,
+    DEFAULT_KEYS_DIR,
+    DEFAULT_PUB,
+    HEARTBEAT_INTERVAL_MS,
+    HubConfig,
+)
 from ..router.protocol import MAX_MESSAGE_BYTES
 from ..router.protocol import Command
 
@@ -29,6 +37,27 @@ app = typer.Typer(
 HubOption = typer.Option(
     None, "--hub", envvar=ENV_HUB, help=f"Hub endpoint (default {DEFAULT_BIND})."
 )
+
+CurveKeyOption = typer.Option(
+    None, "--curve-key", envvar=ENV_CURVE_KEY,
+    help="This client's secret key file (NAME.key_secret from `zmq-mq keygen`), for a --curve hub.",
+)
+ServerKeyOption = typer.Option(
+    None, "--server-key", envvar=ENV_SERVER_KEY,
+    help="The --curve hub's public key: its hub.key file, or the Z85 key itself.",
+)
+
+
+def _curve(curve_key: str | None, server_key: str | None) -> CurveKeys | None:
+    """Client keys from --curve-key / --server-key (or their environment variables)."""
+    if not curve_key and not server_key:
+        return None
+    if not (curve_key and server_key):
+        _fail("--curve-key and --server-key go together (a --curve hub needs both)", 2)
+    try:
+        return CurveKeys.load(curve_key, server_key)
+    except ValueError as exc:
+        _fail(str(exc), 2)
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -61,14 +90,37 @@ def hub(
     max_size_mb: Optional[int] = typer.Option(None, "--max-size-mb", help="Cap on the LMDB map size (default: until the disk is full)."),
     max_message_bytes: int = typer.Option(MAX_MESSAGE_BYTES, "--max-message-bytes", help="Largest payload accepted."),
     heartbeat_ms: int = typer.Option(HEARTBEAT_INTERVAL_MS, "--heartbeat-ms", help="Heartbeat interval told to clients."),
+    curve: bool = typer.Option(
+        False, "--curve",
+        help="Encrypt and authenticate with CurveZMQ: only clients whose public key is in "
+        "--authorized get in. Without it the hub is plain (no encryption, no authentication).",
+    ),
+    keys: str = typer.Option(
+        DEFAULT_KEYS_DIR, "--keys",
+        help="With --curve: directory holding the hub's key pair hub.key / hub.key_secret "
+        "(`zmq-mq keygen --out DIR --name hub`).",
+    ),
+    authorized: Optional[str] = typer.Option(
+        None, "--authorized",
+        help="With --curve: directory of authorised client public keys (NAME.key files); "
+        "default KEYS/authorized.",
+    ),
+    acl: Optional[str] = typer.Option(
+        None, "--acl",
+        help="With --curve: TOML file granting each client key publish / subscribe topic "
+        "patterns (default: every authorised key may do everything).",
+    ),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Run the hub until SIGINT or SIGTERM."""
     from ..router.hub import Hub
+    from ..router.security import SecurityError
 
     _setup_logging(log_level)
     if sync not in ("full", "none"):
         _fail("--sync must be 'full' or 'none'", 2)
+    if not curve and (authorized or acl):
+        _fail("--authorized and --acl need --curve", 2)
     config = HubConfig(
         data_dir=data,
         bind=bind,
@@ -78,17 +130,27 @@ def hub(
         max_map_size=None if max_size_mb is None else max_size_mb * 1024 * 1024,
         max_message_bytes=max_message_bytes,
         heartbeat_ms=heartbeat_ms,
+        curve=curve,
+        keys_dir=keys,
+        authorized_dir=authorized,
+        acl_file=acl,
     )
     try:
         the_hub = Hub(config)
+    except SecurityError as exc:
+        _fail(f"cannot start the hub: {exc}", 2)
+    except Exception as exc:
+        _fail(f"cannot start the hub: {exc}")
+    try:
         the_hub.bind()
     except Exception as exc:
+        the_hub.close()
         _fail(f"cannot start the hub: {exc}")
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: the_hub.stop())
     typer.echo(
         f"zmq-mq hub ready: router {the_hub.endpoint} pub {the_hub.pub_endpoint} data {data} "
-        f"sync {sync}",
+        f"sync {sync} security {'curve' if curve else 'plain'}",
         err=True,
     )
     try:
@@ -118,11 +180,14 @@ def publish(
     key: Optional[str] = typer.Option(None, "--key", help="Message key (ordering and routing)."),
     header: list[str] = typer.Option([], "--header", help="Header K=V (repeatable)."),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for the hub."),
+    curve_key: Optional[str] = CurveKeyOption,
+    server_key: Optional[str] = ServerKeyOption,
 ) -> None:
     """Publish messages; exits 0 only once every one is confirmed durable."""
     headers = _parse_headers(header)
+    keys = _curve(curve_key, server_key)
     try:
-        with Producer(hub, timeout=timeout, name="cli-publish") as producer:
+        with Producer(hub, timeout=timeout, name="cli-publish", curve=keys) as producer:
             if message is not None and message != "-":
                 seq = producer.publish(topic, message.encode(), key=key, headers=headers)
                 typer.echo(seq)
@@ -185,6 +250,8 @@ def subscribe(
     max_deliver: Optional[int] = typer.Option(None, "--max-deliver", help="Deliveries before dead-lettering (default 5; 0 = unlimited)."),
     start: str = typer.Option("first", "--start", help="Where a NEW group starts: first (all retained) or new."),
     hub: Optional[str] = HubOption,
+    curve_key: Optional[str] = CurveKeyOption,
+    server_key: Optional[str] = ServerKeyOption,
 ) -> None:
     """Print messages of a subscription, acking each one after printing it."""
     if count is not None and count <= 0:
@@ -195,7 +262,7 @@ def subscribe(
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     received = 0
     out = sys.stdout
-    consumer = Consumer(hub, name=f"cli-subscribe-{group}")
+    consumer = Consumer(hub, name=f"cli-subscribe-{group}", curve=_curve(curve_key, server_key))
     try:
         consumer.connect()
         consumer.subscribe(topic, group, credit=credit, ack_wait=ack_wait, max_deliver=max_deliver,
@@ -236,10 +303,13 @@ def topics(
     hub: Optional[str] = HubOption,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     timeout: float = typer.Option(5.0, "--timeout"),
+    curve_key: Optional[str] = CurveKeyOption,
+    server_key: Optional[str] = ServerKeyOption,
 ) -> None:
-    """Topics with their message counts and subscriptions."""
+    """Topics with their message counts and subscriptions (with an ACL: those you may use)."""
+    keys = _curve(curve_key, server_key)
     try:
-        data = request(hub, Command.TOPICS, timeout=timeout)
+        data = request(hub, Command.TOPICS, timeout=timeout, curve=keys)
     except (HubUnavailable, HubError) as exc:
         _fail(str(exc))
     if as_json:
@@ -259,6 +329,40 @@ def topics(
             table.add_row(*head, *tail)
     # piped output: wide enough that no column is cut to "…"
     Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+# --- keygen --------------------------------------------------------------------------------
+
+
+@app.command()
+def keygen(
+    out: str = typer.Option(DEFAULT_KEYS_DIR, "--out", help="Directory to write the key pair to (created if missing)."),
+    name: str = typer.Option("client", "--name", help="Key name: NAME.key (public) and NAME.key_secret (secret). Use 'hub' for the hub's own pair."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing pair of that name."),
+) -> None:
+    """Create a CurveZMQ key pair for the hub or a client (for `zmq-mq hub --curve`)."""
+    import zmq.auth
+
+    if not name or name.startswith(".") or os.sep in name or (os.altsep and os.altsep in name):
+        _fail(f"--name must be a plain file name, not {name!r}", 2)
+    public_file = os.path.join(out, f"{name}.key")
+    secret_file = os.path.join(out, f"{name}.key_secret")
+    if not force and (os.path.exists(public_file) or os.path.exists(secret_file)):
+        _fail(f"{public_file} or {secret_file} exists; use --force to replace the pair", 2)
+    # The secret file must be readable by its owner only: create both under a strict umask.
+    old_umask = os.umask(0o077)
+    try:
+        os.makedirs(out, exist_ok=True)
+        public_file, secret_file = zmq.auth.create_certificates(out, name)
+    except OSError as exc:
+        _fail(f"cannot write keys to {out}: {exc}")
+    finally:
+        os.umask(old_umask)
+    os.chmod(public_file, 0o644)  # the public half is meant to be copied around
+    public, _ = zmq.auth.load_certificate(public_file)
+    typer.echo(f"public key file: {public_file}")
+    typer.echo(f"secret key file: {secret_file}  (keep it private)")
+    typer.echo(f"public key: {public.decode('ascii')}")
 
 
 # --- demo ----------------------------------------------------------------------------------

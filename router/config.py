@@ -9,6 +9,7 @@ from . import protocol
 DEFAULT_DATA_DIR = "./zmq-mq-data"
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 DEFAULT_PUB = "tcp://127.0.0.1:5556"
+DEFAULT_KEYS_DIR = "./zmq-mq-keys"
 
 # Heartbeats: clients send one every interval; a peer silent for LIVENESS intervals is dead.
 # One second and three misses detach a dead actor within about three seconds, which is the
@@ -42,6 +43,12 @@ class HubConfig:
     # Deliveries one subscription hands out in a turn, and messages in one DELIVER frame.
     max_dispatch_per_turn: int = 5000
     max_deliver_frame: int = 500
+    # Security (see router/security.py and README "Security"). curve=False: plain ZeroMQ, no
+    # encryption, anyone who reaches the port may do anything: for loopback / a trusted host.
+    curve: bool = False
+    keys_dir: str = DEFAULT_KEYS_DIR  # holds hub.key / hub.key_secret (zmq-mq keygen --name hub)
+    authorized_dir: str | None = None  # client NAME.key files allowed in; None: <keys_dir>/authorized
+    acl_file: str | None = None  # TOML grants per client key; None: every authorised key may do all
 
     def limits(self) -> dict:
         """The limits told to clients in WELCOME."""

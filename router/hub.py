@@ -24,11 +24,23 @@ from typing import Any
 
 import msgpack
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from ..storage import Store, StorageError, StorageFull
 from . import protocol
+from .acl import PUBLISH, SUBSCRIBE
 from .config import HubConfig
 from .protocol import Command, DecodeError, ErrorCode
+from .security import (
+    LIVE_DOMAIN,
+    MONITOR_EVENTS,
+    ROUTER_DOMAIN,
+    HubAuthenticator,
+    HubKeys,
+    LogLimiter,
+    describe_handshake_failure,
+    make_curve_server,
+)
 from .subscription import DeadLetter, Subscription
 from .wire import NOBLOCK, recv_frames, send_frames
 
@@ -43,6 +55,10 @@ MAX_POLL_MS = 100
 # large because confirms are small and a producer may pipeline many batches.
 ROUTER_SNDHWM = 100_000
 MAX_SEQS_PER_COMMAND = 100_000
+# CURVE mode remembers the client key of each ROUTER identity, to notice an identity reused by
+# another key; past this many the entries of connections with no attachment are dropped (the
+# key is read again from the next frame, so forgetting costs nothing but that check).
+MAX_REMEMBERED_USERS = 50_000
 
 _now_ms = time.monotonic_ns
 
@@ -92,7 +108,22 @@ class Hub:
     def __init__(self, config: HubConfig | None = None, *, context: zmq.Context | None = None) -> None:
         self.config = config or HubConfig()
         self.instance = uuid.uuid4().hex[:12]
-        self._ctx = context or zmq.Context.instance()
+        cfg = self.config
+        if not cfg.curve and (cfg.acl_file or cfg.authorized_dir):
+            raise ValueError("an ACL or an authorised-keys directory needs curve=True (--curve)")
+        # CURVE: keys and ACL are read before anything opens, so a bad file stops the start.
+        self.keys: HubKeys | None = (
+            HubKeys.load(cfg.keys_dir, cfg.authorized_dir, cfg.acl_file) if cfg.curve else None
+        )
+        self._acl = self.keys.acl if self.keys else None
+        # One ZAP handler per context: a CURVE hub gets its own context unless given one, so
+        # that several hubs (tests) can run in one process.
+        self._own_ctx = context is None and self.keys is not None
+        self._ctx = context or (zmq.Context() if self._own_ctx else zmq.Context.instance())
+        self._auth: HubAuthenticator | None = None
+        self._monitor: zmq.Socket | None = None
+        self._users: dict[bytes, str | None] = {}  # ROUTER identity -> client key (Z85), CURVE only
+        self._log_limiter = LogLimiter()
         self._stop = threading.Event()
         self._running = threading.Event()
         self.store = Store(
@@ -136,20 +167,26 @@ class Hub:
 
     def bind(self) -> None:
         """Bind the sockets (``tcp://127.0.0.1:*`` picks a free port; see ``endpoint``)."""
-        router = self._ctx.socket(zmq.ROUTER)
+        # sockets are kept at once, so that close() cleans up after a failed bind
+        router = self.router = self._ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.SNDHWM, ROUTER_SNDHWM)
         router.setsockopt(zmq.RCVHWM, ROUTER_SNDHWM)
         router.setsockopt(zmq.MAXMSGSIZE, HARD_FRAME_LIMIT)
+        if self.keys is not None:
+            self._auth = HubAuthenticator(self._ctx, self.keys)
+            self._auth.start()
+            make_curve_server(router, self.keys, ROUTER_DOMAIN)
+            self._monitor = router.get_monitor_socket(MONITOR_EVENTS)
         router.bind(self.config.bind)
-        self.router = router
         self.endpoint = router.getsockopt(zmq.LAST_ENDPOINT).decode()
         if self.config.pub:
-            pub = self._ctx.socket(zmq.PUB)
+            pub = self.pub = self._ctx.socket(zmq.PUB)
             pub.setsockopt(zmq.LINGER, 0)
+            if self.keys is not None:
+                make_curve_server(pub, self.keys, LIVE_DOMAIN)
             pub.bind(self.config.pub)
-            self.pub = pub
             self.pub_endpoint = pub.getsockopt(zmq.LAST_ENDPOINT).decode()
 
     def stop(self) -> None:
@@ -161,10 +198,20 @@ class Hub:
         return self._running
 
     def close(self) -> None:
+        if self._monitor is not None:
+            self.router.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
         for sock in (self.router, self.pub):
             if sock is not None:
                 sock.close(linger=0)
         self.router = self.pub = None
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._own_ctx:  # only the hub's sockets live in it, all closed by now
+            self._ctx.term()
+            self._own_ctx = False
         self.store.close()
 
     def run(self) -> None:
@@ -173,13 +220,18 @@ class Hub:
             self.bind()
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
+        read = self._read_commands
+        if self._monitor is not None:
+            poller.register(self._monitor, zmq.POLLIN)
+            read = self._read_curve
         self._running.set()
-        log.info("hub %s serving on %s (pub %s)", self.instance, self.endpoint, self.pub_endpoint)
+        log.info("hub %s serving on %s (pub %s, %s)", self.instance, self.endpoint,
+                 self.pub_endpoint, "CURVE" if self.keys else "plain, no authentication")
         try:
             while not self._stop.is_set():
                 timeout = self._poll_timeout()
                 if poller.poll(timeout):
-                    self._read_commands()
+                    read()
                 self._turn()
         finally:
             self._persist_on_exit()
@@ -211,6 +263,72 @@ class Hub:
             except zmq.Again:
                 return
             handle(frames)
+
+    def _read_curve(self) -> None:
+        """``_read_commands`` for a CURVE hub: also learns each command's client key.
+
+        The key is read from the routing-id frame's ``User-Id`` (set by the ZAP handler) on
+        every command, not only the first of an identity: a ROUTER identity freed by one client
+        may be claimed by another key, and must not inherit the first one's rights or
+        attachments.
+        """
+        self._drain_monitor()
+        router = self.router
+        handle = self._handle
+        users = self._users
+        for _ in range(self.config.max_turn_commands):
+            try:
+                first = router.recv(NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            frames = [first.bytes]
+            frame = first
+            while frame.more:
+                frame = router.recv(0, copy=False)
+                frames.append(frame.bytes)
+            try:
+                user = first.get("User-Id")
+            except zmq.ZMQError:  # no ZAP metadata: cannot happen on a CURVE server socket
+                user = None
+            identity = frames[0]
+            known = users.get(identity, False)
+            if known != user:
+                if known is not False:
+                    log.warning("connection %s changed client key; dropping its attachments",
+                                identity.hex())
+                    self._lost_peer(identity, _monotonic_ms())
+                if len(users) >= MAX_REMEMBERED_USERS:
+                    self._users = users = {i: u for i, u in users.items() if i in self._peers}
+                users[identity] = user
+            handle(frames)
+
+    def _drain_monitor(self) -> None:
+        """Log handshakes that failed before ZAP saw them (no keys, wrong hub key)."""
+        monitor = self._monitor
+        while monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                frames = monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            msg = parse_monitor_message(frames)
+            event, value = int(msg["event"]), int(msg["value"])
+            what = describe_handshake_failure(event, value)
+            skipped = self._log_limiter.allow(("handshake", event, value), _monotonic_ms())
+            if skipped is not None:
+                more = f" ({skipped} more since the last report)" if skipped else ""
+                log.warning("refused a connection on %s: CURVE handshake failed, %s%s",
+                            msg["endpoint"].decode("utf-8", "replace"), what, more)
+
+    def _forbidden(self, identity: bytes, action: str, topic: str) -> str:
+        """Log an ACL refusal (rate-limited) and return the text of the error."""
+        user = self._users.get(identity)
+        who = self.keys.name_of(user) if self.keys else "?"
+        skipped = self._log_limiter.allow((user, action, topic), _monotonic_ms())
+        if skipped is not None:
+            more = f" ({skipped} more since the last report)" if skipped else ""
+            log.warning("forbidden: client %s (key %s) may not %s to %r%s", who, user, action,
+                        topic, more)
+        return f"client {who} may not {action} to {topic!r}"
 
     def _turn(self) -> None:
         now = _monotonic_ms()
@@ -526,6 +644,21 @@ class Hub:
                     index,
                 )
             staged.append((topic, record))
+        acl = self._acl
+        if acl is not None:  # one cached lookup per run of equal topics
+            user = self._users.get(identity)
+            allowed = None
+            for index, (topic, _) in enumerate(staged):
+                if topic != allowed:
+                    if not acl.permits(user, PUBLISH, topic):
+                        raise _BadRequest(
+                            ErrorCode.FORBIDDEN,
+                            f"message {index}: {self._forbidden(identity, PUBLISH, topic)}; "
+                            "nothing of this batch was stored",
+                            batch_id,
+                            index,
+                        )
+                    allowed = topic
         appends = self._appends
         positions = []
         for topic, record in staged:
@@ -549,6 +682,8 @@ class Hub:
         problem = protocol.check_group(group)
         if problem:
             raise _BadRequest(ErrorCode.BAD_GROUP, problem, sid)
+        if self._acl is not None and not self._acl.permits(self._users.get(identity), SUBSCRIBE, topic):
+            raise _BadRequest(ErrorCode.FORBIDDEN, self._forbidden(identity, SUBSCRIBE, topic), sid)
         credit = _int_field(body, "credit", 0, protocol.MAX_CREDIT, sid, default=10)
         ack_wait_ms = _int_field(body, "ack_wait_ms", 1, 7 * 24 * 3600 * 1000, sid)
         max_deliver = _int_field(body, "max_deliver", 0, 1_000_000, sid)
@@ -682,7 +817,13 @@ class Hub:
 
     def _on_topics(self, identity, peer, body) -> None:
         ref = body[0] if isinstance(body, list) and body else None
-        self._outbox.append((identity, Command.REPLY, [ref, self.topics()]))
+        topics = self.topics()
+        acl = self._acl
+        if acl is not None:  # a client sees only the topics it may publish or read
+            user = self._users.get(identity)
+            topics = [t for t in topics if acl.permits(user, PUBLISH, t["topic"])
+                      or acl.permits(user, SUBSCRIBE, t["topic"])]
+        self._outbox.append((identity, Command.REPLY, [ref, topics]))
 
     def topics(self) -> list[dict]:
         """Topics with their message counts and subscriptions (what ``zmq-mq topics`` shows)."""

@@ -120,6 +120,7 @@ class ErrorCode(str, Enum):
     UNKNOWN_SEQUENCE = "unknown_sequence"  # ack/nack/... of a sequence never published
     STORAGE_FULL = "storage_full"  # the LMDB map or the disk is full: nothing was stored
     STORAGE_ERROR = "storage_error"  # another storage failure: nothing was stored
+    FORBIDDEN = "forbidden"  # the hub's ACL does not grant this client key the topic
     INTERNAL = "internal"  # a bug in the hub; the hub keeps serving
 
 
