@@ -351,3 +351,19 @@ def test_a_curve_hub_that_cannot_bind_cleans_up(tmp_path, keys, curve_hub):
     # ... and close() releases its sockets, ZAP thread and context (it would hang otherwise)
     hub.close()
     assert hub._auth is None and hub.router is None
+
+
+def test_without_an_acl_every_authorised_key_may_do_everything(tmp_path, keys):
+    h = HubThread(tmp_path / "data", curve=True, keys_dir=str(keys.dir)).start()
+    try:
+        with Producer(h.endpoint, curve=keys.client("bob"), timeout=5) as producer, \
+                Listener(h.pub_endpoint, curve=keys.client("bob")) as live:
+            def bob_hears():
+                producer.publish("payments", b"p")
+                return live.receive(0.1)
+
+            assert wait_for(bob_hears, 10, message="bob on the live feed").topic == "payments"
+        with pytest.raises(HubUnavailable):
+            Producer(h.endpoint, curve=keys.client("mallory"), timeout=1).connect()
+    finally:
+        h.stop()
