@@ -1,4 +1,5 @@
-"""The ``zmq-mq`` command: run the hub, publish, subscribe, list topics, and a demo."""
+"""The ``zmq-mq`` command: run the hub, publish, subscribe, list topics, a demo, and the
+operator commands of cli/ops.py (stats, dlq, listen)."""
 
 from __future__ import annotations
 
@@ -326,6 +327,15 @@ def demo(
         except KeyboardInterrupt:
             pass
     hub_thread.stop()
+
+
+# --- operator commands (cli/ops.py) ---------------------------------------------------------
+
+from . import ops as _ops  # noqa: E402  (registered after the app exists)
+
+app.command("stats")(_ops.stats)
+app.command("listen")(_ops.listen)
+app.add_typer(_ops.dlq_app, name="dlq")
 
 
 def main() -> None:
