@@ -37,19 +37,45 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    """Logs to stderr: ``text`` for people, ``json`` (one object per line) for log shippers."""
+    from ..router.config import JsonLogFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
 
 
 # --- hub -----------------------------------------------------------------------------------
 
+# Keys a `zmq-mq hub --config FILE` may set: the flag names (dashes or underscores), with types.
+_HUB_FILE_KEYS: dict[str, tuple[type, ...]] = {
+    "data": (str,),
+    "bind": (str,),
+    "pub": (str,),
+    "sync": (str,),
+    "map_size_mb": (int,),
+    "max_size_mb": (int,),
+    "max_message_bytes": (int,),
+    "heartbeat_ms": (int,),
+    "log_level": (str,),
+    "log_format": (str,),
+    "metrics_port": (int,),
+    "metrics_addr": (str,),
+}
+
 
 @app.command()
 def hub(
+    ctx: typer.Context,
+    config_file: Optional[str] = typer.Option(
+        None, "--config",
+        help="TOML file of hub settings; keys are these flag names (e.g. map-size-mb = 2048); "
+        "flags given on the command line win.",
+    ),
     data: str = typer.Option(DEFAULT_DATA_DIR, "--data", help="Data directory (LMDB)."),
     bind: str = typer.Option(DEFAULT_BIND, "--bind", help="ROUTER endpoint clients connect to."),
     pub: str = typer.Option(DEFAULT_PUB, "--pub", help="PUB endpoint for live listeners ('' for none)."),
@@ -63,38 +89,70 @@ def hub(
     max_message_bytes: int = typer.Option(MAX_MESSAGE_BYTES, "--max-message-bytes", help="Largest payload accepted."),
     heartbeat_ms: int = typer.Option(HEARTBEAT_INTERVAL_MS, "--heartbeat-ms", help="Heartbeat interval told to clients."),
     log_level: str = typer.Option("info", "--log-level"),
+    log_format: str = typer.Option("text", "--log-format", help="text, or json: one JSON object per line (ts, level, logger, message)."),
+    metrics_port: Optional[int] = typer.Option(
+        None, "--metrics-port",
+        help="Serve Prometheus metrics on http://METRICS_ADDR:PORT/metrics (0 picks a free port; default: off).",
+    ),
+    metrics_addr: str = typer.Option("127.0.0.1", "--metrics-addr", help="Address the metrics endpoint binds."),
 ) -> None:
     """Run the hub until SIGINT or SIGTERM."""
+    from ..router.config import ConfigError, load_toml
     from ..router.hub import Hub
 
-    _setup_logging(log_level)
-    if sync not in ("full", "none"):
+    opts = {name: value for name, value in locals().items() if name in _HUB_FILE_KEYS}
+    if config_file:
+        try:
+            from_file = load_toml(config_file, _HUB_FILE_KEYS)
+        except ConfigError as exc:
+            _fail(str(exc), 2)
+        for name, value in from_file.items():
+            # a flag typed on the command line wins over the file (the source's enum name is
+            # compared: typer vendors click, so its ParameterSource class is not importable)
+            source = ctx.get_parameter_source(name)
+            if getattr(source, "name", "DEFAULT") not in ("COMMANDLINE", "ENVIRONMENT"):
+                opts[name] = value
+    if opts["log_format"] not in ("text", "json"):
+        _fail("--log-format must be 'text' or 'json'", 2)
+    _setup_logging(opts["log_level"], opts["log_format"])
+    if opts["sync"] not in ("full", "none"):
         _fail("--sync must be 'full' or 'none'", 2)
     config = HubConfig(
-        data_dir=data,
-        bind=bind,
-        pub=pub or None,
-        sync=sync == "full",
-        map_size=map_size_mb * 1024 * 1024,
-        max_map_size=None if max_size_mb is None else max_size_mb * 1024 * 1024,
-        max_message_bytes=max_message_bytes,
-        heartbeat_ms=heartbeat_ms,
+        data_dir=opts["data"],
+        bind=opts["bind"],
+        pub=opts["pub"] or None,
+        sync=opts["sync"] == "full",
+        map_size=opts["map_size_mb"] * 1024 * 1024,
+        max_map_size=None if opts["max_size_mb"] is None else opts["max_size_mb"] * 1024 * 1024,
+        max_message_bytes=opts["max_message_bytes"],
+        heartbeat_ms=opts["heartbeat_ms"],
     )
     try:
         the_hub = Hub(config)
         the_hub.bind()
     except Exception as exc:
         _fail(f"cannot start the hub: {exc}")
+    metrics = None
+    if opts["metrics_port"] is not None:
+        from ..router.metrics import MetricsServer
+
+        try:
+            metrics = MetricsServer(the_hub, opts["metrics_port"], opts["metrics_addr"]).start()
+        except OSError as exc:
+            the_hub.close()
+            _fail(f"cannot serve metrics on {opts['metrics_addr']}:{opts['metrics_port']}: {exc}")
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: the_hub.stop())
     typer.echo(
-        f"zmq-mq hub ready: router {the_hub.endpoint} pub {the_hub.pub_endpoint} data {data} "
-        f"sync {sync}",
+        f"zmq-mq hub ready: router {the_hub.endpoint} pub {the_hub.pub_endpoint} data {opts['data']} "
+        f"sync {opts['sync']}" + (f" metrics {metrics.url}" if metrics else ""),
         err=True,
     )
     try:
         the_hub.run()
     finally:
+        if metrics is not None:
+            metrics.stop()
         the_hub.close()
 
 
