@@ -1,5 +1,5 @@
 """The ``zmq-mq`` command: run the hub, publish, subscribe, list topics, a demo, and the
-operator commands of cli/ops.py (stats, dlq, listen)."""
+operator commands of cli/ops.py (stats, dlq, listen, bench)."""
 
 from __future__ import annotations
 
@@ -394,6 +394,7 @@ from . import ops as _ops  # noqa: E402  (registered after the app exists)
 app.command("stats")(_ops.stats)
 app.command("listen")(_ops.listen)
 app.add_typer(_ops.dlq_app, name="dlq")
+app.command("bench")(_ops.bench)
 
 
 def main() -> None:

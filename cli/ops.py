@@ -364,3 +364,68 @@ def listen(
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# --- bench ---------------------------------------------------------------------------------
+
+
+def bench(
+    workloads: str = typer.Option("W1,W2,W3", "--workloads", help="Comma-separated: W1 durable publish, W2 end to end, W3 publish-confirm latency."),
+    messages: int = typer.Option(200_000, "--messages", help="Messages for W1 and W2."),
+    sync: str = typer.Option("full", "--sync", help="The started hub's --sync (full or none)."),
+    rate: float = typer.Option(5000.0, "--rate", help="W3 target msg/s."),
+    duration: float = typer.Option(10.0, "--duration", help="W3 seconds."),
+    credit: int = typer.Option(1000, "--credit", help="W2 consumer credit."),
+    timeout: float = typer.Option(120.0, "--timeout", help="Bound on each workload's measured phase (s)."),
+    hub: Optional[str] = typer.Option(None, "--hub", help="Use this running hub (fresh topics per run) instead of starting one per workload in a temp dir."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of the table."),
+    json_out: Optional[str] = typer.Option(None, "--json-out", help="Also write the JSON report to this file."),
+) -> None:
+    """Measure throughput and latency on this machine (the bench/ workloads).
+
+    Each workload starts its own hub on a temp dir (unless --hub) and runs producers and
+    consumers as separate processes; 128-byte payloads. Exit status 1 if a workload errored or
+    lost messages.
+    """
+    import argparse
+    from pathlib import Path
+
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                               TimeElapsedColumn)
+
+    from .. import bench as engine
+
+    try:
+        names = engine.workload_names(workloads)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    if messages <= 0 or rate <= 0 or duration <= 0 or credit <= 0 or timeout <= 0:
+        _fail("--messages, --rate, --duration, --credit and --timeout must be positive", 2)
+    if sync not in ("full", "none"):
+        _fail("--sync must be 'full' or 'none'", 2)
+    args = argparse.Namespace(workloads=workloads, messages=messages, sync=sync, rate=rate,
+                              duration=duration, credit=credit, timeout=timeout, hub=hub)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=_console(stderr=True)) as progress:
+        task = progress.add_task("bench", total=len(names))
+
+        def started(name: str) -> None:
+            progress.update(task, description=f"{name}: {engine.WORKLOAD_NAMES[name]}")
+
+        def done(name: str, result: dict) -> None:
+            if "error" in result:
+                progress.console.print(f"[red]{name} ERROR[/red]: {result['error']}")
+            progress.advance(task)
+
+        report = engine.run(args, names, started, done)
+    text = json.dumps(report, indent=2, default=str)
+    if as_json:
+        typer.echo(text)
+    else:
+        engine.print_table(report)
+    if json_out:
+        out = Path(json_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    if engine.failed_workloads(report):
+        raise typer.Exit(1)
