@@ -4,6 +4,7 @@ operator commands of cli/ops.py (stats, dlq, listen, bench)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import signal
@@ -189,18 +190,37 @@ def publish(
             count = 0
             first = last = None
             futures = []
-            for line in sys.stdin.buffer:
-                if line.endswith(b"\n"):
-                    line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
-                futures.append(producer.publish_async(topic, line, key=key, headers=headers))
-                if len(futures) >= 10_000:
-                    first, last, count = _collect(producer, futures, first, last, count, timeout)
-                    futures = []
-            first, last, count = _collect(producer, futures, first, last, count, timeout)
+            with _publish_progress(topic) as progress:
+                for line in sys.stdin.buffer:
+                    if line.endswith(b"\n"):
+                        line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+                    futures.append(producer.publish_async(topic, line, key=key, headers=headers))
+                    if len(futures) >= 10_000:
+                        first, last, count = _collect(producer, futures, first, last, count, timeout)
+                        futures = []
+                        progress(count)
+                first, last, count = _collect(producer, futures, first, last, count, timeout)
             span = f" (seq {first}..{last})" if count else ""
             typer.echo(f"confirmed {count} messages on {topic}{span}", err=True)
     except (HubUnavailable, HubError, InvalidMessage, ZmqMqError) as exc:
         _fail(str(exc))
+
+
+@contextlib.contextmanager
+def _publish_progress(topic: str):
+    """A live count of confirmed messages on stderr while a large input is published (only
+    when stderr is a terminal: pipes and logs get the final line alone)."""
+    if not sys.stderr.isatty():
+        yield lambda confirmed: None
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("publishing to {task.fields[topic]}: "
+                  "{task.completed:,} confirmed"), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("publish", total=None, topic=topic)
+        yield lambda confirmed: progress.update(task, completed=confirmed)
 
 
 def _collect(producer: Producer, futures: list, first, last, count: int, timeout: float):
