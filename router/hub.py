@@ -116,7 +116,8 @@ class Hub:
         self.pub_endpoint: str | None = None
         # per-turn state
         self._appends: dict[str, list[bytes]] = {}
-        self._confirms: list[tuple[bytes, Any, list[tuple[str, int]]]] = []
+        # (identity, batch_id, [(topic, index in its append list)], receipt time in ns)
+        self._confirms: list[tuple[bytes, Any, list[tuple[str, int]], int]] = []
         self._outbox: list[tuple[bytes, bytes, Any]] = []
         self._dead_letters: list[tuple[Subscription, DeadLetter]] = []
         # PURGE / REDRIVE: records to delete in this turn's commit, and the answers to send once
