@@ -10,7 +10,8 @@ One connection, one request at a time; what ``zmq-mq stats`` and ``zmq-mq dlq`` 
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import zmq
 
@@ -20,7 +21,7 @@ from ..router.protocol import Command, DecodeError
 from .connection import Connection, monotonic_ms
 from .errors import HubError, HubUnavailable
 
-__all__ = ["Admin", "FETCH_PAGE"]
+__all__ = ["FETCH_PAGE", "Admin"]
 
 FETCH_PAGE = 1000  # records per FETCH (the hub's maximum)
 
@@ -118,5 +119,5 @@ class Admin:
     def __enter__(self) -> Admin:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

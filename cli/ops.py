@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -59,7 +59,7 @@ def _payload_fields(payload: bytes) -> dict[str, str]:
 def _when(ms: Any) -> str:
     if not isinstance(ms, int):
         return "-"
-    return _dt.datetime.fromtimestamp(ms / 1000, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return _dt.datetime.fromtimestamp(ms / 1000, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _size(n: int) -> str:
@@ -101,7 +101,7 @@ def stats_tables(stats: dict):
 
 
 def stats(
-    hub: Optional[str] = HubOption,
+    hub: str | None = HubOption,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document (schema in docs/PROTOCOL.md)."),
     watch: bool = typer.Option(False, "--watch", help="Refresh the tables until Ctrl-C."),
     interval: float = typer.Option(2.0, "--interval", help="Seconds between refreshes with --watch."),
@@ -167,9 +167,9 @@ def _dlq_groups(admin: Admin) -> list[str]:
 
 @dlq_app.command("list")
 def dlq_list(
-    group: Optional[str] = typer.Option(None, "--group", help="Subscription whose dead letters to list (default: all)."),
+    group: str | None = typer.Option(None, "--group", help="Subscription whose dead letters to list (default: all)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON array of dead letters."),
-    hub: Optional[str] = HubOption,
+    hub: str | None = HubOption,
     timeout: float = TimeoutOption,
 ) -> None:
     """Dead letters with their reason and origin (topic and sequence)."""
@@ -201,7 +201,7 @@ def dlq_show(
     seq: int = typer.Argument(..., help="Sequence of the dead letter in dlq.<group>."),
     group: str = typer.Option(..., "--group", help="Subscription that dead-lettered it."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-    hub: Optional[str] = HubOption,
+    hub: str | None = HubOption,
     timeout: float = TimeoutOption,
 ) -> None:
     """One dead letter in full: origin, reason, deliveries, key, headers and payload."""
@@ -252,7 +252,7 @@ def dlq_redrive(
     seq: list[int] = typer.Option([], "--seq", help="Sequence in dlq.<group> (repeatable)."),
     all_: bool = typer.Option(False, "--all", help="Every dead letter of the group."),
     as_json: bool = typer.Option(False, "--json", help="Print the per-letter results as JSON."),
-    hub: Optional[str] = HubOption,
+    hub: str | None = HubOption,
     timeout: float = TimeoutOption,
 ) -> None:
     """Send dead letters back to their origin topic and remove them from the DLQ.
@@ -289,7 +289,7 @@ def dlq_purge(
     group: str = typer.Option(..., "--group", help="Subscription whose dead letters to delete."),
     seq: list[int] = typer.Option([], "--seq", help="Sequence in dlq.<group> (repeatable)."),
     all_: bool = typer.Option(False, "--all", help="Every dead letter of the group."),
-    hub: Optional[str] = HubOption,
+    hub: str | None = HubOption,
     timeout: float = TimeoutOption,
 ) -> None:
     """Delete dead letters for good."""
@@ -313,12 +313,23 @@ def dlq_purge(
 # --- listen --------------------------------------------------------------------------------
 
 
+def reachable_pub(pub: str, hub_endpoint: str) -> str:
+    """The PUB endpoint as this client can reach it: a hub bound on every interface
+    (``tcp://0.0.0.0:5556`` or ``tcp://*:5556``) is reached on the host we reached it on."""
+    proto, sep, rest = pub.partition("://")
+    host, colon, port = rest.rpartition(":")
+    if proto != "tcp" or not sep or not colon or host not in ("*", "0.0.0.0", "[::]", "::"):
+        return pub
+    hub_host = hub_endpoint.partition("://")[2].rpartition(":")[0]
+    return f"tcp://{hub_host or '127.0.0.1'}:{port}"
+
+
 def listen(
     prefix: str = typer.Argument("", help="Topic prefix to listen to ('' for every topic)."),
-    hub: Optional[str] = HubOption,
+    hub: str | None = HubOption,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
-    count: Optional[int] = typer.Option(None, "--count", help="Stop after this many messages."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop after this many seconds without a message."),
+    count: int | None = typer.Option(None, "--count", help="Stop after this many messages."),
+    timeout: float | None = typer.Option(None, "--timeout", help="Stop after this many seconds without a message."),
 ) -> None:
     """Print the live feed from the hub's PUB socket (ZeroMQ prefix match on the topic).
 
@@ -337,6 +348,7 @@ def listen(
         _fail(str(exc))
     if not pub:
         _fail("this hub has no live feed (started with --pub '')")
+    pub = reachable_pub(pub, admin.endpoint)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     received = 0
@@ -377,9 +389,9 @@ def bench(
     duration: float = typer.Option(10.0, "--duration", help="W3 seconds."),
     credit: int = typer.Option(1000, "--credit", help="W2 consumer credit."),
     timeout: float = typer.Option(120.0, "--timeout", help="Bound on each workload's measured phase (s)."),
-    hub: Optional[str] = typer.Option(None, "--hub", help="Use this running hub (fresh topics per run) instead of starting one per workload in a temp dir."),
+    hub: str | None = typer.Option(None, "--hub", help="Use this running hub (fresh topics per run) instead of starting one per workload in a temp dir."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of the table."),
-    json_out: Optional[str] = typer.Option(None, "--json-out", help="Also write the JSON report to this file."),
+    json_out: str | None = typer.Option(None, "--json-out", help="Also write the JSON report to this file."),
 ) -> None:
     """Measure throughput and latency on this machine (the bench/ workloads).
 
@@ -390,8 +402,14 @@ def bench(
     import argparse
     from pathlib import Path
 
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                               TimeElapsedColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from .. import bench as engine
 

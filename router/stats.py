@@ -35,7 +35,7 @@ LATENCY_BUCKETS_S = (
 class RateWindow:
     """Events counted in one-second buckets over the last ``window_s`` seconds."""
 
-    __slots__ = ("window_s", "_buckets", "_since_ms")
+    __slots__ = ("_buckets", "_since_ms", "window_s")
 
     def __init__(self, now_ms: int, window_s: int = RATE_WINDOW_S) -> None:
         self.window_s = window_s
@@ -84,7 +84,7 @@ class SubCounters:
     once), ``dead_lettered`` the messages written to its dead-letter topic.
     """
 
-    __slots__ = ("delivered", "redelivered", "acked", "dead_lettered")
+    __slots__ = ("acked", "dead_lettered", "delivered", "redelivered")
 
     def __init__(self) -> None:
         self.delivered = 0
@@ -104,7 +104,7 @@ class SubCounters:
 class LatencyHistogram:
     """A cumulative-ready histogram of durations in seconds, in fixed buckets."""
 
-    __slots__ = ("bounds", "counts", "sum", "count")
+    __slots__ = ("bounds", "count", "counts", "sum")
 
     def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS_S) -> None:
         self.bounds = bounds

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import wait_for
 from zmq_mq.actors import Admin, Consumer, Producer
 from zmq_mq.actors.errors import HubError

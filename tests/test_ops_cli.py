@@ -8,7 +8,7 @@ import threading
 
 from conftest import run_cli, wait_for, zmq_mq_command
 from zmq_mq.actors import Admin, Consumer, Producer
-from zmq_mq.cli.ops import stats_tables
+from zmq_mq.cli.ops import reachable_pub, stats_tables
 
 
 def _reject_all(endpoint: str, n: int, group: str = "billing") -> None:
@@ -139,3 +139,10 @@ def test_listen_prints_the_live_feed_and_says_it_is_at_most_once(hub, processes)
     assert len(got) == 3 and all(m["topic"] == "orders" for m in got)
     assert [m["seq"] for m in got] == list(range(got[0]["seq"], got[0]["seq"] + 3))
     assert b"at-most-once" in err
+
+
+def test_a_pub_endpoint_bound_on_every_interface_is_reached_on_the_hub_host():
+    assert reachable_pub("tcp://0.0.0.0:5556", "tcp://mq.internal:5555") == "tcp://mq.internal:5556"
+    assert reachable_pub("tcp://*:7000", "tcp://10.0.0.5:5555") == "tcp://10.0.0.5:7000"
+    assert reachable_pub("tcp://127.0.0.1:5556", "tcp://mq:5555") == "tcp://127.0.0.1:5556"
+    assert reachable_pub("ipc:///tmp/pub", "tcp://mq:5555") == "ipc:///tmp/pub"

@@ -4,7 +4,6 @@ redrive whose commit fails (nothing may be lost or duplicated)."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import wait_for
 from zmq_mq.actors import Admin, Consumer, Producer
 from zmq_mq.actors.errors import HubError

@@ -7,9 +7,8 @@ import re
 import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import run_cli, wait_for
+from prometheus_client.parser import text_string_to_metric_families
 from zmq_mq.actors import Admin, Consumer, Producer
 from zmq_mq.router.config import ConfigError, load_toml
 from zmq_mq.router.metrics import MetricsServer
