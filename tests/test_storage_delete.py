@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from zmq_mq.storage import Store
 
 
@@ -66,3 +68,43 @@ def test_deleting_from_an_unknown_topic_or_nothing_changes_nothing(store):
     assert store.delete("nope", [1]) == 0
     assert store.delete("a", []) == 0
     assert store.topics["a"].count == 2 and "nope" not in store.topics
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(
+    st.tuples(st.just("append"), st.sampled_from("ab"), st.integers(0, 6)),
+    st.tuples(st.just("delete"), st.sampled_from("ab"), st.lists(st.integers(0, 40), max_size=8)),
+    st.tuples(st.just("range"), st.sampled_from("ab"), st.tuples(st.integers(0, 40), st.integers(0, 40))),
+), max_size=25))
+def test_any_mix_of_appends_and_deletes_matches_a_model(tmp_path_factory, ops):
+    # Invariant: after any sequence of appends and deletes (lists or ranges), each topic's stored
+    # records, count, bytes, first_seq and last_seq are exactly those of a dict model.
+    store = Store(tmp_path_factory.mktemp("db"), map_size=1 << 22)
+    model: dict[str, dict[int, bytes]] = {"a": {}, "b": {}}
+    last = {"a": 0, "b": 0}
+    try:
+        for op, topic, arg in ops:
+            if op == "append":
+                records = [b"%s%d" % (topic.encode(), last[topic] + i) * (i + 1) for i in range(1, arg + 1)]
+                first = store.commit({topic: records})[topic]
+                assert first == last[topic] + 1
+                for i, r in enumerate(records):
+                    model[topic][first + i] = r
+                last[topic] += arg
+            else:
+                seqs = arg if op == "delete" else range(arg[0], arg[1])
+                expected = sum(1 for s in set(seqs) if s in model[topic])
+                assert store.delete(topic, seqs) == (expected if topic in store.topics else 0)
+                for s in set(seqs):
+                    model[topic].pop(s, None)
+            for name, recs in model.items():
+                info = store.topics.get(name)
+                if info is None:
+                    assert not recs
+                    continue
+                assert store.read_range(name, 0, 1000) == sorted(recs.items())
+                assert info.count == len(recs) and info.bytes == sum(map(len, recs.values()))
+                assert info.last_seq == last[name]
+                assert info.first_seq == (min(recs) if recs else last[name] + 1)
+    finally:
+        store.close()
