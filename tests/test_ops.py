@@ -164,3 +164,35 @@ def test_redrive_of_a_record_without_origin_is_refused_per_record(hub):
         result = admin.redrive("plain", [1])
         assert result["redriven"] == 0 and "x-origin-topic" in result["results"][0]["error"]
         assert len(admin.fetch("plain")) == 1
+
+
+def test_racing_redrives_and_purges_take_each_dead_letter_exactly_once(hub, raw_client):
+    # Given 3 dead letters
+    _dead_letter(hub, 3)
+    # When one connection fires, back to back (mostly read in one hub turn): two redrives of
+    # seqs 1-2, a purge of 2, a purge of all, and a redrive of 3
+    sock = raw_client()
+    requests = [(protocol.Command.REDRIVE, [1, "dlq.billing", [1, 2]]),
+                (protocol.Command.REDRIVE, [2, "dlq.billing", [2, 1]]),
+                (protocol.Command.PURGE, [3, "dlq.billing", [2]]),
+                (protocol.Command.PURGE, [4, "dlq.billing", "all"]),
+                (protocol.Command.REDRIVE, [5, "dlq.billing", [3]])]
+    for command, body in requests:
+        sock.send_multipart(protocol.encode(command, body))
+    replies = {}
+    while len(replies) < len(requests):
+        assert sock.poll(10_000), f"answers so far: {replies}"
+        command, body = protocol.decode(sock.recv_multipart(), protocol.HUB_COMMANDS)
+        assert command == protocol.Command.REPLY, body
+        replies[body[0]] = body[1]
+    # Then every dead letter was taken by exactly one request, in arrival order
+    moved = [r["seq"] for ref in (1, 2, 5) for r in replies[ref]["results"] if "new_seq" in r]
+    purged = replies[3]["purged"] + replies[4]["purged"]
+    assert sorted(moved) == [1, 2] and replies[2]["redriven"] == 0
+    assert replies[3]["purged"] == 0 and replies[4]["purged"] == 1 and purged == 1
+    assert replies[5]["results"] == [{"seq": 3, "error": "not found"}]
+    with Admin(hub.endpoint) as admin:
+        assert admin.fetch("dlq.billing") == []
+        stats = admin.stats()
+    assert _topic(stats, "dlq.billing")["messages"] == 0
+    assert _topic(stats, "orders")["last_seq"] == 5  # 3 originals + 2 redriven, never more
