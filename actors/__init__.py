@@ -1,6 +1,7 @@
 """The zmq-mq client library: producers, consumers, actors and live listeners."""
 
 from .actor import Actor
+from .admin import Admin
 from .connection import CurveKeys
 from .consumer import Consumer
 from .errors import ClosedError, HubError, HubUnavailable, InvalidMessage, ZmqMqError
@@ -10,6 +11,7 @@ from .producer import Producer
 
 __all__ = [
     "Actor",
+    "Admin",
     "ClosedError",
     "Consumer",
     "CurveKeys",

@@ -1,8 +1,10 @@
-"""The ``zmq-mq`` command: run the hub, publish, subscribe, list topics, and a demo."""
+"""The ``zmq-mq`` command: run the hub, publish, subscribe, list topics, a demo, and the
+operator commands of cli/ops.py (stats, dlq, listen, bench)."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -65,19 +67,49 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    """Logs to stderr: ``text`` for people, ``json`` (one object per line) for log shippers."""
+    from ..router.config import JsonLogFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
 
 
 # --- hub -----------------------------------------------------------------------------------
 
+# Keys a `zmq-mq hub --config FILE` may set: the flag names (dashes or underscores), with types.
+_HUB_FILE_KEYS: dict[str, tuple[type, ...]] = {
+    "data": (str,),
+    "bind": (str,),
+    "pub": (str,),
+    "sync": (str,),
+    "map_size_mb": (int,),
+    "max_size_mb": (int,),
+    "max_message_bytes": (int,),
+    "heartbeat_ms": (int,),
+    "log_level": (str,),
+    "log_format": (str,),
+    "metrics_port": (int,),
+    "metrics_addr": (str,),
+    "curve": (bool,),
+    "keys": (str,),
+    "authorized": (str,),
+    "acl": (str,),
+}
+
 
 @app.command()
 def hub(
+    ctx: typer.Context,
+    config_file: Optional[str] = typer.Option(
+        None, "--config",
+        help="TOML file of hub settings; keys are these flag names (e.g. map-size-mb = 2048); "
+        "flags given on the command line win.",
+    ),
     data: str = typer.Option(DEFAULT_DATA_DIR, "--data", help="Data directory (LMDB)."),
     bind: str = typer.Option(DEFAULT_BIND, "--bind", help="ROUTER endpoint clients connect to."),
     pub: str = typer.Option(DEFAULT_PUB, "--pub", help="PUB endpoint for live listeners ('' for none)."),
@@ -111,29 +143,50 @@ def hub(
         "patterns (default: every authorised key may do everything).",
     ),
     log_level: str = typer.Option("info", "--log-level"),
+    log_format: str = typer.Option("text", "--log-format", help="text, or json: one JSON object per line (ts, level, logger, message)."),
+    metrics_port: Optional[int] = typer.Option(
+        None, "--metrics-port",
+        help="Serve Prometheus metrics on http://METRICS_ADDR:PORT/metrics (0 picks a free port; default: off).",
+    ),
+    metrics_addr: str = typer.Option("127.0.0.1", "--metrics-addr", help="Address the metrics endpoint binds."),
 ) -> None:
     """Run the hub until SIGINT or SIGTERM."""
+    from ..router.config import ConfigError, load_toml
     from ..router.hub import Hub
     from ..router.security import SecurityError
 
-    _setup_logging(log_level)
-    if sync not in ("full", "none"):
+    opts = {name: value for name, value in locals().items() if name in _HUB_FILE_KEYS}
+    if config_file:
+        try:
+            from_file = load_toml(config_file, _HUB_FILE_KEYS)
+        except ConfigError as exc:
+            _fail(str(exc), 2)
+        for name, value in from_file.items():
+            # a flag typed on the command line wins over the file (the source's enum name is
+            # compared: typer vendors click, so its ParameterSource class is not importable)
+            source = ctx.get_parameter_source(name)
+            if getattr(source, "name", "DEFAULT") not in ("COMMANDLINE", "ENVIRONMENT"):
+                opts[name] = value
+    if opts["log_format"] not in ("text", "json"):
+        _fail("--log-format must be 'text' or 'json'", 2)
+    _setup_logging(opts["log_level"], opts["log_format"])
+    if opts["sync"] not in ("full", "none"):
         _fail("--sync must be 'full' or 'none'", 2)
-    if not curve and (authorized or acl):
+    if not opts["curve"] and (opts["authorized"] or opts["acl"]):
         _fail("--authorized and --acl need --curve", 2)
     config = HubConfig(
-        data_dir=data,
-        bind=bind,
-        pub=pub or None,
-        sync=sync == "full",
-        map_size=map_size_mb * 1024 * 1024,
-        max_map_size=None if max_size_mb is None else max_size_mb * 1024 * 1024,
-        max_message_bytes=max_message_bytes,
-        heartbeat_ms=heartbeat_ms,
-        curve=curve,
-        keys_dir=keys,
-        authorized_dir=authorized,
-        acl_file=acl,
+        data_dir=opts["data"],
+        bind=opts["bind"],
+        pub=opts["pub"] or None,
+        sync=opts["sync"] == "full",
+        map_size=opts["map_size_mb"] * 1024 * 1024,
+        max_map_size=None if opts["max_size_mb"] is None else opts["max_size_mb"] * 1024 * 1024,
+        max_message_bytes=opts["max_message_bytes"],
+        heartbeat_ms=opts["heartbeat_ms"],
+        curve=opts["curve"],
+        keys_dir=opts["keys"],
+        authorized_dir=opts["authorized"],
+        acl_file=opts["acl"],
     )
     try:
         the_hub = Hub(config)
@@ -146,16 +199,28 @@ def hub(
     except Exception as exc:
         the_hub.close()
         _fail(f"cannot start the hub: {exc}")
+    metrics = None
+    if opts["metrics_port"] is not None:
+        from ..router.metrics import MetricsServer
+
+        try:
+            metrics = MetricsServer(the_hub, opts["metrics_port"], opts["metrics_addr"]).start()
+        except OSError as exc:
+            the_hub.close()
+            _fail(f"cannot serve metrics on {opts['metrics_addr']}:{opts['metrics_port']}: {exc}")
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: the_hub.stop())
     typer.echo(
-        f"zmq-mq hub ready: router {the_hub.endpoint} pub {the_hub.pub_endpoint} data {data} "
-        f"sync {sync} security {'curve' if curve else 'plain'}",
+        f"zmq-mq hub ready: router {the_hub.endpoint} pub {the_hub.pub_endpoint} data {opts['data']} "
+        f"sync {opts['sync']} security {'curve' if opts['curve'] else 'plain'}"
+        + (f" metrics {metrics.url}" if metrics else ""),
         err=True,
     )
     try:
         the_hub.run()
     finally:
+        if metrics is not None:
+            metrics.stop()
         the_hub.close()
 
 
@@ -195,18 +260,37 @@ def publish(
             count = 0
             first = last = None
             futures = []
-            for line in sys.stdin.buffer:
-                if line.endswith(b"\n"):
-                    line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
-                futures.append(producer.publish_async(topic, line, key=key, headers=headers))
-                if len(futures) >= 10_000:
-                    first, last, count = _collect(producer, futures, first, last, count, timeout)
-                    futures = []
-            first, last, count = _collect(producer, futures, first, last, count, timeout)
+            with _publish_progress(topic) as progress:
+                for line in sys.stdin.buffer:
+                    if line.endswith(b"\n"):
+                        line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+                    futures.append(producer.publish_async(topic, line, key=key, headers=headers))
+                    if len(futures) >= 10_000:
+                        first, last, count = _collect(producer, futures, first, last, count, timeout)
+                        futures = []
+                        progress(count)
+                first, last, count = _collect(producer, futures, first, last, count, timeout)
             span = f" (seq {first}..{last})" if count else ""
             typer.echo(f"confirmed {count} messages on {topic}{span}", err=True)
     except (HubUnavailable, HubError, InvalidMessage, ZmqMqError) as exc:
         _fail(str(exc))
+
+
+@contextlib.contextmanager
+def _publish_progress(topic: str):
+    """A live count of confirmed messages on stderr while a large input is published (only
+    when stderr is a terminal: pipes and logs get the final line alone)."""
+    if not sys.stderr.isatty():
+        yield lambda confirmed: None
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("publishing to {task.fields[topic]}: "
+                  "{task.completed:,} confirmed"), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("publish", total=None, topic=topic)
+        yield lambda confirmed: progress.update(task, completed=confirmed)
 
 
 def _collect(producer: Producer, futures: list, first, last, count: int, timeout: float):
@@ -430,6 +514,16 @@ def demo(
         except KeyboardInterrupt:
             pass
     hub_thread.stop()
+
+
+# --- operator commands (cli/ops.py) ---------------------------------------------------------
+
+from . import ops as _ops  # noqa: E402  (registered after the app exists)
+
+app.command("stats")(_ops.stats)
+app.command("listen")(_ops.listen)
+app.add_typer(_ops.dlq_app, name="dlq")
+app.command("bench")(_ops.bench)
 
 
 def main() -> None:

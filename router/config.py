@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as _dt
+import json
+import logging
+import tomllib
 from dataclasses import dataclass
+from typing import Any
 
 from . import protocol
 
@@ -59,3 +64,58 @@ class HubConfig:
             "max_batch_messages": self.max_batch_messages,
             "max_credit": protocol.MAX_CREDIT,
         }
+
+
+# --- configuration files and log formats ------------------------------------------------------
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used (unreadable, not TOML, unknown key, bad type)."""
+
+
+def load_toml(path: str, known: dict[str, tuple[type, ...]]) -> dict[str, Any]:
+    """Read a flat TOML file of ``key = value`` (keys are the command's flag names without the
+    dashes in front, e.g. ``map-size-mb``; ``map_size_mb`` works too), optionally inside a
+    ``[hub]`` table. ``known`` maps each allowed key (underscored) to its accepted types.
+    Returns ``{underscored_key: value}``; raises :class:`ConfigError` naming the file and key."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    if isinstance(data.get("hub"), dict):
+        data = data["hub"]
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            allowed = ", ".join(sorted(k.replace("_", "-") for k in known))
+            raise ConfigError(f"config file {path}: unknown key {key!r} (known: {allowed})")
+        types = known[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            want = " or ".join(t.__name__ for t in types)
+            raise ConfigError(f"config file {path}: {key} must be {want}, not {type(value).__name__}")
+        out[name] = value
+    return out
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: ``ts`` (UTC ISO 8601), ``level``, ``logger``, ``message``, and
+    ``exc`` with the traceback when there is one; for log shippers (``--log-format json``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        obj = {
+            "ts": _dt.datetime.fromtimestamp(record.created, _dt.timezone.utc).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+            "thread": record.threadName,
+        }
+        if record.exc_info:
+            obj["exc"] = self.formatException(record.exc_info)
+        return json.dumps(obj, ensure_ascii=False, default=str)

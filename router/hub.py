@@ -30,6 +30,7 @@ from ..storage import Store, StorageError, StorageFull
 from . import protocol
 from .acl import PUBLISH, SUBSCRIBE
 from .config import HubConfig
+from .deadletters import NotRedrivable, redrive_record
 from .protocol import Command, DecodeError, ErrorCode
 from .security import (
     LIVE_DOMAIN,
@@ -41,6 +42,7 @@ from .security import (
     describe_handshake_failure,
     make_curve_server,
 )
+from .stats import RATE_WINDOW_S, LatencyHistogram, SubCounters, TopicCounters
 from .subscription import DeadLetter, Subscription
 from .wire import NOBLOCK, recv_frames, send_frames
 
@@ -59,6 +61,9 @@ MAX_SEQS_PER_COMMAND = 100_000
 # another key; past this many the entries of connections with no attachment are dropped (the
 # key is read again from the next frame, so forgetting costs nothing but that check).
 MAX_REMEMBERED_USERS = 50_000
+# FETCH answers at most this many records (and at most half a frame of bytes): an admin reads
+# a log page by page, and one page never holds the loop for long.
+MAX_FETCH = 1000
 
 _now_ms = time.monotonic_ns
 
@@ -142,10 +147,26 @@ class Hub:
         self.pub_endpoint: str | None = None
         # per-turn state
         self._appends: dict[str, list[bytes]] = {}
-        self._confirms: list[tuple[bytes, Any, list[tuple[str, int]]]] = []
+        # (identity, batch_id, [(topic, index in its append list)], receipt time in ns)
+        self._confirms: list[tuple[bytes, Any, list[tuple[str, int]], int]] = []
         self._outbox: list[tuple[bytes, bytes, Any]] = []
         self._dead_letters: list[tuple[Subscription, DeadLetter]] = []
+        # PURGE / REDRIVE: records to delete in this turn's commit, and the answers to send once
+        # it committed: (identity, command, ref, result)
+        self._deletes: dict[str, set[int] | range] = {}
+        self._admin: list[tuple[bytes, bytes, Any, Any]] = []
         self._next_liveness_check = 0
+        # Operator statistics (router/stats.py), updated per batch or per turn
+        self._started_ms = _monotonic_ms()
+        self._topic_counters: dict[str, TopicCounters] = {}
+        self._sub_counters: dict[tuple[str, str], SubCounters] = {}
+        self.publish_latency = LatencyHistogram()
+        self._confirmed_at: list[int] = []  # receipt times (ns) of the batches confirmed this turn
+        # Stats for other threads (the metrics endpoint): taken by the loop at the end of a turn
+        self._snapshot_wanted = False
+        self._snapshot: dict | None = None
+        self._snapshot_ready = threading.Event()
+        self._snapshot_lock = threading.Lock()
         self.counters = {
             "published": 0,
             "delivered": 0,
@@ -233,6 +254,10 @@ class Hub:
                 if poller.poll(timeout):
                     read()
                 self._turn()
+                if self._snapshot_wanted:
+                    self._snapshot_wanted = False
+                    self._snapshot = self.stats()
+                    self._snapshot_ready.set()
         finally:
             self._persist_on_exit()
             self._running.clear()
@@ -341,6 +366,12 @@ class Hub:
             self._next_liveness_check = now + self.config.heartbeat_ms // 2
         published = self._commit()
         self._flush_outbox()
+        if self._confirmed_at:
+            sent = _now_ms()
+            observe = self.publish_latency.observe
+            for received in self._confirmed_at:
+                observe((sent - received) / 1e9)
+            self._confirmed_at = []
         if published and self.pub is not None:
             self._broadcast(published)
         self._dispatch(now)
@@ -357,25 +388,32 @@ class Hub:
         appends, self._appends = self._appends, {}
         confirms, self._confirms = self._confirms, []
         dead, self._dead_letters = self._dead_letters, []
-        dlq = self._dead_letter_records(dead)
+        deletes, self._deletes = self._deletes, {}
+        admin, self._admin = self._admin, []
+        dlq, dead_by_sub = self._dead_letter_records(dead)
         dirty = [sub for sub in self.subs.values() if sub.dirty]
-        if not appends and not dlq and not dirty:
-            for identity, batch_id, _ in confirms:  # empty batches: nothing to store
+        if not appends and not dlq and not dirty and not deletes:
+            for identity, batch_id, _, received in confirms:  # empty batches: nothing to store
                 self._outbox.append((identity, Command.CONFIRM, [batch_id, []]))
+                self._confirmed_at.append(received)
+            self._answer_admin(admin, {})
             return {}
         subs = {(s.topic, s.group): protocol.pack(s.snapshot()) for s in dirty}
         combined = {topic: list(records) for topic, records in appends.items()}
         for topic, records in dlq.items():
             combined.setdefault(topic, []).extend(records)
         try:
-            firsts = self.store.commit(combined, subs, now_ms=_wall_ms())
+            firsts = self.store.commit(combined, subs, now_ms=_wall_ms(), deletes=deletes or None)
         except (StorageFull, StorageError) as exc:
             code = ErrorCode.STORAGE_FULL if isinstance(exc, StorageFull) else ErrorCode.STORAGE_ERROR
             log.error("commit of %d publish batches failed: %s", len(confirms), exc)
-            for identity, batch_id, _ in confirms:
+            for identity, batch_id, _, _ in confirms:
                 self._error(identity, code, f"nothing stored: {exc}", Command.PUBLISH, batch_id)
+            for identity, command, ref, _ in admin:  # a redrive or purge is all or nothing too
+                self._error(identity, code, f"nothing changed: {exc}", command, ref)
+            admin = []
             firsts = None
-            if appends:  # try again without the publishes, so acks and dead letters persist
+            if appends or deletes:  # again without publishes and deletes: acks, dead letters persist
                 try:
                     firsts = self.store.commit(dlq, subs, now_ms=_wall_ms())
                 except (StorageFull, StorageError) as exc2:
@@ -387,15 +425,27 @@ class Hub:
         for sub in dirty:
             sub.dirty = False
         self.counters["dead_lettered"] += sum(len(v) for v in dlq.values())
-        for identity, batch_id, positions in confirms:
+        for key, n in dead_by_sub.items():
+            self._sub_stats(key).dead_lettered += n
+        confirmed_at = self._confirmed_at
+        for identity, batch_id, positions, received in confirms:
             self._outbox.append(
                 (identity, Command.CONFIRM, [batch_id, [firsts[t] + i for t, i in positions]])
             )
+            confirmed_at.append(received)
+        if admin:
+            self._answer_admin(admin, firsts)
         stored: dict[str, tuple[int, list[bytes]]] = {}
+        now = _monotonic_ms()
+        topic_counters = self._topic_counters
         for topic, records in combined.items():
             self._valid_topics.add(topic)
             stored[topic] = (firsts[topic], records)
             self.counters["published"] += len(records)
+            tc = topic_counters.get(topic)
+            if tc is None:
+                tc = topic_counters[topic] = TopicCounters(self._started_ms)
+            tc.add(now, len(records), sum(map(len, records)))
             last = firsts[topic] + len(records) - 1
             for sub in self._subs_of(topic):
                 sub.published(last)
@@ -421,9 +471,11 @@ class Hub:
 
     def _dead_letter_records(
         self, dead: list[tuple[Subscription, DeadLetter]]
-    ) -> dict[str, list[bytes]]:
-        """Records for the ``dlq.<group>`` topics: the original message plus origin headers."""
+    ) -> tuple[dict[str, list[bytes]], dict[tuple[str, str], int]]:
+        """Records for the ``dlq.<group>`` topics: the original message plus origin headers;
+        and how many each subscription dead-lettered."""
         out: dict[str, list[bytes]] = {}
+        by_sub: dict[tuple[str, str], int] = {}
         for sub, dl in dead:
             (record,) = self.store.read(sub.topic, [dl.seq])
             if record is None:  # removed from the log meanwhile: nothing left to keep
@@ -446,32 +498,42 @@ class Hub:
                 dead_record = record
             topic = protocol.dlq_topic(sub.group)
             out.setdefault(topic, []).append(dead_record)
-        return out
+            key = (sub.topic, sub.group)
+            by_sub[key] = by_sub.get(key, 0) + 1
+        return out, by_sub
 
     # --- dispatch --------------------------------------------------------------------------
 
     def _dispatch(self, now: int) -> None:
         limit = self.config.max_dispatch_per_turn
         frame_max = self.config.max_deliver_frame
-        for sub in self.subs.values():
+        for key, sub in self.subs.items():
             if not sub.actors:
                 continue
-            for delivery in sub.dispatch(now, limit):
+            deliveries = sub.dispatch(now, limit)
+            if not deliveries:
+                continue
+            counters = self._sub_stats(key)
+            for delivery in deliveries:
                 identity, sid = delivery.actor
                 seqs = delivery.seqs
                 records = self.store.read(sub.topic, seqs)
                 entries = []
                 gone = []
+                again = 0
                 for seq, n, rec in zip(seqs, delivery.deliveries, records):
                     if rec is None:
                         gone.append(seq)
                     else:
                         entries.append([seq, n, rec])
                         if n > 1:
-                            self.counters["redelivered"] += 1
+                            again += 1
                 if gone:  # no longer in the log: nothing to deliver, count it done
                     sub.ack(delivery.actor, gone)
                 self.counters["delivered"] += len(entries)
+                self.counters["redelivered"] += again
+                counters.delivered += len(entries)
+                counters.redelivered += again
                 for i in range(0, len(entries), frame_max):
                     chunk = entries[i : i + frame_max]
                     if not self._send(identity, Command.DELIVER, [sid, sub.topic, chunk]):
@@ -667,7 +729,7 @@ class Hub:
                 lst = appends[topic] = []
             positions.append((topic, len(lst)))
             lst.append(record)
-        self._confirms.append((identity, batch_id, positions))
+        self._confirms.append((identity, batch_id, positions, _now_ms()))
 
     def _on_subscribe(self, identity: bytes, peer: _Peer | None, body: Any) -> None:
         if not isinstance(body, dict):
@@ -772,8 +834,14 @@ class Hub:
     def _on_ack(self, identity, peer, body) -> None:
         sid, sub = self._attachment(identity, peer, body, "ACK", 2)
         seqs = self._seqs(sub, sid, "ACK", body[1])
+        # messages this ACK made done (duplicates and unknown seqs count nothing): done ones
+        # are floor + acked-above-floor = last_seq - pending - in_flight
+        before = sub.last_seq - sub.pending - sub.in_flight
         unknown = sub.ack((identity, sid), seqs)
-        self.counters["acked"] += len(seqs) - len(unknown)
+        done = sub.last_seq - sub.pending - sub.in_flight - before
+        if done:
+            self.counters["acked"] += done
+            self._sub_stats((sub.topic, sub.group)).acked += done
         if unknown:
             raise _BadRequest(
                 ErrorCode.UNKNOWN_SEQUENCE,
@@ -857,6 +925,213 @@ class Hub:
             )
         return out
 
+    # --- operator commands -----------------------------------------------------------------
+
+    def _sub_stats(self, key: tuple[str, str]) -> SubCounters:
+        c = self._sub_counters.get(key)
+        if c is None:
+            c = self._sub_counters[key] = SubCounters()
+        return c
+
+    def stats(self) -> dict:
+        """The STATS document (docs/PROTOCOL.md); call on the hub's thread (else snapshot_stats)."""
+        now = _monotonic_ms()
+        topics = []
+        for name in sorted(set(self.store.topics) | {t for t, _ in self.subs}):
+            info = self.store.topics.get(name)
+            tc = self._topic_counters.get(name)
+            topics.append(
+                {
+                    "topic": name,
+                    "messages": info.count if info else 0,
+                    "bytes": info.bytes if info else 0,
+                    "first_seq": info.first_seq if info else 1,
+                    "last_seq": info.last_seq if info else 0,
+                    "created_ms": info.created_ms if info else None,
+                    "published": tc.published if tc else 0,
+                    "published_bytes": tc.published_bytes if tc else 0,
+                    "publish_rate": round(tc.window.rate(now), 2) if tc else 0.0,
+                }
+            )
+        subs = []
+        for (topic, group), sub in sorted(self.subs.items()):
+            c = self._sub_counters.get((topic, group)) or SubCounters()
+            subs.append(
+                {
+                    "topic": topic,
+                    "group": group,
+                    "ack_floor": sub.ack_floor,
+                    "last_seq": sub.last_seq,
+                    "lag": sub.pending + sub.in_flight,
+                    "pending": sub.pending,
+                    "in_flight": sub.in_flight,
+                    "actors": sub.actors,
+                    "ack_wait_ms": sub.ack_wait_ms,
+                    "max_deliver": sub.max_deliver,
+                    "dlq_topic": protocol.dlq_topic(group),
+                    **c.as_dict(),
+                }
+            )
+        return {
+            "hub": self.instance,
+            "version": protocol.VERSION,
+            "time_ms": _wall_ms(),
+            "uptime_ms": now - self._started_ms,
+            "rate_window_s": RATE_WINDOW_S,
+            "totals": dict(self.counters),
+            "connections": len(self._peers),
+            "publish_latency": self.publish_latency.as_dict(),
+            "topics": topics,
+            "subscriptions": subs,
+        }
+
+    def snapshot_stats(self, timeout: float = 2.0) -> dict | None:
+        """:meth:`stats`, safe from any thread: the loop takes it at the end of its next turn
+        (within ``MAX_POLL_MS``), so it never races the hub's state. None if the hub is not
+        running or did not answer within ``timeout`` seconds."""
+        with self._snapshot_lock:
+            if not self._running.is_set():
+                return None
+            self._snapshot_ready.clear()
+            self._snapshot_wanted = True
+            if not self._snapshot_ready.wait(timeout):
+                return None
+            return self._snapshot
+
+    def _admin_args(self, body: Any, size: int, command: str) -> list:
+        if not isinstance(body, list) or len(body) != size:
+            ref = body[0] if isinstance(body, list) and body else None
+            raise _BadRequest(ErrorCode.BAD_BODY, f"{command} body must be an array of {size}: [ref, ...]", ref)
+        return body
+
+    def _admin_topic(self, topic: Any, ref: Any) -> str:
+        problem = protocol.check_topic(topic)
+        if problem:
+            raise _BadRequest(ErrorCode.BAD_TOPIC, problem, ref)
+        return topic
+
+    def _admin_seqs(self, seqs: Any, ref: Any, command: str, limit: int) -> list[int]:
+        if not isinstance(seqs, list) or len(seqs) > limit:
+            raise _BadRequest(ErrorCode.BAD_BODY, f"{command}: sequences must be a list of at most {limit}", ref)
+        for s in seqs:
+            if type(s) is not int:
+                raise _BadRequest(ErrorCode.BAD_BODY, f"{command}: sequences must be integers", ref)
+        return list(dict.fromkeys(seqs))
+
+    def _visible(self, identity: bytes, topic: str) -> bool:
+        """Under an ACL, whether this client may see ``topic`` (publish or read it)."""
+        acl = self._acl
+        if acl is None:
+            return True
+        user = self._users.get(identity)
+        return acl.permits(user, PUBLISH, topic) or acl.permits(user, SUBSCRIBE, topic)
+
+    def _require(self, identity: bytes, action: str, topic: str, ref: Any) -> None:
+        """Under an ACL, refuse an admin command on a topic the client has no ``action`` right on."""
+        if self._acl is not None and not self._acl.permits(self._users.get(identity), action, topic):
+            raise _BadRequest(ErrorCode.FORBIDDEN, self._forbidden(identity, action, topic), ref)
+
+    def _on_stats(self, identity, peer, body) -> None:
+        ref = body[0] if isinstance(body, list) and body else None
+        stats = self.stats()
+        if self._acl is not None:  # like TOPICS: only what this client may publish or read
+            stats["topics"] = [t for t in stats["topics"] if self._visible(identity, t["topic"])]
+            stats["subscriptions"] = [
+                s for s in stats["subscriptions"] if self._visible(identity, s["topic"])
+            ]
+        self._outbox.append((identity, Command.REPLY, [ref, stats]))
+
+    def _on_fetch(self, identity, peer, body) -> None:
+        ref, topic, from_seq, max_count = self._admin_args(body, 4, "FETCH")
+        topic = self._admin_topic(topic, ref)
+        self._require(identity, SUBSCRIBE, topic, ref)  # reading a log is reading the topic
+        if type(from_seq) is not int or not 0 <= from_seq < 1 << 63:
+            raise _BadRequest(ErrorCode.INVALID, "FETCH from_seq must be a non-negative integer", ref)
+        if type(max_count) is not int or not 1 <= max_count <= MAX_FETCH:
+            raise _BadRequest(ErrorCode.INVALID, f"FETCH max_count must be 1..{MAX_FETCH}", ref)
+        budget = self.config.max_frame_bytes // 2
+        out = []
+        size = 0
+        for seq, record in self.store.read_range(topic, from_seq, max_count):
+            if out and size + len(record) > budget:
+                break
+            out.append([seq, record])
+            size += len(record)
+        self._outbox.append((identity, Command.REPLY, [ref, out]))
+
+    def _on_purge(self, identity, peer, body) -> None:
+        ref, topic, seqs = self._admin_args(body, 3, "PURGE")
+        topic = self._admin_topic(topic, ref)
+        self._require(identity, SUBSCRIBE, topic, ref)  # deleting needs both rights on the topic
+        self._require(identity, PUBLISH, topic, ref)
+        if seqs != "all":
+            seqs = self._admin_seqs(seqs, ref, "PURGE", MAX_SEQS_PER_COMMAND)
+        info = self.store.topics.get(topic)
+        staged = self._deletes.get(topic)
+        if info is None:
+            purged: list[int] | int = 0
+        elif seqs == "all":  # everything stored now; what this turn appends stays
+            already = 0 if staged is None else (info.count if isinstance(staged, range) else len(staged))
+            purged = info.count - already
+            self._deletes[topic] = range(info.first_seq, info.last_seq + 1)
+        elif isinstance(staged, range):  # a purge of all in this turn already takes them
+            purged = []
+        else:
+            fresh = [s for s in seqs if staged is None or s not in staged]
+            purged = [s for s, r in zip(fresh, self.store.read(topic, fresh)) if r is not None]
+            if purged:
+                self._deletes.setdefault(topic, set()).update(purged)
+        result = {"topic": topic, "purged": purged if isinstance(purged, int) else len(purged)}
+        if not isinstance(purged, int):
+            result["seqs"] = purged
+        self._admin.append((identity, Command.PURGE, ref, result))
+
+    def _on_redrive(self, identity, peer, body) -> None:
+        ref, topic, seqs = self._admin_args(body, 3, "REDRIVE")
+        topic = self._admin_topic(topic, ref)
+        self._require(identity, SUBSCRIBE, topic, ref)  # takes dead letters out of their topic
+        self._require(identity, PUBLISH, topic, ref)
+        seqs = self._admin_seqs(seqs, ref, "REDRIVE", self.config.max_batch_messages)
+        staged = self._deletes.get(topic)
+        results: list[dict] = []
+        taken: list[int] = []
+        now = _wall_ms()
+        appends = self._appends
+        for seq, record in zip(seqs, self.store.read(topic, seqs)):
+            if record is None or (staged is not None and seq in staged):
+                results.append({"seq": seq, "error": "not found"})
+                continue
+            try:
+                origin, new_record = redrive_record(topic, seq, record, now)
+            except NotRedrivable as exc:
+                results.append({"seq": seq, "error": str(exc)})
+                continue
+            if self._acl is not None and not self._acl.permits(self._users.get(identity), PUBLISH, origin):
+                results.append({"seq": seq, "error": f"forbidden: {self._forbidden(identity, PUBLISH, origin)}"})
+                continue
+            lst = appends.get(origin)
+            if lst is None:
+                lst = appends[origin] = []
+            results.append({"seq": seq, "topic": origin, "_pos": len(lst)})
+            lst.append(new_record)
+            taken.append(seq)
+        if taken:  # one commit appends to the origin and deletes here: never lost, never twice
+            self._deletes.setdefault(topic, set()).update(taken)
+        self._admin.append((identity, Command.REDRIVE, ref, {"topic": topic, "results": results}))
+
+    def _answer_admin(self, admin: list[tuple[bytes, bytes, Any, Any]], firsts: dict[str, int]) -> None:
+        """Answer PURGE and REDRIVE once the commit that carried them out is durable."""
+        for identity, command, ref, result in admin:
+            if command == Command.REDRIVE:
+                moved = 0
+                for item in result["results"]:
+                    pos = item.pop("_pos", None)
+                    if pos is not None:
+                        item["new_seq"] = firsts[item["topic"]] + pos
+                        moved += 1
+                result["redriven"] = moved
+            self._outbox.append((identity, Command.REPLY, [ref, result]))
+
     _handlers = {
         Command.HELLO: _on_hello,
         Command.HEARTBEAT: _on_heartbeat,
@@ -870,6 +1145,10 @@ class Hub:
         Command.PROGRESS: _on_progress,
         Command.DETACH: _on_detach,
         Command.TOPICS: _on_topics,
+        Command.STATS: _on_stats,
+        Command.FETCH: _on_fetch,
+        Command.PURGE: _on_purge,
+        Command.REDRIVE: _on_redrive,
     }
 
 

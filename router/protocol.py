@@ -65,6 +65,10 @@ class Command:
     DETACH = b"DETACH"
     HEARTBEAT = b"HEARTBEAT"
     TOPICS = b"TOPICS"
+    STATS = b"STATS"  # operator commands (answered with REPLY [ref, result])
+    FETCH = b"FETCH"
+    PURGE = b"PURGE"
+    REDRIVE = b"REDRIVE"
 
     WELCOME = b"WELCOME"
     CONFIRM = b"CONFIRM"
@@ -89,6 +93,10 @@ CLIENT_COMMANDS = frozenset(
         Command.DETACH,
         Command.HEARTBEAT,
         Command.TOPICS,
+        Command.STATS,
+        Command.FETCH,
+        Command.PURGE,
+        Command.REDRIVE,
     }
 )
 HUB_COMMANDS = frozenset(

@@ -23,7 +23,7 @@ import struct
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import lmdb
 import msgpack
@@ -141,6 +141,7 @@ class Store:
         self.path = Path(path)
         self.max_map_size = max_map_size
         self.topics: dict[str, TopicInfo] = {}
+        self.last_deleted: dict[str, int] = {}  # records removed per topic by the last commit
         self._closed = False
         self.path.mkdir(parents=True, exist_ok=True)
         try:
@@ -206,17 +207,24 @@ class Store:
         appends: dict[str, list[bytes]],
         subs: dict[tuple[str, str], bytes | None] | None = None,
         now_ms: int = 0,
+        deletes: dict[str, Iterable[int]] | None = None,
     ) -> dict[str, int]:
-        """Append records and put/delete subscription values in one write transaction.
+        """Append records, delete records and put/delete subscription values in one write
+        transaction.
 
         Topics in ``appends`` that do not exist are created (even with an empty list). Returns
         ``{topic: first sequence assigned in this commit}`` for every topic in ``appends``.
+        ``deletes`` maps a topic to the sequences to remove (a ``range`` is removed with one
+        cursor walk over what is stored in it, so a sparse range costs what it holds, not its
+        length); sequences not stored are skipped, and the topic's ``count``, ``bytes`` and
+        ``first_seq`` follow in the same transaction. Deletes apply after the appends.
+        ``last_deleted`` then says how many records of each topic were removed.
         All or nothing: on any exception neither the disk nor ``self.topics`` changed.
         """
         self._check_open()
         while True:
             try:
-                return self._commit_once(appends, subs, now_ms)
+                return self._commit_once(appends, subs, now_ms, deletes)
             except lmdb.MapFullError as exc:
                 self._grow(exc)
             except lmdb.Error as exc:
@@ -245,6 +253,7 @@ class Store:
         appends: dict[str, list[bytes]],
         subs: dict[tuple[str, str], bytes | None] | None,
         now_ms: int,
+        deletes: dict[str, Iterable[int]] | None = None,
     ) -> dict[str, int]:
         topics = self.topics
         next_id = self._next_id
@@ -269,7 +278,8 @@ class Store:
 
         pack_key = _LOG_KEY.pack
         result: dict[str, int] = {}
-        new_infos: list[TopicInfo] = []
+        new_infos: dict[str, TopicInfo] = {}
+        deleted: dict[str, int] = {}
         with self._env.begin(write=True) as txn:
             cursor = txn.cursor(db=self._log_db)
             for name, info, tid, first, last, nbytes, n in plan:
@@ -301,7 +311,25 @@ class Store:
                         info.created_ms,
                     )
                 txn.put(name.encode(), new._pack(), db=self._topics_db)
-                new_infos.append(new)
+                new_infos[name] = new
+            for name, seqs in (deletes or {}).items():
+                info = new_infos.get(name) or topics.get(name)
+                if info is None:
+                    continue
+                n, nbytes = self._delete_in(txn, cursor, info, seqs)
+                deleted[name] = n
+                if n:
+                    new = TopicInfo(
+                        name,
+                        info.id,
+                        self._first_stored(cursor, info),
+                        info.last_seq,
+                        info.count - n,
+                        info.bytes - nbytes,
+                        info.created_ms,
+                    )
+                    txn.put(name.encode(), new._pack(), db=self._topics_db)
+                    new_infos[name] = new
             if subs:
                 subs_db = self._subs_db
                 for (topic, group), value in subs.items():
@@ -313,7 +341,8 @@ class Store:
         # Committed: only now mirror it in memory (in place, so holders of a TopicInfo see it).
         self._next_id = next_id
         self._tail_id = tail_id
-        for new in new_infos:
+        self.last_deleted = deleted
+        for new in new_infos.values():
             old = topics.get(new.name)
             if old is None:
                 topics[new.name] = new
@@ -323,6 +352,54 @@ class Store:
                 old.count = new.count
                 old.bytes = new.bytes
         return result
+
+    def _delete_in(
+        self, txn: lmdb.Transaction, cursor: lmdb.Cursor, info: TopicInfo, seqs: Iterable[int]
+    ) -> tuple[int, int]:
+        """Remove the stored records of ``seqs`` from ``info``'s log; (records, bytes) removed."""
+        prefix = _topic_prefix(info.id)
+        n = nbytes = 0
+        if isinstance(seqs, range) and seqs.step == 1:
+            lo, hi = max(seqs.start, 0), seqs.stop - 1
+            if hi < lo or not cursor.set_range(prefix + lo.to_bytes(_SEQ_BYTES, "big")):
+                return 0, 0
+            while True:
+                key = cursor.key()
+                if not key or key[:_ID_BYTES] != prefix:
+                    break
+                if int.from_bytes(key[_ID_BYTES:], "big") > hi:
+                    break
+                nbytes += len(cursor.value())
+                n += 1
+                if not cursor.delete():  # moves to the next record
+                    break
+            return n, nbytes
+        pop = txn.pop
+        log_db = self._log_db
+        for s in seqs:
+            if not 0 <= s < 1 << (8 * _SEQ_BYTES):
+                continue
+            value = pop(prefix + s.to_bytes(_SEQ_BYTES, "big"), db=log_db)
+            if value is not None:
+                n += 1
+                nbytes += len(value)
+        return n, nbytes
+
+    @staticmethod
+    def _first_stored(cursor: lmdb.Cursor, info: TopicInfo) -> int:
+        """The lowest sequence still stored for ``info`` (``last_seq + 1`` if none)."""
+        prefix = _topic_prefix(info.id)
+        start = max(info.first_seq, 0).to_bytes(_SEQ_BYTES, "big")
+        if cursor.set_range(prefix + start):
+            key = cursor.key()
+            if key[:_ID_BYTES] == prefix:
+                return int.from_bytes(key[_ID_BYTES:], "big")
+        return info.last_seq + 1
+
+    def delete(self, topic: str, seqs: Iterable[int]) -> int:
+        """Remove the stored records of ``seqs`` (a list or a ``range``); returns how many."""
+        self.commit({}, None, deletes={topic: seqs})
+        return self.last_deleted.get(topic, 0)
 
     # -- reads -----------------------------------------------------------------------------
 

@@ -1,0 +1,123 @@
+"""Admin: the operator's client for the hub (stats, topics, reading and moving dead letters).
+
+One connection, one request at a time; what ``zmq-mq stats`` and ``zmq-mq dlq`` use::
+
+    with Admin("tcp://127.0.0.1:5555") as admin:
+        admin.stats()["subscriptions"]
+        letters = admin.dead_letters("billing")
+        admin.redrive("dlq.billing", [letter["seq"] for letter in letters])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import zmq
+
+from ..router import protocol
+from ..router.deadletters import describe
+from ..router.protocol import Command, DecodeError
+from .connection import Connection, CurveKeys, monotonic_ms
+from .errors import HubError, HubUnavailable
+
+__all__ = ["FETCH_PAGE", "Admin"]
+
+FETCH_PAGE = 1000  # records per FETCH (the hub's maximum)
+
+
+class Admin:
+    """Operator requests to one hub. Not thread-safe; ``close()`` (or ``with``) when done."""
+
+    def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0,
+                 context: zmq.Context | None = None, curve: CurveKeys | None = None) -> None:
+        self.timeout = timeout
+        self._conn = Connection(endpoint, name="admin", context=context, curve=curve)
+        self._ref = 0
+        self._open = False
+
+    @property
+    def endpoint(self) -> str:
+        return self._conn.endpoint
+
+    @property
+    def welcome(self) -> dict:
+        """The hub's WELCOME (``pub``: its live-feed endpoint, ``limits``, ...)."""
+        self._ensure()
+        return self._conn.welcome
+
+    def _ensure(self) -> None:
+        if not self._open:
+            self._conn.open(self.timeout)
+            self._open = True
+
+    def call(self, command: bytes, *args: Any) -> Any:
+        """Send ``[ref, *args]`` and return the ``result`` of the matching ``REPLY [ref, result]``.
+
+        Raises HubError if the hub refuses, HubUnavailable if it does not answer in time.
+        """
+        self._ensure()
+        self._ref += 1
+        ref = self._ref
+        conn = self._conn
+        conn.send(command, [ref, *args])
+        deadline = monotonic_ms() + int(self.timeout * 1000)
+        while True:
+            left = deadline - monotonic_ms()
+            if left <= 0 or not conn.socket.poll(left, zmq.POLLIN):
+                self.close()  # a late answer must not be taken for the next request's
+                raise HubUnavailable(f"no answer to {command.decode()} within {self.timeout:g} s")
+            try:
+                reply, body = conn.recv()
+            except DecodeError:
+                continue
+            if reply == Command.REPLY and isinstance(body, list) and len(body) == 2 and body[0] == ref:
+                return body[1]
+            if reply == Command.ERROR:
+                err = protocol.parse_error(body)
+                if err.get("ref") in (ref, None):
+                    raise HubError.from_body(err)
+
+    # --- requests ------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        return self.call(Command.STATS)
+
+    def topics(self) -> list[dict]:
+        return self.call(Command.TOPICS)
+
+    def fetch(self, topic: str, from_seq: int = 0, max_count: int = FETCH_PAGE) -> list[tuple[int, bytes]]:
+        """Up to ``max_count`` stored ``(seq, record)`` of ``topic`` from ``from_seq`` on."""
+        return [(seq, record) for seq, record in self.call(Command.FETCH, topic, from_seq, max_count)]
+
+    def scan(self, topic: str, from_seq: int = 0) -> Iterator[tuple[int, bytes]]:
+        """Every stored ``(seq, record)`` of ``topic``, page by page."""
+        while True:
+            page = self.fetch(topic, from_seq)
+            yield from page
+            if len(page) < 1:
+                return
+            from_seq = page[-1][0] + 1
+
+    def purge(self, topic: str, seqs: list[int] | str) -> dict:
+        """Delete records (a list of seqs, or ``"all"``): ``{"topic", "purged", ["seqs"]}``."""
+        return self.call(Command.PURGE, topic, seqs)
+
+    def redrive(self, topic: str, seqs: list[int]) -> dict:
+        """Send dead letters back to their origin topics and remove them here, atomically:
+        ``{"topic", "redriven", "results": [{"seq", "topic", "new_seq"} or {"seq", "error"}]}``."""
+        return self.call(Command.REDRIVE, topic, seqs)
+
+    def dead_letters(self, group: str) -> list[dict]:
+        """The dead letters of subscription ``group`` (``dlq.<group>``), described."""
+        return [describe(seq, record) for seq, record in self.scan(protocol.dlq_topic(group))]
+
+    def close(self) -> None:
+        self._conn.close()
+        self._open = False
+
+    def __enter__(self) -> Admin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
