@@ -2,20 +2,25 @@
 
 from .actor import Actor
 from .consumer import Consumer
+from .idempotency import IdempotencyStore
 from .errors import ClosedError, HubError, HubUnavailable, InvalidMessage, ZmqMqError
 from .listener import Listener
 from .message import Message
 from .producer import Producer
+from .retry import Backoff, compute_backoff
 
 __all__ = [
     "Actor",
+    "Backoff",
     "ClosedError",
     "Consumer",
     "HubError",
     "HubUnavailable",
+    "IdempotencyStore",
     "InvalidMessage",
     "Listener",
     "Message",
     "Producer",
     "ZmqMqError",
+    "compute_backoff",
 ]
