@@ -17,6 +17,7 @@ from ..actors import Actor, Consumer, Producer
 from ..actors.connection import ENV_HUB, request
 from ..actors.errors import HubError, HubUnavailable, InvalidMessage, ZmqMqError
 from ..router.config import DEFAULT_BIND, DEFAULT_DATA_DIR, DEFAULT_PUB, HEARTBEAT_INTERVAL_MS, HubConfig
+from ..router.config import DEFAULT_DEDUP_WINDOW_MS
 from ..router.protocol import MAX_MESSAGE_BYTES
 from ..router.protocol import Command
 
@@ -61,12 +62,18 @@ def hub(
     max_size_mb: Optional[int] = typer.Option(None, "--max-size-mb", help="Cap on the LMDB map size (default: until the disk is full)."),
     max_message_bytes: int = typer.Option(MAX_MESSAGE_BYTES, "--max-message-bytes", help="Largest payload accepted."),
     heartbeat_ms: int = typer.Option(HEARTBEAT_INTERVAL_MS, "--heartbeat-ms", help="Heartbeat interval told to clients."),
+    dedup_window: float = typer.Option(
+        DEFAULT_DEDUP_WINDOW_MS / 1000, "--dedup-window",
+        help="Seconds a producer msg_id is remembered: a publish repeating it is stored once (0: off).",
+    ),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Run the hub until SIGINT or SIGTERM."""
     from ..router.hub import Hub
 
     _setup_logging(log_level)
+    if dedup_window < 0:
+        _fail("--dedup-window must be >= 0", 2)
     if sync not in ("full", "none"):
         _fail("--sync must be 'full' or 'none'", 2)
     config = HubConfig(
@@ -78,6 +85,7 @@ def hub(
         max_map_size=None if max_size_mb is None else max_size_mb * 1024 * 1024,
         max_message_bytes=max_message_bytes,
         heartbeat_ms=heartbeat_ms,
+        dedup_window_ms=int(dedup_window * 1000),
     )
     try:
         the_hub = Hub(config)

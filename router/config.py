@@ -15,6 +15,9 @@ DEFAULT_PUB = "tcp://127.0.0.1:5556"
 # "a few heartbeat intervals" the design promises, without flapping on a loaded 2-core machine.
 HEARTBEAT_INTERVAL_MS = 1000
 LIVENESS = 3
+# Two minutes: longer than any producer's reconnect-and-resend after a hub restart, short
+# enough that the dedup index stays small.
+DEFAULT_DEDUP_WINDOW_MS = 120_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +45,9 @@ class HubConfig:
     # Deliveries one subscription hands out in a turn, and messages in one DELIVER frame.
     max_dispatch_per_turn: int = 5000
     max_deliver_frame: int = 500
+    # Producer message ids (PUBLISH opts "msg_id"): a publish whose id was stored within this
+    # many ms is not stored again and is confirmed with the original sequence. 0: no dedup.
+    dedup_window_ms: int = DEFAULT_DEDUP_WINDOW_MS
 
     def limits(self) -> dict:
         """The limits told to clients in WELCOME."""
