@@ -336,6 +336,36 @@ def demo(
     hub_thread.stop()
 
 
+# --- run -----------------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    target: str = typer.Argument(..., help="path/to/actors.py, a module, or either with :attr naming an Actor (or a list of them)."),
+    hub: Optional[str] = HubOption,
+    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+) -> None:
+    """Run the Actors of a script or module until SIGINT or SIGTERM (then stop them gracefully)."""
+    import os
+
+    from ..actors.runner import LoadError, load_actors, run_actors
+
+    _setup_logging(log_level)
+    if hub:
+        os.environ[ENV_HUB] = hub  # actors created without an endpoint connect here
+    try:
+        actors = load_actors(target)
+    except LoadError as exc:
+        _fail(str(exc), 2)
+    except Exception as exc:  # the user's module raised while importing
+        logging.getLogger("zmq_mq.run").exception("loading %s failed", target)
+        _fail(f"cannot load {target}: {exc!r}", 2)
+    logging.getLogger("zmq_mq.run").info(
+        "running %s", ", ".join(f"{a.name} (concurrency {a.concurrency})" for a in actors)
+    )
+    raise typer.Exit(run_actors(actors))
+
+
 def main() -> None:
     app()
 
