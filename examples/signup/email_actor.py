@@ -28,7 +28,8 @@ def send_email(to: str, subject: str) -> None:
     """Stands in for SMTP: 'sends' by printing, and bounces for one address."""
     if to.startswith("bounce@"):
         raise BounceError(f"550 mailbox unavailable: {to}")
-    print(f"email sent to {to}: {subject}", flush=True)
+    # one write per line (end=""): handlers print from several threads
+    print(f"email sent to {to}: {subject}\n", end="", flush=True)
 
 
 @actor.subscribe("user.signup", group="emails", max_deliver=3, idempotent=True,
@@ -38,7 +39,7 @@ def welcome(msg):
     try:
         send_email(event["email"], "Welcome aboard!")
     except BounceError as exc:
-        print(f"email to {event['email']} failed (attempt {msg.deliveries} of 3): {exc}", flush=True)
+        print(f"email to {event['email']} failed (attempt {msg.deliveries} of 3): {exc}\n", end="", flush=True)
         raise  # nacked with backoff; dead-lettered to dlq.emails after the 3rd attempt
 
 

@@ -20,4 +20,5 @@ worker = Actor(name=f"worker-{os.getpid()}", concurrency=2)
 @worker.subscribe("tasks", group="workers")
 def work(msg):
     digest = hashlib.sha256(msg.payload * 1000).hexdigest()[:12]  # some CPU work
-    print(f"{worker.name} did {msg.text()} -> {digest}", flush=True)
+    # one write per line (end=""): two worker threads print at once
+    print(f"{worker.name} did {msg.text()} -> {digest}\n", end="", flush=True)
