@@ -298,13 +298,14 @@ class Actor:
             keys = [message_key(m) for m in msgs if self._by_sid[m.sid].idempotent]
             if keys:
                 done = store.seen(keys)
+        by_sid = self._by_sid
         for msg in msgs:
             key = (msg.sid, msg.seq)
             if key in self._running:  # delivered again while it runs: its outcome covers both
                 self._folded.setdefault(key, []).append(msg)
             elif key in self._pending_keys:
                 continue  # the queued copy stands for this delivery too
-            elif done and message_key(msg) in done:
+            elif done and by_sid[msg.sid].idempotent and message_key(msg) in done:
                 log.info("%s/%s seq %d (%s) already processed: acked without running",
                          msg.topic, msg.group, msg.seq, msg.msg_id)
                 msg.settled = "ack"

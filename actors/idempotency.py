@@ -49,8 +49,8 @@ def _wall_ms() -> int:
 
 
 def message_key(msg: Any) -> bytes:
-    """The store key of a message: its subscription (group) and its id."""
-    return f"{msg.group}{_SEP}{msg.msg_id}".encode()
+    """The store key of a message: its subscription (topic and group) and its id."""
+    return f"{msg.topic}{_SEP}{msg.group}{_SEP}{msg.msg_id}".encode()
 
 
 class IdempotencyStore:

@@ -14,7 +14,8 @@ from test_runtime import _sub_state
 
 
 class _Msg:  # what the store needs of a Message
-    def __init__(self, group: str, msg_id: str) -> None:
+    def __init__(self, group: str, msg_id: str, topic: str = "pay") -> None:
+        self.topic = topic
         self.group = group
         self.msg_id = msg_id
 
