@@ -226,3 +226,71 @@ def test_async_handlers_past_grace_are_cancelled_and_their_messages_released(hub
         again = c.receive(timeout=10)
         assert again is not None and again.seq == 1 and again.deliveries == 1  # released, not failed
         again.ack()
+
+
+def test_a_redelivery_of_a_message_still_running_is_folded_into_it_not_run_twice(hub):
+    # Given a handler slower than its subscription's ack_wait, with a free worker to spare
+    runs: list[int] = []
+    redelivered = threading.Event()
+
+    def handle(msg):
+        runs.append(msg.deliveries)
+        # the hub gives up on this delivery after 0.3 s and delivers the message again
+        wait_for(lambda: _sub_state(hub.endpoint, "slowpoke", "g").get("in_flight") == 1
+                 and actor.session is not None and redelivered.is_set(), timeout=10,
+                 message="redelivery")
+
+    actor = Actor(hub.endpoint, name="folder", concurrency=2)
+    actor.add_handler("slowpoke", handle, group="g", ack_wait=0.3, max_deliver=0)
+    original = actor._take_inbox
+
+    def spy(session):  # notes the second delivery arriving while the first still runs
+        if any(m.deliveries > 1 for m in session.inbox):
+            redelivered.set()
+        original(session)
+
+    actor._take_inbox = spy
+    actor.start()
+    try:
+        with Producer(hub.endpoint) as p:
+            p.publish("slowpoke", b"x")
+        wait_for(lambda: _sub_state(hub.endpoint, "slowpoke", "g").get("ack_floor") == 1,
+                 message="acked")
+    finally:
+        actor.stop()
+    # Then the handler ran once, and both deliveries were settled by its ack
+    assert runs == [1]
+    assert _sub_state(hub.endpoint, "slowpoke", "g")["in_flight"] == 0
+
+
+def test_plain_and_async_handlers_share_one_actor(hub):
+    got: dict[str, list[int]] = {"sync": [], "async": []}
+    done = threading.Event()
+
+    def check():
+        if len(got["sync"]) == 5 and len(got["async"]) == 5:
+            done.set()
+
+    def plain(msg):
+        got["sync"].append(msg.seq)
+        check()
+
+    async def coro(msg):
+        await asyncio.sleep(0)
+        got["async"].append(msg.seq)
+        check()
+
+    actor = Actor(hub.endpoint, name="mixed", concurrency=3)
+    actor.add_handler("a", plain, group="g")
+    actor.add_handler("b", coro, group="g")
+    actor.start()
+    try:
+        with Producer(hub.endpoint) as p:
+            for i in range(5):
+                p.publish_async("a", b"%d" % i)
+                p.publish_async("b", b"%d" % i)
+            p.flush()
+        assert done.wait(20)
+    finally:
+        actor.stop()
+    assert got == {"sync": [1, 2, 3, 4, 5], "async": [1, 2, 3, 4, 5]}
