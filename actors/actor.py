@@ -61,7 +61,7 @@ CANCEL_WAIT_MS = 1000
 
 def _is_async(handler: Handler) -> bool:
     return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-        getattr(handler, "__call__", None)
+        type(handler).__call__ if callable(handler) else None
     )
 
 

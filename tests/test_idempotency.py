@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 
 from zmq_mq.actors import Actor, IdempotencyStore, Producer
-from zmq_mq.actors.idempotency import message_key
 from zmq_mq.actors import idempotency as idem
+from zmq_mq.actors.idempotency import message_key
 from zmq_mq.testing import running_hub
 
 from conftest import wait_for
