@@ -4,22 +4,27 @@ from .actor import Actor
 from .admin import Admin
 from .connection import CurveKeys
 from .consumer import Consumer
+from .idempotency import IdempotencyStore
 from .errors import ClosedError, HubError, HubUnavailable, InvalidMessage, ZmqMqError
 from .listener import Listener
 from .message import Message
 from .producer import Producer
+from .retry import Backoff, compute_backoff
 
 __all__ = [
     "Actor",
     "Admin",
+    "Backoff",
     "ClosedError",
     "Consumer",
     "CurveKeys",
     "HubError",
     "HubUnavailable",
+    "IdempotencyStore",
     "InvalidMessage",
     "Listener",
     "Message",
     "Producer",
     "ZmqMqError",
+    "compute_backoff",
 ]

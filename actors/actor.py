@@ -2,25 +2,37 @@
 
 ::
 
-    actor = Actor("tcp://127.0.0.1:5555", name="billing-1")
+    actor = Actor("tcp://127.0.0.1:5555", name="billing-1", concurrency=8)
 
-    @actor.subscribe("orders", group="billing", credit=100, ack_wait=30.0, max_deliver=5)
+    @actor.subscribe("orders", group="billing", ack_wait=30.0, max_deliver=5,
+                     retry=Backoff(initial=1.0, factor=2.0, max=60.0, jitter=0.2))
     def handle(msg):
-        ...   # return: acked; raise: nacked (redelivered, dead-lettered at max_deliver)
+        ...   # return: acked; raise: nacked with a backoff delay (dead-lettered at max_deliver)
+
+    @actor.subscribe("signups", group="emails", idempotent=True)
+    async def welcome(msg):   # async handlers run on the actor's asyncio loop
+        ...
 
     actor.run()   # blocks until actor.stop(), SIGINT or SIGTERM
 
-The loop thread owns the connection (heartbeats keep going however long a handler runs);
-handlers run on ``concurrency`` worker threads. Credit bounds what the hub sends, so an actor
-never holds more than ``credit`` messages per subscription.
+The loop thread owns the connection (heartbeats keep going however long a handler runs). Plain
+handlers run on ``concurrency`` worker threads, ``async def`` handlers as tasks on one asyncio
+loop thread; at most ``concurrency`` messages run at once in all. Credit follows the workers:
+each subscription grants the hub ``min(credit, concurrency)``, so an actor holds no more
+messages of a subscription than it can start at once, and a message waiting locally is one
+that another of its subscriptions is keeping the workers from.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import inspect
 import itertools
 import logging
+import os
 import queue
+import random
 import signal
 import threading
 from dataclasses import dataclass
@@ -31,7 +43,9 @@ import zmq
 from .connection import CurveKeys, monotonic_ms
 from .consumer import DEFAULT_CREDIT, Session
 from .errors import ClosedError
+from .idempotency import DEFAULT_TTL, IdempotencyStore, message_key
 from .message import Message
+from .retry import DEFAULT_RETRY, Backoff
 
 log = logging.getLogger("zmq_mq.actor")
 
@@ -39,6 +53,16 @@ Handler = Callable[[Message], Any]
 _counter = itertools.count(1)
 # How long stop() lets running handlers finish before detaching without them.
 DEFAULT_GRACE = 30.0
+# Where idempotency stores live unless Actor(state_dir=...) says otherwise: one per actor name.
+DEFAULT_STATE_ROOT = "./zmq-mq-actor-state"
+# After the grace period, how long cancelled async handlers get to unwind.
+CANCEL_WAIT_MS = 1000
+
+
+def _is_async(handler: Handler) -> bool:
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        type(handler).__call__ if callable(handler) else None
+    )
 
 
 @dataclass(slots=True)
@@ -50,15 +74,25 @@ class _Route:
     ack_wait: float | None
     max_deliver: int | None
     start: str
+    retry: Backoff | None = DEFAULT_RETRY
+    idempotent: bool = False
+    is_async: bool = False
     sid: int = 0
 
 
 class Actor:
-    """A named process of handlers, each attached to a subscription (see module docstring)."""
+    """A named process of handlers, each attached to a subscription (see module docstring).
+
+    ``state_dir``: where the idempotency store of ``idempotent=True`` handlers lives (default
+    ``./zmq-mq-actor-state/<name>``); ``idempotency_ttl``: seconds a processed id is remembered.
+    ``rng``: the random source of retry jitter (tests pass a seeded one).
+    """
 
     def __init__(self, endpoint: str | None = None, *, name: str | None = None,
                  concurrency: int = 1, timeout: float = 10.0, grace: float = DEFAULT_GRACE,
-                 context: zmq.Context | None = None, curve: CurveKeys | None = None) -> None:
+                 context: zmq.Context | None = None, curve: CurveKeys | None = None,
+                 state_dir: str | os.PathLike | None = None,
+                 idempotency_ttl: float = DEFAULT_TTL, rng: random.Random | None = None) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.name = name or f"actor-{next(_counter)}"
@@ -66,6 +100,10 @@ class Actor:
         self.concurrency = concurrency
         self.timeout = timeout
         self.grace = grace
+        self.state_dir = state_dir
+        self.idempotency_ttl = idempotency_ttl
+        self.idempotency: IdempotencyStore | None = None  # opened by run() when a handler wants it
+        self._rng = rng or random.Random()
         self._ctx = context or zmq.Context.instance()
         self.curve = curve
         self._routes: list[_Route] = []
@@ -79,7 +117,15 @@ class Actor:
         self._wake_lock = threading.Lock()
         self._wake_tx: zmq.Socket | None = None
         self._wake_sent = False
-        self._busy = 0  # messages handed to workers and not yet finished
+        # Loop-thread state: messages waiting for a free worker, and those running, by
+        # (sid, seq); a redelivery of a running message is folded into it, never run twice.
+        self._pending: collections.deque[Message] = collections.deque()
+        self._pending_keys: set[tuple[int, int]] = set()
+        self._running: dict[tuple[int, int], Message] = {}
+        self._folded: dict[tuple[int, int], list[Message]] = {}
+        self._by_sid: dict[int, _Route] = {}
+        self._aloop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set = set()
         self.error: BaseException | None = None
         self.session: Session | None = None
 
@@ -87,22 +133,33 @@ class Actor:
 
     def subscribe(self, topic: str, *, group: str, credit: int = DEFAULT_CREDIT,
                   ack_wait: float | None = None, max_deliver: int | None = None,
-                  start: str = "first") -> Callable[[Handler], Handler]:
-        """Decorator: run the function on every message of subscription ``group`` on ``topic``."""
+                  start: str = "first", retry: Backoff | None = DEFAULT_RETRY,
+                  idempotent: bool = False) -> Callable[[Handler], Handler]:
+        """Decorator: run the function on every message of subscription ``group`` on ``topic``.
+
+        ``retry``: the delay before redelivering a message whose handler raised (``None``: at
+        once). ``idempotent=True``: a message already processed (same ``msg.msg_id``) is acked
+        without running the handler again.
+        """
 
         def register(handler: Handler) -> Handler:
             self.add_handler(topic, handler, group=group, credit=credit, ack_wait=ack_wait,
-                             max_deliver=max_deliver, start=start)
+                             max_deliver=max_deliver, start=start, retry=retry,
+                             idempotent=idempotent)
             return handler
 
         return register
 
     def add_handler(self, topic: str, handler: Handler, *, group: str, credit: int = DEFAULT_CREDIT,
                     ack_wait: float | None = None, max_deliver: int | None = None,
-                    start: str = "first") -> None:
+                    start: str = "first", retry: Backoff | None = DEFAULT_RETRY,
+                    idempotent: bool = False) -> None:
         if self._started.is_set():
             raise RuntimeError("add handlers before the actor runs")
-        self._routes.append(_Route(topic, group, handler, credit, ack_wait, max_deliver, start))
+        if retry is not None and not isinstance(retry, Backoff):
+            raise TypeError("retry must be a Backoff or None")
+        self._routes.append(_Route(topic, group, handler, credit, ack_wait, max_deliver, start,
+                                   retry, bool(idempotent), _is_async(handler)))
 
     # --- running ---------------------------------------------------------------------------
 
@@ -139,12 +196,18 @@ class Actor:
     def running(self) -> bool:
         return self._started.is_set() and not self._finished.is_set()
 
+    def _open_state(self) -> None:
+        if any(r.idempotent for r in self._routes) and self.idempotency is None:
+            path = self.state_dir or os.path.join(DEFAULT_STATE_ROOT, self.name)
+            self.idempotency = IdempotencyStore(path, ttl=self.idempotency_ttl)
+
     def run(self, install_signals: bool = True) -> None:
         """Attach every handler and process messages until ``stop()``, SIGINT or SIGTERM."""
         if not self._routes:
             raise RuntimeError("no handlers: decorate a function with @actor.subscribe(...) first")
         if self._finished.is_set():
             raise ClosedError("an actor runs once; create a new one")
+        self._open_state()
         previous = self._install_signals() if install_signals else {}
         wake_rx = self._ctx.socket(zmq.PAIR)
         wake_rx.bind(self._wake_addr)
@@ -153,18 +216,22 @@ class Actor:
         session = self.session = Session(self.endpoint, name=self.name, timeout=self.timeout,
                                          context=self._ctx, curve=self.curve)
         session.settler = self
+        n_workers = self.concurrency if any(not r.is_async for r in self._routes) else 0
         workers = [threading.Thread(target=self._worker, name=f"{self.name}-worker-{i}", daemon=True)
-                   for i in range(self.concurrency)]
+                   for i in range(n_workers)]
+        aloop_thread = None
         try:
+            if any(r.is_async for r in self._routes):
+                aloop_thread = self._start_async_loop()
             session.connect()
             for route in self._routes:
                 spec = session.subscribe(
-                    route.topic, route.group, credit=route.credit,
+                    route.topic, route.group, credit=max(1, min(route.credit, self.concurrency)),
                     ack_wait_ms=None if route.ack_wait is None else int(route.ack_wait * 1000),
                     max_deliver=route.max_deliver, start=route.start,
                 )
                 route.sid = spec.sid
-            self._handlers = {route.sid: route.handler for route in self._routes}
+                self._by_sid[spec.sid] = route
             for w in workers:
                 w.start()
             self._started.set()
@@ -178,9 +245,14 @@ class Actor:
             for w in workers:
                 if w.is_alive():
                     w.join(1.0)
+            if aloop_thread is not None:
+                self._aloop.call_soon_threadsafe(self._aloop.stop)
+                aloop_thread.join(2.0)
             session.close()
             wake_rx.close(linger=0)
             self._wake_tx.close(linger=0)
+            if self.idempotency is not None:
+                self.idempotency.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self._finished.set()
@@ -212,59 +284,185 @@ class Actor:
             else:
                 session.keepalive()
             self._apply_results(session)
-            while session.inbox:
-                msg = session.inbox.popleft()
-                self._busy += 1
-                self._work.put(msg)
+            self._take_inbox(session)
+            self._start_pending()
+
+    def _take_inbox(self, session: Session) -> None:
+        """Move delivered messages to the pending queue; ack at once those already processed."""
+        inbox = session.inbox
+        if not inbox:
+            return
+        msgs = list(inbox)
+        inbox.clear()
+        done: set[bytes] = set()
+        store = self.idempotency
+        if store is not None:
+            keys = [message_key(m) for m in msgs if self._by_sid[m.sid].idempotent]
+            if keys:
+                done = store.seen(keys)
+        by_sid = self._by_sid
+        for msg in msgs:
+            key = (msg.sid, msg.seq)
+            if key in self._running:  # delivered again while it runs: its outcome covers both
+                self._folded.setdefault(key, []).append(msg)
+            elif key in self._pending_keys:
+                continue  # the queued copy stands for this delivery too
+            elif done and by_sid[msg.sid].idempotent and message_key(msg) in done:
+                log.info("%s/%s seq %d (%s) already processed: acked without running",
+                         msg.topic, msg.group, msg.seq, msg.msg_id)
+                msg.settled = "ack"
+                session.settle(msg, "ack")
+            else:
+                self._pending.append(msg)
+                self._pending_keys.add(key)
+        session.flush_acks()
+
+    def _start_pending(self) -> None:
+        """Hand waiting messages to free workers: never more than ``concurrency`` at once."""
+        pending = self._pending
+        while pending and len(self._running) < self.concurrency:
+            msg = pending.popleft()
+            key = (msg.sid, msg.seq)
+            self._pending_keys.discard(key)
+            if key in self._running:
+                self._folded.setdefault(key, []).append(msg)
+                continue
+            self._running[key] = msg
+            route = self._by_sid[msg.sid]
+            if route.is_async:
+                self._aloop.call_soon_threadsafe(self._spawn, msg, route)
+            else:
+                self._work.put((msg, route))
 
     def _drain(self, session: Session, wake_rx: zmq.Socket) -> None:
         """Stopping: let running handlers finish within the grace period, then detach."""
-        # Messages still queued for workers were not started: give them back.
+        # Messages not started yet: give them back.
+        for msg in self._pending:
+            msg.settled = "release"
+            session.settle(msg, "release")
+        self._pending.clear()
+        self._pending_keys.clear()
         while True:
             try:
-                msg = self._work.get_nowait()
+                item = self._work.get_nowait()
             except queue.Empty:
                 break
-            if msg is not None:
-                self._busy -= 1
+            if item is not None:
+                msg = item[0]
+                self._running.pop((msg.sid, msg.seq), None)
                 msg.settled = "release"
                 session.settle(msg, "release")
         deadline = monotonic_ms() + int(self.grace * 1000)
-        while self._busy > 0 and monotonic_ms() < deadline:
-            if wake_rx.poll(min(session.conn.heartbeat_ms, max(1, deadline - monotonic_ms()))):
+        cancel_deadline = None
+        while self._running:
+            now = monotonic_ms()
+            if now >= deadline:
+                if not self._tasks or cancel_deadline is not None and now >= cancel_deadline:
+                    break
+                if cancel_deadline is None:  # async handlers past grace: cancel (released)
+                    log.warning("%d async handlers still running after %.1f s: cancelling",
+                                len(self._tasks), self.grace)
+                    self._aloop.call_soon_threadsafe(self._cancel_tasks)
+                    cancel_deadline = now + CANCEL_WAIT_MS
+            limit = cancel_deadline if cancel_deadline is not None else deadline
+            if wake_rx.poll(min(session.conn.heartbeat_ms, max(1, limit - now))):
                 self._drain_wakes(wake_rx)
             session.keepalive()
             self._apply_results(session)
+        if self._running:
+            log.warning("%d handlers still running after the grace period: their messages go "
+                        "back to the hub", len(self._running))
         if not session.detach_all(self.timeout):
             log.warning("hub did not confirm detach of %s", self.name)
 
     # --- worker side -----------------------------------------------------------------------
 
+    def _failed(self, msg: Message, route: _Route, exc: BaseException) -> None:
+        log.warning("handler for %s/%s failed on seq %d (delivery %d): %r",
+                    msg.topic, msg.group, msg.seq, msg.deliveries, exc)
+        if msg.settled is None:
+            delay = route.retry.delay(msg.deliveries, self._rng) if route.retry else 0.0
+            msg.nack(delay)
+
+    def _wants_out(self, msg: Message, exc: BaseException) -> None:
+        """SystemExit, KeyboardInterrupt in a handler: not a failure of the message."""
+        log.error("handler for %s/%s raised %r on seq %d: stopping the actor",
+                  msg.topic, msg.group, exc, msg.seq)
+        if msg.settled is None:
+            msg.release()  # another actor takes it
+        self._stop.set()
+
+    def _finished_one(self, msg: Message) -> None:
+        self._results.append((msg, "done", None))
+        self._wake()
+
     def _worker(self) -> None:
         while True:
-            msg = self._work.get()
-            if msg is None:
+            item = self._work.get()
+            if item is None:
                 return
-            handler = self._handlers.get(msg.sid)
+            msg, route = item
             try:
-                handler(msg)
+                route.handler(msg)
             except Exception as exc:
-                log.warning("handler for %s/%s failed on seq %d (delivery %d): %r",
-                            msg.topic, msg.group, msg.seq, msg.deliveries, exc)
-                if msg.settled is None:
-                    msg.nack()
-            except BaseException as exc:  # SystemExit, KeyboardInterrupt: the handler wants out
-                log.error("handler for %s/%s raised %r on seq %d: stopping the actor",
-                          msg.topic, msg.group, exc, msg.seq)
-                if msg.settled is None:
-                    msg.release()  # not a failure of the message: another actor takes it
-                self._stop.set()
+                self._failed(msg, route, exc)
+            except BaseException as exc:
+                self._wants_out(msg, exc)
             else:
                 if msg.settled is None:
                     msg.ack()
             finally:  # whatever happened, the worker is free again and keeps serving
-                self._results.append((None, "done", None))
-                self._wake()
+                self._finished_one(msg)
+
+    # --- async side ------------------------------------------------------------------------
+
+    def _start_async_loop(self) -> threading.Thread:
+        ready = threading.Event()
+
+        def main() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            self._aloop = loop
+            ready.set()
+            try:
+                loop.run_forever()
+                if self._tasks:  # stopped with tasks left: cancel them and let them unwind
+                    self._cancel_tasks()
+                    loop.run_until_complete(asyncio.gather(*self._tasks, return_exceptions=True))
+            finally:
+                loop.close()
+
+        thread = threading.Thread(target=main, name=f"{self.name}-asyncio", daemon=True)
+        thread.start()
+        ready.wait()
+        return thread
+
+    def _spawn(self, msg: Message, route: _Route) -> None:
+        task = self._aloop.create_task(self._run_async(msg, route))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _cancel_tasks(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _run_async(self, msg: Message, route: _Route) -> None:
+        try:
+            await route.handler(msg)
+        except asyncio.CancelledError:
+            if msg.settled is None:
+                msg.release()  # stopped past the grace period: not processed, not failed
+        except Exception as exc:
+            self._failed(msg, route, exc)
+        except BaseException as exc:
+            self._wants_out(msg, exc)
+        else:
+            if msg.settled is None:
+                msg.ack()
+        finally:
+            self._finished_one(msg)
+
+    # --- settling (any thread in, loop thread out) -------------------------------------------
 
     def settle(self, msg: Message, kind: str, arg: Any = None) -> None:
         """Message.ack() and friends, from any thread: handed to the loop thread."""
@@ -292,10 +490,34 @@ class Actor:
 
     def _apply_results(self, session: Session) -> None:
         results = self._results
+        if not results:
+            session.flush_acks()
+            return
+        batch = []
         while results:
-            msg, kind, arg = results.popleft()
-            if msg is None:
-                self._busy -= 1
+            batch.append(results.popleft())
+        store = self.idempotency
+        if store is not None:
+            # Processed ids are recorded before their acks leave: an ack the hub has means the
+            # id is durable here, so a redelivery is recognised.
+            keys = [message_key(m) for m, kind, _ in batch
+                    if kind == "ack" and self._by_sid[m.sid].idempotent]
+            if keys:
+                try:
+                    store.record(keys)
+                except Exception:
+                    log.exception("could not record %d processed ids; acking anyway", len(keys))
+        for msg, kind, arg in batch:
+            if kind == "done":
+                key = (msg.sid, msg.seq)
+                self._running.pop(key, None)
+                for dup in self._folded.pop(key, ()):
+                    # The same sid and seq: the original's nack / reject / release already
+                    # covers this delivery; an ack is sent again in case the first one reached
+                    # a hub that then restarted.
+                    if msg.settled == "ack":
+                        dup.settled = "ack"
+                        session.settle(dup, "ack")
             else:
                 session.settle(msg, kind, arg)
         session.flush_acks()

@@ -58,6 +58,13 @@ class Message:
         self.settled: str | None = None
         self._settler = settler
 
+    @property
+    def msg_id(self) -> str:
+        """The message's id: the producer's ``msg_id`` (header ``x-msg-id``, set by the hub)
+        when it gave one, else ``topic:seq``. The idempotency store keys on it."""
+        given = self.headers.get("x-msg-id")
+        return given if isinstance(given, str) else f"{self.topic}:{self.seq}"
+
     def text(self, encoding: str = "utf-8") -> str:
         """The payload decoded as text."""
         return self.payload.decode(encoding)

@@ -177,13 +177,25 @@ class Producer:
         *,
         key: str | None = None,
         headers: dict[str, Any] | None = None,
+        msg_id: str | None = None,
     ) -> PublishFuture:
-        """Queue one message; the PublishFuture resolves to its sequence number once it is durable."""
+        """Queue one message; the PublishFuture resolves to its sequence number once it is durable.
+
+        ``msg_id``: your id for this message. The hub stores a message id once within its dedup
+        window (``zmq-mq hub --dedup-window``, 120 s by default): publishing it again (a retry
+        after a timeout, a resend after a hub restart) returns the original sequence and stores
+        nothing. Consumers see it as ``msg.msg_id`` (header ``x-msg-id``).
+        """
         if self._thread is None:
             self.connect()
         if self._closing or self._closed:
             raise ClosedError("producer is closed")
         size = self._conn.check_message(topic, payload, key, headers)
+        if msg_id is not None:
+            problem = protocol.check_msg_id(msg_id)
+            if problem:
+                raise InvalidMessage(problem)
+            size += len(msg_id) + 16
         if self._last_submitted - self._resolved >= self._max_pending:
             # Wait for room before taking a number: a call that gives up leaves no gap that
             # flush() would wait for forever.
@@ -198,7 +210,10 @@ class Producer:
         with self._number_lock:  # numbers and _last_submitted move together, in order
             self._last_submitted = next(self._submitted)
         future = PublishFuture(self)
-        self._queue.append(([topic, bytes(payload), key, headers], future, size))
+        message = [topic, bytes(payload), key, headers]
+        if msg_id is not None:
+            message.append({"msg_id": msg_id})  # the optional 5th element: options
+        self._queue.append((message, future, size))
         if not self._wake_sent:
             self._wake()
         return future
@@ -211,9 +226,11 @@ class Producer:
         key: str | None = None,
         headers: dict[str, Any] | None = None,
         timeout: float | None = None,
+        msg_id: str | None = None,
     ) -> int:
-        """Publish one message and return its sequence number once it is durable."""
-        future = self.publish_async(topic, payload, key=key, headers=headers)
+        """Publish one message and return its sequence number once it is durable (see
+        ``publish_async`` for ``msg_id``)."""
+        future = self.publish_async(topic, payload, key=key, headers=headers, msg_id=msg_id)
         try:
             return future.result(self.timeout if timeout is None else timeout)
         except TimeoutError:

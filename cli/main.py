@@ -22,6 +22,7 @@ from ..actors.errors import HubError, HubUnavailable, InvalidMessage, ZmqMqError
 from ..router.config import (
     DEFAULT_BIND,
     DEFAULT_DATA_DIR,
+    DEFAULT_DEDUP_WINDOW_MS,
     DEFAULT_KEYS_DIR,
     DEFAULT_PUB,
     HEARTBEAT_INTERVAL_MS,
@@ -99,6 +100,7 @@ _HUB_FILE_KEYS: dict[str, tuple[type, ...]] = {
     "keys": (str,),
     "authorized": (str,),
     "acl": (str,),
+    "dedup_window": (int, float),
 }
 
 
@@ -142,6 +144,10 @@ def hub(
         help="With --curve: TOML file granting each client key publish / subscribe topic "
         "patterns (default: every authorised key may do everything).",
     ),
+    dedup_window: float = typer.Option(
+        DEFAULT_DEDUP_WINDOW_MS / 1000, "--dedup-window",
+        help="Seconds a producer msg_id is remembered: a publish repeating it is stored once (0: off).",
+    ),
     log_level: str = typer.Option("info", "--log-level"),
     log_format: str = typer.Option("text", "--log-format", help="text, or json: one JSON object per line (ts, level, logger, message)."),
     metrics_port: Optional[int] = typer.Option(
@@ -170,6 +176,8 @@ def hub(
     if opts["log_format"] not in ("text", "json"):
         _fail("--log-format must be 'text' or 'json'", 2)
     _setup_logging(opts["log_level"], opts["log_format"])
+    if opts["dedup_window"] < 0:
+        _fail("--dedup-window must be >= 0", 2)
     if opts["sync"] not in ("full", "none"):
         _fail("--sync must be 'full' or 'none'", 2)
     if not opts["curve"] and (opts["authorized"] or opts["acl"]):
@@ -187,6 +195,7 @@ def hub(
         keys_dir=opts["keys"],
         authorized_dir=opts["authorized"],
         acl_file=opts["acl"],
+        dedup_window_ms=int(opts["dedup_window"] * 1000),
     )
     try:
         the_hub = Hub(config)
@@ -524,6 +533,36 @@ app.command("stats")(_ops.stats)
 app.command("listen")(_ops.listen)
 app.add_typer(_ops.dlq_app, name="dlq")
 app.command("bench")(_ops.bench)
+
+
+# --- run -----------------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    target: str = typer.Argument(..., help="path/to/actors.py, a module, or either with :attr naming an Actor (or a list of them)."),
+    hub: Optional[str] = HubOption,
+    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+) -> None:
+    """Run the Actors of a script or module until SIGINT or SIGTERM (then stop them gracefully)."""
+    import os
+
+    from ..actors.runner import LoadError, load_actors, run_actors
+
+    _setup_logging(log_level)
+    if hub:
+        os.environ[ENV_HUB] = hub  # actors created without an endpoint connect here
+    try:
+        actors = load_actors(target)
+    except LoadError as exc:
+        _fail(str(exc), 2)
+    except Exception as exc:  # the user's module raised while importing
+        logging.getLogger("zmq_mq.run").exception("loading %s failed", target)
+        _fail(f"cannot load {target}: {exc!r}", 2)
+    logging.getLogger("zmq_mq.run").info(
+        "running %s", ", ".join(f"{a.name} (concurrency {a.concurrency})" for a in actors)
+    )
+    raise typer.Exit(run_actors(actors))
 
 
 def main() -> None:

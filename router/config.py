@@ -21,6 +21,9 @@ DEFAULT_KEYS_DIR = "./zmq-mq-keys"
 # "a few heartbeat intervals" the design promises, without flapping on a loaded 2-core machine.
 HEARTBEAT_INTERVAL_MS = 1000
 LIVENESS = 3
+# Two minutes: longer than any producer's reconnect-and-resend after a hub restart, short
+# enough that the dedup index stays small.
+DEFAULT_DEDUP_WINDOW_MS = 120_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,9 @@ class HubConfig:
     keys_dir: str = DEFAULT_KEYS_DIR  # holds hub.key / hub.key_secret (zmq-mq keygen --name hub)
     authorized_dir: str | None = None  # client NAME.key files allowed in; None: <keys_dir>/authorized
     acl_file: str | None = None  # TOML grants per client key; None: every authorised key may do all
+    # Producer message ids (PUBLISH opts "msg_id"): a publish whose id was stored within this
+    # many ms is not stored again and is confirmed with the original sequence. 0: no dedup.
+    dedup_window_ms: int = DEFAULT_DEDUP_WINDOW_MS
 
     def limits(self) -> dict:
         """The limits told to clients in WELCOME."""

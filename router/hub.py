@@ -155,6 +155,11 @@ class Hub:
         # it committed: (identity, command, ref, result)
         self._deletes: dict[str, set[int] | range] = {}
         self._admin: list[tuple[bytes, bytes, Any, Any]] = []
+        # producer message ids of this turn: (topic, msg_id) -> staged position, and what the
+        # commit stores in the dedup index; _dedup_hits: some confirm repeats a stored seq
+        self._dedup_staged: dict[tuple[str, str], tuple[str, int]] = {}
+        self._dedup_new: list[tuple[str, str, int]] = []
+        self._dedup_hits = False
         self._next_liveness_check = 0
         # Operator statistics (router/stats.py), updated per batch or per turn
         self._started_ms = _monotonic_ms()
@@ -390,11 +395,15 @@ class Hub:
         dead, self._dead_letters = self._dead_letters, []
         deletes, self._deletes = self._deletes, {}
         admin, self._admin = self._admin, []
+        dedup_new, self._dedup_new = self._dedup_new, []
+        dedup_hits, self._dedup_hits = self._dedup_hits, False
+        self._dedup_staged = {}
         dlq, dead_by_sub = self._dead_letter_records(dead)
         dirty = [sub for sub in self.subs.values() if sub.dirty]
         if not appends and not dlq and not dirty and not deletes:
-            for identity, batch_id, _, received in confirms:  # empty batches: nothing to store
-                self._outbox.append((identity, Command.CONFIRM, [batch_id, []]))
+            # empty batches, or only msg_ids stored earlier ((None, seq) positions)
+            for identity, batch_id, positions, received in confirms:
+                self._outbox.append((identity, Command.CONFIRM, [batch_id, [i for _, i in positions]]))
                 self._confirmed_at.append(received)
             self._answer_admin(admin, {})
             return {}
@@ -403,7 +412,12 @@ class Hub:
         for topic, records in dlq.items():
             combined.setdefault(topic, []).extend(records)
         try:
-            firsts = self.store.commit(combined, subs, now_ms=_wall_ms(), deletes=deletes or None)
+            wall = _wall_ms()
+            window = self.config.dedup_window_ms
+            firsts = self.store.commit(
+                combined, subs, now_ms=wall, deletes=deletes or None, dedup=dedup_new or None,
+                dedup_expire_before=wall - window if window > 0 else None,
+            )
         except (StorageFull, StorageError) as exc:
             code = ErrorCode.STORAGE_FULL if isinstance(exc, StorageFull) else ErrorCode.STORAGE_ERROR
             log.error("commit of %d publish batches failed: %s", len(confirms), exc)
@@ -427,6 +441,8 @@ class Hub:
         self.counters["dead_lettered"] += sum(len(v) for v in dlq.values())
         for key, n in dead_by_sub.items():
             self._sub_stats(key).dead_lettered += n
+        if dedup_hits and confirms:
+            firsts = {**firsts, None: 0}  # (None, seq): a msg_id stored before, at seq
         confirmed_at = self._confirmed_at
         for identity, batch_id, positions, received in confirms:
             self._outbox.append(
@@ -660,9 +676,11 @@ class Hub:
         pack_record = protocol.pack_record
         ts = _wall_ms()
         staged: list[tuple[str, bytes]] = []
+        ids: dict[int, str] | None = None  # message index -> producer msg_id
         for index, msg in enumerate(messages):
             try:
                 topic, payload, key, headers = msg[0], msg[1], msg[2], msg[3]
+                opts = msg[4] if len(msg) > 4 else None
             except (TypeError, IndexError, KeyError):
                 raise _BadRequest(
                     ErrorCode.BAD_BODY,
@@ -694,6 +712,13 @@ class Hub:
                     raise _BadRequest(ErrorCode.BAD_BODY, f"message {index}: {problem}", batch_id, index)
             elif headers is not None and type(headers) is not dict:
                 raise _BadRequest(ErrorCode.BAD_BODY, f"message {index}: headers must be a map or nil", batch_id, index)
+            if opts is not None:
+                msg_id = _msg_id_of(opts, index, batch_id)
+                if msg_id is not None:
+                    headers = {**headers, protocol.MSG_ID_HEADER: msg_id} if headers else {protocol.MSG_ID_HEADER: msg_id}
+                    if ids is None:
+                        ids = {}
+                    ids[index] = msg_id
             try:
                 record = pack_record(ts, key, headers, payload)
             except (TypeError, ValueError) as exc:
@@ -721,6 +746,9 @@ class Hub:
                             index,
                         )
                     allowed = topic
+        if ids is not None:
+            self._confirms.append((identity, batch_id, self._stage_with_ids(staged, ids), _now_ms()))
+            return
         appends = self._appends
         positions = []
         for topic, record in staged:
@@ -730,6 +758,41 @@ class Hub:
             positions.append((topic, len(lst)))
             lst.append(record)
         self._confirms.append((identity, batch_id, positions, _now_ms()))
+
+    def _stage_with_ids(self, staged: list[tuple[str, bytes]], ids: dict[int, str]) -> list:
+        """Stage a batch some of whose messages carry a producer msg_id: an id stored within
+        the dedup window, or staged earlier in this turn, is not staged again; its position
+        points at the original (``(None, seq)`` for one already committed)."""
+        appends = self._appends
+        window = self.config.dedup_window_ms
+        in_turn = self._dedup_staged
+        known: dict[tuple[str, str], int] = {}
+        if window > 0:
+            wanted = [(staged[i][0], m) for i, m in ids.items() if (staged[i][0], m) not in in_turn]
+            if wanted:
+                known = self.store.dedup_lookup(wanted, _wall_ms() - window)
+        positions: list[tuple[str | None, int]] = []
+        for index, (topic, record) in enumerate(staged):
+            msg_id = ids.get(index) if window > 0 else None
+            if msg_id is not None:
+                ident = (topic, msg_id)
+                pos = in_turn.get(ident)
+                if pos is None and ident in known:
+                    pos = (None, known[ident])
+                    self._dedup_hits = True
+                if pos is not None:  # a retried publish: confirmed with the original sequence
+                    positions.append(pos)
+                    continue
+            lst = appends.get(topic)
+            if lst is None:
+                lst = appends[topic] = []
+            pos = (topic, len(lst))
+            if msg_id is not None:
+                in_turn[ident] = pos
+                self._dedup_new.append((topic, msg_id, len(lst)))
+            positions.append(pos)
+            lst.append(record)
+        return positions
 
     def _on_subscribe(self, identity: bytes, peer: _Peer | None, body: Any) -> None:
         if not isinstance(body, dict):
@@ -1161,6 +1224,19 @@ class _BadRequest(Exception):
         self.message = message
         self.ref = ref
         self.index = index
+
+
+def _msg_id_of(opts: Any, index: int, batch_id: Any) -> str | None:
+    """The msg_id of a PUBLISH message's options map (unknown option keys are ignored)."""
+    if type(opts) is not dict:
+        raise _BadRequest(ErrorCode.BAD_BODY, f"message {index}: options must be a map", batch_id, index)
+    msg_id = opts.get("msg_id")
+    if msg_id is None:
+        return None
+    problem = protocol.check_msg_id(msg_id)
+    if problem:
+        raise _BadRequest(ErrorCode.INVALID, f"message {index}: {problem}", batch_id, index)
+    return msg_id
 
 
 def _int_field(body: dict, name: str, lo: int, hi: int, ref: Any, default: int | None = None) -> int | None:

@@ -43,6 +43,9 @@ MAX_BATCH_MESSAGES = 10_000  # messages in one PUBLISH
 MAX_TOPIC_LENGTH = 255
 MAX_GROUP_LENGTH = MAX_TOPIC_LENGTH - len("dlq.")  # dlq.<group> must be a valid topic
 MAX_CREDIT = 100_000  # per attachment: bounds hub and client memory
+MAX_MSG_ID_LENGTH = 255  # a producer message id (PUBLISH opts "msg_id"), in characters
+# The header the hub adds to a stored record when its producer gave a msg_id.
+MSG_ID_HEADER = "x-msg-id"
 
 # Topic names: dot-separated tokens of letters, digits, '_', '-'; e.g. "orders", "dlq.billing".
 # '*' and '>' are reserved for patterns, whitespace and empty tokens are refused.
@@ -224,6 +227,15 @@ def check_headers(headers: Any) -> str | None:
     for name in headers:
         if type(name) is not str:
             return f"header names must be strings, not {type(name).__name__} ({name!r:.40})"
+    return None
+
+
+def check_msg_id(msg_id: Any) -> str | None:
+    """Return an error text if ``msg_id`` is not a valid producer message id, else None."""
+    if type(msg_id) is not str:
+        return "msg_id must be a string"
+    if not msg_id or len(msg_id) > MAX_MSG_ID_LENGTH:
+        return f"msg_id must have 1 to {MAX_MSG_ID_LENGTH} characters"
     return None
 
 

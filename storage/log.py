@@ -1,6 +1,6 @@
 """The LMDB store: per-topic append-only logs, topic metadata and subscription state.
 
-One LMDB environment (a directory) holds three named databases:
+One LMDB environment (a directory) holds these named databases:
 
 ``b"topics"``
     topic name (UTF-8) -> msgpack ``[id, first_seq, last_seq, count, bytes, created_ms]``
@@ -9,6 +9,10 @@ One LMDB environment (a directory) holds three named databases:
     sort numerically, so one topic's records are contiguous and in sequence order.
 ``b"subs"``
     topic (UTF-8) + ``b"\\x00"`` + group (UTF-8) -> opaque bytes (the hub's cursor state)
+``b"dedup"``, ``b"dedup_exp"``
+    producer message ids: topic + ``b"\\x00"`` + msg_id -> (seq, ts_ms) as 16 bytes big-endian,
+    and the expiry index ts_ms (8 bytes) + that key -> ``b""``. Written in the same commit as
+    the messages they name; expired a bounded batch per commit (see :meth:`Store.commit`).
 
 Everything a loop turn produced is written in one write transaction (:meth:`Store.commit`, a group
 commit), so the fsync cost is shared by all of its messages and a publish is confirmed only once
@@ -44,6 +48,12 @@ _DB_TOPICS = b"topics"
 _DB_LOG = b"log"
 _DB_SUBS = b"subs"
 _SUB_SEP = b"\x00"  # cannot occur in topic or group names (protocol validates both)
+_DB_DEDUP = b"dedup"
+_DB_DEDUP_EXP = b"dedup_exp"
+_DEDUP_VALUE = struct.Struct(">QQ")  # seq, ts_ms
+_DEDUP_TS = struct.Struct(">Q")
+# Expired dedup entries removed per commit: bounds the work one commit adds.
+DEDUP_EXPIRE_BATCH = 1000
 
 _ID_BYTES = 4
 _SEQ_BYTES = 8
@@ -161,6 +171,8 @@ class Store:
                 self._topics_db = self._env.open_db(_DB_TOPICS, txn=txn)
                 self._log_db = self._env.open_db(_DB_LOG, txn=txn)
                 self._subs_db = self._env.open_db(_DB_SUBS, txn=txn)
+                self._dedup_db = self._env.open_db(_DB_DEDUP, txn=txn)
+                self._dedup_exp_db = self._env.open_db(_DB_DEDUP_EXP, txn=txn)
             with self._env.begin(db=self._topics_db) as txn:
                 for key, value in txn.cursor():
                     name = bytes(key).decode()
@@ -173,6 +185,9 @@ class Store:
             self._env.close()
             self._closed = True
             raise StorageError(f"corrupt topic metadata in {self.path}: {exc}") from exc
+        # Oldest dedup timestamp stored (None: none), so that a hub whose producers never
+        # give a msg_id never touches the dedup databases.
+        self._dedup_oldest = self._first_dedup_ts()
         # Kept up to date by commit, so that it never scans all topics.
         self._next_id = max((t.id for t in self.topics.values()), default=0) + 1
         self._tail_id = max((t.id for t in self.topics.values() if t.last_seq > 0), default=0)
@@ -208,6 +223,8 @@ class Store:
         subs: dict[tuple[str, str], bytes | None] | None = None,
         now_ms: int = 0,
         deletes: dict[str, Iterable[int]] | None = None,
+        dedup: list[tuple[str, str, int]] | None = None,
+        dedup_expire_before: int | None = None,
     ) -> dict[str, int]:
         """Append records, delete records and put/delete subscription values in one write
         transaction.
@@ -220,11 +237,16 @@ class Store:
         ``first_seq`` follow in the same transaction. Deletes apply after the appends.
         ``last_deleted`` then says how many records of each topic were removed.
         All or nothing: on any exception neither the disk nor ``self.topics`` changed.
+
+        ``dedup``: ``(topic, msg_id, index)`` of appended records that carry a producer
+        message id (``index`` into ``appends[topic]``), stored as ``msg_id -> (seq, now_ms)``
+        in the same transaction. ``dedup_expire_before``: remove up to DEDUP_EXPIRE_BATCH
+        entries older than this wall-clock time (ms).
         """
         self._check_open()
         while True:
             try:
-                return self._commit_once(appends, subs, now_ms, deletes)
+                return self._commit_once(appends, subs, now_ms, deletes, dedup, dedup_expire_before)
             except lmdb.MapFullError as exc:
                 self._grow(exc)
             except lmdb.Error as exc:
@@ -254,6 +276,8 @@ class Store:
         subs: dict[tuple[str, str], bytes | None] | None,
         now_ms: int,
         deletes: dict[str, Iterable[int]] | None = None,
+        dedup: list[tuple[str, str, int]] | None = None,
+        dedup_expire_before: int | None = None,
     ) -> dict[str, int]:
         topics = self.topics
         next_id = self._next_id
@@ -338,7 +362,15 @@ class Store:
                         txn.delete(key, db=subs_db)
                     else:
                         txn.put(key, value, db=subs_db)
+            oldest = self._dedup_oldest
+            if (dedup_expire_before is not None and oldest is not None
+                    and oldest < dedup_expire_before):
+                oldest = self._expire_dedup(txn, dedup_expire_before)
+            if dedup:
+                self._put_dedup(txn, dedup, result, now_ms)
+                oldest = now_ms if oldest is None else min(oldest, now_ms)
         # Committed: only now mirror it in memory (in place, so holders of a TopicInfo see it).
+        self._dedup_oldest = oldest
         self._next_id = next_id
         self._tail_id = tail_id
         self.last_deleted = deleted
@@ -400,6 +432,64 @@ class Store:
         """Remove the stored records of ``seqs`` (a list or a ``range``); returns how many."""
         self.commit({}, None, deletes={topic: seqs})
         return self.last_deleted.get(topic, 0)
+
+    # -- producer message ids (dedup) ------------------------------------------------------
+
+    def _put_dedup(self, txn, dedup: list[tuple[str, str, int]], firsts: dict[str, int],
+                   now_ms: int) -> None:
+        ts = _DEDUP_TS.pack(now_ms)
+        for topic, msg_id, index in dedup:
+            key = topic.encode() + _SUB_SEP + msg_id.encode()
+            txn.put(key, _DEDUP_VALUE.pack(firsts[topic] + index, now_ms), db=self._dedup_db)
+            txn.put(ts + key, b"", db=self._dedup_exp_db)
+
+    def _expire_dedup(self, txn, before_ms: int) -> int | None:
+        """Delete up to DEDUP_EXPIRE_BATCH entries stored before ``before_ms``; returns the
+        oldest timestamp left (None if none)."""
+        cursor = txn.cursor(db=self._dedup_exp_db)
+        if not cursor.first():
+            return None
+        for _ in range(DEDUP_EXPIRE_BATCH):
+            entry = cursor.key()
+            if not entry:
+                return None
+            (ts,) = _DEDUP_TS.unpack(entry[:8])
+            if ts >= before_ms:
+                return ts
+            key = entry[8:]
+            value = txn.get(key, db=self._dedup_db)
+            # Only if not stored again since (a later publish of the same id has a later ts).
+            if value is not None and _DEDUP_VALUE.unpack(value)[1] == ts:
+                txn.delete(key, db=self._dedup_db)
+            cursor.delete()  # moves to the next entry
+        entry = cursor.key()
+        return _DEDUP_TS.unpack(entry[:8])[0] if entry else None
+
+    def _first_dedup_ts(self) -> int | None:
+        with self._env.begin(db=self._dedup_exp_db) as txn:
+            cursor = txn.cursor()
+            if cursor.first():
+                return _DEDUP_TS.unpack(cursor.key()[:8])[0]
+        return None
+
+    def dedup_lookup(self, ids: list[tuple[str, str]], since_ms: int) -> dict[tuple[str, str], int]:
+        """The stored sequence of each ``(topic, msg_id)`` published at or after ``since_ms``
+        (wall clock, ms); ids not known (or older) are absent. One read transaction."""
+        self._check_open()
+        if self._dedup_oldest is None:
+            return {}
+        out: dict[tuple[str, str], int] = {}
+        try:
+            with self._env.begin(db=self._dedup_db) as txn:
+                for topic, msg_id in ids:
+                    value = txn.get(topic.encode() + _SUB_SEP + msg_id.encode())
+                    if value is not None:
+                        seq, ts = _DEDUP_VALUE.unpack(value)
+                        if ts >= since_ms:
+                            out[(topic, msg_id)] = seq
+        except lmdb.Error as exc:
+            raise StorageError(f"read failed: {exc}") from exc
+        return out
 
     # -- reads -----------------------------------------------------------------------------
 

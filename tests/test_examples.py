@@ -1,0 +1,97 @@
+"""The examples/ run as a user runs them: `zmq-mq run` actors and plain scripts, against a hub."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zmq_mq.actors import Consumer
+
+from conftest import wait_for, zmq_mq_command
+from test_runtime import _sub_state
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _start_actor(processes, script: Path, endpoint: str, cwd: Path, out: Path) -> subprocess.Popen:
+    with open(out, "w") as stdout, open(out.with_suffix(".log"), "w") as stderr:
+        return processes(subprocess.Popen(
+            [*zmq_mq_command(), "run", str(script), "--hub", endpoint, "--log-level", "info"],
+            stdout=stdout, stderr=stderr, cwd=cwd,
+        ))
+
+
+def _stop(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(30)
+
+
+@pytest.mark.slow
+def test_the_signup_example_sends_emails_and_dead_letters_the_bouncing_one(hub, processes, tmp_path):
+    # Given the email actor running under `zmq-mq run`
+    out = tmp_path / "emails.out"
+    actor = _start_actor(processes, EXAMPLES / "signup" / "email_actor.py", hub.endpoint, tmp_path, out)
+    wait_for(lambda: _sub_state(hub.endpoint, "user.signup", "emails").get("actors") == 1,
+             message=f"email actor attached: {out.with_suffix('.log').read_text()}")
+
+    # When the API signs up three users, then alice again (a retried request)
+    def api(*emails: str) -> str:
+        done = subprocess.run([sys.executable, str(EXAMPLES / "signup" / "api.py"), "--hub", hub.endpoint,
+                               *emails], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    first = api("alice@example.com", "bob@example.com", "bounce@example.com")
+    again = api("alice@example.com")
+    assert re.findall(r"#(\d+)", first) == ["1", "2", "3"]
+    assert re.findall(r"#(\d+)", again) == ["1"]  # stored once, same event
+
+    # Then the good addresses get their email, the bouncing one is retried and dead-lettered
+    wait_for(lambda: "email sent to bob@example.com" in out.read_text()
+             and "email sent to alice@example.com" in out.read_text(), message="emails sent")
+    with Consumer(hub.endpoint) as c:
+        c.subscribe("dlq.emails", "inspect")
+        dead = c.receive(timeout=30)
+        assert dead is not None
+        dead.ack()
+    assert json.loads(dead.payload)["email"] == "bounce@example.com"
+    assert dead.headers["x-deliveries"] == 3 and "nack" in dead.headers["x-reason"]
+    assert dead.headers["x-origin-topic"] == "user.signup"
+
+    # And SIGTERM stops the actor cleanly
+    assert _stop(actor) == 0
+    text = out.read_text()
+    assert text.count("email sent to alice@example.com") == 1
+    assert [int(n) for n in re.findall(r"attempt (\d) of 3", text)] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_the_workqueue_example_spreads_tasks_over_several_workers(hub, processes, tmp_path):
+    # Given three workers under `zmq-mq run`
+    outs = [tmp_path / f"worker{i}.out" for i in range(3)]
+    workers = [_start_actor(processes, EXAMPLES / "workqueue" / "worker.py", hub.endpoint, tmp_path, o)
+               for o in outs]
+    wait_for(lambda: _sub_state(hub.endpoint, "tasks", "workers").get("actors") == 3,
+             message="three workers attached")
+
+    # When 60 tasks are submitted
+    done = subprocess.run([sys.executable, str(EXAMPLES / "workqueue" / "submit.py"), "60", "--hub",
+                           hub.endpoint], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+    # Then each task is done exactly once, and every worker took a share
+    def lines() -> list[list[str]]:
+        return [o.read_text().splitlines() for o in outs]
+
+    wait_for(lambda: sum(map(len, lines())) >= 60, message="60 tasks done")
+    assert all(_stop(w) == 0 for w in workers)
+    per_worker = lines()
+    tasks = sorted(re.search(r"did (task-\d+)", line).group(1) for ls in per_worker for line in ls)
+    assert tasks == sorted(f"task-{i}" for i in range(60))
+    assert all(len(ls) > 0 for ls in per_worker)

@@ -1,0 +1,296 @@
+"""The actor runtime: credit that follows the workers, retry backoff, async handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+
+import pytest
+
+from zmq_mq.actors import Actor, Backoff, Consumer, Producer, compute_backoff
+from zmq_mq.actors.connection import request
+from zmq_mq.router.protocol import Command
+
+from conftest import wait_for
+
+
+def _sub_state(endpoint: str, topic: str, group: str) -> dict:
+    for t in request(endpoint, Command.TOPICS):
+        if t["topic"] == topic:
+            for s in t["subscriptions"]:
+                if s["group"] == group:
+                    return s
+    return {}
+
+
+# --- credit --------------------------------------------------------------------------------
+
+
+def test_an_actor_holds_no_more_messages_than_it_has_workers(hub):
+    # Given an actor with 2 workers (and the default credit of 100) whose handlers block
+    gate = threading.Event()
+    started = []
+
+    def handle(msg):
+        started.append(msg.seq)
+        gate.wait(30)
+
+    actor = Actor(hub.endpoint, name="narrow", concurrency=2)
+    actor.add_handler("jobs", handle, group="narrow")
+    actor.start()
+    try:
+        # When 10 messages are waiting
+        with Producer(hub.endpoint) as p:
+            for i in range(10):
+                p.publish_async("jobs", b"%d" % i)
+            p.flush()
+        wait_for(lambda: len(started) == 2, message="two handlers running")
+        # Then the hub has handed out exactly 2: the other 8 stay in the hub for other actors
+        state = wait_for(lambda: (s := _sub_state(hub.endpoint, "jobs", "narrow"))
+                         and s["in_flight"] == 2 and s["pending"] == 8 and s,
+                         message="2 in flight, 8 pending")
+        assert state["in_flight"] == 2
+        assert len(started) == 2
+        gate.set()
+        wait_for(lambda: len(started) == 10, message="all processed")
+    finally:
+        gate.set()
+        actor.stop()
+    assert sorted(started) == list(range(1, 11))
+
+
+# --- retry backoff -------------------------------------------------------------------------
+
+
+def test_backoff_grows_exponentially_up_to_its_maximum_without_jitter():
+    policy = Backoff(initial=1.0, factor=2.0, max=60.0, jitter=0.0)
+    assert [policy.delay(n) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert policy.delay(10_000) == 60.0  # no overflow for absurd delivery counts
+
+
+def test_backoff_jitter_stays_within_its_band_and_is_reproducible_with_a_seed():
+    policy = Backoff(initial=1.0, factor=3.0, max=100.0, jitter=0.2)
+    first = [policy.delay(n, random.Random(7)) for n in range(1, 6)]
+    again = [policy.delay(n, random.Random(7)) for n in range(1, 6)]
+    assert first == again
+    rng = random.Random(42)
+    for n in range(1, 8):
+        base = min(100.0, 3.0 ** (n - 1))
+        for _ in range(200):
+            d = policy.delay(n, rng)
+            assert base * 0.8 - 1e-9 <= d <= min(100.0, base * 1.2) + 1e-9
+    spread = {round(policy.delay(2, rng), 6) for _ in range(50)}
+    assert len(spread) > 10  # it really is spread out
+
+
+def test_compute_backoff_never_goes_below_zero_or_above_the_cap():
+    rng = random.Random(1)
+    for n in range(0, 50):
+        d = compute_backoff(n, initial=5.0, factor=10.0, maximum=7.5, jitter=1.0, rng=rng)
+        assert 0.0 <= d <= 7.5
+
+
+def test_backoff_refuses_nonsense():
+    with pytest.raises(ValueError):
+        Backoff(factor=0.5)
+    with pytest.raises(ValueError):
+        Backoff(jitter=2.0)
+    with pytest.raises(TypeError):
+        Actor().add_handler("t", lambda m: None, group="g", retry=3)
+
+
+def test_a_failing_handler_is_retried_after_its_backoff_then_dead_lettered(hub):
+    # Given a handler that always fails, with a 0.3 s, 0.6 s backoff and 3 attempts
+    seen: list[tuple[int, float]] = []
+
+    def handle(msg):
+        seen.append((msg.deliveries, time.monotonic()))
+        raise RuntimeError("smtp down")
+
+    actor = Actor(hub.endpoint, name="retrier")
+    actor.add_handler("mail", handle, group="mailer", max_deliver=3,
+                      retry=Backoff(initial=0.3, factor=2.0, max=10.0, jitter=0.0))
+    actor.start()
+    try:
+        with Producer(hub.endpoint) as p:
+            p.publish("mail", b"to: bounce@example.com")
+        with Consumer(hub.endpoint) as c:
+            c.subscribe("dlq.mailer", "inspect")
+            dead = c.receive(timeout=20)
+            assert dead is not None
+            dead.ack()
+    finally:
+        actor.stop()
+    # Then it was tried 3 times, each retry no sooner than its backoff, then dead-lettered
+    assert [d for d, _ in seen] == [1, 2, 3]
+    assert seen[1][1] - seen[0][1] >= 0.3
+    assert seen[2][1] - seen[1][1] >= 0.6
+    assert dead.headers["x-deliveries"] == 3 and dead.payload == b"to: bounce@example.com"
+
+
+# --- async handlers ------------------------------------------------------------------------
+
+
+def test_async_handlers_run_concurrently_up_to_the_concurrency_and_ack_or_nack(hub):
+    # Given an async handler that fails once on message 3 and otherwise sleeps a little
+    running = 0
+    peak = 0
+    done: list[int] = []
+    attempts: dict[int, int] = {}
+    loops = set()
+    all_done = threading.Event()
+
+    async def handle(msg):
+        nonlocal running, peak
+        loops.add(id(asyncio.get_running_loop()))
+        attempts[msg.seq] = attempts.get(msg.seq, 0) + 1
+        running += 1
+        peak = max(peak, running)
+        try:
+            await asyncio.sleep(0.05)
+            if msg.seq == 3 and msg.deliveries == 1:
+                raise ValueError("first try fails")
+        finally:
+            running -= 1
+        done.append(msg.seq)
+        if len(done) == 20:
+            all_done.set()
+
+    actor = Actor(hub.endpoint, name="aio", concurrency=4)
+    actor.add_handler("aio", handle, group="aio", retry=None)
+    actor.start()
+    try:
+        with Producer(hub.endpoint) as p:
+            for i in range(20):
+                p.publish_async("aio", b"%d" % i)
+            p.flush()
+        assert all_done.wait(30)
+    finally:
+        actor.stop()
+    # Then at most 4 ran at once (and more than one did), all on one loop, all acked
+    assert 1 < peak <= 4
+    assert len(loops) == 1
+    assert sorted(done) == list(range(1, 21))
+    assert attempts[3] == 2
+    state = _sub_state(hub.endpoint, "aio", "aio")
+    assert state["ack_floor"] == 20 and state["in_flight"] == 0
+
+
+def test_stopping_waits_for_running_async_handlers_within_grace(hub):
+    # Given an async handler in the middle of slow work
+    entered = threading.Event()
+    finished = []
+
+    async def handle(msg):
+        entered.set()
+        await asyncio.sleep(0.5)
+        finished.append(msg.seq)
+
+    actor = Actor(hub.endpoint, name="aio-stop", concurrency=2, grace=10)
+    actor.add_handler("slowaio", handle, group="g")
+    actor.start()
+    with Producer(hub.endpoint) as p:
+        p.publish("slowaio", b"x")
+    assert entered.wait(10)
+    # When the actor is stopped
+    actor.stop()
+    # Then the running task finished and its ack was committed
+    assert finished == [1]
+    assert _sub_state(hub.endpoint, "slowaio", "g")["ack_floor"] == 1
+
+
+def test_async_handlers_past_grace_are_cancelled_and_their_messages_released(hub):
+    entered = threading.Event()
+    cancelled = []
+
+    async def handle(msg):
+        entered.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.append(msg.seq)
+            raise
+
+    actor = Actor(hub.endpoint, name="aio-cancel", grace=0.2)
+    actor.add_handler("stuck", handle, group="g")
+    actor.start()
+    with Producer(hub.endpoint) as p:
+        p.publish("stuck", b"x")
+    assert entered.wait(10)
+    actor.stop()
+    assert cancelled == [1]
+    with Consumer(hub.endpoint) as c:
+        c.subscribe("stuck", "g")
+        again = c.receive(timeout=10)
+        assert again is not None and again.seq == 1 and again.deliveries == 1  # released, not failed
+        again.ack()
+
+
+def test_a_redelivery_of_a_message_still_running_is_folded_into_it_not_run_twice(hub):
+    # Given a handler slower than its subscription's ack_wait, with a free worker to spare
+    runs: list[int] = []
+    redelivered = threading.Event()
+
+    def handle(msg):
+        runs.append(msg.deliveries)
+        # the hub gives up on this delivery after 0.3 s and delivers the message again
+        wait_for(lambda: _sub_state(hub.endpoint, "slowpoke", "g").get("in_flight") == 1
+                 and actor.session is not None and redelivered.is_set(), timeout=10,
+                 message="redelivery")
+
+    actor = Actor(hub.endpoint, name="folder", concurrency=2)
+    actor.add_handler("slowpoke", handle, group="g", ack_wait=0.3, max_deliver=0)
+    original = actor._take_inbox
+
+    def spy(session):  # notes the second delivery arriving while the first still runs
+        if any(m.deliveries > 1 for m in session.inbox):
+            redelivered.set()
+        original(session)
+
+    actor._take_inbox = spy
+    actor.start()
+    try:
+        with Producer(hub.endpoint) as p:
+            p.publish("slowpoke", b"x")
+        wait_for(lambda: _sub_state(hub.endpoint, "slowpoke", "g").get("ack_floor") == 1,
+                 message="acked")
+    finally:
+        actor.stop()
+    # Then the handler ran once, and both deliveries were settled by its ack
+    assert runs == [1]
+    assert _sub_state(hub.endpoint, "slowpoke", "g")["in_flight"] == 0
+
+
+def test_plain_and_async_handlers_share_one_actor(hub):
+    got: dict[str, list[int]] = {"sync": [], "async": []}
+    done = threading.Event()
+
+    def check():
+        if len(got["sync"]) == 5 and len(got["async"]) == 5:
+            done.set()
+
+    def plain(msg):
+        got["sync"].append(msg.seq)
+        check()
+
+    async def coro(msg):
+        await asyncio.sleep(0)
+        got["async"].append(msg.seq)
+        check()
+
+    actor = Actor(hub.endpoint, name="mixed", concurrency=3)
+    actor.add_handler("a", plain, group="g")
+    actor.add_handler("b", coro, group="g")
+    actor.start()
+    try:
+        with Producer(hub.endpoint) as p:
+            for i in range(5):
+                p.publish_async("a", b"%d" % i)
+                p.publish_async("b", b"%d" % i)
+            p.flush()
+        assert done.wait(20)
+    finally:
+        actor.stop()
+    assert got == {"sync": [1, 2, 3, 4, 5], "async": [1, 2, 3, 4, 5]}
