@@ -75,10 +75,10 @@ def test_a_redrive_whose_commit_fails_changes_nothing_and_can_be_retried(hub):
         # When the commit carrying the redrive fails (the disk, say)
         real = store.commit
 
-        def failing(appends, subs=None, now_ms=0, deletes=None):
+        def failing(appends, subs=None, now_ms=0, deletes=None, **kw):
             if deletes:
                 raise StorageError("disk on fire")
-            return real(appends, subs, now_ms, deletes)
+            return real(appends, subs, now_ms, deletes, **kw)
 
         store.commit = failing
         try:
