@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -19,11 +20,12 @@ from test_runtime import _sub_state
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def _start_actor(processes, script: Path, endpoint: str, cwd: Path, out: Path) -> subprocess.Popen:
+def _start_actor(processes, script: Path, endpoint: str, cwd: Path, out: Path,
+                 env: dict | None = None) -> subprocess.Popen:
     with open(out, "w") as stdout, open(out.with_suffix(".log"), "w") as stderr:
         return processes(subprocess.Popen(
             [*zmq_mq_command(), "run", str(script), "--hub", endpoint, "--log-level", "info"],
-            stdout=stdout, stderr=stderr, cwd=cwd,
+            stdout=stdout, stderr=stderr, cwd=cwd, env={**os.environ, **(env or {})},
         ))
 
 
@@ -63,12 +65,33 @@ def test_the_signup_example_sends_emails_and_dead_letters_the_bouncing_one(hub, 
     assert json.loads(dead.payload)["email"] == "bounce@example.com"
     assert dead.headers["x-deliveries"] == 3 and "nack" in dead.headers["x-reason"]
     assert dead.headers["x-origin-topic"] == "user.signup"
+    # and `zmq-mq dlq list` shows it with its origin and reason
+    listed = json.loads(_cli("dlq", "list", "--group", "emails", "--json", "--hub", hub.endpoint))
+    assert [(d["origin_topic"], d["deliveries"]) for d in listed] == [("user.signup", 3)]
 
     # And SIGTERM stops the actor cleanly
     assert _stop(actor) == 0
     text = out.read_text()
     assert text.count("email sent to alice@example.com") == 1
     assert [int(n) for n in re.findall(r"attempt (\d) of 3", text)] == [1, 2, 3]
+
+    # When the mail server is fixed, the service restarted and the dead letter redriven
+    fixed_out = tmp_path / "emails-fixed.out"
+    fixed = _start_actor(processes, EXAMPLES / "signup" / "email_actor.py", hub.endpoint, tmp_path,
+                         fixed_out, env={"SIGNUP_BOUNCE": "0"})
+    _cli("dlq", "redrive", "--group", "emails", "--all", "--hub", hub.endpoint)
+    # Then the email is sent once, and the dead-letter topic is empty
+    wait_for(lambda: "email sent to bounce@example.com" in fixed_out.read_text(),
+             message="the redriven email sent")
+    assert json.loads(_cli("dlq", "list", "--group", "emails", "--json", "--hub", hub.endpoint)) == []
+    assert _stop(fixed) == 0
+    assert fixed_out.read_text().count("email sent to") == 1  # nothing else sent twice
+
+
+def _cli(*args: str) -> str:
+    done = subprocess.run([*zmq_mq_command(), *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 @pytest.mark.slow

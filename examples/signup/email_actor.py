@@ -2,9 +2,10 @@
 
     zmq-mq run examples/signup/email_actor.py
 
-One address always bounces: its handler raises, the message is retried with exponential
-backoff (0.5 s, 1 s, ...) and after 3 attempts lands in the dead-letter topic ``dlq.emails``
-(``zmq-mq subscribe dlq.emails --group inspect --json`` shows it, with the reason). Sending is
+One address bounces (unless ``SIGNUP_BOUNCE=0``, "the mail server was fixed"): its handler
+raises, the message is retried with exponential backoff (0.5 s, 1 s, ...) and after 3 attempts
+lands in the dead-letter topic ``dlq.emails``; ``zmq-mq dlq list --group emails`` shows it with
+the reason, and once fixed ``zmq-mq dlq redrive --group emails --all`` sends it back. Sending is
 idempotent per sign-up: a redelivered event that was already sent is acked without a second email.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 from zmq_mq.actors import Actor, Backoff
 
@@ -26,7 +28,7 @@ class BounceError(Exception):
 
 def send_email(to: str, subject: str) -> None:
     """Stands in for SMTP: 'sends' by printing, and bounces for one address."""
-    if to.startswith("bounce@"):
+    if to.startswith("bounce@") and os.environ.get("SIGNUP_BOUNCE", "1") != "0":
         raise BounceError(f"550 mailbox unavailable: {to}")
     # one write per line (end=""): handlers print from several threads
     print(f"email sent to {to}: {subject}\n", end="", flush=True)
