@@ -114,6 +114,7 @@ class Hub:
         self._confirms: list[tuple[bytes, Any, list[tuple[str, int]]]] = []
         self._outbox: list[tuple[bytes, bytes, Any]] = []
         self._dead_letters: list[tuple[Subscription, DeadLetter]] = []
+        self._staged = 0  # messages staged by PUBLISH in this turn (bounded by max_turn_messages)
         self._next_liveness_check = 0
         self.counters = {
             "published": 0,
@@ -205,12 +206,18 @@ class Hub:
     def _read_commands(self) -> None:
         router = self.router
         handle = self._handle
+        max_messages = self.config.max_turn_messages
+        self._staged = 0
         for _ in range(self.config.max_turn_commands):
             try:
                 frames = recv_frames(router, NOBLOCK)
             except zmq.Again:
                 return
             handle(frames)
+            if self._staged >= max_messages:
+                # Commit and answer what we have: a flood must not make everyone wait for its
+                # huge turn. The ROUTER queues fairly per peer, so the others are read next turn.
+                return
 
     def _turn(self) -> None:
         now = _monotonic_ms()
@@ -526,6 +533,7 @@ class Hub:
                     index,
                 )
             staged.append((topic, record))
+        self._staged += len(staged)
         appends = self._appends
         positions = []
         for topic, record in staged:
