@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import HubProcess, _percentiles, git_info, machine_info, now  # noqa: E402
+from bench import HubProcess, _percentiles, background_cpu, git_info, machine_info, now  # noqa: E402
 
 PAYLOAD = b"p" * 128
 
@@ -91,6 +91,7 @@ def run(args) -> dict:
     hub = HubProcess(args.sync).start()
     report: dict = {"config": vars(args).copy(), "machine": machine_info(), "git": git_info()}
     report["config"].pop("json_out", None)
+    report["busy_before"] = background_cpu(1.0)  # other processes on the machine
     try:
         report["quiet"] = probe(hub.endpoint, args.seconds, args.interval_ms / 1000)
         proc = subprocess.Popen([sys.executable, __file__, "--flood", hub.endpoint,
@@ -121,7 +122,8 @@ def print_table(report: dict) -> None:
     console.print(f"fairness: {m.get('nproc')} cores, {m.get('mem_total_gib')} GiB, "
                   f"sync {report['config']['sync']}, flood rate {report['config']['flood_rate'] or 'full speed'}, probe every {report['config']['interval_ms']} ms "
                   f"for {report['config']['seconds']} s; commit {report['git'].get('commit', '?')[:7]}"
-                  f"{' (dirty)' if report['git'].get('dirty') else ''}")
+                  f"{' (dirty)' if report['git'].get('dirty') else ''}; busy before "
+                  f"{report.get('busy_before', {})}")
     table = Table()
     for col in ("phase", "latency", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "round trips",
                 "flood msg/s"):
