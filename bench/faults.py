@@ -514,6 +514,7 @@ class Report:
     restored_twice: int = 0  # ids stored under two seqs (a resend after a lost confirm)
     unexplained: list = field(default_factory=list)
     unconfirmed_processed: int = 0  # sent, never confirmed (hub died), yet stored and processed
+    margin_used: float = 0.0  # the most any explained duplicate needed of the margin, seconds
     order: dict[str, dict] = field(default_factory=dict)
     fault_cover: float = 0.0  # share of processings a duplicate would be excused for (lower: stricter)
     drained: bool = True  # FaultRun sets it; a bare check() takes the history as complete
@@ -549,7 +550,8 @@ class Report:
                      f"{self.unconfirmed_processed}, stored twice by a resend {self.restored_twice}, "
                      f"redelivered after processing {self.redeliveries}")
         lines.append(f"  drained {self.drained}, final hub lag {self.final_lag}, run {self.seconds:.1f} s, "
-                     f"{self.fault_cover:.0%} of processings fall in a fault window (a duplicate of any other is a bug)")
+                     f"{self.fault_cover:.0%} of processings fall in a fault window (a duplicate of any other is a bug), "
+                     f"margin needed {self.margin_used:.2f} s")
         for g, o in sorted(self.order.items()):
             lines.append(f"  order {g}: {o}")
         if any(self.lost.values()):
@@ -603,8 +605,14 @@ def check(workdir: Path, faults: list[Fault], margin: float = 2.0, redelivery_s:
             r.wrong.append((group, seq, expected, sorted({x[1] for x in runs})))
         if len(runs) > 1:
             r.redeliveries[group] += len(runs) - 1
-            if not _in_fault(runs[0][0], {x[5] for x in runs}, faults, margin):
+            workers = {x[5] for x in runs}
+            if not _in_fault(runs[0][0], workers, faults, margin):
                 r.unexplained.append(("redelivered", group, seq, mid, [round(x[0], 3) for x in runs]))
+            else:  # how much of the margin this one needed: a tight margin is a strict check
+                t1 = runs[0][0]
+                used = min(max(0.0, f.start - t1) for f in faults
+                           if (f.target == "hub" or f.target in workers) and f.start - margin <= t1 <= f.end)
+                r.margin_used = max(r.margin_used, used)
     for group, by_id in ids_by_group.items():
         r.distinct[group] = len(by_id)
     # Stored twice: the same id under two seqs; count it once per id (from the work group's view).

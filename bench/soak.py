@@ -30,11 +30,14 @@ def main() -> int:
     ap.add_argument("--actors", type=int, default=2, help="Actor processes in the work group")
     ap.add_argument("--seed", type=int, default=int(time.time()))
     ap.add_argument("--margin", type=float, default=2.0, help="ack durability bound, s")
+    ap.add_argument("--gap", type=float, nargs=2, default=(2.0, 4.0), metavar=("MIN", "MAX"),
+                    help="seconds between faults (uniform); wider gaps make 'explained' stricter")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the history here")
     ap.add_argument("--json-out", type=Path, default=None)
     args = ap.parse_args()
     cfg = FaultConfig(seconds=args.minutes * 60, producers=args.producers, rate=args.rate,
                       work_actors=args.actors, seed=args.seed, margin=args.margin,
+                      fault_gap=tuple(args.gap),
                       drain_timeout=120.0)
     with tempfile.TemporaryDirectory(prefix="zmq-mq-soak-") as tmp:
         workdir = args.workdir or Path(tmp)
