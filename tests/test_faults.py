@@ -33,7 +33,8 @@ def test_nothing_confirmed_is_lost_through_hub_kills_worker_kills_and_pauses(tmp
     print(report.details())
     (tmp_path / "report.json").write_text(json.dumps(report.to_json(), default=str))
     # Then every kind of fault happened, the run drained and the hub holds no backlog
-    assert report.hub_kills >= 2 and report.worker_kills >= 2 and report.worker_pauses >= 2
+    assert report.hub_kills >= 1 and report.worker_kills >= 1 and report.worker_pauses >= 1
+    assert report.hub_kills + report.worker_kills + report.worker_pauses >= 5
     assert report.drained, report.details()
     assert report.final_lag == {"audit": 0, "work": 0}, report.details()
     # And nothing confirmed was lost, nothing unsent appeared, every record is at its seq
