@@ -120,7 +120,9 @@ def print_table(report: dict) -> None:
     console = Console(width=120)
     m = report["machine"]
     console.print(f"fairness: {m.get('nproc')} cores, {m.get('mem_total_gib')} GiB, "
-                  f"sync {report['config']['sync']}, flood rate {report['config']['flood_rate'] or 'full speed'}, probe every {report['config']['interval_ms']} ms "
+                  f"sync {report['config']['sync']}, "
+                  f"flood rate {report['config']['flood_rate'] or 'full speed'}, "
+                  f"probe every {report['config']['interval_ms']} ms "
                   f"for {report['config']['seconds']} s; commit {report['git'].get('commit', '?')[:7]}"
                   f"{' (dirty)' if report['git'].get('dirty') else ''}; busy before "
                   f"{report.get('busy_before', {})}")
@@ -135,7 +137,8 @@ def print_table(report: dict) -> None:
         rate = r.get("flooder", {}).get("rate")
         for kind, label in (("confirm_ms", "publish->confirm"), ("round_trip_ms", "publish->delivered")):
             q = r[kind]
-            table.add_row(phase, label, *(f"{q.get(k, 0):.2f}" for k in ("p50", "p90", "p99", "p99.9", "max")),
+            cells = (f"{q.get(k, 0):.2f}" for k in ("p50", "p90", "p99", "p99.9", "max"))
+            table.add_row(phase, label, *cells,
                           str(r["round_trips"]), f"{rate:,.0f}" if rate and kind == "confirm_ms" else "")
     console.print(table)
 

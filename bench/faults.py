@@ -550,7 +550,8 @@ class Report:
                      f"{self.unconfirmed_processed}, stored twice by a resend {self.restored_twice}, "
                      f"redelivered after processing {self.redeliveries}")
         lines.append(f"  drained {self.drained}, final hub lag {self.final_lag}, run {self.seconds:.1f} s, "
-                     f"{self.fault_cover:.0%} of processings fall in a fault window (a duplicate of any other is a bug), "
+                     f"{self.fault_cover:.0%} of processings fall in a fault window "
+                     "(a duplicate of any other is a bug), "
                      f"margin needed {self.margin_used:.2f} s")
         for g, o in sorted(self.order.items()):
             lines.append(f"  order {g}: {o}")

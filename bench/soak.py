@@ -32,12 +32,15 @@ def main() -> int:
     ap.add_argument("--margin", type=float, default=2.0, help="ack durability bound, s")
     ap.add_argument("--gap", type=float, nargs=2, default=(2.0, 4.0), metavar=("MIN", "MAX"),
                     help="seconds between faults (uniform); wider gaps make 'explained' stricter")
+    ap.add_argument("--faults", default="hub_kill,worker_kill,worker_pause",
+                    help="kinds of fault to draw from, comma-separated")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the history here")
     ap.add_argument("--json-out", type=Path, default=None)
     args = ap.parse_args()
     cfg = FaultConfig(seconds=args.minutes * 60, producers=args.producers, rate=args.rate,
                       work_actors=args.actors, seed=args.seed, margin=args.margin,
                       fault_gap=tuple(args.gap),
+                      weights={k: 1.0 for k in args.faults.split(",")},
                       drain_timeout=120.0)
     with tempfile.TemporaryDirectory(prefix="zmq-mq-soak-") as tmp:
         workdir = args.workdir or Path(tmp)

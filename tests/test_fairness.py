@@ -42,7 +42,8 @@ def test_a_flooding_producer_cannot_make_a_small_publish_wait_for_its_whole_back
     try:
         # Given a producer whose backlog of 20 batches of 1000 messages is queued at the hub
         for batch in range(20):
-            flood.send_multipart(protocol.encode(Command.PUBLISH, [batch, [["flood", b"x" * 16, None, None]] * 1000]))
+            messages = [["flood", b"x" * 16, None, None]] * 1000
+            flood.send_multipart(protocol.encode(Command.PUBLISH, [batch, messages]))
         # When another client publishes one message
         small.send_multipart(protocol.encode(Command.PUBLISH, [7, [["small", b"hi", None, None]]]))
         hub._read_commands()

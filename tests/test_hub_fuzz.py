@@ -170,7 +170,8 @@ def _any(good):
 
 sids = _any(st.integers(0, 3)) | st.integers(-(2**63), 2**64 - 1)
 seq_lists = st.lists(st.integers(-(2**63), 2**64 - 1) | st.integers(-2, 40), max_size=8)
-hashables = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=8) | st.binary(max_size=8)
+hashables = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=8)
+             | st.binary(max_size=8))
 by_topic = _any(st.dictionaries(st.sampled_from(FUZZ_TOPICS) | hashables, _any(seq_lists), max_size=3))
 wide_ints = st.integers(-(2**63), 2**64 - 1) | st.integers(-3, 3) | st.just(protocol.MAX_CREDIT + 1)
 messages = st.lists(
@@ -210,7 +211,8 @@ def test_semantically_wrong_commands_over_the_wire_never_hurt_other_clients(live
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(frames=st.lists(st.binary(max_size=48), min_size=0, max_size=6)
-       | st.tuples(st.just(SIGNATURE), st.sampled_from(sorted(CLIENT_COMMANDS)), st.binary(max_size=48)).map(list))
+       | st.tuples(st.just(SIGNATURE), st.sampled_from(sorted(CLIENT_COMMANDS)),
+                   st.binary(max_size=48)).map(list))
 def test_arbitrary_multipart_frames_over_the_wire_never_hurt_other_clients(live, frames):
     if not frames:
         frames = [b""]  # ZeroMQ cannot send a message of zero frames
@@ -227,7 +229,8 @@ def test_arbitrary_multipart_frames_over_the_wire_never_hurt_other_clients(live,
         (Command.PUBLISH, [1, [["fz", b"x" * 65537, None, None]]], "too_large"),
         (Command.PUBLISH, [1, [["fz", b"x", None, {"h": "v" * 4096}]]], "too_large"),
         (Command.PUBLISH, [1, [["fz", b"x", "k" * 4096, None]]], "too_large"),
-        (Command.SUBSCRIBE, {"sid": 1, "topic": "fz", "group": "g", "credit": protocol.MAX_CREDIT + 1}, "invalid"),
+        (Command.SUBSCRIBE, {"sid": 1, "topic": "fz", "group": "g", "credit": protocol.MAX_CREDIT + 1},
+         "invalid"),
         (Command.SUBSCRIBE, {"sid": 1, "topic": "fz", "group": "g", "ack_wait_ms": 0}, "invalid"),
         (Command.SUBSCRIBE, {"sid": 1, "topic": "fz", "group": "g", "start": "middle"}, "invalid"),
     ],
@@ -248,7 +251,8 @@ def test_limits_and_ranges_are_enforced_with_a_clear_error(live, command, body, 
 )
 def test_credit_out_of_range_is_refused_and_the_attachment_keeps_its_credit(live, body, code):
     sock = live.new_socket()
-    live.send(protocol.encode(Command.SUBSCRIBE, {"sid": 1, "topic": "fz.credit", "group": "g", "credit": 0}), sock)
+    subscribe = {"sid": 1, "topic": "fz.credit", "group": "g", "credit": 0}
+    live.send(protocol.encode(Command.SUBSCRIBE, subscribe), sock)
     replies = live.send(protocol.encode(Command.CREDIT, body), sock)
     assert [(c, b["code"]) for c, b in replies] == [(Command.ERROR, code)]
     live.check(replies)
@@ -257,7 +261,8 @@ def test_credit_out_of_range_is_refused_and_the_attachment_keeps_its_credit(live
 @pytest.mark.parametrize("delay", [-1, 365 * 24 * 3600 * 1000 + 1, 2**64 - 1, 1.5, "soon"])
 def test_nack_delays_out_of_range_are_refused(live, delay):
     sock = live.new_socket()
-    live.send(protocol.encode(Command.SUBSCRIBE, {"sid": 2, "topic": "fz.nack", "group": "g", "credit": 0}), sock)
+    subscribe = {"sid": 2, "topic": "fz.nack", "group": "g", "credit": 0}
+    live.send(protocol.encode(Command.SUBSCRIBE, subscribe), sock)
     replies = live.send(protocol.encode(Command.NACK, [2, {"fz.nack": [1]}, delay]), sock)
     assert [(c, b["code"]) for c, b in replies] == [(Command.ERROR, "invalid")], replies
     live.check(replies)
