@@ -199,7 +199,7 @@ def zmq_mq_command() -> list[str]:
 
 @dataclass
 class Fault:
-    kind: str  # hub_kill, worker_kill, worker_pause
+    kind: str  # hub_kill, hub_term (graceful stop), worker_kill, worker_pause
     target: str
     start: float
     end: float
@@ -355,15 +355,20 @@ class FaultRun:
                 kind = cfg.schedule[len(self.faults) % len(cfg.schedule)]
             else:
                 kind = self.rng.choices(kinds, weights)[0]
-            if kind == "hub_kill":
+            if kind in ("hub_kill", "hub_term"):
                 start = time.monotonic()
-                self._kill_hub()
+                if kind == "hub_kill":
+                    self._kill_hub()
+                else:  # graceful: SIGTERM, the hub commits its last turn and exits
+                    self.hub.terminate()
+                    self.hub.wait(30)
                 time.sleep(self.rng.uniform(0.0, 1.0))
                 self._start_hub()
                 # clients notice the new hub within a heartbeat or two and re-attach
                 end = time.monotonic() + 3 * cfg.heartbeat_ms / 1000
                 self.faults.append(Fault(kind, "hub", start, end))
-                self.say(f"fault: hub kill -9, restarted (restart #{self.hub_restarts - 1})")
+                how = "kill -9" if kind == "hub_kill" else "SIGTERM"
+                self.say(f"fault: hub {how}, restarted (restart #{self.hub_restarts - 1})")
             elif kind == "worker_kill":
                 w = self.rng.choice(self.workers)
                 start = time.monotonic()
@@ -453,7 +458,7 @@ class FaultRun:
         report.drained = drained
         report.final_lag = lag
         report.seconds = time.monotonic() - t0
-        report.hub_kills = sum(1 for f in self.faults if f.kind == "hub_kill")
+        report.hub_kills = sum(1 for f in self.faults if f.target == "hub")
         report.worker_kills = sum(1 for f in self.faults if f.kind == "worker_kill")
         report.worker_pauses = sum(1 for f in self.faults if f.kind == "worker_pause")
         return report
@@ -541,7 +546,7 @@ class Report:
         return (f"{self.confirmed} confirmed, {processed} processed "
                 f"({', '.join(f'{g}: {n}' for g, n in sorted(self.processed.items()))}), "
                 f"{lost} lost, {self.duplicates} duplicates ({expl}); "
-                f"faults: {self.hub_kills} hub kills, {self.worker_kills} worker kills, "
+                f"faults: {self.hub_kills} hub kills/stops, {self.worker_kills} worker kills, "
                 f"{self.worker_pauses} worker pauses")
 
     def details(self) -> str:
@@ -588,7 +593,7 @@ def check(workdir: Path, faults: list[Fault], margin: float = 2.0, redelivery_s:
     h = load_history(workdir)
     r = Report(confirmed=len(h.confirmed), sent=len(h.sent), failed=len(h.failed))
     seq_owner = {seq: mid for mid, (seq, _) in h.confirmed.items()}
-    hub_kills = [f for f in faults if f.kind == "hub_kill"]
+    hub_kills = [f for f in faults if f.target == "hub"]
     for group in GROUPS:
         r.lost[group] = missing_of(h, group)
         r.processed[group] = 0
