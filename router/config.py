@@ -48,6 +48,11 @@ class HubConfig:
     # Fairness and latency: a loop turn reads at most this many commands before it commits and
     # answers, so one flooding client cannot delay everyone else's confirms and deliveries.
     max_turn_commands: int = 1000
+    # ... and stops reading once this many published messages are staged: a turn's cost grows
+    # with its messages (one PUBLISH may carry thousands), and every client waits for the turn's
+    # commit. Small enough that a flooding producer's turn stays short, large enough that the
+    # fsync per commit is shared by thousands of messages.
+    max_turn_messages: int = 2000
     # Deliveries one subscription hands out in a turn, and messages in one DELIVER frame.
     max_dispatch_per_turn: int = 5000
     max_deliver_frame: int = 500

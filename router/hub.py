@@ -160,6 +160,7 @@ class Hub:
         self._dedup_staged: dict[tuple[str, str], tuple[str, int]] = {}
         self._dedup_new: list[tuple[str, str, int]] = []
         self._dedup_hits = False
+        self._staged = 0  # messages staged by PUBLISH in this turn (bounded by max_turn_messages)
         self._next_liveness_check = 0
         # Operator statistics (router/stats.py), updated per batch or per turn
         self._started_ms = _monotonic_ms()
@@ -287,12 +288,18 @@ class Hub:
     def _read_commands(self) -> None:
         router = self.router
         handle = self._handle
+        max_messages = self.config.max_turn_messages
+        self._staged = 0
         for _ in range(self.config.max_turn_commands):
             try:
                 frames = recv_frames(router, NOBLOCK)
             except zmq.Again:
                 return
             handle(frames)
+            if self._staged >= max_messages:
+                # Commit and answer what we have: a flood must not make everyone wait for its
+                # huge turn. The ROUTER queues fairly per peer, so the others are read next turn.
+                return
 
     def _read_curve(self) -> None:
         """``_read_commands`` for a CURVE hub: also learns each command's client key.
@@ -746,6 +753,7 @@ class Hub:
                             index,
                         )
                     allowed = topic
+        self._staged += len(staged)
         if ids is not None:
             self._confirms.append((identity, batch_id, self._stage_with_ids(staged, ids), _now_ms()))
             return

@@ -62,6 +62,11 @@ _SEQ_BYTES = 8
 _LOG_KEY = struct.Struct(">IQ")
 
 _ENOSPC_TEXTS = ("no space left", "enospc")
+# LMDB reports a short write on a full file system as EIO ("Input/output error"), not ENOSPC. A
+# failed commit is taken for a full disk when the file system has less free space than the
+# commit needed plus this much for the pages LMDB rewrites around it (B-tree branches, free list,
+# meta pages): a real I/O error with that much room left stays a storage_error.
+_DISK_SLACK = 1 << 20
 
 
 class StorageFull(Exception):
@@ -252,7 +257,23 @@ class Store:
             except lmdb.Error as exc:
                 if _is_disk_full(exc):
                     raise StorageFull(f"disk full: {exc}") from exc
+                free = self._free_bytes()
+                need = sum(len(r) for records in appends.values() for r in records)
+                need += sum(len(v or b"") for v in (subs or {}).values()) + _DISK_SLACK
+                if free is not None and free < need:
+                    raise StorageFull(
+                        f"disk full: {free} bytes free on the file system of {self.path}, "
+                        f"the commit needed about {need} ({exc})"
+                    ) from exc
                 raise StorageError(f"commit failed: {exc}") from exc
+
+    def _free_bytes(self) -> int | None:
+        """Bytes an unprivileged writer may still use on the store's file system."""
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
 
     def _grow(self, cause: lmdb.Error) -> None:
         """Double the map (within max_map_size) after MapFullError, or raise StorageFull."""

@@ -478,3 +478,60 @@ def test_a_publish_that_times_out_waiting_for_room_leaves_flush_working(tmp_path
         stop.set()
         thread.join(5)
         router.close(linger=0)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """An 8 MiB tmpfs (a disk that fills up for real); skipped where mounting is not allowed."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root; the small-map test covers a full store")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_refuses_publishes_with_storage_full_and_accepts_them_once_space_is_freed(small_disk):
+    from zmq_mq.actors import HubError
+    from zmq_mq.testing import HubThread
+
+    # Given a hub on an 8 MiB file system, half of it taken by another file
+    filler = small_disk / "filler"
+    filler.write_bytes(b"f" * (4 << 20))
+    hub = HubThread(small_disk / "data")
+    hub.start()
+    try:
+        with Producer(hub.endpoint, timeout=10) as p:
+            stored = 0
+            # When producers publish until the disk is full
+            with pytest.raises(HubError) as err:
+                for _ in range(200):
+                    p.publish("big", b"x" * 65536)
+                    stored += 1
+            # Then the one that does not fit gets storage_full saying the disk is full
+            assert err.value.code == "storage_full", err.value
+            assert "disk full" in str(err.value)
+            assert 0 < stored < 200
+            # And, the disk still full, consumers read and ack everything confirmed
+            with Consumer(hub.endpoint) as c:
+                c.subscribe("big", "reader", credit=stored + 5)
+                got = []
+                for _ in range(stored):
+                    msg = c.receive(timeout=10)
+                    got.append(msg.seq)
+                    msg.ack()
+                assert got == list(range(1, stored + 1))
+                assert c.receive(timeout=0.3) is None
+            assert hub.error is None and hub.hub.running.is_set()
+            # And once space is freed, publishing works again without a restart
+            filler.unlink()
+            assert p.publish("big", b"y" * 65536) == stored + 1
+            wait_for(lambda: [s["lag"] for t in hub.hub.topics() for s in t["subscriptions"]] == [1],
+                     message="acks committed once the disk had room")
+    finally:
+        hub.stop()

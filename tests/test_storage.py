@@ -236,6 +236,15 @@ def test_a_full_disk_is_storage_full_and_other_lmdb_errors_are_storage_error(
         fail(lmdb.CorruptedError("mdb_get: MDB_CORRUPTED: Located page was wrong type"))
         with pytest.raises(StorageError, match="MDB_CORRUPTED"):
             store.commit({"t": [b"x"]})
+        # LMDB reports a short write on a full file system as EIO: full when space is short,
+        # a plain storage error when there is room
+        fail(lmdb.Error("mdb_txn_commit: Input/output error"))
+        with pytest.raises(StorageError, match="Input/output") as err:
+            store.commit({"t": [b"x"]})
+        assert not isinstance(err.value, StorageFull)
+        monkeypatch.setattr(store, "_free_bytes", lambda: 4096)
+        with pytest.raises(StorageFull, match="4096 bytes free"):
+            store.commit({"t": [b"x"]})
 
 
 def test_close_is_idempotent_and_a_closed_store_refuses_work(tmp_path: Path) -> None:
