@@ -434,6 +434,13 @@ def test_a_full_store_refuses_publishes_clearly_and_keeps_serving_acks(tmp_path)
             except HubError as exc:
                 assert exc.code == "storage_full"
             assert hub.hub.topics()[0]["messages"] == stored
+            # And once an operator frees space (purging the read messages), publishes are
+            # accepted again: LMDB reuses the freed pages
+            from zmq_mq.actors import Admin
+
+            with Admin(hub.endpoint) as admin:
+                assert admin.purge("big", "all")["purged"] == stored
+            assert p.publish("big", b"x" * 65536) == stored + 1
 
 
 def test_a_publish_that_times_out_waiting_for_room_leaves_flush_working(tmp_path):
