@@ -313,6 +313,8 @@ class Hub:
         router = self.router
         handle = self._handle
         users = self._users
+        max_messages = self.config.max_turn_messages
+        self._staged = 0
         for _ in range(self.config.max_turn_commands):
             try:
                 first = router.recv(NOBLOCK, copy=False)
@@ -338,6 +340,8 @@ class Hub:
                     self._users = users = {i: u for i, u in users.items() if i in self._peers}
                 users[identity] = user
             handle(frames)
+            if self._staged >= max_messages:  # fairness, as in _read_commands
+                return
 
     def _drain_monitor(self) -> None:
         """Log handshakes that failed before ZAP saw them (no keys, wrong hub key)."""
