@@ -280,7 +280,12 @@ class Producer:
             return
         self._ready.set()
         outstanding: dict[int, tuple[list, list[PublishFuture]]] = {}  # batch id -> (messages, futures)
-        batch_ids = itertools.count(1)
+        batch_ids = self._batch_ids = itertools.count(1)
+        # After a hub restart seen on this connection: the id of the empty "marker" batch sent
+        # then, and the batches sent before it, which are resent only if its confirm finds them
+        # still unconfirmed (those queued behind the restart reached the new hub already).
+        self._marker: Any = None
+        self._before_marker: set = set()
         poller = zmq.Poller()
         poller.register(wake_rx, zmq.POLLIN)
         poller.register(conn.socket, zmq.POLLIN)
@@ -349,11 +354,17 @@ class Producer:
                 return
             command, body = got
             if command == Command.CONFIRM:
+                if self._marker is not None and body[0] == self._marker:
+                    self._resend_after_marker(conn, outstanding)
+                    continue
                 batch = outstanding.pop(body[0], None)
                 if batch is not None:
                     self._resolve_batch(batch[1], body[1])
             elif command == Command.ERROR:
                 err = protocol.parse_error(body)
+                if self._marker is not None and err.get("ref") == self._marker:
+                    self._resend_after_marker(conn, outstanding)
+                    continue
                 batch = outstanding.pop(err.get("ref"), None) if err.get("command") == "PUBLISH" else None
                 if batch is None:
                     log.warning("hub error: %s: %s", err["code"], err["message"])
@@ -364,13 +375,27 @@ class Producer:
                 if instance and conn.hub_instance and instance != conn.hub_instance:
                     log.warning("hub restarted (%s -> %s): resending unconfirmed", conn.hub_instance, instance)
                     conn.hub_instance = instance
-                    self._resend(conn, outstanding)
+                    # The hub answers in order: once this empty batch is confirmed, every batch
+                    # sent before it that the new hub received is confirmed too; only the rest
+                    # (lost with the old hub) is sent again, so nothing is stored twice.
+                    self._before_marker |= set(outstanding)
+                    self._marker = next(self._batch_ids)
+                    conn.send(Command.PUBLISH, [self._marker, []])
             elif command == Command.WELCOME:
                 conn._welcomed(body)
 
     def _resend(self, conn: Connection, outstanding: dict) -> None:
+        self._marker, self._before_marker = None, set()
         for batch_id, (messages, _) in sorted(outstanding.items()):
             conn.send(Command.PUBLISH, [batch_id, messages])
+
+    def _resend_after_marker(self, conn: Connection, outstanding: dict) -> None:
+        lost = sorted(b for b in self._before_marker if b in outstanding)
+        self._marker, self._before_marker = None, set()
+        if lost:
+            log.warning("resending %d batches the restarted hub never received", len(lost))
+        for batch_id in lost:
+            conn.send(Command.PUBLISH, [batch_id, outstanding[batch_id][0]])
 
     def _reconnect(self, conn: Connection, outstanding: dict) -> None:
         """The hub went silent with batches unconfirmed: new socket, handshake, resend."""

@@ -542,3 +542,68 @@ def test_a_full_disk_refuses_publishes_with_storage_full_and_accepts_them_once_s
                      message="acks committed once the disk had room")
     finally:
         hub.stop()
+
+
+class _FakeHub:
+    """A ROUTER that speaks just enough zmq-mq for producer tests, driven step by step."""
+
+    def __init__(self) -> None:
+        self.router = zmq.Context.instance().socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.endpoint = f"tcp://127.0.0.1:{self.router.bind_to_random_port('tcp://127.0.0.1')}"
+        self.peer: bytes | None = None
+
+    def next(self, wanted: bytes, timeout_ms: int = 10_000):
+        """The body of the next command ``wanted`` (answering HELLO on the way)."""
+        while self.router.poll(timeout_ms):
+            ident, *frames = self.router.recv_multipart()
+            command, body = protocol.decode(frames)
+            self.peer = ident
+            if command == b"HELLO" and wanted != b"HELLO":
+                self.send(b"WELCOME", {"hub": "one", "limits": {}, "heartbeat_ms": 100})
+            elif command == wanted:
+                return body
+        raise AssertionError(f"no {wanted!r} within {timeout_ms} ms")
+
+    def send(self, command: bytes, body) -> None:
+        self.router.send_multipart([self.peer, *protocol.encode(command, body)])
+
+    def close(self) -> None:
+        self.router.close(linger=0)
+
+
+@pytest.mark.parametrize("new_hub_got_it", [True, False], ids=["queued-to-new-hub", "lost-with-old-hub"])
+def test_after_a_hub_restart_a_batch_is_resent_only_if_the_new_hub_never_got_it(new_hub_got_it):
+    fake = _FakeHub()
+
+    def welcome() -> None:
+        fake.next(b"HELLO")
+        fake.send(b"WELCOME", {"hub": "one", "limits": {}, "heartbeat_ms": 100})
+
+    greeter = threading.Thread(target=welcome)  # the producer's connect() waits for WELCOME
+    greeter.start()
+    try:
+        with Producer(fake.endpoint, timeout=10) as p:
+            greeter.join()
+            future = p.publish_async("t", b"one")
+            first = fake.next(b"PUBLISH")
+            # When the hub restarts (its heartbeat answer names a new instance) ...
+            fake.next(b"HEARTBEAT")
+            fake.send(b"HEARTBEAT", ["two", []])
+            marker = fake.next(b"PUBLISH")
+            assert marker[1] == []  # the producer first sends an empty marker batch
+            if new_hub_got_it:  # ... and the batch had reached the new hub: confirmed first
+                fake.send(b"CONFIRM", [first[0], [7]])
+                fake.send(b"CONFIRM", [marker[0], []])
+                assert future.result(10) == 7
+                with pytest.raises(AssertionError):  # and it is never sent again
+                    fake.next(b"PUBLISH", timeout_ms=300)
+            else:  # ... or it was lost with the old hub: resent after the marker's confirm
+                fake.send(b"CONFIRM", [marker[0], []])
+                again = fake.next(b"PUBLISH")
+                assert again == first
+                fake.send(b"CONFIRM", [first[0], [1]])
+                assert future.result(10) == 1
+    finally:
+        greeter.join()
+        fake.close()
