@@ -156,8 +156,15 @@ def _record(log: _Log, worker: str, group: str, msg) -> None:
 
 def run_worker(endpoint: str, out: Path, worker: str, group: str, kind: str, ack_wait: float) -> None:
     """Process ``group`` on TOPIC until SIGTERM: an Actor (work queue) or a strict Consumer."""
+    import faulthandler
+    import logging
+
     from zmq_mq.actors import Actor, Consumer
 
+    # Diagnostics for a run that does not drain: the harness sends SIGUSR1 for every thread's
+    # stack, and the client library's own log lines (re-attaches, errors) go to stderr with times.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    logging.basicConfig(level=logging.INFO, format="%(created).3f %(name)s %(levelname)s %(message)s")
     log = _Log(out)
     name = f"{group}-{os.getpid()}"
     if kind == "actor":
@@ -409,6 +416,29 @@ class FaultRun:
             time.sleep(0.2)
         return False
 
+    def diagnose(self) -> None:
+        """The run did not drain: say what the hub holds and what every worker is doing."""
+        from zmq_mq.actors import Admin
+
+        try:
+            with Admin(self.endpoint, timeout=10) as admin:
+                stats = admin.stats()
+            for s in stats.get("subscriptions", []):
+                self.say(f"diagnose: hub subscription {s}")
+            for t in stats.get("topics", []):
+                self.say(f"diagnose: hub topic {t}")
+        except Exception as exc:  # the hub itself may be the problem
+            self.say(f"diagnose: hub STATS failed: {exc!r}")
+        for w in self.workers:
+            if w.alive():
+                os.kill(w.proc.pid, signal.SIGUSR1)
+        time.sleep(1.0)
+        for path in sorted(self.workdir.glob("*.stderr")) + sorted(self.workdir.glob("hub.*.log")):
+            lines = path.read_text(errors="replace").splitlines()
+            self.say(f"diagnose: --- {path.name} (last 60 of {len(lines)} lines)")
+            for line in lines[-60:]:
+                self.say(f"  {line[:300]}")
+
     def stop(self) -> None:
         for p in self.producers + self.workers:
             p.terminate()
@@ -443,6 +473,8 @@ class FaultRun:
             self.start()
             self.inject()
             drained = self.drain()
+            if not drained:
+                self.diagnose()
             if drained:  # every ack committed: the hub has nothing left to hand out
                 deadline = time.monotonic() + 30
                 while time.monotonic() < deadline:
