@@ -737,7 +737,9 @@ class Subscription:
             return
         hi = min(last, nxt + room - 1)
         acked = self._acked
-        chunk = [s for s in range(nxt, hi + 1) if s not in acked] if acked else list(range(nxt, hi + 1))
+        chunk = [s for s in range(nxt, hi + 1) if s not in acked] if acked else None
+        if chunk is None:
+            chunk = list(range(nxt, hi + 1))
         self._next = hi + 1
         if chunk:
             win.update(zip(chunk, self.lookup(chunk)))

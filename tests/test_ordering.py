@@ -438,7 +438,9 @@ class OrderingMachine(RuleBasedStateMachine):
         assert self.sub.in_flight == 0 and self.sub.pending == 0
 
 
-OrderingMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=50, deadline=None)
+OrderingMachine.TestCase.settings = settings(
+    max_examples=150, stateful_step_count=50, deadline=None
+)
 TestOrderingMachine = OrderingMachine.TestCase
 
 
@@ -494,5 +496,7 @@ class PriorityMachine(SubscriptionMachine):
         self.may_redeliver = set(self.counts)
 
 
-PriorityMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=50, deadline=None)
+PriorityMachine.TestCase.settings = settings(
+    max_examples=100, stateful_step_count=50, deadline=None
+)
 TestPriorityMachine = PriorityMachine.TestCase
