@@ -74,6 +74,7 @@ import heapq
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from itertools import count as _counter
+from itertools import islice
 from typing import Any
 
 DEFAULT_ACK_WAIT_MS = 30_000  # long enough for ordinary work; progress() extends it
@@ -189,6 +190,7 @@ class Subscription:
         "_win",
         "_meta",
         "_prio_upto",
+        "_win_prio",
     )
 
     def __init__(
@@ -216,6 +218,7 @@ class Subscription:
         self._win: dict[int, tuple[str | None, int]] = {}  # looked-up seqs never handed out
         self._meta: dict[int, tuple[str | None, int]] = {}  # handed-out undone seqs, if not plain
         self._prio_upto = 0  # seqs <= this may carry a priority (the hub said so)
+        self._win_prio = 0  # window entries with a priority above the default
         self.configure(ack_wait_ms=ack_wait_ms, max_deliver=max_deliver, ordering=ordering)
         self._floor = start_after
         self._last = max(last_seq, start_after)
@@ -476,7 +479,9 @@ class Subscription:
                 self._ready_set.discard(s)
                 self._delayed_due.pop(s, None)
                 if self._win:
-                    self._win.pop(s, None)
+                    m = self._win.pop(s, None)
+                    if m is not None and m[1]:
+                        self._win_prio -= 1
             if self._meta:
                 self._meta.pop(s, None)
             counts.pop(s, None)
@@ -722,6 +727,8 @@ class Subscription:
             m = win.pop(best)
             if m != _PLAIN:
                 self._meta[best] = m
+                if m[1]:
+                    self._win_prio -= 1
         else:
             heapq.heappop(ready)
             ready_set.remove(best)
@@ -742,7 +749,9 @@ class Subscription:
             chunk = list(range(nxt, hi + 1))
         self._next = hi + 1
         if chunk:
-            win.update(zip(chunk, self.lookup(chunk)))
+            metas = self.lookup(chunk)
+            win.update(zip(chunk, metas))
+            self._win_prio += sum(1 for m in metas if m[1])
 
     def _pick_window(self, budget: int) -> tuple[list[int], list[int]]:
         """Up to ``budget`` of the ready and window seqs, highest priority first, then lowest
@@ -775,6 +784,9 @@ class Subscription:
                         continue
                     blocked.add(k)
                 cands.append((-p, s))
+        elif not self._win_prio and not any(meta.get(s, _PLAIN)[1] for s in ready_set):
+            # no priorities waiting (the usual case after a restart): lowest seqs first, no sort
+            cands = [(0, s) for s in islice(heapq.merge(sorted(ready_set), win), budget)]
         else:
             cands = [(-meta.get(s, _PLAIN)[1], s) for s in ready_set]
             cands += [(-p, s) for s, (_, p) in win.items()]
@@ -788,6 +800,8 @@ class Subscription:
                 ready_set.remove(s)  # its heap entry goes stale
             elif m != _PLAIN:
                 meta[s] = m
+                if m[1]:
+                    self._win_prio -= 1
             seqs.append(s)
             dl.append(counts.get(s, 0) + 1)
         return seqs, dl

@@ -200,6 +200,20 @@ def test_priority_only_looks_ahead_a_bounded_window(monkeypatch):
     assert handed(sub.dispatch(now=0)) == [4]  # now in the window: it overtakes 2 and 3
 
 
+def test_a_priority_published_behind_a_plain_backlog_still_goes_first():
+    log = Log()
+    log.add((None, 0), (None, 0), (None, 0))
+    sub = make(log)
+    sub.published(3, priority=True)  # e.g. after a restart: the backlog might hold priorities
+    sub.attach(A, 1)
+    assert handed(sub.dispatch(now=0)) == [1]
+    sub.published(log.add((None, 9)), priority=True)
+    sub.ack(A, [1])
+    assert handed(sub.dispatch(now=0)) == [4]
+    sub.ack(A, [4])
+    assert handed(sub.dispatch(now=0)) == [2]
+
+
 def test_without_priorities_or_key_ordering_nothing_is_looked_up():
     log = Log()
     log.add(*[("k", 0)] * 5)
@@ -414,6 +428,7 @@ class OrderingMachine(RuleBasedStateMachine):
         if not hasattr(self, "sub"):
             return
         assert self.sub.in_flight == len(self.flight)
+        assert self.sub._win_prio == sum(1 for _, p in self.sub._win.values() if p)
         if self.ordering == "strict":
             assert self.sub.in_flight <= 1
 
@@ -454,10 +469,11 @@ class PriorityMachine(SubscriptionMachine):
         ack_wait=st.sampled_from([1, 25, 100]),
         max_deliver=st.integers(0, 4),
         prios=st.lists(st.integers(0, 9), min_size=400, max_size=400),
+        every=st.sampled_from([1, 1, 8, 40]),  # sparse priorities: windows with none at all too
     )
-    def setup(self, ack_wait, max_deliver, prios):
+    def setup(self, ack_wait, max_deliver, prios, every):
         super().setup(ack_wait, max_deliver, 0)
-        self.prios = prios
+        self.prios = [p if i % every == 0 else 0 for i, p in enumerate(prios)]
         self.sub.lookup = self.lookup
 
     def lookup(self, seqs):
@@ -484,6 +500,11 @@ class PriorityMachine(SubscriptionMachine):
             worst = max((-self.prio(s), s) for s in got)
             left = [s for s in waiting_before - set(got) if (-self.prio(s), s) < worst]
             assert left == [], f"handed {got} but left better {left}"
+
+    @invariant()
+    def window_priority_count_is_right(self):
+        if hasattr(self, "sub"):
+            assert self.sub._win_prio == sum(1 for _, p in self.sub._win.values() if p)
 
     @rule()
     def restart(self):
