@@ -1018,6 +1018,7 @@ class Hub:
                     "actors": sub.actors,
                     "ack_wait_ms": sub.ack_wait_ms,
                     "max_deliver": sub.max_deliver,
+                    "ordering": sub.ordering,
                 }
             )
         out = []
@@ -1079,6 +1080,7 @@ class Hub:
                     "actors": sub.actors,
                     "ack_wait_ms": sub.ack_wait_ms,
                     "max_deliver": sub.max_deliver,
+                    "ordering": sub.ordering,
                     "dlq_topic": protocol.dlq_topic(group),
                     **c.as_dict(),
                 }

@@ -10,7 +10,7 @@ import msgpack
 import pytest
 from conftest import run_cli, wait_for
 
-from zmq_mq.actors import Actor, Consumer, Producer
+from zmq_mq.actors import Actor, Admin, Consumer, Producer
 from zmq_mq.actors.errors import HubError
 from zmq_mq.router import protocol
 from zmq_mq.router.protocol import SIGNATURE
@@ -21,6 +21,18 @@ def _ask(sock, frames):
     assert sock.poll(10_000), "no reply from the hub"
     reply = sock.recv_multipart()
     return reply[1], msgpack.unpackb(reply[2], raw=False)
+
+
+def _subs_in(stats):
+    """Every subscription map of a STATS document, wherever it nests them."""
+    if isinstance(stats, dict):
+        if "group" in stats and "ack_wait_ms" in stats:
+            yield stats
+        for v in stats.values():
+            yield from _subs_in(v)
+    elif isinstance(stats, list):
+        for v in stats:
+            yield from _subs_in(v)
 
 
 def test_strict_ordering_hands_a_consumer_one_message_at_a_time_in_order_even_with_nacks(hub):
@@ -158,6 +170,11 @@ def test_an_existing_subscription_keeps_its_ordering_unless_told_otherwise(hub):
     with Consumer(hub.endpoint) as c:
         c.subscribe("t", "g")
     assert hub.hub.subs[("t", "g")].ordering == "key"
+    with Admin(hub.endpoint) as admin:
+        [topic] = admin.topics()
+        assert topic["subscriptions"][0]["ordering"] == "key"
+        stats = admin.stats()
+        assert any(s.get("ordering") == "key" for s in _subs_in(stats)), stats
     with Consumer(hub.endpoint) as c:
         c.subscribe("t", "g", ordering="none")
     assert hub.hub.subs[("t", "g")].ordering == "none"
