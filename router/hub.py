@@ -1228,6 +1228,7 @@ class Hub:
             results.append({"seq": seq, "topic": origin, "_pos": len(lst)})
             lst.append(new_record)
             taken.append(seq)
+            self._prio_topics.add(origin)  # it keeps its x-priority header; redrives are rare
         if taken:  # one commit appends to the origin and deletes here: never lost, never twice
             self._deletes.setdefault(topic, set()).update(taken)
         self._admin.append((identity, Command.REDRIVE, ref, {"topic": topic, "results": results}))

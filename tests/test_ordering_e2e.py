@@ -207,3 +207,23 @@ def test_subscribed_reports_the_ordering(hub, raw_client):
         b"SUBSCRIBE", {"sid": 3, "topic": "t", "group": "g", "ordering": "strict", "credit": 0}))
     assert command == b"SUBSCRIBED" and body["ordering"] == "strict"
     wait_for(lambda: ("t", "g") in hub.hub.subs)
+
+
+def test_a_redriven_dead_letter_keeps_its_priority(hub):
+    with Producer(hub.endpoint) as p, Consumer(hub.endpoint) as c, Admin(hub.endpoint) as admin:
+        p.publish("mail", b"plain")
+        p.publish("mail", b"urgent", priority=9)
+        c.subscribe("mail", "senders", credit=1)
+        urgent = c.receive(10)
+        assert urgent.payload == b"urgent"
+        urgent.reject("mail server down")
+        held = c.receive(10)  # 1, held so that what follows waits
+        assert held.seq == 1
+        p.publish("mail", b"later")  # seq 3, no priority
+        wait_for(lambda: admin.topics() and any(
+            t["topic"] == "dlq.senders" and t["messages"] == 1 for t in admin.topics()))
+        admin.redrive("dlq.senders", [1])  # back to mail as seq 4, still priority 9
+        wait_for(lambda: any(t["topic"] == "mail" and t["last_seq"] == 4 for t in admin.topics()))
+        held.ack()
+        nxt = c.receive(10)
+        assert (nxt.seq, nxt.payload) == (4, b"urgent")
