@@ -41,6 +41,7 @@ class SubscriptionSpec:
     max_deliver: int | None = None
     start: str = "first"
     attached: bool = False  # the hub said SUBSCRIBED (again, after every re-attach)
+    ordering: str | None = None  # "none", "key" or "strict"; None: the subscription's own
 
     def body(self) -> dict:
         body: dict[str, Any] = {
@@ -54,6 +55,8 @@ class SubscriptionSpec:
             body["ack_wait_ms"] = self.ack_wait_ms
         if self.max_deliver is not None:
             body["max_deliver"] = self.max_deliver
+        if self.ordering is not None:
+            body["ordering"] = self.ordering
         return body
 
 
@@ -120,14 +123,17 @@ class Session:
 
     def subscribe(self, topic: str, group: str, *, credit: int = DEFAULT_CREDIT,
                   ack_wait_ms: int | None = None, max_deliver: int | None = None,
-                  start: str = "first") -> SubscriptionSpec:
+                  start: str = "first", ordering: str | None = None) -> SubscriptionSpec:
         """Attach to subscription ``group`` on ``topic``; waits for the hub's answer."""
         problem = protocol.check_topic(topic) or protocol.check_group(group)
         if problem:
             raise ValueError(problem)
+        if ordering is not None and ordering not in protocol.ORDERINGS:
+            raise ValueError(f"ordering must be one of {', '.join(protocol.ORDERINGS)}")
         if not self.open:
             self.connect()
-        spec = SubscriptionSpec(self._next_sid, topic, group, credit, ack_wait_ms, max_deliver, start)
+        spec = SubscriptionSpec(self._next_sid, topic, group, credit, ack_wait_ms, max_deliver, start,
+                                ordering=ordering)
         self._next_sid += 1
         with self.lock:
             # Registered before sending: DELIVER frames may follow SUBSCRIBED in the same read.
@@ -360,12 +366,16 @@ class Consumer:
 
     def subscribe(self, topic: str, group: str, *, credit: int = DEFAULT_CREDIT,
                   ack_wait: float | None = None, max_deliver: int | None = None,
-                  start: str = "first") -> int:
-        """Attach to subscription ``group`` on ``topic``; returns its handle (sid)."""
+                  start: str = "first", ordering: str | None = None) -> int:
+        """Attach to subscription ``group`` on ``topic``; returns its handle (sid).
+
+        ``ordering``: ``"none"`` (parallel), ``"key"`` (one message per key in flight, in key
+        order) or ``"strict"`` (one in flight: a FIFO queue); default: ``"none"`` for a new
+        subscription, unchanged for an existing one."""
         spec = self._session.subscribe(
             topic, group, credit=credit,
             ack_wait_ms=None if ack_wait is None else int(ack_wait * 1000),
-            max_deliver=max_deliver, start=start,
+            max_deliver=max_deliver, start=start, ordering=ordering,
         )
         return spec.sid
 

@@ -161,6 +161,7 @@ class Hub:
         self._dedup_new: list[tuple[str, str, int]] = []
         self._dedup_hits = False
         self._staged = 0  # messages staged by PUBLISH in this turn (bounded by max_turn_messages)
+        self._prio_topics: set[str] = set()  # topics with a prioritised message in this turn
         self._next_liveness_check = 0
         # Operator statistics (router/stats.py), updated per batch or per turn
         self._started_ms = _monotonic_ms()
@@ -188,9 +189,22 @@ class Hub:
         for (topic, group), blob in self.store.load_subs().items():
             info = self.store.topics.get(topic)
             last = info.last_seq if info else 0
-            self.subs[(topic, group)] = Subscription.restore(
-                topic, group, protocol.unpack(blob), last_seq=last
+            sub = self.subs[(topic, group)] = Subscription.restore(
+                topic, group, protocol.unpack(blob), last_seq=last, lookup=self._lookup(topic)
             )
+            sub.published(last, priority=True)  # the backlog may hold prioritised messages
+
+    def _lookup(self, topic: str):
+        """The subscription core's window look-up: ``(key, priority)`` of seqs of ``topic``, read
+        from the log (only for key ordering and for seqs that may carry a priority)."""
+        read = self.store.read
+        meta = protocol.record_meta
+        plain = (None, protocol.DEFAULT_PRIORITY)
+
+        def lookup(seqs: list[int]) -> list[tuple[str | None, int]]:
+            return [plain if rec is None else meta(rec) for rec in read(topic, seqs)]
+
+        return lookup
 
     def bind(self) -> None:
         """Bind the sockets (``tcp://127.0.0.1:*`` picks a free port; see ``endpoint``)."""
@@ -408,6 +422,7 @@ class Hub:
         admin, self._admin = self._admin, []
         dedup_new, self._dedup_new = self._dedup_new, []
         dedup_hits, self._dedup_hits = self._dedup_hits, False
+        prio_topics, self._prio_topics = self._prio_topics, set()
         self._dedup_staged = {}
         dlq, dead_by_sub = self._dead_letter_records(dead)
         dirty = [sub for sub in self.subs.values() if sub.dirty]
@@ -474,8 +489,9 @@ class Hub:
                 tc = topic_counters[topic] = TopicCounters(self._started_ms)
             tc.add(now, len(records), sum(map(len, records)))
             last = firsts[topic] + len(records) - 1
+            prio = topic in prio_topics
             for sub in self._subs_of(topic):
-                sub.published(last)
+                sub.published(last, priority=prio)
         return stored
 
     def _subs_of(self, topic: str) -> list[Subscription]:
@@ -725,6 +741,20 @@ class Hub:
                 raise _BadRequest(ErrorCode.BAD_BODY, f"message {index}: headers must be a map or nil", batch_id, index)
             if opts is not None:
                 msg_id = _msg_id_of(opts, index, batch_id)
+                priority = opts.get("priority")
+                if priority is not None:
+                    problem = protocol.check_priority(priority)
+                    if problem:
+                        raise _BadRequest(
+                            ErrorCode.INVALID, f"message {index}: {problem}", batch_id, index
+                        )
+                    if priority != protocol.DEFAULT_PRIORITY:
+                        headers = (
+                            {**headers, protocol.PRIORITY_HEADER: priority}
+                            if headers
+                            else {protocol.PRIORITY_HEADER: priority}
+                        )
+                        self._prio_topics.add(topic)
                 if msg_id is not None:
                     headers = {**headers, protocol.MSG_ID_HEADER: msg_id} if headers else {protocol.MSG_ID_HEADER: msg_id}
                     if ids is None:
@@ -824,6 +854,11 @@ class Hub:
         credit = _int_field(body, "credit", 0, protocol.MAX_CREDIT, sid, default=10)
         ack_wait_ms = _int_field(body, "ack_wait_ms", 1, 7 * 24 * 3600 * 1000, sid)
         max_deliver = _int_field(body, "max_deliver", 0, 1_000_000, sid)
+        ordering = body.get("ordering")
+        if ordering is not None and ordering not in protocol.ORDERINGS:
+            raise _BadRequest(
+                ErrorCode.INVALID, f"ordering must be one of {', '.join(protocol.ORDERINGS)}", sid
+            )
         start = body.get("start", "first")
         if start not in ("first", "new"):
             raise _BadRequest(ErrorCode.INVALID, "start must be 'first' or 'new'", sid)
@@ -838,12 +873,16 @@ class Hub:
             if max_deliver is not None:
                 options["max_deliver"] = max_deliver
             start_after = last if start == "new" else (info.first_seq - 1 if info else 0)
-            sub = Subscription(topic, group, last_seq=last, start_after=start_after, **options)
+            sub = Subscription(
+                topic, group, last_seq=last, start_after=start_after, ordering=ordering or "none",
+                lookup=self._lookup(topic), **options,
+            )
+            sub.published(last, priority=True)  # the backlog may hold prioritised messages
             sub.dirty = True
             self.subs[key] = sub
             log.info("new subscription %s on %s (start=%s)", group, topic, start)
-        elif ack_wait_ms is not None or max_deliver is not None:
-            sub.configure(ack_wait_ms=ack_wait_ms, max_deliver=max_deliver)
+        elif ack_wait_ms is not None or max_deliver is not None or ordering is not None:
+            sub.configure(ack_wait_ms=ack_wait_ms, max_deliver=max_deliver, ordering=ordering)
         now = _monotonic_ms()
         if peer is None:
             peer = self._peers[identity] = _Peer(identity, now)
@@ -864,6 +903,7 @@ class Hub:
                     "last_seq": sub.last_seq,
                     "ack_wait_ms": sub.ack_wait_ms,
                     "max_deliver": sub.max_deliver,
+                    "ordering": sub.ordering,
                 },
             )
         )
@@ -982,6 +1022,7 @@ class Hub:
                     "actors": sub.actors,
                     "ack_wait_ms": sub.ack_wait_ms,
                     "max_deliver": sub.max_deliver,
+                    "ordering": sub.ordering,
                 }
             )
         out = []
@@ -1043,6 +1084,7 @@ class Hub:
                     "actors": sub.actors,
                     "ack_wait_ms": sub.ack_wait_ms,
                     "max_deliver": sub.max_deliver,
+                    "ordering": sub.ordering,
                     "dlq_topic": protocol.dlq_topic(group),
                     **c.as_dict(),
                 }
@@ -1190,6 +1232,7 @@ class Hub:
             results.append({"seq": seq, "topic": origin, "_pos": len(lst)})
             lst.append(new_record)
             taken.append(seq)
+            self._prio_topics.add(origin)  # it keeps its x-priority header; redrives are rare
         if taken:  # one commit appends to the origin and deletes here: never lost, never twice
             self._deletes.setdefault(topic, set()).update(taken)
         self._admin.append((identity, Command.REDRIVE, ref, {"topic": topic, "results": results}))
