@@ -108,6 +108,18 @@ class Admin:
         ``{"topic", "redriven", "results": [{"seq", "topic", "new_seq"} or {"seq", "error"}]}``."""
         return self.call(Command.REDRIVE, topic, seqs)
 
+    def create_topic(self, name: str, *, max_messages: int | None = None, discard: str = "old") -> dict:
+        """Set a topic's limits from the defaults: ``{"topic", "config"}``."""
+        return self.call(Command.TOPIC, "create", name, {"max_messages": max_messages, "discard": discard})
+
+    def configure_topic(self, name: str, **limits: object) -> dict:
+        """Change only the given limits of a topic (``max_messages``, ``discard``)."""
+        return self.call(Command.TOPIC, "config", name, limits)
+
+    def topic_config(self, name: str) -> dict:
+        """A topic's limits (the defaults when it has none)."""
+        return self.call(Command.TOPIC, "get", name, None)["config"]
+
     def dead_letters(self, group: str) -> list[dict]:
         """The dead letters of subscription ``group`` (``dlq.<group>``), described."""
         return [describe(seq, record) for seq, record in self.scan(protocol.dlq_topic(group))]

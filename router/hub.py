@@ -43,6 +43,7 @@ from .security import (
     make_curve_server,
 )
 from .stats import RATE_WINDOW_S, LatencyHistogram, SubCounters, TopicCounters
+from .retention import TopicLimits, excess_messages, parse_limits, refuse_new
 from .subscription import DeadLetter, Subscription
 from .wire import NOBLOCK, recv_frames, send_frames
 
@@ -141,6 +142,13 @@ class Hub:
         self._load_subscriptions()
         self._peers: dict[bytes, _Peer] = {}
         self._valid_topics: set[str] = set(self.store.topics)
+        # Per-topic retention limits (router/retention.py), only topics that have some: a
+        # publish to a topic without limits costs one dict truthiness check.
+        self._limits: dict[str, TopicLimits] = {}
+        for topic, stored_config in self.store.configs.items():
+            limits = parse_limits(stored_config)
+            if not limits.unlimited:
+                self._limits[topic] = limits
         self.router: zmq.Socket | None = None
         self.pub: zmq.Socket | None = None
         self.endpoint: str | None = None
@@ -397,6 +405,8 @@ class Hub:
         committed alone; if even that fails they stay pending and are retried next turn (a
         cursor is never stored without the dead letters that its state implies).
         """
+        if self._limits:
+            self._trim()
         appends, self._appends = self._appends, {}
         confirms, self._confirms = self._confirms, []
         dead, self._dead_letters = self._dead_letters, []
@@ -473,6 +483,19 @@ class Hub:
             for sub in self._subs_of(topic):
                 sub.published(last)
         return stored
+
+    def _trim(self) -> None:
+        """discard=old: stage the deletion of the oldest messages over a topic's limits, at most
+        TRIM_BATCH per topic per turn (deletes apply after this turn's appends)."""
+        for topic, limits in self._limits.items():
+            if topic in self._deletes:  # a PURGE or REDRIVE of this turn; trim next turn
+                continue
+            info = self.store.topics.get(topic)
+            stored = info.count if info else 0
+            n = excess_messages(limits, stored, len(self._appends.get(topic, ())))
+            if n:
+                first = info.first_seq if info else 1
+                self._deletes[topic] = range(first, first + n)
 
     def _subs_of(self, topic: str) -> list[Subscription]:
         return [sub for (t, _), sub in self.subs.items() if t == topic]
@@ -551,8 +574,9 @@ class Hub:
                         entries.append([seq, n, rec])
                         if n > 1:
                             again += 1
-                if gone:  # no longer in the log: nothing to deliver, count it done
+                if gone:  # no longer in the log (retention, purge): count it done and expired
                     sub.ack(delivery.actor, gone)
+                    counters.expired += len(gone)
                 self.counters["delivered"] += len(entries)
                 self.counters["redelivered"] += again
                 counters.delivered += len(entries)
@@ -753,6 +777,8 @@ class Hub:
                             index,
                         )
                     allowed = topic
+        if self._limits:
+            self._refuse_if_full(staged, batch_id)
         self._staged += len(staged)
         if ids is not None:
             self._confirms.append((identity, batch_id, self._stage_with_ids(staged, ids), _now_ms()))
@@ -766,6 +792,22 @@ class Hub:
             positions.append((topic, len(lst)))
             lst.append(record)
         self._confirms.append((identity, batch_id, positions, _now_ms()))
+
+    def _refuse_if_full(self, staged: list[tuple[str, bytes]], batch_id: Any) -> None:
+        """discard=new: refuse the whole batch when a topic would go over its max_messages."""
+        adding: dict[str, int] = {}
+        for topic, _ in staged:
+            adding[topic] = adding.get(topic, 0) + 1
+        for topic, n in adding.items():
+            limits = self._limits.get(topic)
+            if limits is None:
+                continue
+            info = self.store.topics.get(topic)
+            why = refuse_new(limits, info.count if info else 0, len(self._appends.get(topic, ())), n)
+            if why:
+                raise _BadRequest(
+                    ErrorCode.TOPIC_FULL, f"{topic}: {why}; nothing of this batch was stored", batch_id
+                )
 
     def _stage_with_ids(self, staged: list[tuple[str, bytes]], ids: dict[int, str]) -> list:
         """Stage a batch some of whose messages carry a producer msg_id: an id stored within
@@ -1157,6 +1199,38 @@ class Hub:
             result["seqs"] = purged
         self._admin.append((identity, Command.PURGE, ref, result))
 
+    def _on_topic(self, identity, peer, body) -> None:
+        """TOPIC [ref, op, topic, config]: op create|config (store limits), get (read them)."""
+        ref, op, topic, config = self._admin_args(body, 4, "TOPIC")
+        topic = self._admin_topic(topic, ref)
+        if op not in ("create", "config", "get"):
+            raise _BadRequest(ErrorCode.INVALID, "TOPIC op must be create, config or get", ref)
+        if op == "get":
+            if not self._visible(identity, topic):
+                raise _BadRequest(ErrorCode.FORBIDDEN, self._forbidden(identity, SUBSCRIBE, topic), ref)
+        else:
+            self._require(identity, SUBSCRIBE, topic, ref)  # limits delete messages: both rights
+            self._require(identity, PUBLISH, topic, ref)
+            if config is None:
+                config = {}
+            base = parse_limits(self.store.configs.get(topic, {})) if op == "config" else None
+            try:
+                limits = parse_limits(config, base)
+            except ValueError as exc:
+                raise _BadRequest(ErrorCode.INVALID, f"TOPIC {op}: {exc}", ref) from None
+            try:
+                self.store.set_topic_config(topic, limits.as_dict())
+            except (StorageFull, StorageError) as exc:
+                code = ErrorCode.STORAGE_FULL if isinstance(exc, StorageFull) else ErrorCode.STORAGE_ERROR
+                raise _BadRequest(code, f"nothing changed: {exc}", ref) from None
+            if limits.unlimited:
+                self._limits.pop(topic, None)
+            else:
+                self._limits[topic] = limits
+        stored = self.store.configs.get(topic)
+        limits = parse_limits(stored) if stored is not None else TopicLimits()
+        self._outbox.append((identity, Command.REPLY, [ref, {"topic": topic, "config": limits.as_dict()}]))
+
     def _on_redrive(self, identity, peer, body) -> None:
         ref, topic, seqs = self._admin_args(body, 3, "REDRIVE")
         topic = self._admin_topic(topic, ref)
@@ -1219,6 +1293,7 @@ class Hub:
         Command.STATS: _on_stats,
         Command.FETCH: _on_fetch,
         Command.PURGE: _on_purge,
+        Command.TOPIC: _on_topic,
         Command.REDRIVE: _on_redrive,
     }
 

@@ -72,6 +72,7 @@ class Command:
     FETCH = b"FETCH"
     PURGE = b"PURGE"
     REDRIVE = b"REDRIVE"
+    TOPIC = b"TOPIC"  # topic config (retention limits): REPLY [ref, {"topic", "config"}]
 
     WELCOME = b"WELCOME"
     CONFIRM = b"CONFIRM"
@@ -100,6 +101,7 @@ CLIENT_COMMANDS = frozenset(
         Command.FETCH,
         Command.PURGE,
         Command.REDRIVE,
+        Command.TOPIC,
     }
 )
 HUB_COMMANDS = frozenset(
@@ -131,6 +133,7 @@ class ErrorCode(str, Enum):
     UNKNOWN_SEQUENCE = "unknown_sequence"  # ack/nack/... of a sequence never published
     STORAGE_FULL = "storage_full"  # the LMDB map or the disk is full: nothing was stored
     STORAGE_ERROR = "storage_error"  # another storage failure: nothing was stored
+    TOPIC_FULL = "topic_full"  # the topic is at its max_messages with discard=new: batch refused
     FORBIDDEN = "forbidden"  # the hub's ACL does not grant this client key the topic
     INTERNAL = "internal"  # a bug in the hub; the hub keeps serving
 

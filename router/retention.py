@@ -1,0 +1,76 @@
+"""Per-topic retention limits: validation and the pure decisions the hub applies.
+
+No sockets, no storage: the hub asks these functions what to refuse (``discard="new"``) and
+which oldest sequences to delete in its group commit (``discard="old"``), in bounded batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["TRIM_BATCH", "TopicLimits", "excess_messages", "parse_limits", "refuse_new"]
+
+# Oldest records deleted per topic per hub turn: bounds the work one commit adds.
+TRIM_BATCH = 1000
+
+DISCARDS = ("old", "new")
+RETENTIONS = ("limits",)
+_MAX_INT = (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class TopicLimits:
+    """A topic's limits; ``None`` (or 0 on the wire) means unlimited."""
+
+    max_messages: int | None = None
+    discard: str = "old"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def unlimited(self) -> bool:
+        return self.max_messages is None
+
+
+def parse_limits(config: Any, base: TopicLimits | None = None) -> TopicLimits:
+    """Validate a config map from the wire or storage, applied over ``base``; ValueError names
+    the bad field."""
+    if not isinstance(config, dict):
+        raise ValueError("topic config must be a map")
+    values = (base or TopicLimits()).as_dict()
+    for name, value in config.items():
+        if name == "max_messages":
+            if value is not None and (type(value) is not int or not 0 <= value <= _MAX_INT):
+                raise ValueError("max_messages must be a non-negative integer (0 or nil: unlimited)")
+            values[name] = value or None
+        elif name == "discard":
+            if value not in DISCARDS:
+                raise ValueError(f"discard must be one of {', '.join(DISCARDS)}")
+            values[name] = value
+        else:
+            raise ValueError(f"unknown topic config field {name!r}")
+    return TopicLimits(**values)
+
+
+def refuse_new(limits: TopicLimits, stored: int, staged: int, adding: int) -> str | None:
+    """With ``discard="new"``: why ``adding`` more messages must be refused (None: they fit).
+
+    ``stored`` is what the topic holds, ``staged`` what this turn already accepted for it.
+    """
+    if limits.discard != "new" or limits.max_messages is None:
+        return None
+    if stored + staged + adding > limits.max_messages:
+        return (
+            f"topic is full: {stored + staged} of max_messages {limits.max_messages} "
+            f"held, {adding} more refused (discard=new)"
+        )
+    return None
+
+
+def excess_messages(limits: TopicLimits, stored: int, appending: int) -> int:
+    """With ``discard="old"``: how many oldest messages to delete in this commit (bounded)."""
+    if limits.discard != "old" or limits.max_messages is None:
+        return 0
+    return max(0, min(stored + appending - limits.max_messages, TRIM_BATCH))

@@ -1,0 +1,120 @@
+"""Per-topic retention limits: the pure decisions, and a real hub refusing (discard=new) or
+dropping the oldest (discard=old) through sockets; limits survive a restart."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import wait_for
+from zmq_mq.actors import Admin, Consumer, Producer
+from zmq_mq.actors.errors import HubError
+from zmq_mq.router.retention import TRIM_BATCH, TopicLimits, excess_messages, parse_limits, refuse_new
+from zmq_mq.testing import HubThread
+
+
+# --- pure decisions ---------------------------------------------------------------------------
+
+def test_parse_limits_validates_and_merges_over_a_base():
+    assert parse_limits({}) == TopicLimits()
+    base = parse_limits({"max_messages": 10, "discard": "new"})
+    assert parse_limits({"max_messages": 20}, base) == TopicLimits(20, "new")
+    assert parse_limits({"max_messages": 0}, base).unlimited
+    for bad in ({"max_messages": -1}, {"max_messages": "5"}, {"discard": "oldest"}, {"colour": 1}, []):
+        with pytest.raises(ValueError):
+            parse_limits(bad)
+
+
+def test_refuse_new_counts_stored_and_staged_messages():
+    full = TopicLimits(1000, "new")
+    assert refuse_new(full, 999, 0, 1) is None
+    assert refuse_new(full, 999, 1, 1) is not None  # one staged in this turn already
+    assert refuse_new(full, 1000, 0, 1) is not None
+    assert refuse_new(TopicLimits(1000, "old"), 1000, 0, 1) is None
+    assert refuse_new(TopicLimits(), 10**9, 0, 1) is None
+
+
+def test_excess_messages_is_bounded_per_turn():
+    old = TopicLimits(100, "old")
+    assert excess_messages(old, 100, 0) == 0
+    assert excess_messages(old, 100, 5) == 5
+    assert excess_messages(old, 10**6, 0) == TRIM_BATCH
+    assert excess_messages(TopicLimits(100, "new"), 500, 5) == 0
+
+
+# --- through a real hub -------------------------------------------------------------------------
+
+def _stat(admin: Admin, kind: str, **match) -> dict:
+    for row in admin.stats()[kind]:
+        if all(row.get(k) == v for k, v in match.items()):
+            return row
+    return {}
+
+
+def test_discard_new_refuses_the_publish_over_max_messages_and_keeps_what_is_stored(hub):
+    with Admin(hub.endpoint) as admin:
+        assert admin.create_topic("jobs", max_messages=1000, discard="new")["config"] == {
+            "max_messages": 1000, "discard": "new"}
+        with Producer(hub.endpoint) as p:
+            for i in range(1000):
+                p.publish_async("jobs", b"%d" % i)
+            p.flush()
+            with pytest.raises(HubError) as err:
+                p.publish("jobs", b"one too many")
+        assert err.value.code == "topic_full"
+        topic = _stat(admin, "topics", topic="jobs")
+        assert (topic["messages"], topic["first_seq"], topic["last_seq"]) == (1000, 1, 1000)
+        assert [r for _, r in admin.fetch("jobs", 1, 1)] and admin.fetch("jobs", 1, 1)[0][0] == 1
+        # a topic without limits next to it is not affected
+        with Producer(hub.endpoint) as p:
+            assert p.publish("other", b"x") == 1
+
+
+def test_discard_old_drops_the_oldest_and_the_subscription_counts_them_expired(hub):
+    with Admin(hub.endpoint) as admin:
+        admin.create_topic("events", max_messages=100)
+        with Consumer(hub.endpoint) as c:  # the subscription exists before the messages
+            c.subscribe("events", "audit", credit=0)
+        with Producer(hub.endpoint) as p:
+            for i in range(250):
+                p.publish_async("events", b"%d" % i)
+            p.flush()
+        topic = wait_for(lambda: (t := _stat(admin, "topics", topic="events"))["messages"] == 100 and t,
+                         message="trimmed to 100")
+        assert (topic["first_seq"], topic["last_seq"]) == (151, 250)
+        got = []
+        with Consumer(hub.endpoint) as c:
+            c.subscribe("events", "audit", credit=50)
+            while len(got) < 100:
+                msg = c.receive(10)
+                assert msg is not None, f"only {len(got)} of 100 came"
+                got.append(msg.seq)
+                msg.ack()
+            c.flush()
+        assert got == list(range(151, 251))
+        sub = wait_for(lambda: (s := _stat(admin, "subscriptions", group="audit"))["lag"] == 0 and s,
+                       message="all settled")
+        assert sub["expired"] == 150 and sub["acked"] == 100
+
+
+def test_limits_survive_a_restart_and_can_be_lifted(tmp_path):
+    h = HubThread(tmp_path / "data").start()
+    try:
+        with Admin(h.endpoint) as admin:
+            admin.create_topic("jobs", max_messages=2, discard="new")
+    finally:
+        h.stop()
+    h = HubThread(tmp_path / "data").start()
+    try:
+        with Admin(h.endpoint) as admin, Producer(h.endpoint) as p:
+            assert admin.topic_config("jobs") == {"max_messages": 2, "discard": "new"}
+            p.publish("jobs", b"1")
+            p.publish("jobs", b"2")
+            with pytest.raises(HubError) as err:
+                p.publish("jobs", b"3")
+            assert err.value.code == "topic_full"
+            assert admin.configure_topic("jobs", max_messages=0)["config"]["max_messages"] is None
+            assert p.publish("jobs", b"3") == 3
+            with pytest.raises(HubError) as bad:
+                admin.configure_topic("jobs", discard="sometimes")
+            assert bad.value.code == "invalid"
+    finally:
+        h.stop()
