@@ -533,6 +533,9 @@ app.command("stats")(_ops.stats)
 app.command("listen")(_ops.listen)
 app.add_typer(_ops.dlq_app, name="dlq")
 app.command("bench")(_ops.bench)
+from .topics import topic_app as _topic_app  # noqa: E402
+
+app.add_typer(_topic_app, name="topic")
 
 
 # --- run -----------------------------------------------------------------------------------

@@ -3,6 +3,8 @@ dropping the oldest (discard=old) through sockets; limits survive a restart."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import wait_for
 from zmq_mq.actors import Admin, Consumer, Producer
@@ -118,3 +120,26 @@ def test_limits_survive_a_restart_and_can_be_lifted(tmp_path):
             assert bad.value.code == "invalid"
     finally:
         h.stop()
+
+
+def test_topic_create_and_config_on_the_command_line(hub):
+    from conftest import run_cli
+
+    def ok(*args: str) -> dict:
+        proc = run_cli("topic", *args, "--hub", hub.endpoint)
+        assert proc.returncode == 0, proc.stderr.decode()
+        return json.loads(proc.stdout)
+
+    assert ok("create", "jobs", "--max-messages", "3", "--discard", "new") == {
+        "max_messages": 3, "discard": "new"}
+    assert ok("config", "jobs") == {"max_messages": 3, "discard": "new"}
+    assert ok("config", "jobs", "--max-messages", "5") == {"max_messages": 5, "discard": "new"}
+    with Producer(hub.endpoint) as p:
+        for i in range(5):
+            p.publish("jobs", b"%d" % i)
+        with pytest.raises(HubError) as err:
+            p.publish("jobs", b"6")
+        assert err.value.code == "topic_full"
+    bad = run_cli("topic", "config", "jobs", "--discard", "sideways", "--hub", hub.endpoint)
+    assert bad.returncode == 2 and b"--discard must be old or new" in bad.stderr
+    assert ok("config", "fresh") == {"max_messages": None, "discard": "old"}  # defaults
