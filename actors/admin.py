@@ -108,17 +108,24 @@ class Admin:
         ``{"topic", "redriven", "results": [{"seq", "topic", "new_seq"} or {"seq", "error"}]}``."""
         return self.call(Command.REDRIVE, topic, seqs)
 
-    def create_topic(self, name: str, *, max_messages: int | None = None, discard: str = "old") -> dict:
-        """Set a topic's limits from the defaults: ``{"topic", "config"}``."""
-        return self.call(Command.TOPIC, "create", name, {"max_messages": max_messages, "discard": discard})
+    def create_topic(self, name: str, *, max_messages: int | None = None, discard: str = "old",
+                     max_age: float | None = None) -> dict:
+        """Set a topic's limits from the defaults (``max_age`` in seconds):
+        ``{"topic", "config"}`` with the config as :meth:`topic_config` gives it."""
+        config = {"max_messages": max_messages, "discard": discard, "max_age_ms": _ms(max_age)}
+        return _seconds(self.call(Command.TOPIC, "create", name, config))
 
     def configure_topic(self, name: str, **limits: object) -> dict:
-        """Change only the given limits of a topic (``max_messages``, ``discard``)."""
-        return self.call(Command.TOPIC, "config", name, limits)
+        """Change only the given limits of a topic (``max_messages``, ``discard``, ``max_age``
+        in seconds; 0 lifts a limit)."""
+        if "max_age" in limits:
+            limits["max_age_ms"] = _ms(limits.pop("max_age"))  # type: ignore[arg-type]
+        return _seconds(self.call(Command.TOPIC, "config", name, limits))
 
     def topic_config(self, name: str) -> dict:
-        """A topic's limits (the defaults when it has none)."""
-        return self.call(Command.TOPIC, "get", name, None)["config"]
+        """A topic's limits (the defaults when it has none): ``max_messages``, ``discard``,
+        ``max_age`` (seconds); None means unlimited."""
+        return _seconds(self.call(Command.TOPIC, "get", name, None))["config"]
 
     def dead_letters(self, group: str) -> list[dict]:
         """The dead letters of subscription ``group`` (``dlq.<group>``), described."""
@@ -133,3 +140,15 @@ class Admin:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1000)
+
+
+def _seconds(result: dict) -> dict:
+    """A TOPIC answer with ``max_age_ms`` given as ``max_age`` in seconds."""
+    config = dict(result["config"])
+    ms = config.pop("max_age_ms", None)
+    config["max_age"] = None if ms is None else ms / 1000
+    return {**result, "config": config}

@@ -16,6 +16,7 @@ from .ops import HubOption, TimeoutOption, _fail
 topic_app = typer.Typer(no_args_is_help=True, help="Topic limits: create a topic with limits, show or change them.")
 
 _MaxMessages = typer.Option(None, "--max-messages", min=0, help="Messages kept at most (0: unlimited).")
+_MaxAge = typer.Option(None, "--max-age", min=0, help="Seconds a message is kept at most (0: unlimited).")
 _Discard = typer.Option(None, "--discard", help="At the limit: 'old' deletes the oldest (default), "
                         "'new' refuses publishes with topic_full.")
 
@@ -33,6 +34,7 @@ def _show(result: dict) -> None:
 def create(
     name: str = typer.Argument(..., help="Topic name."),
     max_messages: int | None = _MaxMessages,
+    max_age: float | None = _MaxAge,
     discard: str | None = _Discard,
     hub: str | None = HubOption,
     timeout: float = TimeoutOption,
@@ -41,7 +43,8 @@ def create(
     _check_discard(discard)
     try:
         with Admin(hub, timeout=timeout) as admin:
-            result = admin.create_topic(name, max_messages=max_messages, discard=discard or "old")
+            result = admin.create_topic(name, max_messages=max_messages, discard=discard or "old",
+                                        max_age=max_age)
     except (HubUnavailable, HubError, ZmqMqError) as exc:
         _fail(str(exc))
     _show(result)
@@ -51,13 +54,15 @@ def create(
 def config(
     name: str = typer.Argument(..., help="Topic name."),
     max_messages: int | None = _MaxMessages,
+    max_age: float | None = _MaxAge,
     discard: str | None = _Discard,
     hub: str | None = HubOption,
     timeout: float = TimeoutOption,
 ) -> None:
     """Show a topic's limits as JSON, or change only the ones given."""
     _check_discard(discard)
-    changes = {k: v for k, v in (("max_messages", max_messages), ("discard", discard)) if v is not None}
+    given = (("max_messages", max_messages), ("max_age", max_age), ("discard", discard))
+    changes = {k: v for k, v in given if v is not None}
     try:
         with Admin(hub, timeout=timeout) as admin:
             if changes:

@@ -43,7 +43,7 @@ from .security import (
     make_curve_server,
 )
 from .stats import RATE_WINDOW_S, LatencyHistogram, SubCounters, TopicCounters
-from .retention import TopicLimits, excess_messages, parse_limits, refuse_new
+from .retention import TRIM_BATCH, TopicLimits, aged_prefix, excess_messages, parse_limits, refuse_new
 from .subscription import DeadLetter, Subscription
 from .wire import NOBLOCK, recv_frames, send_frames
 
@@ -145,6 +145,7 @@ class Hub:
         # Per-topic retention limits (router/retention.py), only topics that have some: a
         # publish to a topic without limits costs one dict truthiness check.
         self._limits: dict[str, TopicLimits] = {}
+        self._age_check: dict[str, int] = {}  # max_age topics: wall ms before which none expires
         for topic, stored_config in self.store.configs.items():
             limits = parse_limits(stored_config)
             if not limits.unlimited:
@@ -492,10 +493,25 @@ class Hub:
                 continue
             info = self.store.topics.get(topic)
             stored = info.count if info else 0
-            n = excess_messages(limits, stored, len(self._appends.get(topic, ())))
-            if n:
-                first = info.first_seq if info else 1
-                self._deletes[topic] = range(first, first + n)
+            first = info.first_seq if info else 1
+            upto = first + excess_messages(limits, stored, len(self._appends.get(topic, ())))
+            if limits.max_age_ms and stored:
+                upto = max(upto, self._aged_upto(topic, info, limits.max_age_ms))
+            if upto > first:
+                self._deletes[topic] = range(first, upto)
+
+    def _aged_upto(self, topic: str, info: Any, max_age_ms: int) -> int:
+        """max_age: the seq bound (exclusive) of the oldest messages past their age, reading at
+        most TRIM_BATCH records, and only once the oldest one can have aged."""
+        wall = _wall_ms()
+        if wall < self._age_check.get(topic, 0):
+            return 0
+        oldest = self.store.read_range(topic, info.first_seq, TRIM_BATCH)
+        stamped = [(seq, protocol.unpack_record(rec)[0]) for seq, rec in oldest]
+        last, next_ts = aged_prefix(stamped, wall - max_age_ms)
+        # none left to age in this batch: look again when the first kept one ages
+        self._age_check[topic] = next_ts + max_age_ms if next_ts is not None else 0
+        return 0 if last is None else last + 1
 
     def _subs_of(self, topic: str) -> list[Subscription]:
         return [sub for (t, _), sub in self.subs.items() if t == topic]
@@ -1223,6 +1239,7 @@ class Hub:
             except (StorageFull, StorageError) as exc:
                 code = ErrorCode.STORAGE_FULL if isinstance(exc, StorageFull) else ErrorCode.STORAGE_ERROR
                 raise _BadRequest(code, f"nothing changed: {exc}", ref) from None
+            self._age_check.pop(topic, None)
             if limits.unlimited:
                 self._limits.pop(topic, None)
             else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["TRIM_BATCH", "TopicLimits", "excess_messages", "parse_limits", "refuse_new"]
+__all__ = ["TRIM_BATCH", "TopicLimits", "aged_prefix", "excess_messages", "parse_limits", "refuse_new"]
 
 # Oldest records deleted per topic per hub turn: bounds the work one commit adds.
 TRIM_BATCH = 1000
@@ -25,13 +25,14 @@ class TopicLimits:
 
     max_messages: int | None = None
     discard: str = "old"
+    max_age_ms: int | None = None  # messages older than this are deleted, whatever ``discard``
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @property
     def unlimited(self) -> bool:
-        return self.max_messages is None
+        return self.max_messages is None and self.max_age_ms is None
 
 
 def parse_limits(config: Any, base: TopicLimits | None = None) -> TopicLimits:
@@ -44,6 +45,10 @@ def parse_limits(config: Any, base: TopicLimits | None = None) -> TopicLimits:
         if name == "max_messages":
             if value is not None and (type(value) is not int or not 0 <= value <= _MAX_INT):
                 raise ValueError("max_messages must be a non-negative integer (0 or nil: unlimited)")
+            values[name] = value or None
+        elif name == "max_age_ms":
+            if value is not None and (type(value) is not int or not 0 <= value <= _MAX_INT):
+                raise ValueError("max_age_ms must be a non-negative integer (0 or nil: unlimited)")
             values[name] = value or None
         elif name == "discard":
             if value not in DISCARDS:
@@ -74,3 +79,15 @@ def excess_messages(limits: TopicLimits, stored: int, appending: int) -> int:
     if limits.discard != "old" or limits.max_messages is None:
         return 0
     return max(0, min(stored + appending - limits.max_messages, TRIM_BATCH))
+
+
+def aged_prefix(stamped: list[tuple[int, int]], cutoff_ms: int) -> tuple[int | None, int | None]:
+    """Of the oldest ``(seq, timestamp_ms)`` in log order: the last seq of the leading run older
+    than ``cutoff_ms`` (None: none is), and the timestamp of the first one that is not (None:
+    all are, or the list is empty), from which the hub knows when to look again."""
+    last = None
+    for seq, ts in stamped:
+        if ts >= cutoff_ms:
+            return last, ts
+        last = seq
+    return last, None

@@ -9,7 +9,14 @@ import pytest
 from conftest import wait_for
 from zmq_mq.actors import Admin, Consumer, Producer
 from zmq_mq.actors.errors import HubError
-from zmq_mq.router.retention import TRIM_BATCH, TopicLimits, excess_messages, parse_limits, refuse_new
+from zmq_mq.router.retention import (
+    TRIM_BATCH,
+    TopicLimits,
+    aged_prefix,
+    excess_messages,
+    parse_limits,
+    refuse_new,
+)
 from zmq_mq.testing import HubThread
 
 
@@ -20,7 +27,9 @@ def test_parse_limits_validates_and_merges_over_a_base():
     base = parse_limits({"max_messages": 10, "discard": "new"})
     assert parse_limits({"max_messages": 20}, base) == TopicLimits(20, "new")
     assert parse_limits({"max_messages": 0}, base).unlimited
-    for bad in ({"max_messages": -1}, {"max_messages": "5"}, {"discard": "oldest"}, {"colour": 1}, []):
+    assert parse_limits({"max_age_ms": 500}).max_age_ms == 500
+    assert not parse_limits({"max_age_ms": 500}).unlimited
+    for bad in ({"max_age_ms": 1.5}, {"max_age_ms": -1}, {"max_messages": -1}, {"max_messages": "5"}, {"discard": "oldest"}, {"colour": 1}, []):
         with pytest.raises(ValueError):
             parse_limits(bad)
 
@@ -32,6 +41,13 @@ def test_refuse_new_counts_stored_and_staged_messages():
     assert refuse_new(full, 1000, 0, 1) is not None
     assert refuse_new(TopicLimits(1000, "old"), 1000, 0, 1) is None
     assert refuse_new(TopicLimits(), 10**9, 0, 1) is None
+
+
+def test_aged_prefix_finds_the_leading_run_older_than_the_cutoff():
+    assert aged_prefix([], 100) == (None, None)
+    assert aged_prefix([(5, 10), (6, 20), (7, 150), (8, 30)], 100) == (6, 150)  # stops at 7
+    assert aged_prefix([(5, 200)], 100) == (None, 200)
+    assert aged_prefix([(5, 10), (6, 20)], 100) == (6, None)
 
 
 def test_excess_messages_is_bounded_per_turn():
@@ -54,7 +70,7 @@ def _stat(admin: Admin, kind: str, **match) -> dict:
 def test_discard_new_refuses_the_publish_over_max_messages_and_keeps_what_is_stored(hub):
     with Admin(hub.endpoint) as admin:
         assert admin.create_topic("jobs", max_messages=1000, discard="new")["config"] == {
-            "max_messages": 1000, "discard": "new"}
+            "max_messages": 1000, "discard": "new", "max_age": None}
         with Producer(hub.endpoint) as p:
             for i in range(1000):
                 p.publish_async("jobs", b"%d" % i)
@@ -107,7 +123,7 @@ def test_limits_survive_a_restart_and_can_be_lifted(tmp_path):
     h = HubThread(tmp_path / "data").start()
     try:
         with Admin(h.endpoint) as admin, Producer(h.endpoint) as p:
-            assert admin.topic_config("jobs") == {"max_messages": 2, "discard": "new"}
+            assert admin.topic_config("jobs") == {"max_messages": 2, "discard": "new", "max_age": None}
             p.publish("jobs", b"1")
             p.publish("jobs", b"2")
             with pytest.raises(HubError) as err:
@@ -131,9 +147,10 @@ def test_topic_create_and_config_on_the_command_line(hub):
         return json.loads(proc.stdout)
 
     assert ok("create", "jobs", "--max-messages", "3", "--discard", "new") == {
-        "max_messages": 3, "discard": "new"}
-    assert ok("config", "jobs") == {"max_messages": 3, "discard": "new"}
-    assert ok("config", "jobs", "--max-messages", "5") == {"max_messages": 5, "discard": "new"}
+        "max_messages": 3, "discard": "new", "max_age": None}
+    assert ok("config", "jobs") == {"max_messages": 3, "discard": "new", "max_age": None}
+    assert ok("config", "jobs", "--max-messages", "5", "--max-age", "3600") == {
+        "max_messages": 5, "discard": "new", "max_age": 3600.0}
     with Producer(hub.endpoint) as p:
         for i in range(5):
             p.publish("jobs", b"%d" % i)
@@ -142,4 +159,21 @@ def test_topic_create_and_config_on_the_command_line(hub):
         assert err.value.code == "topic_full"
     bad = run_cli("topic", "config", "jobs", "--discard", "sideways", "--hub", hub.endpoint)
     assert bad.returncode == 2 and b"--discard must be old or new" in bad.stderr
-    assert ok("config", "fresh") == {"max_messages": None, "discard": "old"}  # defaults
+    assert ok("config", "fresh") == {"max_messages": None, "discard": "old", "max_age": None}  # defaults
+
+
+def test_max_age_removes_messages_older_than_the_age_and_keeps_younger_ones(hub):
+    with Admin(hub.endpoint) as admin:
+        assert admin.create_topic("ticks", max_age=1.0)["config"]["max_age"] == 1.0
+        with Producer(hub.endpoint) as p:
+            old = [p.publish("ticks", b"old %d" % i) for i in range(20)]
+            assert _stat(admin, "topics", topic="ticks")["messages"] == 20  # not aged yet
+            wait_for(lambda: _stat(admin, "topics", topic="ticks")["messages"] == 0,
+                     message="the old ones aged out")
+            young = p.publish("ticks", b"young")
+        topic = _stat(admin, "topics", topic="ticks")
+        assert (topic["messages"], topic["first_seq"]) == (1, young) and young == old[-1] + 1
+        # lifting the age keeps the young one for good
+        admin.configure_topic("ticks", max_age=0)
+        assert admin.topic_config("ticks")["max_age"] is None
+        assert [seq for seq, _ in admin.fetch("ticks", 0)] == [young]
