@@ -43,7 +43,7 @@ from .security import (
     make_curve_server,
 )
 from .stats import RATE_WINDOW_S, LatencyHistogram, SubCounters, TopicCounters
-from .retention import TRIM_BATCH, TopicLimits, aged_prefix, excess_messages, parse_limits, refuse_new
+from .retention import TRIM_BATCH, TopicLimits, acked_upto, aged_prefix, excess_messages, parse_limits, refuse_new
 from .subscription import DeadLetter, Subscription
 from .wire import NOBLOCK, recv_frames, send_frames
 
@@ -497,6 +497,8 @@ class Hub:
             upto = first + excess_messages(limits, stored, len(self._appends.get(topic, ())))
             if limits.max_age_ms and stored:
                 upto = max(upto, self._aged_upto(topic, info, limits.max_age_ms))
+            if limits.retention == "workqueue" and stored:
+                upto = max(upto, acked_upto(first, [s.ack_floor for s in self._subs_of(topic)]))
             if upto > first:
                 self._deletes[topic] = range(first, upto)
 

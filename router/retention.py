@@ -9,13 +9,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["TRIM_BATCH", "TopicLimits", "aged_prefix", "excess_messages", "parse_limits", "refuse_new"]
+__all__ = ["TRIM_BATCH", "TopicLimits", "acked_upto", "aged_prefix", "excess_messages", "parse_limits", "refuse_new"]
 
 # Oldest records deleted per topic per hub turn: bounds the work one commit adds.
 TRIM_BATCH = 1000
 
 DISCARDS = ("old", "new")
-RETENTIONS = ("limits",)
+RETENTIONS = ("limits", "workqueue")
 _MAX_INT = (1 << 63) - 1
 
 
@@ -26,13 +26,14 @@ class TopicLimits:
     max_messages: int | None = None
     discard: str = "old"
     max_age_ms: int | None = None  # messages older than this are deleted, whatever ``discard``
+    retention: str = "limits"  # or "workqueue": deleted once every subscription acked it
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @property
     def unlimited(self) -> bool:
-        return self.max_messages is None and self.max_age_ms is None
+        return self.max_messages is None and self.max_age_ms is None and self.retention == "limits"
 
 
 def parse_limits(config: Any, base: TopicLimits | None = None) -> TopicLimits:
@@ -50,6 +51,10 @@ def parse_limits(config: Any, base: TopicLimits | None = None) -> TopicLimits:
             if value is not None and (type(value) is not int or not 0 <= value <= _MAX_INT):
                 raise ValueError("max_age_ms must be a non-negative integer (0 or nil: unlimited)")
             values[name] = value or None
+        elif name == "retention":
+            if value not in RETENTIONS:
+                raise ValueError(f"retention must be one of {', '.join(RETENTIONS)}")
+            values[name] = value
         elif name == "discard":
             if value not in DISCARDS:
                 raise ValueError(f"discard must be one of {', '.join(DISCARDS)}")
@@ -91,3 +96,11 @@ def aged_prefix(stamped: list[tuple[int, int]], cutoff_ms: int) -> tuple[int | N
             return last, ts
         last = seq
     return last, None
+
+
+def acked_upto(first_seq: int, ack_floors: list[int]) -> int:
+    """workqueue: the seq bound (exclusive) of the oldest messages every subscription acked,
+    at most TRIM_BATCH past ``first_seq``. No subscription: nothing is deleted (nobody acked)."""
+    if not ack_floors:
+        return first_seq
+    return max(first_seq, min(min(ack_floors) + 1, first_seq + TRIM_BATCH))

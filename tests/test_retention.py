@@ -12,6 +12,7 @@ from zmq_mq.actors.errors import HubError
 from zmq_mq.router.retention import (
     TRIM_BATCH,
     TopicLimits,
+    acked_upto,
     aged_prefix,
     excess_messages,
     parse_limits,
@@ -50,6 +51,17 @@ def test_aged_prefix_finds_the_leading_run_older_than_the_cutoff():
     assert aged_prefix([(5, 10), (6, 20)], 100) == (6, None)
 
 
+def test_acked_upto_takes_the_slowest_subscription_and_is_bounded():
+    assert acked_upto(1, []) == 1  # no subscription: nobody acked, nothing goes
+    assert acked_upto(1, [10, 4]) == 5
+    assert acked_upto(6, [3]) == 6
+    assert acked_upto(1, [10**6]) == 1 + TRIM_BATCH
+    assert parse_limits({"retention": "workqueue"}).retention == "workqueue"
+    assert not parse_limits({"retention": "workqueue"}).unlimited
+    with pytest.raises(ValueError):
+        parse_limits({"retention": "forever"})
+
+
 def test_excess_messages_is_bounded_per_turn():
     old = TopicLimits(100, "old")
     assert excess_messages(old, 100, 0) == 0
@@ -70,7 +82,7 @@ def _stat(admin: Admin, kind: str, **match) -> dict:
 def test_discard_new_refuses_the_publish_over_max_messages_and_keeps_what_is_stored(hub):
     with Admin(hub.endpoint) as admin:
         assert admin.create_topic("jobs", max_messages=1000, discard="new")["config"] == {
-            "max_messages": 1000, "discard": "new", "max_age": None}
+            "max_messages": 1000, "discard": "new", "max_age": None, "retention": "limits"}
         with Producer(hub.endpoint) as p:
             for i in range(1000):
                 p.publish_async("jobs", b"%d" % i)
@@ -123,7 +135,7 @@ def test_limits_survive_a_restart_and_can_be_lifted(tmp_path):
     h = HubThread(tmp_path / "data").start()
     try:
         with Admin(h.endpoint) as admin, Producer(h.endpoint) as p:
-            assert admin.topic_config("jobs") == {"max_messages": 2, "discard": "new", "max_age": None}
+            assert admin.topic_config("jobs") == {"max_messages": 2, "discard": "new", "max_age": None, "retention": "limits"}
             p.publish("jobs", b"1")
             p.publish("jobs", b"2")
             with pytest.raises(HubError) as err:
@@ -147,10 +159,10 @@ def test_topic_create_and_config_on_the_command_line(hub):
         return json.loads(proc.stdout)
 
     assert ok("create", "jobs", "--max-messages", "3", "--discard", "new") == {
-        "max_messages": 3, "discard": "new", "max_age": None}
-    assert ok("config", "jobs") == {"max_messages": 3, "discard": "new", "max_age": None}
+        "max_messages": 3, "discard": "new", "max_age": None, "retention": "limits"}
+    assert ok("config", "jobs") == {"max_messages": 3, "discard": "new", "max_age": None, "retention": "limits"}
     assert ok("config", "jobs", "--max-messages", "5", "--max-age", "3600") == {
-        "max_messages": 5, "discard": "new", "max_age": 3600.0}
+        "max_messages": 5, "discard": "new", "max_age": 3600.0, "retention": "limits"}
     with Producer(hub.endpoint) as p:
         for i in range(5):
             p.publish("jobs", b"%d" % i)
@@ -159,7 +171,7 @@ def test_topic_create_and_config_on_the_command_line(hub):
         assert err.value.code == "topic_full"
     bad = run_cli("topic", "config", "jobs", "--discard", "sideways", "--hub", hub.endpoint)
     assert bad.returncode == 2 and b"--discard must be old or new" in bad.stderr
-    assert ok("config", "fresh") == {"max_messages": None, "discard": "old", "max_age": None}  # defaults
+    assert ok("config", "fresh") == {"max_messages": None, "discard": "old", "max_age": None, "retention": "limits"}  # defaults
 
 
 def test_max_age_removes_messages_older_than_the_age_and_keeps_younger_ones(hub):
@@ -177,3 +189,33 @@ def test_max_age_removes_messages_older_than_the_age_and_keeps_younger_ones(hub)
         admin.configure_topic("ticks", max_age=0)
         assert admin.topic_config("ticks")["max_age"] is None
         assert [seq for seq, _ in admin.fetch("ticks", 0)] == [young]
+
+
+def test_workqueue_retention_deletes_a_message_once_every_subscription_acked_it(hub):
+    with Admin(hub.endpoint) as admin:
+        assert admin.create_topic("work", retention="workqueue")["config"]["retention"] == "workqueue"
+        with Consumer(hub.endpoint) as c:  # two subscriptions before the messages
+            c.subscribe("work", "a", credit=0)
+            c.subscribe("work", "b", credit=0)
+        with Producer(hub.endpoint) as p:
+            for i in range(10):
+                p.publish_async("work", b"%d" % i)
+            p.flush()
+
+        def ack(group: str, n: int) -> None:
+            with Consumer(hub.endpoint) as c:
+                c.subscribe("work", group, credit=n)
+                for _ in range(n):
+                    msg = c.receive(10)
+                    assert msg is not None
+                    msg.ack()
+                c.flush()
+
+        ack("a", 10)  # a acked all, b none: everything stays
+        wait_for(lambda: _stat(admin, "subscriptions", group="a")["lag"] == 0, message="a settled")
+        assert _stat(admin, "topics", topic="work")["messages"] == 10
+        ack("b", 4)  # b acked 1..4: those go, 5..10 stay
+        topic = wait_for(lambda: (t := _stat(admin, "topics", topic="work"))["messages"] == 6 and t,
+                         message="the first four deleted")
+        assert topic["first_seq"] == 5
+        assert [seq for seq, _ in admin.fetch("work", 0)] == list(range(5, 11))
