@@ -109,22 +109,23 @@ class Admin:
         return self.call(Command.REDRIVE, topic, seqs)
 
     def create_topic(self, name: str, *, max_messages: int | None = None, discard: str = "old",
-                     max_age: float | None = None, retention: str = "limits") -> dict:
+                     max_age: float | None = None, retention: str = "limits",
+                     max_bytes: int | None = None) -> dict:
         """Set a topic's limits from the defaults (``max_age`` in seconds):
         ``{"topic", "config"}`` with the config as :meth:`topic_config` gives it."""
         config = {"max_messages": max_messages, "discard": discard, "max_age_ms": _ms(max_age),
-                  "retention": retention}
+                  "retention": retention, "max_bytes": max_bytes}
         return _seconds(self.call(Command.TOPIC, "create", name, config))
 
     def configure_topic(self, name: str, **limits: object) -> dict:
-        """Change only the given limits of a topic (``max_messages``, ``discard``, ``max_age``
+        """Change only the given limits of a topic (``max_messages``, ``max_bytes``, ``discard``, ``max_age``
         in seconds, ``retention``; 0 lifts a limit)."""
         if "max_age" in limits:
             limits["max_age_ms"] = _ms(limits.pop("max_age"))  # type: ignore[arg-type]
         return _seconds(self.call(Command.TOPIC, "config", name, limits))
 
     def topic_config(self, name: str) -> dict:
-        """A topic's limits (the defaults when it has none): ``max_messages``, ``discard``,
+        """A topic's limits (the defaults when it has none): ``max_messages``, ``max_bytes``, ``discard``,
         ``max_age`` (seconds), ``retention``; None means unlimited."""
         return _seconds(self.call(Command.TOPIC, "get", name, None))["config"]
 

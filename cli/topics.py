@@ -16,6 +16,7 @@ from .ops import HubOption, TimeoutOption, _fail
 topic_app = typer.Typer(no_args_is_help=True, help="Topic limits: create a topic with limits, show or change them.")
 
 _MaxMessages = typer.Option(None, "--max-messages", min=0, help="Messages kept at most (0: unlimited).")
+_MaxBytes = typer.Option(None, "--max-bytes", min=0, help="Stored record bytes at most (0: unlimited).")
 _MaxAge = typer.Option(None, "--max-age", min=0, help="Seconds a message is kept at most (0: unlimited).")
 _Retention = typer.Option(None, "--retention", help="'limits' (default): keep messages up to the "
                           "limits; 'workqueue': delete a message once every subscription acked it.")
@@ -38,6 +39,7 @@ def _show(result: dict) -> None:
 def create(
     name: str = typer.Argument(..., help="Topic name."),
     max_messages: int | None = _MaxMessages,
+    max_bytes: int | None = _MaxBytes,
     max_age: float | None = _MaxAge,
     discard: str | None = _Discard,
     retention: str | None = _Retention,
@@ -49,7 +51,8 @@ def create(
     try:
         with Admin(hub, timeout=timeout) as admin:
             result = admin.create_topic(name, max_messages=max_messages, discard=discard or "old",
-                                        max_age=max_age, retention=retention or "limits")
+                                        max_age=max_age, retention=retention or "limits",
+                                        max_bytes=max_bytes)
     except (HubUnavailable, HubError, ZmqMqError) as exc:
         _fail(str(exc))
     _show(result)
@@ -59,6 +62,7 @@ def create(
 def config(
     name: str = typer.Argument(..., help="Topic name."),
     max_messages: int | None = _MaxMessages,
+    max_bytes: int | None = _MaxBytes,
     max_age: float | None = _MaxAge,
     discard: str | None = _Discard,
     retention: str | None = _Retention,
@@ -67,8 +71,8 @@ def config(
 ) -> None:
     """Show a topic's limits as JSON, or change only the ones given."""
     _check_discard(discard, retention)
-    given = (("max_messages", max_messages), ("max_age", max_age), ("discard", discard),
-             ("retention", retention))
+    given = (("max_messages", max_messages), ("max_bytes", max_bytes), ("max_age", max_age),
+             ("discard", discard), ("retention", retention))
     changes = {k: v for k, v in given if v is not None}
     try:
         with Admin(hub, timeout=timeout) as admin:

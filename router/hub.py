@@ -43,7 +43,7 @@ from .security import (
     make_curve_server,
 )
 from .stats import RATE_WINDOW_S, LatencyHistogram, SubCounters, TopicCounters
-from .retention import TRIM_BATCH, TopicLimits, acked_upto, aged_prefix, excess_messages, parse_limits, refuse_new
+from .retention import TRIM_BATCH, TopicLimits, acked_upto, aged_prefix, bytes_upto, excess_messages, parse_limits, refuse_new
 from .subscription import DeadLetter, Subscription
 from .wire import NOBLOCK, recv_frames, send_frames
 
@@ -497,6 +497,13 @@ class Hub:
             upto = first + excess_messages(limits, stored, len(self._appends.get(topic, ())))
             if limits.max_age_ms and stored:
                 upto = max(upto, self._aged_upto(topic, info, limits.max_age_ms))
+            if limits.max_bytes is not None and limits.discard == "old" and stored:
+                over = info.bytes + sum(map(len, self._appends.get(topic, ()))) - limits.max_bytes
+                if over > 0:
+                    oldest = self.store.read_range(topic, first, TRIM_BATCH)
+                    last = bytes_upto([(seq, len(rec)) for seq, rec in oldest], over)
+                    if last is not None:
+                        upto = max(upto, last + 1)
             if limits.retention == "workqueue" and stored:
                 upto = max(upto, acked_upto(first, [s.ack_floor for s in self._subs_of(topic)]))
             if upto > first:
@@ -813,15 +820,22 @@ class Hub:
 
     def _refuse_if_full(self, staged: list[tuple[str, bytes]], batch_id: Any) -> None:
         """discard=new: refuse the whole batch when a topic would go over its max_messages."""
-        adding: dict[str, int] = {}
-        for topic, _ in staged:
-            adding[topic] = adding.get(topic, 0) + 1
-        for topic, n in adding.items():
+        adding: dict[str, list[int]] = {}
+        for topic, record in staged:
+            a = adding.get(topic)
+            if a is None:
+                a = adding[topic] = [0, 0]
+            a[0] += 1
+            a[1] += len(record)
+        for topic, (n, nbytes) in adding.items():
             limits = self._limits.get(topic)
-            if limits is None:
+            if limits is None or limits.discard != "new":
                 continue
             info = self.store.topics.get(topic)
-            why = refuse_new(limits, info.count if info else 0, len(self._appends.get(topic, ())), n)
+            appended = self._appends.get(topic, ())
+            staged_bytes = sum(map(len, appended)) if limits.max_bytes is not None else 0
+            why = refuse_new(limits, info.count if info else 0, len(appended), n,
+                             info.bytes if info else 0, staged_bytes, nbytes)
             if why:
                 raise _BadRequest(
                     ErrorCode.TOPIC_FULL, f"{topic}: {why}; nothing of this batch was stored", batch_id

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["TRIM_BATCH", "TopicLimits", "acked_upto", "aged_prefix", "excess_messages", "parse_limits", "refuse_new"]
+__all__ = ["TRIM_BATCH", "TopicLimits", "acked_upto", "aged_prefix", "bytes_upto", "excess_messages", "parse_limits", "refuse_new"]
 
 # Oldest records deleted per topic per hub turn: bounds the work one commit adds.
 TRIM_BATCH = 1000
@@ -25,6 +25,7 @@ class TopicLimits:
 
     max_messages: int | None = None
     discard: str = "old"
+    max_bytes: int | None = None  # stored record bytes (as STATS "bytes" counts them)
     max_age_ms: int | None = None  # messages older than this are deleted, whatever ``discard``
     retention: str = "limits"  # or "workqueue": deleted once every subscription acked it
 
@@ -33,7 +34,8 @@ class TopicLimits:
 
     @property
     def unlimited(self) -> bool:
-        return self.max_messages is None and self.max_age_ms is None and self.retention == "limits"
+        return (self.max_messages is None and self.max_bytes is None and self.max_age_ms is None
+                and self.retention == "limits")
 
 
 def parse_limits(config: Any, base: TopicLimits | None = None) -> TopicLimits:
@@ -47,9 +49,9 @@ def parse_limits(config: Any, base: TopicLimits | None = None) -> TopicLimits:
             if value is not None and (type(value) is not int or not 0 <= value <= _MAX_INT):
                 raise ValueError("max_messages must be a non-negative integer (0 or nil: unlimited)")
             values[name] = value or None
-        elif name == "max_age_ms":
+        elif name in ("max_age_ms", "max_bytes"):
             if value is not None and (type(value) is not int or not 0 <= value <= _MAX_INT):
-                raise ValueError("max_age_ms must be a non-negative integer (0 or nil: unlimited)")
+                raise ValueError(f"{name} must be a non-negative integer (0 or nil: unlimited)")
             values[name] = value or None
         elif name == "retention":
             if value not in RETENTIONS:
@@ -64,12 +66,21 @@ def parse_limits(config: Any, base: TopicLimits | None = None) -> TopicLimits:
     return TopicLimits(**values)
 
 
-def refuse_new(limits: TopicLimits, stored: int, staged: int, adding: int) -> str | None:
-    """With ``discard="new"``: why ``adding`` more messages must be refused (None: they fit).
+def refuse_new(limits: TopicLimits, stored: int, staged: int, adding: int,
+               stored_bytes: int = 0, staged_bytes: int = 0, adding_bytes: int = 0) -> str | None:
+    """With ``discard="new"``: why ``adding`` more messages (of ``adding_bytes``) must be
+    refused (None: they fit).
 
     ``stored`` is what the topic holds, ``staged`` what this turn already accepted for it.
     """
-    if limits.discard != "new" or limits.max_messages is None:
+    if limits.discard != "new":
+        return None
+    if limits.max_bytes is not None and stored_bytes + staged_bytes + adding_bytes > limits.max_bytes:
+        return (
+            f"topic is full: {stored_bytes + staged_bytes} of max_bytes {limits.max_bytes} "
+            f"held, {adding_bytes} more refused (discard=new)"
+        )
+    if limits.max_messages is None:
         return None
     if stored + staged + adding > limits.max_messages:
         return (
@@ -104,3 +115,18 @@ def acked_upto(first_seq: int, ack_floors: list[int]) -> int:
     if not ack_floors:
         return first_seq
     return max(first_seq, min(min(ack_floors) + 1, first_seq + TRIM_BATCH))
+
+
+def bytes_upto(sized: list[tuple[int, int]], over: int) -> int | None:
+    """discard=old with max_bytes: of the oldest ``(seq, record bytes)`` in log order, the last
+    seq to delete so that at least ``over`` bytes go (None: nothing to delete); all of them
+    when they are not enough (the rest goes next turn)."""
+    if over <= 0:
+        return None
+    last = None
+    for seq, size in sized:
+        last = seq
+        over -= size
+        if over <= 0:
+            break
+    return last

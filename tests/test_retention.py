@@ -14,6 +14,7 @@ from zmq_mq.router.retention import (
     TopicLimits,
     acked_upto,
     aged_prefix,
+    bytes_upto,
     excess_messages,
     parse_limits,
     refuse_new,
@@ -62,6 +63,16 @@ def test_acked_upto_takes_the_slowest_subscription_and_is_bounded():
         parse_limits({"retention": "forever"})
 
 
+def test_max_bytes_decisions():
+    assert bytes_upto([(1, 10), (2, 10), (3, 10)], 0) is None
+    assert bytes_upto([(1, 10), (2, 10), (3, 10)], 15) == 2
+    assert bytes_upto([(1, 10), (2, 10)], 100) == 2  # not enough in this batch: all of it
+    full = TopicLimits(max_bytes=100, discard="new")
+    assert refuse_new(full, 5, 0, 1, 80, 0, 20) is None
+    assert refuse_new(full, 5, 1, 1, 80, 10, 20) is not None
+    assert refuse_new(TopicLimits(max_bytes=100), 5, 0, 1, 80, 0, 50) is None  # discard=old
+
+
 def test_excess_messages_is_bounded_per_turn():
     old = TopicLimits(100, "old")
     assert excess_messages(old, 100, 0) == 0
@@ -82,7 +93,7 @@ def _stat(admin: Admin, kind: str, **match) -> dict:
 def test_discard_new_refuses_the_publish_over_max_messages_and_keeps_what_is_stored(hub):
     with Admin(hub.endpoint) as admin:
         assert admin.create_topic("jobs", max_messages=1000, discard="new")["config"] == {
-            "max_messages": 1000, "discard": "new", "max_age": None, "retention": "limits"}
+            "max_messages": 1000, "discard": "new", "max_age": None, "retention": "limits", "max_bytes": None}
         with Producer(hub.endpoint) as p:
             for i in range(1000):
                 p.publish_async("jobs", b"%d" % i)
@@ -135,7 +146,7 @@ def test_limits_survive_a_restart_and_can_be_lifted(tmp_path):
     h = HubThread(tmp_path / "data").start()
     try:
         with Admin(h.endpoint) as admin, Producer(h.endpoint) as p:
-            assert admin.topic_config("jobs") == {"max_messages": 2, "discard": "new", "max_age": None, "retention": "limits"}
+            assert admin.topic_config("jobs") == {"max_messages": 2, "discard": "new", "max_age": None, "retention": "limits", "max_bytes": None}
             p.publish("jobs", b"1")
             p.publish("jobs", b"2")
             with pytest.raises(HubError) as err:
@@ -159,10 +170,10 @@ def test_topic_create_and_config_on_the_command_line(hub):
         return json.loads(proc.stdout)
 
     assert ok("create", "jobs", "--max-messages", "3", "--discard", "new") == {
-        "max_messages": 3, "discard": "new", "max_age": None, "retention": "limits"}
-    assert ok("config", "jobs") == {"max_messages": 3, "discard": "new", "max_age": None, "retention": "limits"}
+        "max_messages": 3, "discard": "new", "max_age": None, "retention": "limits", "max_bytes": None}
+    assert ok("config", "jobs") == {"max_messages": 3, "discard": "new", "max_age": None, "retention": "limits", "max_bytes": None}
     assert ok("config", "jobs", "--max-messages", "5", "--max-age", "3600") == {
-        "max_messages": 5, "discard": "new", "max_age": 3600.0, "retention": "limits"}
+        "max_messages": 5, "discard": "new", "max_age": 3600.0, "retention": "limits", "max_bytes": None}
     with Producer(hub.endpoint) as p:
         for i in range(5):
             p.publish("jobs", b"%d" % i)
@@ -171,7 +182,7 @@ def test_topic_create_and_config_on_the_command_line(hub):
         assert err.value.code == "topic_full"
     bad = run_cli("topic", "config", "jobs", "--discard", "sideways", "--hub", hub.endpoint)
     assert bad.returncode == 2 and b"--discard must be old or new" in bad.stderr
-    assert ok("config", "fresh") == {"max_messages": None, "discard": "old", "max_age": None, "retention": "limits"}  # defaults
+    assert ok("config", "fresh") == {"max_messages": None, "discard": "old", "max_age": None, "retention": "limits", "max_bytes": None}  # defaults
 
 
 def test_max_age_removes_messages_older_than_the_age_and_keeps_younger_ones(hub):
@@ -219,3 +230,23 @@ def test_workqueue_retention_deletes_a_message_once_every_subscription_acked_it(
                          message="the first four deleted")
         assert topic["first_seq"] == 5
         assert [seq for seq, _ in admin.fetch("work", 0)] == list(range(5, 11))
+
+
+def test_max_bytes_drops_the_oldest_or_refuses_new_ones(hub):
+    with Admin(hub.endpoint) as admin, Producer(hub.endpoint) as p:
+        admin.create_topic("blobs", max_bytes=10_000)
+        admin.create_topic("capped", max_bytes=10_000, discard="new")
+        for i in range(30):  # 1000-byte payloads: about ten fit
+            p.publish("blobs", bytes(1000))
+        topic = wait_for(lambda: (t := _stat(admin, "topics", topic="blobs"))["bytes"] <= 10_000 and t,
+                         message="blobs trimmed to 10 kB")
+        assert topic["last_seq"] == 30 and topic["messages"] >= 8
+        assert topic["first_seq"] == 30 - topic["messages"] + 1  # the oldest went
+        stored = []
+        with pytest.raises(HubError) as err:
+            for i in range(30):
+                stored.append(p.publish("capped", bytes(1000)))
+        assert err.value.code == "topic_full"
+        capped = _stat(admin, "topics", topic="capped")
+        assert capped["bytes"] <= 10_000 and capped["messages"] == len(stored) >= 8
+        assert capped["first_seq"] == 1
