@@ -341,7 +341,8 @@ def subscribe(
     credit: int = typer.Option(100, "--credit", help="Most unacked messages held at once."),
     ack_wait: Optional[float] = typer.Option(None, "--ack-wait", help="Seconds before an unacked message is redelivered (default 30)."),
     max_deliver: Optional[int] = typer.Option(None, "--max-deliver", help="Deliveries before dead-lettering (default 5; 0 = unlimited)."),
-    start: str = typer.Option("first", "--start", help="Where a NEW group starts: first (all retained) or new."),
+    start: str = typer.Option("first", "--start", help="Where a NEW group starts: first (all retained), new, "
+                              "seq:N (from seq N) or time:ISO8601 (first message at or after it; no zone: UTC)."),
     hub: Optional[str] = HubOption,
     curve_key: Optional[str] = CurveKeyOption,
     server_key: Optional[str] = ServerKeyOption,
@@ -349,8 +350,7 @@ def subscribe(
     """Print messages of a subscription, acking each one after printing it."""
     if count is not None and count <= 0:
         _fail("--count must be positive", 2)
-    if start not in ("first", "new"):
-        _fail("--start must be 'first' or 'new'", 2)
+    position = _start_position(start)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     received = 0
@@ -359,7 +359,7 @@ def subscribe(
     try:
         consumer.connect()
         consumer.subscribe(topic, group, credit=credit, ack_wait=ack_wait, max_deliver=max_deliver,
-                           start=start)
+                           start=position)
         while not stop.is_set() and (count is None or received < count):
             # wake at least every second to notice SIGTERM
             wait = 1.0 if timeout is None else min(timeout, 1.0)
@@ -523,6 +523,24 @@ def demo(
         except KeyboardInterrupt:
             pass
     hub_thread.stop()
+
+
+def _start_position(start: str):
+    """--start: "first", "new", "seq:N" (an int) or "time:ISO8601" (a datetime; no zone: UTC)."""
+    import datetime as dt
+
+    if start in ("first", "new"):
+        return start
+    kind, _, value = start.partition(":")
+    try:
+        if kind == "seq" and int(value) >= 0:
+            return int(value)
+        if kind == "time":
+            when = dt.datetime.fromisoformat(value)
+            return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        pass
+    _fail("--start must be first, new, seq:N or time:ISO8601", 2)
 
 
 # --- operator commands (cli/ops.py) ---------------------------------------------------------

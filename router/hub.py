@@ -43,7 +43,7 @@ from .security import (
     make_curve_server,
 )
 from .stats import RATE_WINDOW_S, LatencyHistogram, SubCounters, TopicCounters
-from .retention import TRIM_BATCH, TopicLimits, acked_upto, aged_prefix, bytes_upto, excess_messages, parse_limits, refuse_new
+from .retention import TRIM_BATCH, TopicLimits, acked_upto, aged_prefix, bytes_upto, start_after, excess_messages, parse_limits, refuse_new
 from .subscription import DeadLetter, Subscription
 from .wire import NOBLOCK, recv_frames, send_frames
 
@@ -522,6 +522,13 @@ class Hub:
         self._age_check[topic] = next_ts + max_age_ms if next_ts is not None else 0
         return 0 if last is None else last + 1
 
+    def _probe(self, topic: str):
+        """For start_after: the first stored ``(seq, timestamp_ms)`` of ``topic`` at or after a seq."""
+        def probe(seq: int) -> tuple[int, int] | None:
+            found = self.store.read_range(topic, seq, 1)
+            return (found[0][0], protocol.unpack_record(found[0][1])[0]) if found else None
+        return probe
+
     def _subs_of(self, topic: str) -> list[Subscription]:
         return [sub for (t, _), sub in self.subs.items() if t == topic]
 
@@ -895,8 +902,13 @@ class Hub:
         ack_wait_ms = _int_field(body, "ack_wait_ms", 1, 7 * 24 * 3600 * 1000, sid)
         max_deliver = _int_field(body, "max_deliver", 0, 1_000_000, sid)
         start = body.get("start", "first")
-        if start not in ("first", "new"):
-            raise _BadRequest(ErrorCode.INVALID, "start must be 'first' or 'new'", sid)
+        if start not in ("first", "new") and not (
+            isinstance(start, dict) and len(start) == 1 and type(next(iter(start.values()))) is int
+            and next(iter(start)) in ("seq", "time_ms") and next(iter(start.values())) >= 0
+        ):
+            raise _BadRequest(
+                ErrorCode.INVALID, 'start must be "first", "new", {"seq": N} or {"time_ms": T}', sid
+            )
         key = (topic, group)
         sub = self.subs.get(key)
         info = self.store.topics.get(topic)
@@ -907,8 +919,11 @@ class Hub:
                 options["ack_wait_ms"] = ack_wait_ms
             if max_deliver is not None:
                 options["max_deliver"] = max_deliver
-            start_after = last if start == "new" else (info.first_seq - 1 if info else 0)
-            sub = Subscription(topic, group, last_seq=last, start_after=start_after, **options)
+            try:
+                after = start_after(start, info.first_seq if info else 1, last, self._probe(topic))
+            except ValueError as exc:
+                raise _BadRequest(ErrorCode.INVALID, str(exc), sid) from None
+            sub = Subscription(topic, group, last_seq=last, start_after=after, **options)
             sub.dirty = True
             self.subs[key] = sub
             log.info("new subscription %s on %s (start=%s)", group, topic, start)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["TRIM_BATCH", "TopicLimits", "acked_upto", "aged_prefix", "bytes_upto", "excess_messages", "parse_limits", "refuse_new"]
+__all__ = ["TRIM_BATCH", "TopicLimits", "acked_upto", "start_after", "aged_prefix", "bytes_upto", "excess_messages", "parse_limits", "refuse_new"]
 
 # Oldest records deleted per topic per hub turn: bounds the work one commit adds.
 TRIM_BATCH = 1000
@@ -130,3 +130,32 @@ def bytes_upto(sized: list[tuple[int, int]], over: int) -> int | None:
         if over <= 0:
             break
     return last
+
+
+def start_after(start: Any, first_seq: int, last_seq: int, probe: Any) -> int:
+    """The cursor (``start_after``) of a NEW subscription for a SUBSCRIBE ``start``: ``"first"``
+    (the oldest retained), ``"new"`` (only later messages), ``{"seq": N}`` (from seq N on) or
+    ``{"time_ms": T}`` (from the first message with timestamp >= T). ``probe(seq)`` gives the
+    first stored ``(seq, timestamp_ms)`` at or after ``seq`` (None past the end); the time is
+    found by binary search over sequences (timestamps are taken as non-decreasing along the log).
+    ValueError for anything else."""
+    if start == "first":
+        return first_seq - 1
+    if start == "new":
+        return last_seq
+    if isinstance(start, dict) and len(start) == 1:
+        ((kind, value),) = start.items()
+        if type(value) is int and 0 <= value <= _MAX_INT:
+            if kind == "seq":
+                return min(max(value, first_seq), last_seq + 1) - 1
+            if kind == "time_ms":
+                lo, hi = first_seq, last_seq + 1
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    found = probe(mid)
+                    if found is None or found[0] >= hi or found[1] >= value:
+                        hi = mid
+                    else:
+                        lo = found[0] + 1
+                return lo - 1
+    raise ValueError('start must be "first", "new", {"seq": N} or {"time_ms": T}')

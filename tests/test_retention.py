@@ -15,6 +15,7 @@ from zmq_mq.router.retention import (
     acked_upto,
     aged_prefix,
     bytes_upto,
+    start_after,
     excess_messages,
     parse_limits,
     refuse_new,
@@ -71,6 +72,27 @@ def test_max_bytes_decisions():
     assert refuse_new(full, 5, 0, 1, 80, 0, 20) is None
     assert refuse_new(full, 5, 1, 1, 80, 10, 20) is not None
     assert refuse_new(TopicLimits(max_bytes=100), 5, 0, 1, 80, 0, 50) is None  # discard=old
+
+
+def test_start_after_each_start_position():
+    stamps = {3: 100, 4: 100, 6: 200, 7: 300, 9: 300, 10: 400}  # a log with holes
+
+    def probe(seq):
+        later = [s for s in stamps if s >= seq]
+        return (min(later), stamps[min(later)]) if later else None
+
+    assert start_after("first", 3, 10, probe) == 2
+    assert start_after("new", 3, 10, probe) == 10
+    assert start_after({"seq": 7}, 3, 10, probe) == 6
+    assert start_after({"seq": 1}, 3, 10, probe) == 2  # before the oldest: from the oldest
+    assert start_after({"seq": 99}, 3, 10, probe) == 10  # past the end: only new ones
+    for t, first in ((0, 3), (100, 3), (101, 6), (200, 6), (250, 7), (300, 7), (301, 10), (401, 11)):
+        after = start_after({"time_ms": t}, 3, 10, probe)
+        assert (probe(after + 1) or (11,))[0] == first, t  # the first stored one it delivers
+    assert start_after({"time_ms": 5}, 1, 0, lambda s: None) == 0  # empty topic
+    for bad in ("last", {"seq": -1}, {"seq": "3"}, {"time": 3}, {"seq": 1, "time_ms": 2}, 5):
+        with pytest.raises(ValueError):
+            start_after(bad, 1, 10, probe)
 
 
 def test_excess_messages_is_bounded_per_turn():
@@ -250,3 +272,47 @@ def test_max_bytes_drops_the_oldest_or_refuses_new_ones(hub):
         capped = _stat(admin, "topics", topic="capped")
         assert capped["bytes"] <= 10_000 and capped["messages"] == len(stored) >= 8
         assert capped["first_seq"] == 1
+
+
+def _received(endpoint: str, group: str, n: int, **kw) -> list[int]:
+    got = []
+    with Consumer(endpoint) as c:
+        c.subscribe("log", group, **kw)
+        while len(got) < n:
+            msg = c.receive(10)
+            assert msg is not None, f"only {len(got)} of {n} came"
+            got.append(msg.seq)
+            msg.ack()
+        assert c.receive(0.2) is None  # and nothing before the start position
+        c.flush()
+    return got
+
+
+def test_a_new_subscription_starts_at_a_seq_or_a_time(hub):
+    import datetime as dt
+
+    with Producer(hub.endpoint) as p:
+        for i in range(5):
+            p.publish("log", b"early %d" % i)
+        with Admin(hub.endpoint) as admin:
+            (seq5, rec5), = admin.fetch("log", 5, 1)
+        from zmq_mq.router import protocol
+        ts5 = protocol.unpack_record(rec5)[0]
+        wait_for(lambda: int(dt.datetime.now().timestamp() * 1000) > ts5 + 5, message="clock moves on")
+        for i in range(5):
+            p.publish("log", b"late %d" % i)
+    assert _received(hub.endpoint, "from-seq", 3, start=8) == [8, 9, 10]
+    after = dt.datetime.fromtimestamp((ts5 + 1) / 1000, dt.timezone.utc)
+    assert _received(hub.endpoint, "from-time", 5, start=after) == [6, 7, 8, 9, 10]
+    # an existing subscription keeps its cursor whatever start says
+    with Producer(hub.endpoint) as p:
+        p.publish("log", b"11")
+    assert _received(hub.endpoint, "from-seq", 1, start="first") == [11]
+    # and on the command line
+    from conftest import run_cli
+    out = run_cli("subscribe", "log", "--group", "cli-seq", "--start", "seq:10", "--count", "2",
+                  "--json", "--hub", hub.endpoint, "--timeout", "10")
+    assert out.returncode == 0, out.stderr.decode()
+    assert [json.loads(line)["seq"] for line in out.stdout.splitlines()] == [10, 11]
+    bad = run_cli("subscribe", "log", "--group", "x", "--start", "seq:ten", "--hub", hub.endpoint)
+    assert bad.returncode == 2 and b"--start must be" in bad.stderr
