@@ -10,6 +10,7 @@ caller's thread, ``Actor`` from its loop thread.
 from __future__ import annotations
 
 import collections
+import datetime as _dt
 import logging
 import threading
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ class SubscriptionSpec:
     credit: int = DEFAULT_CREDIT
     ack_wait_ms: int | None = None
     max_deliver: int | None = None
-    start: str = "first"
+    start: Any = "first"  # "first", "new", an int seq or a datetime (see wire_start)
     attached: bool = False  # the hub said SUBSCRIBED (again, after every re-attach)
     ordering: str | None = None  # "none", "key" or "strict"; None: the subscription's own
 
@@ -49,7 +50,7 @@ class SubscriptionSpec:
             "topic": self.topic,
             "group": self.group,
             "credit": self.credit,
-            "start": self.start,
+            "start": wire_start(self.start),
         }
         if self.ack_wait_ms is not None:
             body["ack_wait_ms"] = self.ack_wait_ms
@@ -412,3 +413,13 @@ class Consumer:
                 log.warning("hub did not confirm detach; unsettled messages return after ack_wait")
         finally:
             self._session.close()
+
+
+def wire_start(start: Any) -> Any:
+    """A subscription start position as SUBSCRIBE carries it: ``"first"`` / ``"new"`` as they
+    are, an int seq as ``{"seq": N}``, a datetime as ``{"time_ms": T}`` (naive: local time)."""
+    if isinstance(start, _dt.datetime):
+        return {"time_ms": int(start.timestamp() * 1000)}
+    if isinstance(start, int) and not isinstance(start, bool):
+        return {"seq": start}
+    return start

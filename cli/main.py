@@ -347,7 +347,8 @@ def subscribe(
     credit: int = typer.Option(100, "--credit", help="Most unacked messages held at once."),
     ack_wait: Optional[float] = typer.Option(None, "--ack-wait", help="Seconds before an unacked message is redelivered (default 30)."),
     max_deliver: Optional[int] = typer.Option(None, "--max-deliver", help="Deliveries before dead-lettering (default 5; 0 = unlimited)."),
-    start: str = typer.Option("first", "--start", help="Where a NEW group starts: first (all retained) or new."),
+    start: str = typer.Option("first", "--start", help="Where a NEW group starts: first (all retained), new, "
+                              "seq:N (from seq N) or time:ISO8601 (first message at or after it; no zone: UTC)."),
     ordering: Optional[str] = typer.Option(None, "--ordering", help="none (parallel), key (one per key in flight) or strict (one in flight); default none for a NEW group, else unchanged."),
     hub: Optional[str] = HubOption,
     curve_key: Optional[str] = CurveKeyOption,
@@ -358,8 +359,7 @@ def subscribe(
         _fail("--ordering must be 'none', 'key' or 'strict'", 2)
     if count is not None and count <= 0:
         _fail("--count must be positive", 2)
-    if start not in ("first", "new"):
-        _fail("--start must be 'first' or 'new'", 2)
+    position = _start_position(start)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     received = 0
@@ -368,7 +368,7 @@ def subscribe(
     try:
         consumer.connect()
         consumer.subscribe(topic, group, credit=credit, ack_wait=ack_wait, max_deliver=max_deliver,
-                           start=start, ordering=ordering)
+                           start=position, ordering=ordering)
         while not stop.is_set() and (count is None or received < count):
             # wake at least every second to notice SIGTERM
             wait = 1.0 if timeout is None else min(timeout, 1.0)
@@ -534,6 +534,24 @@ def demo(
     hub_thread.stop()
 
 
+def _start_position(start: str):
+    """--start: "first", "new", "seq:N" (an int) or "time:ISO8601" (a datetime; no zone: UTC)."""
+    import datetime as dt
+
+    if start in ("first", "new"):
+        return start
+    kind, _, value = start.partition(":")
+    try:
+        if kind == "seq" and int(value) >= 0:
+            return int(value)
+        if kind == "time":
+            when = dt.datetime.fromisoformat(value)
+            return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        pass
+    _fail("--start must be first, new, seq:N or time:ISO8601", 2)
+
+
 # --- operator commands (cli/ops.py) ---------------------------------------------------------
 
 from . import ops as _ops  # noqa: E402  (registered after the app exists)
@@ -542,6 +560,9 @@ app.command("stats")(_ops.stats)
 app.command("listen")(_ops.listen)
 app.add_typer(_ops.dlq_app, name="dlq")
 app.command("bench")(_ops.bench)
+from .topics import topic_app as _topic_app  # noqa: E402
+
+app.add_typer(_topic_app, name="topic")
 
 
 # --- run -----------------------------------------------------------------------------------

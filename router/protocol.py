@@ -79,6 +79,7 @@ class Command:
     FETCH = b"FETCH"
     PURGE = b"PURGE"
     REDRIVE = b"REDRIVE"
+    TOPIC = b"TOPIC"  # topic config (retention limits): REPLY [ref, {"topic", "config"}]
 
     WELCOME = b"WELCOME"
     CONFIRM = b"CONFIRM"
@@ -107,6 +108,7 @@ CLIENT_COMMANDS = frozenset(
         Command.FETCH,
         Command.PURGE,
         Command.REDRIVE,
+        Command.TOPIC,
     }
 )
 HUB_COMMANDS = frozenset(
@@ -138,6 +140,7 @@ class ErrorCode(str, Enum):
     UNKNOWN_SEQUENCE = "unknown_sequence"  # ack/nack/... of a sequence never published
     STORAGE_FULL = "storage_full"  # the LMDB map or the disk is full: nothing was stored
     STORAGE_ERROR = "storage_error"  # another storage failure: nothing was stored
+    TOPIC_FULL = "topic_full"  # the topic is at its max_messages with discard=new: batch refused
     FORBIDDEN = "forbidden"  # the hub's ACL does not grant this client key the topic
     INTERNAL = "internal"  # a bug in the hub; the hub keeps serving
 
