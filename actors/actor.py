@@ -40,6 +40,7 @@ from typing import Any, Callable
 
 import zmq
 
+from ..router import protocol
 from .connection import CurveKeys, monotonic_ms
 from .consumer import DEFAULT_CREDIT, Session
 from .errors import ClosedError
@@ -78,6 +79,7 @@ class _Route:
     idempotent: bool = False
     is_async: bool = False
     sid: int = 0
+    ordering: str | None = None
 
 
 class Actor:
@@ -134,18 +136,21 @@ class Actor:
     def subscribe(self, topic: str, *, group: str, credit: int = DEFAULT_CREDIT,
                   ack_wait: float | None = None, max_deliver: int | None = None,
                   start: str = "first", retry: Backoff | None = DEFAULT_RETRY,
-                  idempotent: bool = False) -> Callable[[Handler], Handler]:
+                  idempotent: bool = False,
+                  ordering: str | None = None) -> Callable[[Handler], Handler]:
         """Decorator: run the function on every message of subscription ``group`` on ``topic``.
 
         ``retry``: the delay before redelivering a message whose handler raised (``None``: at
         once). ``idempotent=True``: a message already processed (same ``msg.msg_id``) is acked
-        without running the handler again.
+        without running the handler again. ``ordering``: ``"none"``, ``"key"`` (messages of one
+        key are handled one at a time, in order, whatever the concurrency) or ``"strict"`` (one
+        message at a time); default ``"none"`` for a new subscription.
         """
 
         def register(handler: Handler) -> Handler:
             self.add_handler(topic, handler, group=group, credit=credit, ack_wait=ack_wait,
                              max_deliver=max_deliver, start=start, retry=retry,
-                             idempotent=idempotent)
+                             idempotent=idempotent, ordering=ordering)
             return handler
 
         return register
@@ -153,13 +158,16 @@ class Actor:
     def add_handler(self, topic: str, handler: Handler, *, group: str, credit: int = DEFAULT_CREDIT,
                     ack_wait: float | None = None, max_deliver: int | None = None,
                     start: str = "first", retry: Backoff | None = DEFAULT_RETRY,
-                    idempotent: bool = False) -> None:
+                    idempotent: bool = False, ordering: str | None = None) -> None:
         if self._started.is_set():
             raise RuntimeError("add handlers before the actor runs")
+        if ordering is not None and ordering not in protocol.ORDERINGS:
+            raise ValueError(f"ordering must be one of {', '.join(protocol.ORDERINGS)}")
         if retry is not None and not isinstance(retry, Backoff):
             raise TypeError("retry must be a Backoff or None")
         self._routes.append(_Route(topic, group, handler, credit, ack_wait, max_deliver, start,
-                                   retry, bool(idempotent), _is_async(handler)))
+                                   retry, bool(idempotent), _is_async(handler),
+                                   ordering=ordering))
 
     # --- running ---------------------------------------------------------------------------
 
@@ -228,7 +236,7 @@ class Actor:
                 spec = session.subscribe(
                     route.topic, route.group, credit=max(1, min(route.credit, self.concurrency)),
                     ack_wait_ms=None if route.ack_wait is None else int(route.ack_wait * 1000),
-                    max_deliver=route.max_deliver, start=route.start,
+                    max_deliver=route.max_deliver, start=route.start, ordering=route.ordering,
                 )
                 route.sid = spec.sid
                 self._by_sid[spec.sid] = route

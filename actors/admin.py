@@ -108,6 +108,27 @@ class Admin:
         ``{"topic", "redriven", "results": [{"seq", "topic", "new_seq"} or {"seq", "error"}]}``."""
         return self.call(Command.REDRIVE, topic, seqs)
 
+    def create_topic(self, name: str, *, max_messages: int | None = None, discard: str = "old",
+                     max_age: float | None = None, retention: str = "limits",
+                     max_bytes: int | None = None) -> dict:
+        """Set a topic's limits from the defaults (``max_age`` in seconds):
+        ``{"topic", "config"}`` with the config as :meth:`topic_config` gives it."""
+        config = {"max_messages": max_messages, "discard": discard, "max_age_ms": _ms(max_age),
+                  "retention": retention, "max_bytes": max_bytes}
+        return _seconds(self.call(Command.TOPIC, "create", name, config))
+
+    def configure_topic(self, name: str, **limits: object) -> dict:
+        """Change only the given limits of a topic (``max_messages``, ``max_bytes``, ``discard``, ``max_age``
+        in seconds, ``retention``; 0 lifts a limit)."""
+        if "max_age" in limits:
+            limits["max_age_ms"] = _ms(limits.pop("max_age"))  # type: ignore[arg-type]
+        return _seconds(self.call(Command.TOPIC, "config", name, limits))
+
+    def topic_config(self, name: str) -> dict:
+        """A topic's limits (the defaults when it has none): ``max_messages``, ``max_bytes``, ``discard``,
+        ``max_age`` (seconds), ``retention``; None means unlimited."""
+        return _seconds(self.call(Command.TOPIC, "get", name, None))["config"]
+
     def dead_letters(self, group: str) -> list[dict]:
         """The dead letters of subscription ``group`` (``dlq.<group>``), described."""
         return [describe(seq, record) for seq, record in self.scan(protocol.dlq_topic(group))]
@@ -121,3 +142,15 @@ class Admin:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1000)
+
+
+def _seconds(result: dict) -> dict:
+    """A TOPIC answer with ``max_age_ms`` given as ``max_age`` in seconds."""
+    config = dict(result["config"])
+    ms = config.pop("max_age_ms", None)
+    config["max_age"] = None if ms is None else ms / 1000
+    return {**result, "config": config}

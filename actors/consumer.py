@@ -10,6 +10,7 @@ caller's thread, ``Actor`` from its loop thread.
 from __future__ import annotations
 
 import collections
+import datetime as _dt
 import logging
 import threading
 from dataclasses import dataclass
@@ -39,8 +40,9 @@ class SubscriptionSpec:
     credit: int = DEFAULT_CREDIT
     ack_wait_ms: int | None = None
     max_deliver: int | None = None
-    start: str = "first"
+    start: Any = "first"  # "first", "new", an int seq or a datetime (see wire_start)
     attached: bool = False  # the hub said SUBSCRIBED (again, after every re-attach)
+    ordering: str | None = None  # "none", "key" or "strict"; None: the subscription's own
 
     def body(self) -> dict:
         body: dict[str, Any] = {
@@ -48,12 +50,14 @@ class SubscriptionSpec:
             "topic": self.topic,
             "group": self.group,
             "credit": self.credit,
-            "start": self.start,
+            "start": wire_start(self.start),
         }
         if self.ack_wait_ms is not None:
             body["ack_wait_ms"] = self.ack_wait_ms
         if self.max_deliver is not None:
             body["max_deliver"] = self.max_deliver
+        if self.ordering is not None:
+            body["ordering"] = self.ordering
         return body
 
 
@@ -120,14 +124,17 @@ class Session:
 
     def subscribe(self, topic: str, group: str, *, credit: int = DEFAULT_CREDIT,
                   ack_wait_ms: int | None = None, max_deliver: int | None = None,
-                  start: str = "first") -> SubscriptionSpec:
+                  start: str = "first", ordering: str | None = None) -> SubscriptionSpec:
         """Attach to subscription ``group`` on ``topic``; waits for the hub's answer."""
         problem = protocol.check_topic(topic) or protocol.check_group(group)
         if problem:
             raise ValueError(problem)
+        if ordering is not None and ordering not in protocol.ORDERINGS:
+            raise ValueError(f"ordering must be one of {', '.join(protocol.ORDERINGS)}")
         if not self.open:
             self.connect()
-        spec = SubscriptionSpec(self._next_sid, topic, group, credit, ack_wait_ms, max_deliver, start)
+        spec = SubscriptionSpec(self._next_sid, topic, group, credit, ack_wait_ms, max_deliver, start,
+                                ordering=ordering)
         self._next_sid += 1
         with self.lock:
             # Registered before sending: DELIVER frames may follow SUBSCRIBED in the same read.
@@ -360,12 +367,16 @@ class Consumer:
 
     def subscribe(self, topic: str, group: str, *, credit: int = DEFAULT_CREDIT,
                   ack_wait: float | None = None, max_deliver: int | None = None,
-                  start: str = "first") -> int:
-        """Attach to subscription ``group`` on ``topic``; returns its handle (sid)."""
+                  start: str = "first", ordering: str | None = None) -> int:
+        """Attach to subscription ``group`` on ``topic``; returns its handle (sid).
+
+        ``ordering``: ``"none"`` (parallel), ``"key"`` (one message per key in flight, in key
+        order) or ``"strict"`` (one in flight: a FIFO queue); default: ``"none"`` for a new
+        subscription, unchanged for an existing one."""
         spec = self._session.subscribe(
             topic, group, credit=credit,
             ack_wait_ms=None if ack_wait is None else int(ack_wait * 1000),
-            max_deliver=max_deliver, start=start,
+            max_deliver=max_deliver, start=start, ordering=ordering,
         )
         return spec.sid
 
@@ -402,3 +413,13 @@ class Consumer:
                 log.warning("hub did not confirm detach; unsettled messages return after ack_wait")
         finally:
             self._session.close()
+
+
+def wire_start(start: Any) -> Any:
+    """A subscription start position as SUBSCRIBE carries it: ``"first"`` / ``"new"`` as they
+    are, an int seq as ``{"seq": N}``, a datetime as ``{"time_ms": T}`` (naive: local time)."""
+    if isinstance(start, _dt.datetime):
+        return {"time_ms": int(start.timestamp() * 1000)}
+    if isinstance(start, int) and not isinstance(start, bool):
+        return {"seq": start}
+    return start

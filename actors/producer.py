@@ -178,6 +178,7 @@ class Producer:
         key: str | None = None,
         headers: dict[str, Any] | None = None,
         msg_id: str | None = None,
+        priority: int | None = None,
     ) -> PublishFuture:
         """Queue one message; the PublishFuture resolves to its sequence number once it is durable.
 
@@ -185,6 +186,9 @@ class Producer:
         window (``zmq-mq hub --dedup-window``, 120 s by default): publishing it again (a retry
         after a timeout, a resend after a hub restart) returns the original sequence and stores
         nothing. Consumers see it as ``msg.msg_id`` (header ``x-msg-id``).
+
+        ``priority``: 0..9, higher is delivered first by every subscription (default 0, the
+        priority of a message without one). Consumers see it as header ``x-priority``.
         """
         if self._thread is None:
             self.connect()
@@ -196,6 +200,11 @@ class Producer:
             if problem:
                 raise InvalidMessage(problem)
             size += len(msg_id) + 16
+        if priority is not None:
+            problem = protocol.check_priority(priority)
+            if problem:
+                raise InvalidMessage(problem)
+            size += 16
         if self._last_submitted - self._resolved >= self._max_pending:
             # Wait for room before taking a number: a call that gives up leaves no gap that
             # flush() would wait for forever.
@@ -211,8 +220,13 @@ class Producer:
             self._last_submitted = next(self._submitted)
         future = PublishFuture(self)
         message = [topic, bytes(payload), key, headers]
-        if msg_id is not None:
-            message.append({"msg_id": msg_id})  # the optional 5th element: options
+        if msg_id is not None or priority:
+            opts: dict[str, Any] = {}  # the optional 5th element: options
+            if msg_id is not None:
+                opts["msg_id"] = msg_id
+            if priority:
+                opts["priority"] = priority
+            message.append(opts)
         self._queue.append((message, future, size))
         if not self._wake_sent:
             self._wake()
@@ -227,10 +241,13 @@ class Producer:
         headers: dict[str, Any] | None = None,
         timeout: float | None = None,
         msg_id: str | None = None,
+        priority: int | None = None,
     ) -> int:
         """Publish one message and return its sequence number once it is durable (see
-        ``publish_async`` for ``msg_id``)."""
-        future = self.publish_async(topic, payload, key=key, headers=headers, msg_id=msg_id)
+        ``publish_async`` for ``msg_id`` and ``priority``)."""
+        future = self.publish_async(
+            topic, payload, key=key, headers=headers, msg_id=msg_id, priority=priority
+        )
         try:
             return future.result(self.timeout if timeout is None else timeout)
         except TimeoutError:

@@ -29,6 +29,7 @@ from ..router.config import (
     HubConfig,
 )
 from ..router.protocol import MAX_MESSAGE_BYTES
+from ..router import protocol
 from ..router.protocol import Command
 
 app = typer.Typer(
@@ -254,16 +255,20 @@ def publish(
     key: Optional[str] = typer.Option(None, "--key", help="Message key (ordering and routing)."),
     header: list[str] = typer.Option([], "--header", help="Header K=V (repeatable)."),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for the hub."),
+    priority: Optional[int] = typer.Option(None, "--priority", help="0-9, higher delivered first (default 0)."),
     curve_key: Optional[str] = CurveKeyOption,
     server_key: Optional[str] = ServerKeyOption,
 ) -> None:
     """Publish messages; exits 0 only once every one is confirmed durable."""
+    if priority is not None and protocol.check_priority(priority):
+        _fail(f"--priority: {protocol.check_priority(priority)}", 2)
     headers = _parse_headers(header)
     keys = _curve(curve_key, server_key)
     try:
         with Producer(hub, timeout=timeout, name="cli-publish", curve=keys) as producer:
             if message is not None and message != "-":
-                seq = producer.publish(topic, message.encode(), key=key, headers=headers)
+                seq = producer.publish(topic, message.encode(), key=key, headers=headers,
+                                       priority=priority)
                 typer.echo(seq)
                 return
             count = 0
@@ -273,7 +278,8 @@ def publish(
                 for line in sys.stdin.buffer:
                     if line.endswith(b"\n"):
                         line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
-                    futures.append(producer.publish_async(topic, line, key=key, headers=headers))
+                    futures.append(producer.publish_async(topic, line, key=key, headers=headers,
+                                                          priority=priority))
                     if len(futures) >= 10_000:
                         first, last, count = _collect(producer, futures, first, last, count, timeout)
                         futures = []
@@ -341,16 +347,19 @@ def subscribe(
     credit: int = typer.Option(100, "--credit", help="Most unacked messages held at once."),
     ack_wait: Optional[float] = typer.Option(None, "--ack-wait", help="Seconds before an unacked message is redelivered (default 30)."),
     max_deliver: Optional[int] = typer.Option(None, "--max-deliver", help="Deliveries before dead-lettering (default 5; 0 = unlimited)."),
-    start: str = typer.Option("first", "--start", help="Where a NEW group starts: first (all retained) or new."),
+    start: str = typer.Option("first", "--start", help="Where a NEW group starts: first (all retained), new, "
+                              "seq:N (from seq N) or time:ISO8601 (first message at or after it; no zone: UTC)."),
+    ordering: Optional[str] = typer.Option(None, "--ordering", help="none (parallel), key (one per key in flight) or strict (one in flight); default none for a NEW group, else unchanged."),
     hub: Optional[str] = HubOption,
     curve_key: Optional[str] = CurveKeyOption,
     server_key: Optional[str] = ServerKeyOption,
 ) -> None:
     """Print messages of a subscription, acking each one after printing it."""
+    if ordering is not None and ordering not in protocol.ORDERINGS:
+        _fail("--ordering must be 'none', 'key' or 'strict'", 2)
     if count is not None and count <= 0:
         _fail("--count must be positive", 2)
-    if start not in ("first", "new"):
-        _fail("--start must be 'first' or 'new'", 2)
+    position = _start_position(start)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     received = 0
@@ -359,7 +368,7 @@ def subscribe(
     try:
         consumer.connect()
         consumer.subscribe(topic, group, credit=credit, ack_wait=ack_wait, max_deliver=max_deliver,
-                           start=start)
+                           start=position, ordering=ordering)
         while not stop.is_set() and (count is None or received < count):
             # wake at least every second to notice SIGTERM
             wait = 1.0 if timeout is None else min(timeout, 1.0)
@@ -525,6 +534,24 @@ def demo(
     hub_thread.stop()
 
 
+def _start_position(start: str):
+    """--start: "first", "new", "seq:N" (an int) or "time:ISO8601" (a datetime; no zone: UTC)."""
+    import datetime as dt
+
+    if start in ("first", "new"):
+        return start
+    kind, _, value = start.partition(":")
+    try:
+        if kind == "seq" and int(value) >= 0:
+            return int(value)
+        if kind == "time":
+            when = dt.datetime.fromisoformat(value)
+            return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        pass
+    _fail("--start must be first, new, seq:N or time:ISO8601", 2)
+
+
 # --- operator commands (cli/ops.py) ---------------------------------------------------------
 
 from . import ops as _ops  # noqa: E402  (registered after the app exists)
@@ -533,6 +560,9 @@ app.command("stats")(_ops.stats)
 app.command("listen")(_ops.listen)
 app.add_typer(_ops.dlq_app, name="dlq")
 app.command("bench")(_ops.bench)
+from .topics import topic_app as _topic_app  # noqa: E402
+
+app.add_typer(_topic_app, name="topic")
 
 
 # --- run -----------------------------------------------------------------------------------

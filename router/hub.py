@@ -43,6 +43,7 @@ from .security import (
     make_curve_server,
 )
 from .stats import RATE_WINDOW_S, LatencyHistogram, SubCounters, TopicCounters
+from .retention import TRIM_BATCH, TopicLimits, acked_upto, aged_prefix, bytes_upto, start_after, excess_messages, parse_limits, refuse_new
 from .subscription import DeadLetter, Subscription
 from .wire import NOBLOCK, recv_frames, send_frames
 
@@ -141,6 +142,14 @@ class Hub:
         self._load_subscriptions()
         self._peers: dict[bytes, _Peer] = {}
         self._valid_topics: set[str] = set(self.store.topics)
+        # Per-topic retention limits (router/retention.py), only topics that have some: a
+        # publish to a topic without limits costs one dict truthiness check.
+        self._limits: dict[str, TopicLimits] = {}
+        self._age_check: dict[str, int] = {}  # max_age topics: wall ms before which none expires
+        for topic, stored_config in self.store.configs.items():
+            limits = parse_limits(stored_config)
+            if not limits.unlimited:
+                self._limits[topic] = limits
         self.router: zmq.Socket | None = None
         self.pub: zmq.Socket | None = None
         self.endpoint: str | None = None
@@ -161,6 +170,7 @@ class Hub:
         self._dedup_new: list[tuple[str, str, int]] = []
         self._dedup_hits = False
         self._staged = 0  # messages staged by PUBLISH in this turn (bounded by max_turn_messages)
+        self._prio_topics: set[str] = set()  # topics with a prioritised message in this turn
         self._next_liveness_check = 0
         # Operator statistics (router/stats.py), updated per batch or per turn
         self._started_ms = _monotonic_ms()
@@ -188,9 +198,22 @@ class Hub:
         for (topic, group), blob in self.store.load_subs().items():
             info = self.store.topics.get(topic)
             last = info.last_seq if info else 0
-            self.subs[(topic, group)] = Subscription.restore(
-                topic, group, protocol.unpack(blob), last_seq=last
+            sub = self.subs[(topic, group)] = Subscription.restore(
+                topic, group, protocol.unpack(blob), last_seq=last, lookup=self._lookup(topic)
             )
+            sub.published(last, priority=True)  # the backlog may hold prioritised messages
+
+    def _lookup(self, topic: str):
+        """The subscription core's window look-up: ``(key, priority)`` of seqs of ``topic``, read
+        from the log (only for key ordering and for seqs that may carry a priority)."""
+        read = self.store.read
+        meta = protocol.record_meta
+        plain = (None, protocol.DEFAULT_PRIORITY)
+
+        def lookup(seqs: list[int]) -> list[tuple[str | None, int]]:
+            return [plain if rec is None else meta(rec) for rec in read(topic, seqs)]
+
+        return lookup
 
     def bind(self) -> None:
         """Bind the sockets (``tcp://127.0.0.1:*`` picks a free port; see ``endpoint``)."""
@@ -401,6 +424,8 @@ class Hub:
         committed alone; if even that fails they stay pending and are retried next turn (a
         cursor is never stored without the dead letters that its state implies).
         """
+        if self._limits:
+            self._trim()
         appends, self._appends = self._appends, {}
         confirms, self._confirms = self._confirms, []
         dead, self._dead_letters = self._dead_letters, []
@@ -408,6 +433,7 @@ class Hub:
         admin, self._admin = self._admin, []
         dedup_new, self._dedup_new = self._dedup_new, []
         dedup_hits, self._dedup_hits = self._dedup_hits, False
+        prio_topics, self._prio_topics = self._prio_topics, set()
         self._dedup_staged = {}
         dlq, dead_by_sub = self._dead_letter_records(dead)
         dirty = [sub for sub in self.subs.values() if sub.dirty]
@@ -474,9 +500,54 @@ class Hub:
                 tc = topic_counters[topic] = TopicCounters(self._started_ms)
             tc.add(now, len(records), sum(map(len, records)))
             last = firsts[topic] + len(records) - 1
+            prio = topic in prio_topics
             for sub in self._subs_of(topic):
-                sub.published(last)
+                sub.published(last, priority=prio)
         return stored
+
+    def _trim(self) -> None:
+        """discard=old: stage the deletion of the oldest messages over a topic's limits, at most
+        TRIM_BATCH per topic per turn (deletes apply after this turn's appends)."""
+        for topic, limits in self._limits.items():
+            if topic in self._deletes:  # a PURGE or REDRIVE of this turn; trim next turn
+                continue
+            info = self.store.topics.get(topic)
+            stored = info.count if info else 0
+            first = info.first_seq if info else 1
+            upto = first + excess_messages(limits, stored, len(self._appends.get(topic, ())))
+            if limits.max_age_ms and stored:
+                upto = max(upto, self._aged_upto(topic, info, limits.max_age_ms))
+            if limits.max_bytes is not None and limits.discard == "old" and stored:
+                over = info.bytes + sum(map(len, self._appends.get(topic, ()))) - limits.max_bytes
+                if over > 0:
+                    oldest = self.store.read_range(topic, first, TRIM_BATCH)
+                    last = bytes_upto([(seq, len(rec)) for seq, rec in oldest], over)
+                    if last is not None:
+                        upto = max(upto, last + 1)
+            if limits.retention == "workqueue" and stored:
+                upto = max(upto, acked_upto(first, [s.ack_floor for s in self._subs_of(topic)]))
+            if upto > first:
+                self._deletes[topic] = range(first, upto)
+
+    def _aged_upto(self, topic: str, info: Any, max_age_ms: int) -> int:
+        """max_age: the seq bound (exclusive) of the oldest messages past their age, reading at
+        most TRIM_BATCH records, and only once the oldest one can have aged."""
+        wall = _wall_ms()
+        if wall < self._age_check.get(topic, 0):
+            return 0
+        oldest = self.store.read_range(topic, info.first_seq, TRIM_BATCH)
+        stamped = [(seq, protocol.unpack_record(rec)[0]) for seq, rec in oldest]
+        last, next_ts = aged_prefix(stamped, wall - max_age_ms)
+        # none left to age in this batch: look again when the first kept one ages
+        self._age_check[topic] = next_ts + max_age_ms if next_ts is not None else 0
+        return 0 if last is None else last + 1
+
+    def _probe(self, topic: str):
+        """For start_after: the first stored ``(seq, timestamp_ms)`` of ``topic`` at or after a seq."""
+        def probe(seq: int) -> tuple[int, int] | None:
+            found = self.store.read_range(topic, seq, 1)
+            return (found[0][0], protocol.unpack_record(found[0][1])[0]) if found else None
+        return probe
 
     def _subs_of(self, topic: str) -> list[Subscription]:
         return [sub for (t, _), sub in self.subs.items() if t == topic]
@@ -555,8 +626,9 @@ class Hub:
                         entries.append([seq, n, rec])
                         if n > 1:
                             again += 1
-                if gone:  # no longer in the log: nothing to deliver, count it done
+                if gone:  # no longer in the log (retention, purge): count it done and expired
                     sub.ack(delivery.actor, gone)
+                    counters.expired += len(gone)
                 self.counters["delivered"] += len(entries)
                 self.counters["redelivered"] += again
                 counters.delivered += len(entries)
@@ -725,6 +797,20 @@ class Hub:
                 raise _BadRequest(ErrorCode.BAD_BODY, f"message {index}: headers must be a map or nil", batch_id, index)
             if opts is not None:
                 msg_id = _msg_id_of(opts, index, batch_id)
+                priority = opts.get("priority")
+                if priority is not None:
+                    problem = protocol.check_priority(priority)
+                    if problem:
+                        raise _BadRequest(
+                            ErrorCode.INVALID, f"message {index}: {problem}", batch_id, index
+                        )
+                    if priority != protocol.DEFAULT_PRIORITY:
+                        headers = (
+                            {**headers, protocol.PRIORITY_HEADER: priority}
+                            if headers
+                            else {protocol.PRIORITY_HEADER: priority}
+                        )
+                        self._prio_topics.add(topic)
                 if msg_id is not None:
                     headers = {**headers, protocol.MSG_ID_HEADER: msg_id} if headers else {protocol.MSG_ID_HEADER: msg_id}
                     if ids is None:
@@ -757,6 +843,8 @@ class Hub:
                             index,
                         )
                     allowed = topic
+        if self._limits:
+            self._refuse_if_full(staged, batch_id)
         self._staged += len(staged)
         if ids is not None:
             self._confirms.append((identity, batch_id, self._stage_with_ids(staged, ids), _now_ms()))
@@ -770,6 +858,29 @@ class Hub:
             positions.append((topic, len(lst)))
             lst.append(record)
         self._confirms.append((identity, batch_id, positions, _now_ms()))
+
+    def _refuse_if_full(self, staged: list[tuple[str, bytes]], batch_id: Any) -> None:
+        """discard=new: refuse the whole batch when a topic would go over its max_messages."""
+        adding: dict[str, list[int]] = {}
+        for topic, record in staged:
+            a = adding.get(topic)
+            if a is None:
+                a = adding[topic] = [0, 0]
+            a[0] += 1
+            a[1] += len(record)
+        for topic, (n, nbytes) in adding.items():
+            limits = self._limits.get(topic)
+            if limits is None or limits.discard != "new":
+                continue
+            info = self.store.topics.get(topic)
+            appended = self._appends.get(topic, ())
+            staged_bytes = sum(map(len, appended)) if limits.max_bytes is not None else 0
+            why = refuse_new(limits, info.count if info else 0, len(appended), n,
+                             info.bytes if info else 0, staged_bytes, nbytes)
+            if why:
+                raise _BadRequest(
+                    ErrorCode.TOPIC_FULL, f"{topic}: {why}; nothing of this batch was stored", batch_id
+                )
 
     def _stage_with_ids(self, staged: list[tuple[str, bytes]], ids: dict[int, str]) -> list:
         """Stage a batch some of whose messages carry a producer msg_id: an id stored within
@@ -824,9 +935,19 @@ class Hub:
         credit = _int_field(body, "credit", 0, protocol.MAX_CREDIT, sid, default=10)
         ack_wait_ms = _int_field(body, "ack_wait_ms", 1, 7 * 24 * 3600 * 1000, sid)
         max_deliver = _int_field(body, "max_deliver", 0, 1_000_000, sid)
+        ordering = body.get("ordering")
+        if ordering is not None and ordering not in protocol.ORDERINGS:
+            raise _BadRequest(
+                ErrorCode.INVALID, f"ordering must be one of {', '.join(protocol.ORDERINGS)}", sid
+            )
         start = body.get("start", "first")
-        if start not in ("first", "new"):
-            raise _BadRequest(ErrorCode.INVALID, "start must be 'first' or 'new'", sid)
+        if start not in ("first", "new") and not (
+            isinstance(start, dict) and len(start) == 1 and type(next(iter(start.values()))) is int
+            and next(iter(start)) in ("seq", "time_ms") and next(iter(start.values())) >= 0
+        ):
+            raise _BadRequest(
+                ErrorCode.INVALID, 'start must be "first", "new", {"seq": N} or {"time_ms": T}', sid
+            )
         key = (topic, group)
         sub = self.subs.get(key)
         info = self.store.topics.get(topic)
@@ -837,13 +958,20 @@ class Hub:
                 options["ack_wait_ms"] = ack_wait_ms
             if max_deliver is not None:
                 options["max_deliver"] = max_deliver
-            start_after = last if start == "new" else (info.first_seq - 1 if info else 0)
-            sub = Subscription(topic, group, last_seq=last, start_after=start_after, **options)
+            try:
+                after = start_after(start, info.first_seq if info else 1, last, self._probe(topic))
+            except ValueError as exc:
+                raise _BadRequest(ErrorCode.INVALID, str(exc), sid) from None
+            sub = Subscription(
+                topic, group, last_seq=last, start_after=after, ordering=ordering or "none",
+                lookup=self._lookup(topic), **options,
+            )
+            sub.published(last, priority=True)  # the backlog may hold prioritised messages
             sub.dirty = True
             self.subs[key] = sub
             log.info("new subscription %s on %s (start=%s)", group, topic, start)
-        elif ack_wait_ms is not None or max_deliver is not None:
-            sub.configure(ack_wait_ms=ack_wait_ms, max_deliver=max_deliver)
+        elif ack_wait_ms is not None or max_deliver is not None or ordering is not None:
+            sub.configure(ack_wait_ms=ack_wait_ms, max_deliver=max_deliver, ordering=ordering)
         now = _monotonic_ms()
         if peer is None:
             peer = self._peers[identity] = _Peer(identity, now)
@@ -864,6 +992,7 @@ class Hub:
                     "last_seq": sub.last_seq,
                     "ack_wait_ms": sub.ack_wait_ms,
                     "max_deliver": sub.max_deliver,
+                    "ordering": sub.ordering,
                 },
             )
         )
@@ -982,6 +1111,7 @@ class Hub:
                     "actors": sub.actors,
                     "ack_wait_ms": sub.ack_wait_ms,
                     "max_deliver": sub.max_deliver,
+                    "ordering": sub.ordering,
                 }
             )
         out = []
@@ -1043,6 +1173,7 @@ class Hub:
                     "actors": sub.actors,
                     "ack_wait_ms": sub.ack_wait_ms,
                     "max_deliver": sub.max_deliver,
+                    "ordering": sub.ordering,
                     "dlq_topic": protocol.dlq_topic(group),
                     **c.as_dict(),
                 }
@@ -1161,6 +1292,39 @@ class Hub:
             result["seqs"] = purged
         self._admin.append((identity, Command.PURGE, ref, result))
 
+    def _on_topic(self, identity, peer, body) -> None:
+        """TOPIC [ref, op, topic, config]: op create|config (store limits), get (read them)."""
+        ref, op, topic, config = self._admin_args(body, 4, "TOPIC")
+        topic = self._admin_topic(topic, ref)
+        if op not in ("create", "config", "get"):
+            raise _BadRequest(ErrorCode.INVALID, "TOPIC op must be create, config or get", ref)
+        if op == "get":
+            if not self._visible(identity, topic):
+                raise _BadRequest(ErrorCode.FORBIDDEN, self._forbidden(identity, SUBSCRIBE, topic), ref)
+        else:
+            self._require(identity, SUBSCRIBE, topic, ref)  # limits delete messages: both rights
+            self._require(identity, PUBLISH, topic, ref)
+            if config is None:
+                config = {}
+            base = parse_limits(self.store.configs.get(topic, {})) if op == "config" else None
+            try:
+                limits = parse_limits(config, base)
+            except ValueError as exc:
+                raise _BadRequest(ErrorCode.INVALID, f"TOPIC {op}: {exc}", ref) from None
+            try:
+                self.store.set_topic_config(topic, limits.as_dict())
+            except (StorageFull, StorageError) as exc:
+                code = ErrorCode.STORAGE_FULL if isinstance(exc, StorageFull) else ErrorCode.STORAGE_ERROR
+                raise _BadRequest(code, f"nothing changed: {exc}", ref) from None
+            self._age_check.pop(topic, None)
+            if limits.unlimited:
+                self._limits.pop(topic, None)
+            else:
+                self._limits[topic] = limits
+        stored = self.store.configs.get(topic)
+        limits = parse_limits(stored) if stored is not None else TopicLimits()
+        self._outbox.append((identity, Command.REPLY, [ref, {"topic": topic, "config": limits.as_dict()}]))
+
     def _on_redrive(self, identity, peer, body) -> None:
         ref, topic, seqs = self._admin_args(body, 3, "REDRIVE")
         topic = self._admin_topic(topic, ref)
@@ -1190,6 +1354,7 @@ class Hub:
             results.append({"seq": seq, "topic": origin, "_pos": len(lst)})
             lst.append(new_record)
             taken.append(seq)
+            self._prio_topics.add(origin)  # it keeps its x-priority header; redrives are rare
         if taken:  # one commit appends to the origin and deletes here: never lost, never twice
             self._deletes.setdefault(topic, set()).update(taken)
         self._admin.append((identity, Command.REDRIVE, ref, {"topic": topic, "results": results}))
@@ -1223,6 +1388,7 @@ class Hub:
         Command.STATS: _on_stats,
         Command.FETCH: _on_fetch,
         Command.PURGE: _on_purge,
+        Command.TOPIC: _on_topic,
         Command.REDRIVE: _on_redrive,
     }
 

@@ -46,6 +46,13 @@ MAX_CREDIT = 100_000  # per attachment: bounds hub and client memory
 MAX_MSG_ID_LENGTH = 255  # a producer message id (PUBLISH opts "msg_id"), in characters
 # The header the hub adds to a stored record when its producer gave a msg_id.
 MSG_ID_HEADER = "x-msg-id"
+# Message priority (PUBLISH opts "priority"): 0..9, higher delivered first. The hub stores a
+# priority above the default as this header; a record without it has the default.
+PRIORITY_HEADER = "x-priority"
+DEFAULT_PRIORITY = 0
+MAX_PRIORITY = 9
+# SUBSCRIBE option "ordering" (see router/subscription.py for what each one means).
+ORDERINGS = ("none", "key", "strict")
 
 # Topic names: dot-separated tokens of letters, digits, '_', '-'; e.g. "orders", "dlq.billing".
 # '*' and '>' are reserved for patterns, whitespace and empty tokens are refused.
@@ -72,6 +79,7 @@ class Command:
     FETCH = b"FETCH"
     PURGE = b"PURGE"
     REDRIVE = b"REDRIVE"
+    TOPIC = b"TOPIC"  # topic config (retention limits): REPLY [ref, {"topic", "config"}]
 
     WELCOME = b"WELCOME"
     CONFIRM = b"CONFIRM"
@@ -100,6 +108,7 @@ CLIENT_COMMANDS = frozenset(
         Command.FETCH,
         Command.PURGE,
         Command.REDRIVE,
+        Command.TOPIC,
     }
 )
 HUB_COMMANDS = frozenset(
@@ -131,6 +140,7 @@ class ErrorCode(str, Enum):
     UNKNOWN_SEQUENCE = "unknown_sequence"  # ack/nack/... of a sequence never published
     STORAGE_FULL = "storage_full"  # the LMDB map or the disk is full: nothing was stored
     STORAGE_ERROR = "storage_error"  # another storage failure: nothing was stored
+    TOPIC_FULL = "topic_full"  # the topic is at its max_messages with discard=new: batch refused
     FORBIDDEN = "forbidden"  # the hub's ACL does not grant this client key the topic
     INTERNAL = "internal"  # a bug in the hub; the hub keeps serving
 
@@ -173,6 +183,28 @@ def pack_record(timestamp_ms: int, key: str | None, headers: dict | None, payloa
 def unpack_record(data: bytes) -> tuple[int, str | None, dict, bytes]:
     ts, key, headers, payload = msgpack.unpackb(data, raw=False, strict_map_key=False)
     return ts, key, headers or {}, payload
+
+
+def record_meta(data: bytes) -> tuple[str | None, int]:
+    """``(key, priority)`` of a stored record; a record that cannot be read counts as
+    ``(None, DEFAULT_PRIORITY)`` (it is delivered as it is, unordered)."""
+    try:
+        _, key, headers, _ = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception:
+        return None, DEFAULT_PRIORITY
+    prio = DEFAULT_PRIORITY
+    if type(headers) is dict:
+        prio = headers.get(PRIORITY_HEADER, DEFAULT_PRIORITY)
+    if type(prio) is not int or not DEFAULT_PRIORITY <= prio <= MAX_PRIORITY:
+        prio = DEFAULT_PRIORITY
+    return (key if type(key) is str else None), prio
+
+
+def check_priority(value: Any) -> str | None:
+    """Why ``value`` is not a message priority, or None if it is one."""
+    if type(value) is not int or not 0 <= value <= MAX_PRIORITY:
+        return f"priority must be an integer in 0..{MAX_PRIORITY}, got {value!r}"
+    return None
 
 
 # --- decoding ------------------------------------------------------------------------------

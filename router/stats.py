@@ -81,16 +81,19 @@ class SubCounters:
 
     ``delivered`` counts every hand-out (first deliveries and redeliveries), ``redelivered`` the
     hand-outs after the first, ``acked`` the messages an ACK made done (a duplicate ack counts
-    once), ``dead_lettered`` the messages written to its dead-letter topic.
+    once), ``dead_lettered`` the messages written to its dead-letter topic, ``expired`` the
+    messages it was due to hand out (pending or in flight) that were gone from the log by then
+    (retention limits or PURGE): skipped and counted done.
     """
 
-    __slots__ = ("acked", "dead_lettered", "delivered", "redelivered")
+    __slots__ = ("acked", "dead_lettered", "delivered", "expired", "redelivered")
 
     def __init__(self) -> None:
         self.delivered = 0
         self.redelivered = 0
         self.acked = 0
         self.dead_lettered = 0
+        self.expired = 0
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -98,6 +101,7 @@ class SubCounters:
             "redelivered": self.redelivered,
             "acked": self.acked,
             "dead_lettered": self.dead_lettered,
+            "expired": self.expired,
         }
 
 

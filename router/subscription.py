@@ -38,6 +38,30 @@ counts and the config. :meth:`Subscription.restore` makes every undone seq new a
 (at-least-once: what was in flight at a crash is delivered again), and keeps the counts so that
 ``max_deliver`` still stops a poison message.
 
+Ordering and priorities
+-----------------------
+``ordering`` (persisted with the subscription) is one of:
+
+* ``"none"`` (default): any number in flight, shared out over the actors.
+* ``"strict"``: at most one seq in flight for the whole subscription, always the lowest undone
+  seq: a FIFO queue. A failed or delayed seq keeps its place: nothing after it is handed out
+  before it is done. Priorities are ignored (publish order is the order).
+* ``"key"``: at most one seq in flight per message key, and a key's seqs go out in seq order (a
+  redelivery keeps its place in its key). Different keys go out in parallel; seqs without a key
+  are unordered.
+
+A message may carry a priority 0-9 (default 0, higher first). The core does not hold the keys or
+priorities of the backlog: it asks the injected ``lookup(seqs) -> [(key, priority), ...]`` for
+a bounded *window* of the ``ORDER_WINDOW`` oldest never-handed-out seqs, and keeps the
+``(key, priority)`` of handed-out, undone seqs only when it is not ``(None, 0)``. Among the
+waiting seqs it may hand out (ready ones and the window), it takes the highest priority first
+and, within a priority, the lowest seq. Key ordering wins over priority (a key's head goes
+first even if a later seq of that key has a higher priority).
+
+The window is only used when it can matter: with ``ordering="key"``, or while seqs the hub marked
+as possibly prioritised (``published(last, priority=True)``) are waiting. Otherwise dispatch is
+the plain range walk above, at no extra cost.
+
 Events that name a seq which is not in flight to that actor (late, duplicated, or about a detached
 actor) are ignored, because they are normal in a distributed system. Breaking the local contract
 (negative credit, credit for an unknown actor, a malformed snapshot) raises
@@ -47,14 +71,27 @@ actor) are ignored, because they are normal in a distributed system. Breaking th
 from __future__ import annotations
 
 import heapq
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from itertools import count as _counter
+from itertools import islice
 from typing import Any
 
 DEFAULT_ACK_WAIT_MS = 30_000  # long enough for ordinary work; progress() extends it
 DEFAULT_MAX_DELIVER = 5  # attempts before a message is a poison message; 0 = unlimited
 SNAPSHOT_VERSION = 1
+ORDERINGS = ("none", "key", "strict")
+DEFAULT_PRIORITY = 0  # messages without a priority; higher is delivered first
+MAX_PRIORITY = 9
+# How many never-handed-out seqs the key/priority dispatch looks at (and looks up) at once. It
+# bounds memory and the work of one dispatch; a higher priority or a free key further back in the
+# log than this is not seen until the window moves up to it.
+ORDER_WINDOW = 1_000
+_PLAIN = (None, DEFAULT_PRIORITY)
+
+
+def _no_lookup(seqs: list[int]) -> list[tuple[str | None, int]]:
+    return [_PLAIN] * len(seqs)
 
 # Heaps delete lazily (an ack does not search the timer heap). Stale entries are swept when they
 # outnumber live ones by this much, so memory stays O(in flight) even when acks arrive long
@@ -64,6 +101,10 @@ _COMPACT_SLACK = 1024
 __all__ = [
     "DEFAULT_ACK_WAIT_MS",
     "DEFAULT_MAX_DELIVER",
+    "DEFAULT_PRIORITY",
+    "MAX_PRIORITY",
+    "ORDERINGS",
+    "ORDER_WINDOW",
     "DeadLetter",
     "Delivery",
     "Subscription",
@@ -144,6 +185,12 @@ class Subscription:
         "_counts",
         "_counts_hi",
         "_actors",
+        "_ordering",
+        "lookup",
+        "_win",
+        "_meta",
+        "_prio_upto",
+        "_win_prio",
     )
 
     def __init__(
@@ -155,6 +202,8 @@ class Subscription:
         start_after: int = 0,
         ack_wait_ms: int = DEFAULT_ACK_WAIT_MS,
         max_deliver: int = DEFAULT_MAX_DELIVER,
+        ordering: str = "none",
+        lookup: Callable[[list[int]], list[tuple[str | None, int]]] | None = None,
     ) -> None:
         if start_after < 0 or last_seq < 0:
             raise SubscriptionError("last_seq and start_after must be >= 0")
@@ -162,7 +211,15 @@ class Subscription:
         self.group = group
         self._ack_wait_ms = DEFAULT_ACK_WAIT_MS
         self._max_deliver = DEFAULT_MAX_DELIVER
-        self.configure(ack_wait_ms=ack_wait_ms, max_deliver=max_deliver)
+        self._ordering = "none"
+        # lookup(seqs) -> [(key, priority)] for those seqs (the hub reads its log); a seq no
+        # longer stored may answer (None, 0)
+        self.lookup = lookup or _no_lookup
+        self._win: dict[int, tuple[str | None, int]] = {}  # looked-up seqs never handed out
+        self._meta: dict[int, tuple[str | None, int]] = {}  # handed-out undone seqs, if not plain
+        self._prio_upto = 0  # seqs <= this may carry a priority (the hub said so)
+        self._win_prio = 0  # window entries with a priority above the default
+        self.configure(ack_wait_ms=ack_wait_ms, max_deliver=max_deliver, ordering=ordering)
         self._floor = start_after
         self._last = max(last_seq, start_after)
         self._next = start_after + 1
@@ -193,8 +250,24 @@ class Subscription:
     def max_deliver(self) -> int:
         return self._max_deliver
 
-    def configure(self, *, ack_wait_ms: int | None = None, max_deliver: int | None = None) -> None:
+    @property
+    def ordering(self) -> str:
+        return self._ordering
+
+    def configure(
+        self,
+        *,
+        ack_wait_ms: int | None = None,
+        max_deliver: int | None = None,
+        ordering: str | None = None,
+    ) -> None:
         """Change the config; it applies to hand-outs and failures from now on."""
+        if ordering is not None:
+            if ordering not in ORDERINGS:
+                raise SubscriptionError(f"ordering must be one of {ORDERINGS}, got {ordering!r}")
+            if ordering != self._ordering:
+                self._ordering = ordering
+                self.dirty = True
         if ack_wait_ms is not None:
             if not isinstance(ack_wait_ms, int) or ack_wait_ms < 0:
                 raise SubscriptionError(f"ack_wait_ms must be an int >= 0, got {ack_wait_ms!r}")
@@ -210,8 +283,9 @@ class Subscription:
 
     def snapshot(self) -> dict[str, Any]:
         """The durable part of the state, msgpack-able (no int map keys, so the default
-        ``strict_map_key=True`` of msgpack can read it back)."""
-        return {
+        ``strict_map_key=True`` of msgpack can read it back). ``ordering`` is stored only when
+        it is not ``"none"``, so older snapshots (without it) restore as ``"none"``."""
+        state = {
             "v": SNAPSHOT_VERSION,
             "floor": self._floor,
             "acked": _to_ranges(self._acked),
@@ -219,10 +293,19 @@ class Subscription:
             "ack_wait_ms": self._ack_wait_ms,
             "max_deliver": self._max_deliver,
         }
+        if self._ordering != "none":
+            state["ordering"] = self._ordering
+        return state
 
     @classmethod
     def restore(
-        cls, topic: str, group: str, state: dict[str, Any], *, last_seq: int
+        cls,
+        topic: str,
+        group: str,
+        state: dict[str, Any],
+        *,
+        last_seq: int,
+        lookup: Callable[[list[int]], list[tuple[str | None, int]]] | None = None,
     ) -> Subscription:
         """Rebuild after a hub restart: nothing in flight, every undone seq new again."""
         try:
@@ -231,6 +314,9 @@ class Subscription:
             counts = [(int(s), int(n)) for s, n in state.get("deliveries", ())]
             ack_wait_ms = int(state.get("ack_wait_ms", DEFAULT_ACK_WAIT_MS))
             max_deliver = int(state.get("max_deliver", DEFAULT_MAX_DELIVER))
+            ordering = state.get("ordering", "none")
+            if ordering not in ORDERINGS:
+                raise ValueError(f"unknown ordering {ordering!r}")
         except (KeyError, TypeError, ValueError) as exc:
             raise SubscriptionError(f"malformed subscription snapshot: {exc!r}") from exc
         sub = cls(
@@ -240,6 +326,8 @@ class Subscription:
             start_after=floor,
             ack_wait_ms=ack_wait_ms,
             max_deliver=max_deliver,
+            ordering=ordering,
+            lookup=lookup,
         )
         acked = sub._acked
         for lo, hi in ranges:
@@ -319,10 +407,14 @@ class Subscription:
 
     # ------------------------------------------------------------------ events
 
-    def published(self, last_seq: int) -> None:
-        """The topic's log now ends at ``last_seq`` (never moves back)."""
+    def published(self, last_seq: int, *, priority: bool = False) -> None:
+        """The topic's log now ends at ``last_seq`` (never moves back). ``priority=True``: seqs up
+        to ``last_seq`` may carry a priority, so dispatch looks them up (the hub says so for a
+        batch with prioritised messages, and for the backlog it cannot know about)."""
         if last_seq > self._last:
             self._last = last_seq
+        if priority and last_seq > self._prio_upto:
+            self._prio_upto = last_seq
 
     def attach(self, actor: Hashable, credit: int) -> None:
         """Add an actor with a window of ``credit``; for an attached actor, same as set_credit."""
@@ -386,6 +478,12 @@ class Subscription:
             else:  # ready, delayed or never handed out: done without a (re)delivery
                 self._ready_set.discard(s)
                 self._delayed_due.pop(s, None)
+                if self._win:
+                    m = self._win.pop(s, None)
+                    if m is not None and m[1]:
+                        self._win_prio -= 1
+            if self._meta:
+                self._meta.pop(s, None)
             counts.pop(s, None)
             changed = True
             if s == floor + 1:
@@ -493,42 +591,18 @@ class Subscription:
                 return []
             budget = limit
 
+        if self._ordering == "strict":
+            seqs, dl = self._pick_strict()
+        elif (
+            self._ordering == "key"
+            or self._win
+            or max(self._next, self._floor + 1) <= self._prio_upto
+            or (self._meta and self._ready_set)
+        ):
+            seqs, dl = self._pick_window(budget)
+        else:
+            seqs, dl = self._pick_plain(budget)
         counts = self._counts
-        seqs: list[int] = []
-        dl: list[int] = []
-        # 1. redeliveries, lowest seq first
-        ready_set = self._ready_set
-        if ready_set:
-            heap = self._ready
-            while heap and len(seqs) < budget:
-                s = heapq.heappop(heap)
-                if s in ready_set:
-                    ready_set.remove(s)
-                    seqs.append(s)
-                    dl.append(counts.get(s, 0) + 1)
-        # 2. new seqs, skipping the ones acked before they were ever handed out
-        need = budget - len(seqs)
-        if need > 0:
-            nxt = self._next
-            if nxt <= self._floor:
-                nxt = self._floor + 1
-            last = self._last
-            acked = self._acked
-            while need > 0 and nxt <= last:
-                hi = min(last, nxt + need - 1)
-                if acked:
-                    chunk = [s for s in range(nxt, hi + 1) if s not in acked]
-                else:
-                    chunk = list(range(nxt, hi + 1))
-                nxt = hi + 1
-                if chunk:
-                    seqs += chunk
-                    need -= len(chunk)
-                    if chunk[0] > self._counts_hi:  # the usual case: first delivery
-                        dl += [1] * len(chunk)
-                    else:  # after a restore, counts survive for seqs that are new again
-                        dl += [counts.get(s, 0) + 1 for s in chunk]
-            self._next = nxt
         if not seqs:
             return []
         counts.update(zip(seqs, dl))
@@ -584,6 +658,155 @@ class Subscription:
 
     # ------------------------------------------------------------------ internals
 
+    def _pick_plain(self, budget: int) -> tuple[list[int], list[int]]:
+        """Ready seqs (lowest first), then new ones: no keys, no priorities, no look-ups."""
+        counts = self._counts
+        seqs: list[int] = []
+        dl: list[int] = []
+        # 1. redeliveries, lowest seq first
+        ready_set = self._ready_set
+        if ready_set:
+            heap = self._ready
+            while heap and len(seqs) < budget:
+                s = heapq.heappop(heap)
+                if s in ready_set:
+                    ready_set.remove(s)
+                    seqs.append(s)
+                    dl.append(counts.get(s, 0) + 1)
+        # 2. new seqs, skipping the ones acked before they were ever handed out
+        need = budget - len(seqs)
+        if need > 0:
+            nxt = self._next
+            if nxt <= self._floor:
+                nxt = self._floor + 1
+            last = self._last
+            acked = self._acked
+            while need > 0 and nxt <= last:
+                hi = min(last, nxt + need - 1)
+                if acked:
+                    chunk = [s for s in range(nxt, hi + 1) if s not in acked]
+                else:
+                    chunk = list(range(nxt, hi + 1))
+                nxt = hi + 1
+                if chunk:
+                    seqs += chunk
+                    need -= len(chunk)
+                    if chunk[0] > self._counts_hi:  # the usual case: first delivery
+                        dl += [1] * len(chunk)
+                    else:  # after a restore, counts survive for seqs that are new again
+                        dl += [counts.get(s, 0) + 1 for s in chunk]
+            self._next = nxt
+        return seqs, dl
+
+    def _pick_strict(self) -> tuple[list[int], list[int]]:
+        """The lowest undone seq, if nothing is in flight or delayed (it would be lower)."""
+        if self._inflight or self._delayed_due:
+            return [], []
+        ready = self._ready
+        ready_set = self._ready_set
+        while ready and ready[0] not in ready_set:
+            heapq.heappop(ready)
+        best = ready[0] if ready else None
+        win = self._win
+        if win:
+            w = next(iter(win))  # insertion order is seq order
+            if best is None or w < best:
+                best = w
+        nxt = max(self._next, self._floor + 1)
+        acked = self._acked
+        while nxt <= self._last and nxt in acked:
+            nxt += 1
+        self._next = nxt
+        if nxt <= self._last and (best is None or nxt < best):
+            best = nxt
+        if best is None:
+            return [], []
+        if best == nxt:
+            self._next = nxt + 1
+        elif win and best in win:
+            m = win.pop(best)
+            if m != _PLAIN:
+                self._meta[best] = m
+                if m[1]:
+                    self._win_prio -= 1
+        else:
+            heapq.heappop(ready)
+            ready_set.remove(best)
+        return [best], [self._counts.get(best, 0) + 1]
+
+    def _fill_window(self) -> None:
+        """Look up the next never-handed-out seqs until the window holds ORDER_WINDOW."""
+        win = self._win
+        room = ORDER_WINDOW - len(win)
+        nxt = max(self._next, self._floor + 1)
+        last = self._last
+        if room <= 0 or nxt > last:
+            return
+        hi = min(last, nxt + room - 1)
+        acked = self._acked
+        chunk = [s for s in range(nxt, hi + 1) if s not in acked] if acked else None
+        if chunk is None:
+            chunk = list(range(nxt, hi + 1))
+        self._next = hi + 1
+        if chunk:
+            metas = self.lookup(chunk)
+            win.update(zip(chunk, metas))
+            self._win_prio += sum(1 for m in metas if m[1])
+
+    def _pick_window(self, budget: int) -> tuple[list[int], list[int]]:
+        """Up to ``budget`` of the ready and window seqs, highest priority first, then lowest
+        seq; with key ordering only the head of each key that has nothing in flight."""
+        self._fill_window()
+        win = self._win
+        meta = self._meta
+        ready_set = self._ready_set
+        cands: list[tuple[int, int]] = []
+        if self._ordering == "key":
+            blocked: set[str] = set()
+            if meta:
+                for s in self._inflight:
+                    k = meta.get(s, _PLAIN)[0]
+                    if k is not None:
+                        blocked.add(k)
+            delayed = self._delayed_due
+            # handed out before (ready or delayed): all below the window seqs of their key
+            for s in sorted(ready_set.union(delayed)) if ready_set or delayed else ():
+                k, p = meta.get(s, _PLAIN)
+                if k is not None:
+                    if k in blocked:
+                        continue
+                    blocked.add(k)  # s is its key's head
+                if s not in delayed:
+                    cands.append((-p, s))
+            for s, (k, p) in win.items():
+                if k is not None:
+                    if k in blocked:
+                        continue
+                    blocked.add(k)
+                cands.append((-p, s))
+        elif not self._win_prio and not any(meta.get(s, _PLAIN)[1] for s in ready_set):
+            # no priorities waiting (the usual case after a restart): lowest seqs first, no sort
+            cands = [(0, s) for s in islice(heapq.merge(sorted(ready_set), win), budget)]
+        else:
+            cands = [(-meta.get(s, _PLAIN)[1], s) for s in ready_set]
+            cands += [(-p, s) for s, (_, p) in win.items()]
+        chosen = heapq.nsmallest(budget, cands) if len(cands) > budget else sorted(cands)
+        counts = self._counts
+        seqs = []
+        dl = []
+        for _, s in chosen:
+            m = win.pop(s, None)
+            if m is None:
+                ready_set.remove(s)  # its heap entry goes stale
+            elif m != _PLAIN:
+                meta[s] = m
+                if m[1]:
+                    self._win_prio -= 1
+            seqs.append(s)
+            dl.append(counts.get(s, 0) + 1)
+        return seqs, dl
+
+
     def _take_back(self, a: _Actor, seqs: Iterable[int]) -> list[int]:
         """Remove from flight the seqs that are in flight to ``a``; ignore the others."""
         inflight = self._inflight
@@ -626,6 +849,8 @@ class Subscription:
     def _done(self, s: int) -> None:
         """``s`` (out of flight, not done) is finished: move the floor or remember it."""
         self._counts.pop(s, None)
+        if self._meta:
+            self._meta.pop(s, None)
         self.dirty = True
         if s == self._floor + 1:
             floor = s

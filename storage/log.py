@@ -51,6 +51,7 @@ _SUB_SEP = b"\x00"  # cannot occur in topic or group names (protocol validates b
 _DB_DEDUP = b"dedup"
 _DB_DEDUP_EXP = b"dedup_exp"
 _DB_META = b"meta"  # store bookkeeping (the touch counter); never read by the hub
+_DB_TOPIC_CONFIG = b"topic_config"  # topic name -> msgpack map of its retention limits
 _DEDUP_VALUE = struct.Struct(">QQ")  # seq, ts_ms
 _DEDUP_TS = struct.Struct(">Q")
 # Expired dedup entries removed per commit: bounds the work one commit adds.
@@ -157,6 +158,7 @@ class Store:
         self.path = Path(path)
         self.max_map_size = max_map_size
         self.topics: dict[str, TopicInfo] = {}
+        self.configs: dict[str, dict] = {}  # topic -> its stored config map (topic_config)
         self.last_deleted: dict[str, int] = {}  # records removed per topic by the last commit
         self._closed = False
         self.path.mkdir(parents=True, exist_ok=True)
@@ -180,10 +182,14 @@ class Store:
                 self._dedup_db = self._env.open_db(_DB_DEDUP, txn=txn)
                 self._dedup_exp_db = self._env.open_db(_DB_DEDUP_EXP, txn=txn)
                 self._meta_db = self._env.open_db(_DB_META, txn=txn)
+                self._config_db = self._env.open_db(_DB_TOPIC_CONFIG, txn=txn)
             with self._env.begin(db=self._topics_db) as txn:
                 for key, value in txn.cursor():
                     name = bytes(key).decode()
                     self.topics[name] = TopicInfo._unpack(name, value)
+            with self._env.begin(db=self._config_db) as txn:
+                for key, value in txn.cursor():
+                    self.configs[bytes(key).decode()] = msgpack.unpackb(value)
         except lmdb.Error as exc:
             self._env.close()
             self._closed = True
@@ -289,6 +295,24 @@ class Store:
             return True
         except lmdb.Error:
             return False
+    def set_topic_config(self, topic: str, config: dict | None) -> None:
+        """Store (or with None remove) a topic's config map, durably, in its own transaction."""
+        self._check_open()
+        key = topic.encode()
+        try:
+            with self._env.begin(write=True, db=self._config_db) as txn:
+                if config is None:
+                    txn.delete(key)
+                else:
+                    txn.put(key, msgpack.packb(config))
+        except lmdb.Error as exc:
+            if _is_disk_full(exc):
+                raise StorageFull(f"disk full: {exc}") from exc
+            raise StorageError(f"topic config write failed: {exc}") from exc
+        if config is None:
+            self.configs.pop(topic, None)
+        else:
+            self.configs[topic] = dict(config)
 
     def _free_bytes(self) -> int | None:
         """Bytes an unprivileged writer may still use on the store's file system."""

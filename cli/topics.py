@@ -1,0 +1,85 @@
+"""``zmq-mq topic create|config``: a topic's retention limits (Admin.create_topic / configure_topic).
+
+Registered on the main typer app by cli/main.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from ..actors.admin import Admin
+from ..actors.errors import HubError, HubUnavailable, ZmqMqError
+from .ops import HubOption, TimeoutOption, _fail
+
+topic_app = typer.Typer(no_args_is_help=True, help="Topic limits: create a topic with limits, show or change them.")
+
+_MaxMessages = typer.Option(None, "--max-messages", min=0, help="Messages kept at most (0: unlimited).")
+_MaxBytes = typer.Option(None, "--max-bytes", min=0, help="Stored record bytes at most (0: unlimited).")
+_MaxAge = typer.Option(None, "--max-age", min=0, help="Seconds a message is kept at most (0: unlimited).")
+_Retention = typer.Option(None, "--retention", help="'limits' (default): keep messages up to the "
+                          "limits; 'workqueue': delete a message once every subscription acked it.")
+_Discard = typer.Option(None, "--discard", help="At the limit: 'old' deletes the oldest (default), "
+                        "'new' refuses publishes with topic_full.")
+
+
+def _check_discard(discard: str | None, retention: str | None) -> None:
+    if discard is not None and discard not in ("old", "new"):
+        _fail("--discard must be old or new", 2)
+    if retention is not None and retention not in ("limits", "workqueue"):
+        _fail("--retention must be limits or workqueue", 2)
+
+
+def _show(result: dict) -> None:
+    typer.echo(json.dumps(result["config"] if "config" in result else result, sort_keys=True))
+
+
+@topic_app.command("create")
+def create(
+    name: str = typer.Argument(..., help="Topic name."),
+    max_messages: int | None = _MaxMessages,
+    max_bytes: int | None = _MaxBytes,
+    max_age: float | None = _MaxAge,
+    discard: str | None = _Discard,
+    retention: str | None = _Retention,
+    hub: str | None = HubOption,
+    timeout: float = TimeoutOption,
+) -> None:
+    """Set a topic's limits (fields not given take their defaults); prints the config as JSON."""
+    _check_discard(discard, retention)
+    try:
+        with Admin(hub, timeout=timeout) as admin:
+            result = admin.create_topic(name, max_messages=max_messages, discard=discard or "old",
+                                        max_age=max_age, retention=retention or "limits",
+                                        max_bytes=max_bytes)
+    except (HubUnavailable, HubError, ZmqMqError) as exc:
+        _fail(str(exc))
+    _show(result)
+
+
+@topic_app.command("config")
+def config(
+    name: str = typer.Argument(..., help="Topic name."),
+    max_messages: int | None = _MaxMessages,
+    max_bytes: int | None = _MaxBytes,
+    max_age: float | None = _MaxAge,
+    discard: str | None = _Discard,
+    retention: str | None = _Retention,
+    hub: str | None = HubOption,
+    timeout: float = TimeoutOption,
+) -> None:
+    """Show a topic's limits as JSON, or change only the ones given."""
+    _check_discard(discard, retention)
+    given = (("max_messages", max_messages), ("max_bytes", max_bytes), ("max_age", max_age),
+             ("discard", discard), ("retention", retention))
+    changes = {k: v for k, v in given if v is not None}
+    try:
+        with Admin(hub, timeout=timeout) as admin:
+            if changes:
+                result = admin.configure_topic(name, **changes)["config"]
+            else:
+                result = admin.topic_config(name)
+    except (HubUnavailable, HubError, ZmqMqError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(result, sort_keys=True))
