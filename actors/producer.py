@@ -13,6 +13,7 @@ again, so a message whose confirm was lost may be stored twice.
 from __future__ import annotations
 
 import collections
+import datetime as _dt
 import itertools
 import logging
 import threading
@@ -179,6 +180,8 @@ class Producer:
         headers: dict[str, Any] | None = None,
         msg_id: str | None = None,
         priority: int | None = None,
+        delay: float | None = None,
+        deliver_at: Any = None,
     ) -> PublishFuture:
         """Queue one message; the PublishFuture resolves to its sequence number once it is durable.
 
@@ -189,6 +192,13 @@ class Producer:
 
         ``priority``: 0..9, higher is delivered first by every subscription (default 0, the
         priority of a message without one). Consumers see it as header ``x-priority``.
+
+        ``delay``: seconds from now (the hub's clock) before any subscription may deliver the
+        message; ``deliver_at``: the time to deliver it, a ``datetime`` (naive: local time) or
+        Unix seconds. Give one or neither; a time in the past delivers at once. The message is
+        durable and gets its sequence now, and is held back by every subscription until then,
+        also across a hub restart. Consumers see the due time as header ``x-deliver-at``
+        (Unix ms).
         """
         if self._thread is None:
             self.connect()
@@ -205,6 +215,9 @@ class Producer:
             if problem:
                 raise InvalidMessage(problem)
             size += 16
+        hold = _hold_option(delay, deliver_at)
+        if hold is not None:
+            size += 24
         if self._last_submitted - self._resolved >= self._max_pending:
             # Wait for room before taking a number: a call that gives up leaves no gap that
             # flush() would wait for forever.
@@ -220,12 +233,14 @@ class Producer:
             self._last_submitted = next(self._submitted)
         future = PublishFuture(self)
         message = [topic, bytes(payload), key, headers]
-        if msg_id is not None or priority:
+        if msg_id is not None or priority or hold is not None:
             opts: dict[str, Any] = {}  # the optional 5th element: options
             if msg_id is not None:
                 opts["msg_id"] = msg_id
             if priority:
                 opts["priority"] = priority
+            if hold is not None:
+                opts[hold[0]] = hold[1]
             message.append(opts)
         self._queue.append((message, future, size))
         if not self._wake_sent:
@@ -242,11 +257,14 @@ class Producer:
         timeout: float | None = None,
         msg_id: str | None = None,
         priority: int | None = None,
+        delay: float | None = None,
+        deliver_at: Any = None,
     ) -> int:
         """Publish one message and return its sequence number once it is durable (see
-        ``publish_async`` for ``msg_id`` and ``priority``)."""
+        ``publish_async`` for ``msg_id``, ``priority``, ``delay`` and ``deliver_at``)."""
         future = self.publish_async(
-            topic, payload, key=key, headers=headers, msg_id=msg_id, priority=priority
+            topic, payload, key=key, headers=headers, msg_id=msg_id, priority=priority,
+            delay=delay, deliver_at=deliver_at,
         )
         try:
             return future.result(self.timeout if timeout is None else timeout)
@@ -455,3 +473,28 @@ class Producer:
                     fn(fut)
                 except Exception:
                     log.exception("publish callback failed")
+
+
+def _hold_option(delay: float | None, deliver_at: Any) -> tuple[str, int] | None:
+    """The PUBLISH option for ``delay`` (seconds) or ``deliver_at`` (datetime or Unix seconds):
+    ``("delay_ms", ms)`` or ``("deliver_at_ms", ms)``, or None to deliver at once."""
+    if delay is not None and deliver_at is not None:
+        raise InvalidMessage("give delay or deliver_at, not both")
+    if delay is not None:
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not delay >= 0:
+            raise InvalidMessage(f"delay must be a number of seconds >= 0, got {delay!r}")
+        ms = int(round(delay * 1000))
+        if ms > protocol.MAX_DELAY_MS:
+            raise InvalidMessage("delay is over 366 days")
+        return ("delay_ms", ms) if ms > 0 else None
+    if deliver_at is not None:
+        if isinstance(deliver_at, _dt.datetime):
+            seconds = deliver_at.timestamp()
+        elif isinstance(deliver_at, (int, float)) and not isinstance(deliver_at, bool):
+            seconds = float(deliver_at)
+        else:
+            raise InvalidMessage(f"deliver_at must be a datetime or Unix seconds, got {deliver_at!r}")
+        if not seconds >= 0:
+            raise InvalidMessage(f"deliver_at must not be before 1970, got {deliver_at!r}")
+        return ("deliver_at_ms", int(round(seconds * 1000)))
+    return None

@@ -256,19 +256,36 @@ def publish(
     header: list[str] = typer.Option([], "--header", help="Header K=V (repeatable)."),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for the hub."),
     priority: Optional[int] = typer.Option(None, "--priority", help="0-9, higher delivered first (default 0)."),
+    delay: Optional[float] = typer.Option(None, "--delay", help="Seconds before subscriptions may deliver it (held back durably)."),
+    deliver_at: Optional[str] = typer.Option(None, "--deliver-at", help="ISO8601 time to deliver it at (no zone: UTC)."),
     curve_key: Optional[str] = CurveKeyOption,
     server_key: Optional[str] = ServerKeyOption,
 ) -> None:
     """Publish messages; exits 0 only once every one is confirmed durable."""
     if priority is not None and protocol.check_priority(priority):
         _fail(f"--priority: {protocol.check_priority(priority)}", 2)
+    if delay is not None and deliver_at is not None:
+        _fail("give --delay or --deliver-at, not both", 2)
+    if delay is not None and not delay >= 0:
+        _fail("--delay must be a number of seconds >= 0", 2)
+    at = None
+    if deliver_at is not None:
+        import datetime as dt
+
+        try:
+            at = dt.datetime.fromisoformat(deliver_at)
+        except ValueError:
+            _fail("--deliver-at must be an ISO8601 time, e.g. 2026-12-01T09:00:00Z", 2)
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=dt.timezone.utc)
+    hold = {"delay": delay, "deliver_at": at}
     headers = _parse_headers(header)
     keys = _curve(curve_key, server_key)
     try:
         with Producer(hub, timeout=timeout, name="cli-publish", curve=keys) as producer:
             if message is not None and message != "-":
                 seq = producer.publish(topic, message.encode(), key=key, headers=headers,
-                                       priority=priority)
+                                       priority=priority, **hold)
                 typer.echo(seq)
                 return
             count = 0
@@ -279,7 +296,7 @@ def publish(
                     if line.endswith(b"\n"):
                         line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
                     futures.append(producer.publish_async(topic, line, key=key, headers=headers,
-                                                          priority=priority))
+                                                          priority=priority, **hold))
                     if len(futures) >= 10_000:
                         first, last, count = _collect(producer, futures, first, last, count, timeout)
                         futures = []

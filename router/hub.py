@@ -16,11 +16,12 @@ No reply leaves before the commit that makes it true, so a confirmed publish sur
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, Iterable
 
 import msgpack
 import zmq
@@ -139,6 +140,14 @@ class Hub:
             sync=self.config.sync,
         )
         self.subs: dict[tuple[str, str], Subscription] = {}
+        # delayed delivery: (topic, position in this turn's appends) -> due (wall ms) of this
+        # turn's held-back messages; every committed held-back message not yet due, by topic
+        # (seq -> due) and as a heap (due, topic, seq); entries whose time came, to delete
+        self._sched_new: dict[tuple[str, int], int] = {}
+        self._scheduled: dict[str, dict[int, int]] = {}
+        self._sched_heap: list[tuple[int, str, int]] = []
+        self._unsched: list[tuple[str, int]] = []
+        self._load_schedule()
         self._load_subscriptions()
         self._peers: dict[bytes, _Peer] = {}
         self._valid_topics: set[str] = set(self.store.topics)
@@ -202,6 +211,7 @@ class Hub:
                 topic, group, protocol.unpack(blob), last_seq=last, lookup=self._lookup(topic)
             )
             sub.published(last, priority=True)  # the backlog may hold prioritised messages
+            self._defer_scheduled(sub)
 
     def _lookup(self, topic: str):
         """The subscription core's window look-up: ``(key, priority)`` of seqs of ``topic``, read
@@ -403,6 +413,8 @@ class Hub:
         if now >= self._next_liveness_check:
             self._check_liveness(now)
             self._next_liveness_check = now + self.config.heartbeat_ms // 2
+        if self._sched_heap and self._sched_heap[0][0] <= _wall_ms():
+            self._expire_schedule()
         published = self._commit()
         self._flush_outbox()
         if self._confirmed_at:
@@ -434,10 +446,12 @@ class Hub:
         dedup_new, self._dedup_new = self._dedup_new, []
         dedup_hits, self._dedup_hits = self._dedup_hits, False
         prio_topics, self._prio_topics = self._prio_topics, set()
+        sched_new, self._sched_new = self._sched_new, {}
+        unsched, self._unsched = self._unsched, []
         self._dedup_staged = {}
         dlq, dead_by_sub = self._dead_letter_records(dead)
         dirty = [sub for sub in self.subs.values() if sub.dirty]
-        if not appends and not dlq and not dirty and not deletes:
+        if not appends and not dlq and not dirty and not deletes and not unsched:
             # empty batches, or only msg_ids stored earlier ((None, seq) positions)
             for identity, batch_id, positions, received in confirms:
                 self._outbox.append((identity, Command.CONFIRM, [batch_id, [i for _, i in positions]]))
@@ -454,6 +468,8 @@ class Hub:
             firsts = self.store.commit(
                 combined, subs, now_ms=wall, deletes=deletes or None, dedup=dedup_new or None,
                 dedup_expire_before=wall - window if window > 0 else None,
+                schedule=[(t, i, due) for (t, i), due in sched_new.items()] or None,
+                unschedule=unsched or None,
             )
         except (StorageFull, StorageError) as exc:
             code = ErrorCode.STORAGE_FULL if isinstance(exc, StorageFull) else ErrorCode.STORAGE_ERROR
@@ -469,10 +485,11 @@ class Hub:
                     firsts = self.store.commit(dlq, subs, now_ms=_wall_ms())
                 except (StorageFull, StorageError) as exc2:
                     log.error("cursor commit failed too, retrying next turn: %s", exc2)
+            self._unsched = unsched + self._unsched  # cleanup only: next time
             if firsts is None:
                 self._dead_letters = dead + self._dead_letters
                 return {}
-            confirms, combined = [], dlq
+            confirms, combined, sched_new = [], dlq, {}
         for sub in dirty:
             sub.dirty = False
         self.counters["dead_lettered"] += sum(len(v) for v in dlq.values())
@@ -503,7 +520,58 @@ class Hub:
             prio = topic in prio_topics
             for sub in self._subs_of(topic):
                 sub.published(last, priority=prio)
+        if sched_new:
+            self._hold_back([(t, firsts[t] + i, due) for (t, i), due in sched_new.items()])
         return stored
+
+    # --- delayed delivery ------------------------------------------------------------------
+
+    def _hold_back(self, entries: list[tuple[str, int, int]]) -> None:
+        """Committed messages to deliver only at their due time (wall ms): remember them and
+        have every subscription of their topic hold them back."""
+        by_topic: dict[str, list[tuple[int, int]]] = {}
+        for topic, seq, due in entries:
+            self._scheduled.setdefault(topic, {})[seq] = due
+            heapq.heappush(self._sched_heap, (due, topic, seq))
+            by_topic.setdefault(topic, []).append((seq, due))
+        for topic, seqs in by_topic.items():
+            for sub in self._subs_of(topic):
+                self._defer(sub, seqs)
+
+    def _defer(self, sub: Subscription, seqs_due: Iterable[tuple[int, int]]) -> None:
+        """Hand held-back seqs to a subscription core, wall-clock dues turned into its clock."""
+        offset = _monotonic_ms() - _wall_ms()
+        sub.defer([(seq, due + offset) for seq, due in seqs_due])
+
+    def _defer_scheduled(self, sub: Subscription) -> None:
+        """A subscription created or restored: it holds back its topic's messages not yet due."""
+        held = self._scheduled.get(sub.topic)
+        if held:
+            self._defer(sub, held.items())
+
+    def _load_schedule(self) -> None:
+        """At start: the held-back messages still to come; entries whose time has passed are
+        deleted in the first commit (those messages are ordinary ones now)."""
+        wall = _wall_ms()
+        for topic, seq, due in self.store.load_schedule():
+            if due > wall:
+                self._scheduled.setdefault(topic, {})[seq] = due
+                self._sched_heap.append((due, topic, seq))
+            else:
+                self._unsched.append((topic, seq))
+        heapq.heapify(self._sched_heap)
+
+    def _expire_schedule(self) -> None:
+        """Forget held-back messages whose time has come (the subscriptions made them ready)."""
+        heap = self._sched_heap
+        wall = _wall_ms()
+        while heap and heap[0][0] <= wall:
+            _, topic, seq = heapq.heappop(heap)
+            held = self._scheduled.get(topic)
+            if held is not None and held.pop(seq, None) is not None:
+                if not held:
+                    del self._scheduled[topic]
+                self._unsched.append((topic, seq))
 
     def _trim(self) -> None:
         """discard=old: stage the deletion of the oldest messages over a topic's limits, at most
@@ -760,6 +828,7 @@ class Hub:
         ts = _wall_ms()
         staged: list[tuple[str, bytes]] = []
         ids: dict[int, str] | None = None  # message index -> producer msg_id
+        delays: dict[int, int] | None = None  # message index -> due time (wall ms), if held back
         for index, msg in enumerate(messages):
             try:
                 topic, payload, key, headers = msg[0], msg[1], msg[2], msg[3]
@@ -811,6 +880,16 @@ class Hub:
                             else {protocol.PRIORITY_HEADER: priority}
                         )
                         self._prio_topics.add(topic)
+                due = _due_of(opts, ts, index, batch_id)
+                if due is not None:
+                    headers = (
+                        {**headers, protocol.DELIVER_AT_HEADER: due}
+                        if headers
+                        else {protocol.DELIVER_AT_HEADER: due}
+                    )
+                    if delays is None:
+                        delays = {}
+                    delays[index] = due
                 if msg_id is not None:
                     headers = {**headers, protocol.MSG_ID_HEADER: msg_id} if headers else {protocol.MSG_ID_HEADER: msg_id}
                     if ids is None:
@@ -847,7 +926,12 @@ class Hub:
             self._refuse_if_full(staged, batch_id)
         self._staged += len(staged)
         if ids is not None:
-            self._confirms.append((identity, batch_id, self._stage_with_ids(staged, ids), _now_ms()))
+            positions = self._stage_with_ids(staged, ids)
+            self._confirms.append((identity, batch_id, positions, _now_ms()))
+            if delays is not None:
+                for index, due in delays.items():
+                    if positions[index][0] is not None:  # not a msg_id stored before
+                        self._sched_new[positions[index]] = due
             return
         appends = self._appends
         positions = []
@@ -858,6 +942,9 @@ class Hub:
             positions.append((topic, len(lst)))
             lst.append(record)
         self._confirms.append((identity, batch_id, positions, _now_ms()))
+        if delays is not None:
+            for index, due in delays.items():
+                self._sched_new[positions[index]] = due
 
     def _refuse_if_full(self, staged: list[tuple[str, bytes]], batch_id: Any) -> None:
         """discard=new: refuse the whole batch when a topic would go over its max_messages."""
@@ -967,6 +1054,7 @@ class Hub:
                 lookup=self._lookup(topic), **options,
             )
             sub.published(last, priority=True)  # the backlog may hold prioritised messages
+            self._defer_scheduled(sub)
             sub.dirty = True
             self.subs[key] = sub
             log.info("new subscription %s on %s (start=%s)", group, topic, start)
@@ -1108,6 +1196,7 @@ class Hub:
                     "lag": sub.pending + sub.in_flight,
                     "pending": sub.pending,
                     "in_flight": sub.in_flight,
+                    "scheduled": sub.deferred,
                     "actors": sub.actors,
                     "ack_wait_ms": sub.ack_wait_ms,
                     "max_deliver": sub.max_deliver,
@@ -1170,6 +1259,7 @@ class Hub:
                     "lag": sub.pending + sub.in_flight,
                     "pending": sub.pending,
                     "in_flight": sub.in_flight,
+                    "scheduled": sub.deferred,
                     "actors": sub.actors,
                     "ack_wait_ms": sub.ack_wait_ms,
                     "max_deliver": sub.max_deliver,
@@ -1402,6 +1492,32 @@ class _BadRequest(Exception):
         self.message = message
         self.ref = ref
         self.index = index
+
+
+def _due_of(opts: dict, ts: int, index: int, batch_id: Any) -> int | None:
+    """The due time (wall ms) of a message PUBLISH opts hold back (``delay_ms`` or
+    ``deliver_at_ms``), or None to deliver it at once."""
+    delay = opts.get("delay_ms")
+    at = opts.get("deliver_at_ms")
+    if delay is None and at is None:
+        return None
+    if delay is not None and at is not None:
+        raise _BadRequest(ErrorCode.INVALID, f"message {index}: give delay_ms or deliver_at_ms, not both",
+                          batch_id, index)
+    if delay is not None:
+        problem = protocol.check_delay_ms(delay)
+        if problem:
+            raise _BadRequest(ErrorCode.INVALID, f"message {index}: {problem}", batch_id, index)
+        due = ts + delay
+    else:
+        if type(at) is not int or at < 0:
+            raise _BadRequest(ErrorCode.INVALID, f"message {index}: deliver_at_ms must be an integer "
+                              f">= 0 (ms since the epoch), got {at!r}", batch_id, index)
+        if at - ts > protocol.MAX_DELAY_MS:
+            raise _BadRequest(ErrorCode.INVALID, f"message {index}: deliver_at_ms is more than 366 days "
+                              "ahead", batch_id, index)
+        due = at
+    return due if due > ts else None
 
 
 def _msg_id_of(opts: Any, index: int, batch_id: Any) -> str | None:

@@ -51,6 +51,10 @@ MSG_ID_HEADER = "x-msg-id"
 PRIORITY_HEADER = "x-priority"
 DEFAULT_PRIORITY = 0
 MAX_PRIORITY = 9
+# Delayed delivery (PUBLISH opts "delay_ms" or "deliver_at_ms"): the hub stores the due time
+# (wall clock, ms since the epoch) of a message held back as this header.
+DELIVER_AT_HEADER = "x-deliver-at"
+MAX_DELAY_MS = 366 * 24 * 3600 * 1000  # a delay or deliver_at at most this far ahead
 # SUBSCRIBE option "ordering" (see router/subscription.py for what each one means).
 ORDERINGS = ("none", "key", "strict")
 
@@ -204,6 +208,13 @@ def check_priority(value: Any) -> str | None:
     """Why ``value`` is not a message priority, or None if it is one."""
     if type(value) is not int or not 0 <= value <= MAX_PRIORITY:
         return f"priority must be an integer in 0..{MAX_PRIORITY}, got {value!r}"
+    return None
+
+
+def check_delay_ms(value: Any) -> str | None:
+    """Why ``value`` is not a delay in ms (PUBLISH opts ``delay_ms``), or None."""
+    if type(value) is not int or not 0 <= value <= MAX_DELAY_MS:
+        return f"delay_ms must be an integer in 0..{MAX_DELAY_MS} (366 days), got {value!r}"
     return None
 
 

@@ -178,6 +178,8 @@ class Subscription:
         "_ready_set",
         "_delayed",
         "_delayed_due",
+        "_deferred",
+        "_deferred_heap",
         "_inflight",
         "_timers",
         "_timer_refs",
@@ -228,6 +230,10 @@ class Subscription:
         self._ready_set: set[int] = set()
         self._delayed: list[tuple[int, int]] = []  # heap (due, seq); live iff _delayed_due agrees
         self._delayed_due: dict[int, int] = {}
+        # never-handed-out seqs held back until a due time (delayed delivery): seq -> due, and
+        # a heap of (due, seq), live iff _deferred agrees
+        self._deferred: dict[int, int] = {}
+        self._deferred_heap: list[tuple[int, int]] = []
         # seq -> (actor, deadline). One tuple object is shared by a whole batch.
         self._inflight: dict[int, tuple[_Actor, int]] = {}
         # heap of (deadline, id, seqs): one entry per hand-out batch or progress call; a seq in
@@ -403,6 +409,15 @@ class Subscription:
                     best = due
                 break
             heapq.heappop(delayed)
+        heap = self._deferred_heap
+        deferred = self._deferred
+        while heap:
+            due, s = heap[0]
+            if deferred.get(s) == due:
+                if best is None or due < best:
+                    best = due
+                break
+            heapq.heappop(heap)
         return best
 
     # ------------------------------------------------------------------ events
@@ -415,6 +430,32 @@ class Subscription:
             self._last = last_seq
         if priority and last_seq > self._prio_upto:
             self._prio_upto = last_seq
+
+    def defer(self, seqs_due: Iterable[tuple[int, int]]) -> None:
+        """Delayed delivery: hold back never-handed-out seqs until their due time (same clock as
+        ``now``); then they are ready like a redelivery, at their first delivery. A seq that is
+        done or was already handed out is ignored. Held-back seqs count as pending; no ordering
+        waits for them: a held-back seq takes its place among the ready seqs when it is due."""
+        floor = self._floor
+        acked = self._acked
+        win = self._win
+        nxt = self._next
+        for s, due in seqs_due:
+            if s <= floor or s in acked or s > self._last:
+                continue
+            if s < nxt and s not in win:
+                continue  # handed out (or held back) already
+            if win:
+                m = win.pop(s, None)
+                if m is not None and m[1]:
+                    self._win_prio -= 1
+            self._deferred[s] = due
+            heapq.heappush(self._deferred_heap, (due, s))
+
+    @property
+    def deferred(self) -> int:
+        """Seqs held back by delayed delivery (part of ``pending``)."""
+        return len(self._deferred)
 
     def attach(self, actor: Hashable, credit: int) -> None:
         """Add an actor with a window of ``credit``; for an attached actor, same as set_credit."""
@@ -478,6 +519,8 @@ class Subscription:
             else:  # ready, delayed or never handed out: done without a (re)delivery
                 self._ready_set.discard(s)
                 self._delayed_due.pop(s, None)
+                if self._deferred:
+                    self._deferred.pop(s, None)
                 if self._win:
                     m = self._win.pop(s, None)
                     if m is not None and m[1]:
@@ -572,6 +615,21 @@ class Subscription:
             if due_of.get(s) == due:
                 del due_of[s]
                 self._make_ready(s)
+        deferred = self._deferred
+        heap = self._deferred_heap
+        if heap and heap[0][0] <= now:
+            due_now = []
+            while heap and heap[0][0] <= now:
+                due, s = heapq.heappop(heap)
+                if deferred.get(s) == due:
+                    del deferred[s]
+                    due_now.append(s)
+            if due_now:
+                # their keys and priorities, which the window never looked up
+                for s, m in zip(due_now, self.lookup(due_now)):
+                    if m != _PLAIN:
+                        self._meta[s] = m
+                    self._make_ready(s)
         return dead
 
     def dispatch(self, now: int, limit: int | None = None) -> list[Delivery]:
@@ -681,9 +739,12 @@ class Subscription:
                 nxt = self._floor + 1
             last = self._last
             acked = self._acked
+            deferred = self._deferred
             while need > 0 and nxt <= last:
                 hi = min(last, nxt + need - 1)
-                if acked:
+                if deferred:
+                    chunk = [s for s in range(nxt, hi + 1) if s not in acked and s not in deferred]
+                elif acked:
                     chunk = [s for s in range(nxt, hi + 1) if s not in acked]
                 else:
                     chunk = list(range(nxt, hi + 1))
@@ -714,7 +775,8 @@ class Subscription:
                 best = w
         nxt = max(self._next, self._floor + 1)
         acked = self._acked
-        while nxt <= self._last and nxt in acked:
+        deferred = self._deferred
+        while nxt <= self._last and (nxt in acked or nxt in deferred):
             nxt += 1
         self._next = nxt
         if nxt <= self._last and (best is None or nxt < best):
@@ -744,7 +806,11 @@ class Subscription:
             return
         hi = min(last, nxt + room - 1)
         acked = self._acked
-        chunk = [s for s in range(nxt, hi + 1) if s not in acked] if acked else None
+        deferred = self._deferred
+        if deferred:
+            chunk = [s for s in range(nxt, hi + 1) if s not in acked and s not in deferred]
+        else:
+            chunk = [s for s in range(nxt, hi + 1) if s not in acked] if acked else None
         if chunk is None:
             chunk = list(range(nxt, hi + 1))
         self._next = hi + 1
@@ -875,6 +941,9 @@ class Subscription:
         if len(self._ready) > 2 * len(self._ready_set) + _COMPACT_SLACK:
             self._ready = list(self._ready_set)
             heapq.heapify(self._ready)
+        if len(self._deferred_heap) > 2 * len(self._deferred) + _COMPACT_SLACK:
+            self._deferred_heap = [(due, s) for s, due in self._deferred.items()]
+            heapq.heapify(self._deferred_heap)
         if len(self._delayed) > 2 * len(self._delayed_due) + _COMPACT_SLACK:
             self._delayed = [(due, s) for s, due in self._delayed_due.items()]
             heapq.heapify(self._delayed)

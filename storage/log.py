@@ -51,6 +51,7 @@ _SUB_SEP = b"\x00"  # cannot occur in topic or group names (protocol validates b
 _DB_DEDUP = b"dedup"
 _DB_DEDUP_EXP = b"dedup_exp"
 _DB_META = b"meta"  # store bookkeeping (the touch counter); never read by the hub
+_DB_SCHED = b"sched"  # topic + NUL + 8-byte seq -> 8-byte due time (wall ms): delayed messages
 _DB_TOPIC_CONFIG = b"topic_config"  # topic name -> msgpack map of its retention limits
 _DEDUP_VALUE = struct.Struct(">QQ")  # seq, ts_ms
 _DEDUP_TS = struct.Struct(">Q")
@@ -110,6 +111,10 @@ class TopicInfo:
 def _topic_prefix(topic_id: int) -> bytes:
     """The first 4 bytes of every log key of a topic."""
     return topic_id.to_bytes(_ID_BYTES, "big")
+
+
+def _sched_key(topic: str, seq: int) -> bytes:
+    return topic.encode() + _SUB_SEP + seq.to_bytes(_SEQ_BYTES, "big")
 
 
 def _sub_key(topic: str, group: str) -> bytes:
@@ -183,6 +188,7 @@ class Store:
                 self._dedup_exp_db = self._env.open_db(_DB_DEDUP_EXP, txn=txn)
                 self._meta_db = self._env.open_db(_DB_META, txn=txn)
                 self._config_db = self._env.open_db(_DB_TOPIC_CONFIG, txn=txn)
+                self._sched_db = self._env.open_db(_DB_SCHED, txn=txn)
             with self._env.begin(db=self._topics_db) as txn:
                 for key, value in txn.cursor():
                     name = bytes(key).decode()
@@ -238,6 +244,8 @@ class Store:
         deletes: dict[str, Iterable[int]] | None = None,
         dedup: list[tuple[str, str, int]] | None = None,
         dedup_expire_before: int | None = None,
+        schedule: list[tuple[str, int, int]] | None = None,
+        unschedule: list[tuple[str, int]] | None = None,
     ) -> dict[str, int]:
         """Append records, delete records and put/delete subscription values in one write
         transaction.
@@ -255,12 +263,17 @@ class Store:
         message id (``index`` into ``appends[topic]``), stored as ``msg_id -> (seq, now_ms)``
         in the same transaction. ``dedup_expire_before``: remove up to DEDUP_EXPIRE_BATCH
         entries older than this wall-clock time (ms).
+
+        ``schedule``: ``(topic, index, due_ms)`` of appended records to hold back until
+        ``due_ms`` (delayed delivery), stored as ``(topic, seq) -> due_ms`` in the same
+        transaction; ``unschedule``: ``(topic, seq)`` entries to remove (their time has come).
         """
         self._check_open()
         touched = False
         while True:
             try:
-                return self._commit_once(appends, subs, now_ms, deletes, dedup, dedup_expire_before)
+                return self._commit_once(appends, subs, now_ms, deletes, dedup, dedup_expire_before,
+                                         schedule, unschedule)
             except lmdb.MapFullError as exc:
                 if not touched and self._at_max_size():
                     # LMDB reuses the pages a transaction freed only from the transaction after
@@ -346,6 +359,8 @@ class Store:
         deletes: dict[str, Iterable[int]] | None = None,
         dedup: list[tuple[str, str, int]] | None = None,
         dedup_expire_before: int | None = None,
+        schedule: list[tuple[str, int, int]] | None = None,
+        unschedule: list[tuple[str, int]] | None = None,
     ) -> dict[str, int]:
         topics = self.topics
         next_id = self._next_id
@@ -437,6 +452,13 @@ class Store:
             if dedup:
                 self._put_dedup(txn, dedup, result, now_ms)
                 oldest = now_ms if oldest is None else min(oldest, now_ms)
+            if schedule or unschedule:
+                sched_db = self._sched_db
+                for topic, seq in unschedule or ():
+                    txn.delete(_sched_key(topic, seq), db=sched_db)
+                for topic, index, due in schedule or ():
+                    txn.put(_sched_key(topic, result[topic] + index), due.to_bytes(8, "big"),
+                            db=sched_db)
         # Committed: only now mirror it in memory (in place, so holders of a TopicInfo see it).
         self._dedup_oldest = oldest
         self._next_id = next_id
@@ -606,6 +628,17 @@ class Store:
                         break
         except lmdb.Error as exc:
             raise StorageError(f"read failed: {exc}") from exc
+        return out
+
+    def load_schedule(self) -> list[tuple[str, int, int]]:
+        """Every ``(topic, seq, due_ms)`` of delayed messages (see ``commit(schedule=...)``)."""
+        self._check_open()
+        out = []
+        with self._env.begin(db=self._sched_db) as txn:
+            for key, value in txn.cursor():
+                key = bytes(key)
+                out.append((key[:-9].decode(), int.from_bytes(key[-8:], "big"),
+                            int.from_bytes(value, "big")))
         return out
 
     def load_subs(self) -> dict[tuple[str, str], bytes]:

@@ -1,0 +1,201 @@
+"""Delayed delivery: ``publish(..., delay=S)`` / ``deliver_at=``.
+
+The core holds a never-handed-out seq back until its due time (fake clock, no sockets); the hub
+stores the due time with the message, so a hub restart keeps it held back; end to end through
+the client API and the CLI.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+
+import pytest
+from conftest import run_cli, wait_for
+
+from zmq_mq.actors import Consumer, Producer
+from zmq_mq.actors.errors import HubError, InvalidMessage
+from zmq_mq.router import protocol
+from zmq_mq.router.subscription import Subscription
+
+A = "actor-a"
+
+
+def _seqs(deliveries):
+    return [s for d in deliveries for s in d.seqs]
+
+
+# --- the core, on a fake clock ------------------------------------------------------------
+
+
+def test_a_deferred_seq_is_held_back_until_due_and_then_goes_out_as_a_first_delivery():
+    # Given seqs 1..4 of which 2 is due at t=1000
+    sub = Subscription("t", "g", last_seq=4)
+    sub.defer([(2, 1000)])
+    sub.attach(A, 10)
+    # When dispatching before its time: the others go out, 2 does not
+    assert _seqs(sub.dispatch(0)) == [1, 3, 4]
+    assert sub.deferred == 1 and sub.pending == 1
+    assert sub.next_deadline() == 1000
+    sub.tick(999)
+    assert sub.dispatch(999) == []
+    # Then at its time it goes out, counted as its first delivery
+    sub.tick(1000)
+    out = sub.dispatch(1000)
+    assert _seqs(out) == [2] and out[0].deliveries == [1]
+    assert sub.deferred == 0
+
+
+def test_strict_ordering_does_not_wait_for_a_deferred_message():
+    sub = Subscription("t", "g", last_seq=3, ordering="strict")
+    sub.defer([(1, 500)])
+    sub.attach(A, 10)
+    assert _seqs(sub.dispatch(0)) == [2]
+    sub.ack(A, [2])
+    assert _seqs(sub.dispatch(0)) == [3]
+    sub.ack(A, [3])
+    assert sub.dispatch(0) == []
+    sub.tick(500)
+    assert _seqs(sub.dispatch(500)) == [1]
+
+
+def test_key_ordering_gets_the_key_of_a_deferred_message_when_it_is_due():
+    keys = {1: "k", 2: "k", 3: "k"}
+    sub = Subscription("t", "g", last_seq=3, ordering="key",
+                       lookup=lambda seqs: [(keys[s], 0) for s in seqs])
+    sub.defer([(1, 100)])
+    sub.attach(A, 10)
+    # 2 and 3 share the key: one at a time
+    assert _seqs(sub.dispatch(0)) == [2]
+    sub.tick(100)  # 1 is due while 2 is in flight: it waits for its key
+    assert sub.dispatch(100) == []
+    sub.ack(A, [2])
+    assert _seqs(sub.dispatch(100)) == [1]
+    sub.ack(A, [1])
+    assert _seqs(sub.dispatch(100)) == [3]
+
+
+def test_defer_ignores_seqs_handed_out_done_or_unknown_and_an_ack_cancels_a_deferral():
+    sub = Subscription("t", "g", last_seq=5)
+    sub.attach(A, 2)
+    assert _seqs(sub.dispatch(0)) == [1, 2]
+    sub.ack(A, [1])
+    sub.defer([(1, 100), (2, 100), (9, 100), (4, 100)])
+    assert sub.deferred == 1  # only 4: 1 is done, 2 is in flight, 9 was never published
+    sub.ack(A, [4])  # acked before it was ever delivered: nothing to hold back any more
+    assert sub.deferred == 0
+    sub.ack(A, [2])
+    assert _seqs(sub.dispatch(0)) == [3, 5]
+    sub.tick(100)
+    assert sub.dispatch(100) == []
+
+
+def test_a_subscription_snapshot_restores_without_the_deferral_which_the_hub_gives_again():
+    sub = Subscription("t", "g", last_seq=3)
+    sub.defer([(2, 100)])
+    again = Subscription.restore("t", "g", sub.snapshot(), last_seq=3)
+    again.defer([(2, 100)])
+    again.attach(A, 10)
+    assert _seqs(again.dispatch(0)) == [1, 3]
+
+
+# --- end to end ---------------------------------------------------------------------------
+
+
+def _receive_all(consumer, n, timeout=20.0):
+    got = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        msg = consumer.receive(0.2)
+        if msg is not None:
+            got.append((msg, time.monotonic()))
+            msg.ack()
+    return got
+
+
+def test_a_delayed_message_is_not_delivered_before_its_delay_and_others_pass_it(hub):
+    with Consumer(hub.endpoint) as c:
+        c.subscribe("mail", "sender", credit=10)
+        with Producer(hub.endpoint) as p:
+            t0 = time.monotonic()
+            late = p.publish("mail", b"later", delay=1.5)
+            now = p.publish("mail", b"now")
+        got = _receive_all(c, 2)
+    assert [m.seq for m, _ in got] == [now, late]
+    msg, at = got[1]
+    assert at - t0 >= 1.5, f"delivered after {at - t0:.3f} s"
+    assert msg.deliveries == 1
+    assert isinstance(msg.headers[protocol.DELIVER_AT_HEADER], int)
+
+
+def test_deliver_at_takes_a_datetime_and_a_time_in_the_past_delivers_at_once(hub):
+    with Consumer(hub.endpoint) as c:
+        c.subscribe("mail", "sender", credit=10)
+        with Producer(hub.endpoint) as p:
+            t0 = time.monotonic()
+            soon = p.publish("mail", b"soon", deliver_at=dt.datetime.now(dt.timezone.utc)
+                             + dt.timedelta(seconds=1))
+            past = p.publish("mail", b"past", deliver_at=time.time() - 60)
+        got = _receive_all(c, 2)
+    assert [m.seq for m, _ in got] == [past, soon]
+    assert protocol.DELIVER_AT_HEADER not in got[0][0].headers
+    assert got[1][1] - t0 >= 1.0
+
+
+def test_bad_delays_are_refused_before_sending_and_by_the_hub(hub, raw_client):
+    with Producer(hub.endpoint) as p:
+        for kwargs in ({"delay": -1}, {"delay": "soon"}, {"delay": 1, "deliver_at": 5},
+                       {"deliver_at": "tomorrow"}, {"delay": 400 * 86400}):
+            with pytest.raises(InvalidMessage):
+                p.publish("mail", b"x", **kwargs)
+    sock = raw_client()
+    for opts, words in (({"delay_ms": -5}, "delay_ms"), ({"delay_ms": 1, "deliver_at_ms": 1}, "not both"),
+                        ({"deliver_at_ms": "x"}, "deliver_at_ms")):
+        sock.send_multipart(protocol.encode(protocol.Command.PUBLISH,
+                                            [7, [["mail", b"x", None, None, opts]]]))
+        assert sock.poll(10_000)
+        command, body = protocol.decode(sock.recv_multipart(), protocol.HUB_COMMANDS)
+        assert command == protocol.Command.ERROR
+        assert body["code"] == "invalid" and words in body["message"] and body["ref"] == 7
+    assert "mail" not in hub.hub.store.topics  # nothing was stored
+
+
+@pytest.mark.slow
+def test_a_delayed_message_survives_a_hub_kill_and_is_delivered_on_time_after_restart(hub_process):
+    # Given a message published with delay=2 s to a hub process, and one without a delay
+    hub = hub_process(bind="tcp://127.0.0.1:0")
+    endpoint = hub.endpoint
+    with Producer(endpoint) as p:
+        t0 = time.monotonic()
+        delayed = p.publish("reminders", b"in two seconds", delay=2.0)
+        p.publish("reminders", b"at once")
+    # When the hub is killed -9 at 1 s and restarted on its data
+    wait_for(lambda: time.monotonic() - t0 >= 1.0, timeout=5)
+    hub.kill9()
+    hub = hub_process(bind=endpoint)
+    # Then a subscription (created after the restart) gets the other one at once, and the
+    # delayed one not before 2 s after its publish, and soon after
+    with Consumer(endpoint) as c:
+        c.subscribe("reminders", "r", credit=10)
+        got = _receive_all(c, 2, timeout=30)
+    assert [m.payload for m, _ in got] == [b"at once", b"in two seconds"]
+    assert got[1][0].seq == delayed
+    waited = got[1][1] - t0
+    assert waited >= 2.0, f"delivered after {waited:.3f} s"
+    assert waited < 10.0, f"delivered after {waited:.3f} s"
+
+
+def test_the_cli_publishes_with_delay_and_stats_count_the_held_back_message(hub):
+    r = run_cli("publish", "mail", "hello", "--delay", "30", "--hub", hub.endpoint)
+    assert r.returncode == 0, r.stderr
+    bad = run_cli("publish", "mail", "x", "--delay", "1", "--deliver-at", "2030-01-01T00:00:00",
+                  "--hub", hub.endpoint)
+    assert bad.returncode == 2 and b"not both" in bad.stderr
+    with Consumer(hub.endpoint) as c:
+        c.subscribe("mail", "g", credit=10)
+        assert c.receive(0.5) is None
+    r = run_cli("stats", "--json", "--hub", hub.endpoint)
+    assert r.returncode == 0, r.stderr
+    subs = [s for s in json.loads(r.stdout)["subscriptions"] if s["group"] == "g"]
+    assert subs[0]["scheduled"] == 1 and subs[0]["pending"] == 1
