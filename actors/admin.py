@@ -110,11 +110,19 @@ class Admin:
 
     def create_topic(self, name: str, *, max_messages: int | None = None, discard: str = "old",
                      max_age: float | None = None, retention: str = "limits",
-                     max_bytes: int | None = None) -> dict:
+                     max_bytes: int | None = None, partitions: int | None = None) -> dict:
         """Set a topic's limits from the defaults (``max_age`` in seconds):
-        ``{"topic", "config"}`` with the config as :meth:`topic_config` gives it."""
+        ``{"topic", "config"}`` with the config as :meth:`topic_config` gives it.
+
+        ``partitions=N`` (only when the topic is new): the topic is stored as N topics
+        ``<name>.0`` .. ``<name>.<N-1>``; a message with a key goes to partition
+        ``crc32(key) mod N``, one without a key to the next partition in turn; subscribing to
+        ``<name>`` reads every partition (one subscription of the group per partition). The
+        limits apply to each partition."""
         config = {"max_messages": max_messages, "discard": discard, "max_age_ms": _ms(max_age),
                   "retention": retention, "max_bytes": max_bytes}
+        if partitions is not None:
+            config["partitions"] = partitions
         return _seconds(self.call(Command.TOPIC, "create", name, config))
 
     def configure_topic(self, name: str, **limits: object) -> dict:
@@ -128,6 +136,13 @@ class Admin:
         """A topic's limits (the defaults when it has none): ``max_messages``, ``max_bytes``, ``discard``,
         ``max_age`` (seconds), ``retention``; None means unlimited."""
         return _seconds(self.call(Command.TOPIC, "get", name, None))["config"]
+
+    def delete_topic(self, name: str) -> dict:
+        """Delete a topic for good: its messages, its limits, its partitions and every
+        subscription on it (attached actors are detached; publishing to the name again starts a
+        new topic at sequence 1). Returns ``{"topic", "deleted", "messages", "subscriptions",
+        "partitions"}``; a topic that does not exist is a HubError ``invalid``."""
+        return self.call(Command.TOPIC, "delete", name, None)
 
     def dead_letters(self, group: str) -> list[dict]:
         """The dead letters of subscription ``group`` (``dlq.<group>``), described."""

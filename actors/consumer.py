@@ -75,7 +75,7 @@ class Session:
         self.timeout = timeout
         self.specs: dict[int, SubscriptionSpec] = {}
         self.inbox: collections.deque[Message] = collections.deque()
-        self._acks: dict[int, list[int]] = {}
+        self._acks: dict[int, dict[str, list[int]]] = {}  # sid -> topic -> seqs
         self._ack_count = 0
         self._next_sid = 1
         self._waiting: dict[int, Any] = {}  # sid -> SUBSCRIBED body or HubError, for subscribe()
@@ -126,7 +126,8 @@ class Session:
                   ack_wait_ms: int | None = None, max_deliver: int | None = None,
                   start: str = "first", ordering: str | None = None) -> SubscriptionSpec:
         """Attach to subscription ``group`` on ``topic``; waits for the hub's answer."""
-        problem = protocol.check_topic(topic) or protocol.check_group(group)
+        problem = (protocol.check_pattern(topic) if protocol.is_pattern(topic)
+                   else protocol.check_topic(topic)) or protocol.check_group(group)
         if problem:
             raise ValueError(problem)
         if ordering is not None and ordering not in protocol.ORDERINGS:
@@ -251,7 +252,13 @@ class Session:
 
     def _settle(self, msg: Message, kind: str, arg: Any) -> None:
         if kind == "ack":
-            self._acks.setdefault(msg.sid, []).append(msg.seq)
+            by_topic = self._acks.get(msg.sid)
+            if by_topic is None:
+                by_topic = self._acks[msg.sid] = {}
+            seqs = by_topic.get(msg.topic)
+            if seqs is None:
+                seqs = by_topic[msg.topic] = []
+            seqs.append(msg.seq)
             self._ack_count += 1
             spec = self.specs.get(msg.sid)
             if spec is not None and self._ack_count * 2 >= spec.credit:
@@ -274,10 +281,9 @@ class Session:
             return
         with self.lock:
             acks, self._acks, self._ack_count = self._acks, {}, 0
-            for sid, seqs in acks.items():
-                spec = self.specs.get(sid)
-                if spec is not None:
-                    self.conn.send(Command.ACK, [sid, {spec.topic: seqs}])
+            for sid, by_topic in acks.items():
+                if sid in self.specs:
+                    self.conn.send(Command.ACK, [sid, by_topic])
 
     def detach_all(self, timeout: float) -> bool:
         """Flush acks, detach every subscription (releasing what was not settled) and wait for

@@ -1,4 +1,5 @@
-"""``zmq-mq topic create|config``: a topic's retention limits (Admin.create_topic / configure_topic).
+"""``zmq-mq topic create|config|delete``: a topic's limits and partitions (Admin.create_topic /
+configure_topic / delete_topic).
 
 Registered on the main typer app by cli/main.py.
 """
@@ -13,7 +14,7 @@ from ..actors.admin import Admin
 from ..actors.errors import HubError, HubUnavailable, ZmqMqError
 from .ops import HubOption, TimeoutOption, _fail
 
-topic_app = typer.Typer(no_args_is_help=True, help="Topic limits: create a topic with limits, show or change them.")
+topic_app = typer.Typer(no_args_is_help=True, help="Topics: create one with limits or partitions, show or change its limits, delete it.")
 
 _MaxMessages = typer.Option(None, "--max-messages", min=0, help="Messages kept at most (0: unlimited).")
 _MaxBytes = typer.Option(None, "--max-bytes", min=0, help="Stored record bytes at most (0: unlimited).")
@@ -43,6 +44,9 @@ def create(
     max_age: float | None = _MaxAge,
     discard: str | None = _Discard,
     retention: str | None = _Retention,
+    partitions: int | None = typer.Option(None, "--partitions", min=1, max=1024, help="Store the topic as N "
+                                          "partitions (only for a new topic): a keyed message goes to "
+                                          "partition hash(key) mod N, subscribers read all of them."),
     hub: str | None = HubOption,
     timeout: float = TimeoutOption,
 ) -> None:
@@ -52,7 +56,7 @@ def create(
         with Admin(hub, timeout=timeout) as admin:
             result = admin.create_topic(name, max_messages=max_messages, discard=discard or "old",
                                         max_age=max_age, retention=retention or "limits",
-                                        max_bytes=max_bytes)
+                                        max_bytes=max_bytes, partitions=partitions)
     except (HubUnavailable, HubError, ZmqMqError) as exc:
         _fail(str(exc))
     _show(result)
@@ -83,3 +87,20 @@ def config(
     except (HubUnavailable, HubError, ZmqMqError) as exc:
         _fail(str(exc))
     typer.echo(json.dumps(result, sort_keys=True))
+
+
+@topic_app.command("delete")
+def delete(
+    name: str = typer.Argument(..., help="Topic name."),
+    hub: str | None = HubOption,
+    timeout: float = TimeoutOption,
+) -> None:
+    """Delete a topic for good: its messages, limits, partitions and subscriptions."""
+    try:
+        with Admin(hub, timeout=timeout) as admin:
+            result = admin.delete_topic(name)
+    except (HubUnavailable, HubError, ZmqMqError) as exc:
+        _fail(str(exc))
+    groups = ", ".join(result["subscriptions"]) or "none"
+    typer.echo(f"deleted topic {result['topic']}: {result['messages']} messages, "
+               f"subscriptions: {groups}")

@@ -16,6 +16,7 @@ No reply leaves before the commit that makes it true, so a confirmed publish sur
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import logging
 import threading
@@ -45,7 +46,7 @@ from .security import (
 )
 from .stats import RATE_WINDOW_S, LatencyHistogram, SubCounters, TopicCounters
 from .retention import TRIM_BATCH, TopicLimits, acked_upto, aged_prefix, bytes_upto, start_after, excess_messages, parse_limits, refuse_new
-from .subscription import DeadLetter, Subscription
+from .subscription import DEFAULT_ACK_WAIT_MS, DEFAULT_MAX_DELIVER, DeadLetter, Subscription
 from .wire import NOBLOCK, recv_frames, send_frames
 
 log = logging.getLogger("zmq_mq.hub")
@@ -98,6 +99,20 @@ def _oversized_ref(parts: list[bytes]) -> tuple[bytes | None, Any]:
     return command, None
 
 
+class _Attachment:
+    """What one SUBSCRIBE (one sid of a connection) reads: one subscription, or for a pattern or
+    a partitioned topic (``multi``) one subscription of the group per matched topic."""
+
+    __slots__ = ("name", "group", "credit", "subs", "multi")
+
+    def __init__(self, name: str, group: str, credit: int, subs: dict[str, Subscription], multi: bool) -> None:
+        self.name = name  # the topic, pattern or partitioned topic as subscribed
+        self.group = group
+        self.credit = credit  # per subscription
+        self.subs = subs  # topic -> subscription
+        self.multi = multi
+
+
 class _Peer:
     """A connected client that has attached at least one subscription (an actor)."""
 
@@ -106,7 +121,7 @@ class _Peer:
     def __init__(self, identity: bytes, now: int) -> None:
         self.identity = identity
         self.last_seen = now
-        self.attachments: dict[int, Subscription] = {}
+        self.attachments: dict[int, _Attachment] = {}
 
 
 class Hub:
@@ -159,6 +174,17 @@ class Hub:
             limits = parse_limits(stored_config)
             if not limits.unlimited:
                 self._limits[topic] = limits
+        # partitioned topics (name -> N), pattern subscriptions ((pattern, group) -> options),
+        # the attachments through a pattern or partitioned topic by (name, group), and the
+        # round-robin position of keyless publishes to each partitioned topic
+        self._partitions: dict[str, int] = {
+            t: c["partitions"] for t, c in self.store.configs.items() if c.get("partitions")
+        }
+        self._patterns: dict[tuple[str, str], dict] = self.store.load_patterns()
+        self._multi: dict[tuple[str, str], dict[tuple[bytes, int], _Attachment]] = {}
+        self._round_robin: dict[str, int] = {}
+        if self._patterns:  # topics created while the hub was down, or before a crash stored them
+            self._new_topics(list(self.store.topics))
         self.router: zmq.Socket | None = None
         self.pub: zmq.Socket | None = None
         self.endpoint: str | None = None
@@ -462,6 +488,8 @@ class Hub:
         combined = {topic: list(records) for topic, records in appends.items()}
         for topic, records in dlq.items():
             combined.setdefault(topic, []).extend(records)
+        topics = self.store.topics
+        new_topics = [t for t in combined if t not in topics]
         try:
             wall = _wall_ms()
             window = self.config.dedup_window_ms
@@ -492,6 +520,8 @@ class Hub:
             confirms, combined, sched_new = [], dlq, {}
         for sub in dirty:
             sub.dirty = False
+        if new_topics and self._patterns:
+            self._new_topics([t for t in new_topics if t in combined])
         self.counters["dead_lettered"] += sum(len(v) for v in dlq.values())
         for key, n in dead_by_sub.items():
             self._sub_stats(key).dead_lettered += n
@@ -719,8 +749,8 @@ class Hub:
         peer = self._peers.pop(identity, None)
         if peer is None:
             return
-        for sid, sub in peer.attachments.items():
-            self._dead(sub, sub.detach((identity, sid), now, failed=True))
+        for sid, att in peer.attachments.items():
+            self._release_attachment(identity, sid, att, now, failed=True)
 
     # --- sending ---------------------------------------------------------------------------
 
@@ -829,6 +859,7 @@ class Hub:
         staged: list[tuple[str, bytes]] = []
         ids: dict[int, str] | None = None  # message index -> producer msg_id
         delays: dict[int, int] | None = None  # message index -> due time (wall ms), if held back
+        acl_names: dict[int, str] | None = None  # message index -> partitioned topic it was sent to
         for index, msg in enumerate(messages):
             try:
                 topic, payload, key, headers = msg[0], msg[1], msg[2], msg[3]
@@ -864,6 +895,7 @@ class Hub:
                     raise _BadRequest(ErrorCode.BAD_BODY, f"message {index}: {problem}", batch_id, index)
             elif headers is not None and type(headers) is not dict:
                 raise _BadRequest(ErrorCode.BAD_BODY, f"message {index}: headers must be a map or nil", batch_id, index)
+            msg_id = None
             if opts is not None:
                 msg_id = _msg_id_of(opts, index, batch_id)
                 priority = opts.get("priority")
@@ -906,12 +938,20 @@ class Hub:
                     batch_id,
                     index,
                 )
+            if self._partitions and topic in self._partitions:
+                named = topic
+                topic = self._partition(topic, key, msg_id)
+                if acl_names is None:
+                    acl_names = {}
+                acl_names[index] = named
             staged.append((topic, record))
         acl = self._acl
         if acl is not None:  # one cached lookup per run of equal topics
             user = self._users.get(identity)
             allowed = None
             for index, (topic, _) in enumerate(staged):
+                if acl_names is not None:  # a partitioned topic: the right is on its name
+                    topic = acl_names.get(index, topic)
                 if topic != allowed:
                     if not acl.permits(user, PUBLISH, topic):
                         raise _BadRequest(
@@ -969,6 +1009,18 @@ class Hub:
                     ErrorCode.TOPIC_FULL, f"{topic}: {why}; nothing of this batch was stored", batch_id
                 )
 
+    def _partition(self, topic: str, key: str | None, msg_id: str | None) -> str:
+        """The partition topic of a message to a partitioned topic: by its key, else by its
+        msg_id (so a retried publish lands where the first did), else round-robin."""
+        n = self._partitions[topic]
+        if key is not None:
+            i = protocol.partition_of(key, n)
+        elif msg_id is not None:
+            i = protocol.partition_of(msg_id, n)
+        else:
+            i = self._round_robin[topic] = (self._round_robin.get(topic, -1) + 1) % n
+        return f"{topic}.{i}"
+
     def _stage_with_ids(self, staged: list[tuple[str, bytes]], ids: dict[int, str]) -> list:
         """Stage a batch some of whose messages carry a producer msg_id: an id stored within
         the dedup window, or staged earlier in this turn, is not staged again; its position
@@ -1011,13 +1063,15 @@ class Hub:
         if type(sid) is not int:
             raise _BadRequest(ErrorCode.BAD_BODY, "SUBSCRIBE needs an integer sid")
         topic, group = body.get("topic"), body.get("group")
-        problem = protocol.check_topic(topic)
+        pattern = protocol.is_pattern(topic)
+        problem = protocol.check_pattern(topic) if pattern else protocol.check_topic(topic)
         if problem:
             raise _BadRequest(ErrorCode.BAD_TOPIC, problem, sid)
         problem = protocol.check_group(group)
         if problem:
             raise _BadRequest(ErrorCode.BAD_GROUP, problem, sid)
-        if self._acl is not None and not self._acl.permits(self._users.get(identity), SUBSCRIBE, topic):
+        if (not pattern and self._acl is not None
+                and not self._acl.permits(self._users.get(identity), SUBSCRIBE, topic)):
             raise _BadRequest(ErrorCode.FORBIDDEN, self._forbidden(identity, SUBSCRIBE, topic), sid)
         credit = _int_field(body, "credit", 0, protocol.MAX_CREDIT, sid, default=10)
         ack_wait_ms = _int_field(body, "ack_wait_ms", 1, 7 * 24 * 3600 * 1000, sid)
@@ -1035,39 +1089,45 @@ class Hub:
             raise _BadRequest(
                 ErrorCode.INVALID, 'start must be "first", "new", {"seq": N} or {"time_ms": T}', sid
             )
-        key = (topic, group)
-        sub = self.subs.get(key)
-        info = self.store.topics.get(topic)
-        last = info.last_seq if info else 0
-        if sub is None:
-            options = {}
-            if ack_wait_ms is not None:
-                options["ack_wait_ms"] = ack_wait_ms
-            if max_deliver is not None:
-                options["max_deliver"] = max_deliver
-            try:
-                after = start_after(start, info.first_seq if info else 1, last, self._probe(topic))
-            except ValueError as exc:
-                raise _BadRequest(ErrorCode.INVALID, str(exc), sid) from None
-            sub = Subscription(
-                topic, group, last_seq=last, start_after=after, ordering=ordering or "none",
-                lookup=self._lookup(topic), **options,
-            )
-            sub.published(last, priority=True)  # the backlog may hold prioritised messages
-            self._defer_scheduled(sub)
-            sub.dirty = True
-            self.subs[key] = sub
-            log.info("new subscription %s on %s (start=%s)", group, topic, start)
-        elif ack_wait_ms is not None or max_deliver is not None or ordering is not None:
-            sub.configure(ack_wait_ms=ack_wait_ms, max_deliver=max_deliver, ordering=ordering)
+        options = {"ack_wait_ms": ack_wait_ms, "max_deliver": max_deliver, "ordering": ordering}
         now = _monotonic_ms()
+        if pattern or topic in self._partitions:
+            # many topics: every stored topic the pattern matches (and every one created later),
+            # or every partition of a partitioned topic; one subscription of the group on each
+            if pattern:
+                spec_key = (topic, group)
+                spec = self._patterns.get(spec_key)
+                if spec is None:
+                    spec = {k: v for k, v in options.items() if v is not None}
+                    try:
+                        self.store.put_pattern(topic, group, spec)
+                    except (StorageFull, StorageError) as exc:
+                        code = ErrorCode.STORAGE_FULL if isinstance(exc, StorageFull) else ErrorCode.STORAGE_ERROR
+                        raise _BadRequest(code, f"pattern subscription not stored: {exc}", sid) from None
+                    self._patterns[spec_key] = spec
+                    log.info("new pattern subscription %s on %s", group, topic)
+                targets = [t for t in sorted(self.store.topics) if protocol.pattern_matches(topic, t)]
+            else:
+                targets = protocol.partition_topics(topic, self._partitions[topic])
+            subs = {}
+            for t in targets:
+                if self._acl is not None and not self._acl.permits(self._users.get(identity), SUBSCRIBE, t):
+                    continue  # a pattern reaches only the topics this client may read
+                subs[t] = self._subscription(t, group, start, options, sid)
+        else:
+            subs = {topic: self._subscription(topic, group, start, options, sid)}
         if peer is None:
             peer = self._peers[identity] = _Peer(identity, now)
         old = peer.attachments.get(sid)
-        if old is not None and old is not sub:
-            self._dead(old, old.detach((identity, sid), now, failed=False))
-        peer.attachments[sid] = sub
-        sub.attach((identity, sid), credit)
+        if old is not None:
+            self._release_attachment(identity, sid, old, now, failed=False)
+        att = _Attachment(topic, group, credit, subs, pattern or topic in self._partitions)
+        peer.attachments[sid] = att
+        if att.multi:
+            self._multi.setdefault((topic, group), {})[(identity, sid)] = att
+        for sub in subs.values():
+            sub.attach((identity, sid), credit)
+        first = next(iter(subs.values()), None)
         self._outbox.append(
             (
                 identity,
@@ -1076,100 +1136,173 @@ class Hub:
                     "sid": sid,
                     "topic": topic,
                     "group": group,
-                    "ack_floor": sub.ack_floor,
-                    "last_seq": sub.last_seq,
-                    "ack_wait_ms": sub.ack_wait_ms,
-                    "max_deliver": sub.max_deliver,
-                    "ordering": sub.ordering,
+                    "ack_floor": first.ack_floor if first and not att.multi else 0,
+                    "last_seq": first.last_seq if first and not att.multi else 0,
+                    "ack_wait_ms": first.ack_wait_ms if first else (ack_wait_ms or DEFAULT_ACK_WAIT_MS),
+                    "max_deliver": first.max_deliver if first else (
+                        DEFAULT_MAX_DELIVER if max_deliver is None else max_deliver),
+                    "ordering": first.ordering if first else (ordering or "none"),
+                    "topics": sorted(subs),
                 },
             )
         )
 
+    def _subscription(self, topic: str, group: str, start: Any, options: dict, ref: Any) -> Subscription:
+        """The subscription (topic, group): created at ``start`` if new, else re-configured with
+        the options given (None: unchanged)."""
+        key = (topic, group)
+        sub = self.subs.get(key)
+        ack_wait_ms, max_deliver, ordering = options["ack_wait_ms"], options["max_deliver"], options["ordering"]
+        if sub is None:
+            info = self.store.topics.get(topic)
+            last = info.last_seq if info else 0
+            kwargs = {}
+            if ack_wait_ms is not None:
+                kwargs["ack_wait_ms"] = ack_wait_ms
+            if max_deliver is not None:
+                kwargs["max_deliver"] = max_deliver
+            try:
+                after = start_after(start, info.first_seq if info else 1, last, self._probe(topic))
+            except ValueError as exc:
+                raise _BadRequest(ErrorCode.INVALID, str(exc), ref) from None
+            sub = Subscription(
+                topic, group, last_seq=last, start_after=after, ordering=ordering or "none",
+                lookup=self._lookup(topic), **kwargs,
+            )
+            sub.published(last, priority=True)  # the backlog may hold prioritised messages
+            self._defer_scheduled(sub)
+            sub.dirty = True
+            self.subs[key] = sub
+            log.info("new subscription %s on %s (start=%s)", group, topic, start)
+        elif ack_wait_ms is not None or max_deliver is not None or ordering is not None:
+            sub.configure(ack_wait_ms=ack_wait_ms, max_deliver=max_deliver, ordering=ordering)
+        return sub
+
+    def _new_topics(self, topics: Iterable[str]) -> None:
+        """Topics just created: pattern subscriptions that match get a subscription on each (from
+        its first message), and every actor attached through the pattern is attached to it."""
+        for topic in topics:
+            for (pattern, group), spec in self._patterns.items():
+                if not protocol.pattern_matches(pattern, topic):
+                    continue
+                options = {"ack_wait_ms": spec.get("ack_wait_ms"), "max_deliver": spec.get("max_deliver"),
+                           "ordering": spec.get("ordering")}
+                sub = self._subscription(topic, group, "first", options, None)
+                for (identity, sid), att in self._multi.get((pattern, group), {}).items():
+                    if self._acl is not None and not self._acl.permits(self._users.get(identity), SUBSCRIBE, topic):
+                        continue
+                    att.subs[topic] = sub
+                    sub.attach((identity, sid), att.credit)
+
+    def _release_attachment(self, identity: bytes, sid: int, att: _Attachment, now: int, *, failed: bool) -> None:
+        """Detach an attachment from every subscription it reads."""
+        for sub in att.subs.values():
+            self._dead(sub, sub.detach((identity, sid), now, failed=failed))
+        if att.multi:
+            atts = self._multi.get((att.name, att.group))
+            if atts is not None:
+                atts.pop((identity, sid), None)
+                if not atts:
+                    del self._multi[(att.name, att.group)]
+
     def _attachment(self, identity: bytes, peer: _Peer | None, body: Any, command: str, size: int):
-        """Parse ``[sid, ...]`` bodies and find the attached subscription."""
+        """Parse ``[sid, ...]`` bodies and find the attachment."""
         if not isinstance(body, list) or len(body) != size or type(body[0]) is not int:
             raise _BadRequest(ErrorCode.BAD_BODY, f"{command} body must be an array of {size} starting with sid")
         sid = body[0]
-        sub = peer.attachments.get(sid) if peer is not None else None
-        if sub is None:
+        att = peer.attachments.get(sid) if peer is not None else None
+        if att is None:
             raise _BadRequest(
                 ErrorCode.UNKNOWN_SUBSCRIPTION,
                 f"sid {sid} is not attached on this connection (hub restarted? subscribe again)",
                 sid,
             )
-        return sid, sub
+        return sid, att
 
-    def _seqs(self, sub: Subscription, sid: int, command: str, by_topic: Any) -> list[int]:
+    def _seqs(self, att: _Attachment, sid: int, command: str, by_topic: Any) -> list[tuple[Subscription, list[int]]]:
+        """``{topic: [seq, ...]}`` of a command: the subscription of each topic and its seqs."""
         if not isinstance(by_topic, dict):
             raise _BadRequest(ErrorCode.BAD_BODY, f"{command} needs a map of topic to sequences", sid)
-        out: list[int] = []
+        out: list[tuple[Subscription, list[int]]] = []
         for topic, seqs in by_topic.items():
-            if topic != sub.topic:
+            sub = att.subs.get(topic) if type(topic) is str else None
+            if sub is None:
                 raise _BadRequest(
-                    ErrorCode.INVALID, f"{command}: subscription reads {sub.topic!r}, not {topic!r}", sid
+                    ErrorCode.INVALID, f"{command}: subscription {att.name!r} does not read {topic!r}", sid
                 )
             if not isinstance(seqs, list) or len(seqs) > MAX_SEQS_PER_COMMAND:
                 raise _BadRequest(ErrorCode.BAD_BODY, f"{command}: sequences must be a list", sid)
             for s in seqs:
                 if type(s) is not int:
                     raise _BadRequest(ErrorCode.BAD_BODY, f"{command}: sequences must be integers", sid)
-            out.extend(seqs)
+            out.append((sub, seqs))
         return out
 
     def _on_credit(self, identity, peer, body) -> None:
-        sid, sub = self._attachment(identity, peer, body, "CREDIT", 2)
+        sid, att = self._attachment(identity, peer, body, "CREDIT", 2)
         credit = body[1]
         if type(credit) is not int or not 0 <= credit <= protocol.MAX_CREDIT:
             raise _BadRequest(ErrorCode.INVALID, f"credit must be 0..{protocol.MAX_CREDIT}", sid)
-        sub.set_credit((identity, sid), credit)
+        att.credit = credit
+        for sub in att.subs.values():
+            sub.set_credit((identity, sid), credit)
 
     def _on_ack(self, identity, peer, body) -> None:
-        sid, sub = self._attachment(identity, peer, body, "ACK", 2)
-        seqs = self._seqs(sub, sid, "ACK", body[1])
-        # messages this ACK made done (duplicates and unknown seqs count nothing): done ones
-        # are floor + acked-above-floor = last_seq - pending - in_flight
-        before = sub.last_seq - sub.pending - sub.in_flight
-        unknown = sub.ack((identity, sid), seqs)
-        done = sub.last_seq - sub.pending - sub.in_flight - before
-        if done:
-            self.counters["acked"] += done
-            self._sub_stats((sub.topic, sub.group)).acked += done
-        if unknown:
+        sid, att = self._attachment(identity, peer, body, "ACK", 2)
+        unknown_all = []
+        for sub, seqs in self._seqs(att, sid, "ACK", body[1]):
+            # messages this ACK made done (duplicates and unknown seqs count nothing): done ones
+            # are floor + acked-above-floor = last_seq - pending - in_flight
+            before = sub.last_seq - sub.pending - sub.in_flight
+            unknown = sub.ack((identity, sid), seqs)
+            done = sub.last_seq - sub.pending - sub.in_flight - before
+            if done:
+                self.counters["acked"] += done
+                self._sub_stats((sub.topic, sub.group)).acked += done
+            if unknown:
+                unknown_all.append(f"{sub.topic}: {unknown[:10]}")
+        if unknown_all:
             raise _BadRequest(
                 ErrorCode.UNKNOWN_SEQUENCE,
-                f"ACK of sequences never published on {sub.topic}: {unknown[:10]}",
+                f"ACK of sequences never published on {'; '.join(unknown_all)}",
                 sid,
             )
 
     def _on_nack(self, identity, peer, body) -> None:
-        sid, sub = self._attachment(identity, peer, body, "NACK", 3)
-        seqs = self._seqs(sub, sid, "NACK", body[1])
+        sid, att = self._attachment(identity, peer, body, "NACK", 3)
+        targets = self._seqs(att, sid, "NACK", body[1])
         delay = body[2]
         if type(delay) is not int or not 0 <= delay <= 365 * 24 * 3600 * 1000:
             raise _BadRequest(ErrorCode.INVALID, "NACK delay_ms must be a non-negative integer", sid)
-        self._dead(sub, sub.nack((identity, sid), seqs, _monotonic_ms(), delay))
+        now = _monotonic_ms()
+        for sub, seqs in targets:
+            self._dead(sub, sub.nack((identity, sid), seqs, now, delay))
 
     def _on_release(self, identity, peer, body) -> None:
-        sid, sub = self._attachment(identity, peer, body, "RELEASE", 2)
-        sub.release((identity, sid), self._seqs(sub, sid, "RELEASE", body[1]))
+        sid, att = self._attachment(identity, peer, body, "RELEASE", 2)
+        for sub, seqs in self._seqs(att, sid, "RELEASE", body[1]):
+            sub.release((identity, sid), seqs)
 
     def _on_reject(self, identity, peer, body) -> None:
-        sid, sub = self._attachment(identity, peer, body, "REJECT", 3)
-        seqs = self._seqs(sub, sid, "REJECT", body[1])
+        sid, att = self._attachment(identity, peer, body, "REJECT", 3)
+        targets = self._seqs(att, sid, "REJECT", body[1])
         reason = body[2] if isinstance(body[2], str) else repr(body[2])
-        self._dead(sub, sub.reject((identity, sid), seqs, reason[:1000]))
+        for sub, seqs in targets:
+            self._dead(sub, sub.reject((identity, sid), seqs, reason[:1000]))
 
     def _on_progress(self, identity, peer, body) -> None:
-        sid, sub = self._attachment(identity, peer, body, "PROGRESS", 2)
-        sub.progress((identity, sid), self._seqs(sub, sid, "PROGRESS", body[1]), _monotonic_ms())
+        sid, att = self._attachment(identity, peer, body, "PROGRESS", 2)
+        now = _monotonic_ms()
+        for sub, seqs in self._seqs(att, sid, "PROGRESS", body[1]):
+            sub.progress((identity, sid), seqs, now)
 
     def _on_detach(self, identity, peer, body) -> None:
         if not isinstance(body, list) or len(body) != 1 or type(body[0]) is not int:
             raise _BadRequest(ErrorCode.BAD_BODY, "DETACH body must be [sid]")
         sid = body[0]
-        sub = peer.attachments.pop(sid, None) if peer is not None else None
-        if sub is not None:
-            self._dead(sub, sub.detach((identity, sid), _monotonic_ms(), failed=False))
+        att = peer.attachments.pop(sid, None) if peer is not None else None
+        if att is not None:
+            self._release_attachment(identity, sid, att, _monotonic_ms(), failed=False)
             if not peer.attachments:
                 del self._peers[identity]
         # Detaching twice, or after a hub restart, is fine: the reply says it is done either way.
@@ -1383,37 +1516,118 @@ class Hub:
         self._admin.append((identity, Command.PURGE, ref, result))
 
     def _on_topic(self, identity, peer, body) -> None:
-        """TOPIC [ref, op, topic, config]: op create|config (store limits), get (read them)."""
+        """TOPIC [ref, op, topic, config]: op create|config (store limits), get (read them),
+        delete (remove the topic, its partitions and its subscriptions)."""
         ref, op, topic, config = self._admin_args(body, 4, "TOPIC")
         topic = self._admin_topic(topic, ref)
-        if op not in ("create", "config", "get"):
-            raise _BadRequest(ErrorCode.INVALID, "TOPIC op must be create, config or get", ref)
+        if op not in ("create", "config", "get", "delete"):
+            raise _BadRequest(ErrorCode.INVALID, "TOPIC op must be create, config, get or delete", ref)
         if op == "get":
             if not self._visible(identity, topic):
                 raise _BadRequest(ErrorCode.FORBIDDEN, self._forbidden(identity, SUBSCRIBE, topic), ref)
+        elif op == "delete":
+            self._require(identity, SUBSCRIBE, topic, ref)
+            self._require(identity, PUBLISH, topic, ref)
+            self._outbox.append((identity, Command.REPLY, [ref, self._delete_topic(topic, ref)]))
+            return
         else:
             self._require(identity, SUBSCRIBE, topic, ref)  # limits delete messages: both rights
             self._require(identity, PUBLISH, topic, ref)
             if config is None:
                 config = {}
-            base = parse_limits(self.store.configs.get(topic, {})) if op == "config" else None
+            current = self.store.configs.get(topic, {})
+            base = parse_limits(current) if op == "config" else None
             try:
                 limits = parse_limits(config, base)
             except ValueError as exc:
                 raise _BadRequest(ErrorCode.INVALID, f"TOPIC {op}: {exc}", ref) from None
+            if limits.partitions != current.get("partitions"):
+                self._check_partitioning(topic, op, current.get("partitions"), limits.partitions, ref)
+            parts = protocol.partition_topics(topic, limits.partitions) if limits.partitions else []
+            per_partition = dataclasses.replace(limits, partitions=None)
             try:
                 self.store.set_topic_config(topic, limits.as_dict())
+                for part in parts:
+                    self.store.set_topic_config(part, per_partition.as_dict())
             except (StorageFull, StorageError) as exc:
                 code = ErrorCode.STORAGE_FULL if isinstance(exc, StorageFull) else ErrorCode.STORAGE_ERROR
                 raise _BadRequest(code, f"nothing changed: {exc}", ref) from None
-            self._age_check.pop(topic, None)
-            if limits.unlimited:
-                self._limits.pop(topic, None)
-            else:
-                self._limits[topic] = limits
+            if limits.partitions:
+                self._partitions[topic] = limits.partitions
+            for name, lim in [(topic, limits), *((part, per_partition) for part in parts)]:
+                self._age_check.pop(name, None)
+                if lim.unlimited:
+                    self._limits.pop(name, None)
+                else:
+                    self._limits[name] = lim
         stored = self.store.configs.get(topic)
         limits = parse_limits(stored) if stored is not None else TopicLimits()
         self._outbox.append((identity, Command.REPLY, [ref, {"topic": topic, "config": limits.as_dict()}]))
+
+    def _check_partitioning(self, topic: str, op: str, now: int | None, wanted: int | None, ref: Any) -> None:
+        """Partitions are set when a topic is created, before it holds anything."""
+        if op == "config" or now is not None:
+            raise _BadRequest(ErrorCode.INVALID, f"topic {topic!r} has {now or 'no'} partitions: "
+                              "partitions are set at creation (delete the topic to change them)", ref)
+        if topic in self.store.topics:
+            raise _BadRequest(ErrorCode.INVALID, f"topic {topic!r} already holds messages: partitions "
+                              "are set at creation (delete the topic first)", ref)
+        if any(t in self.store.topics for t in protocol.partition_topics(topic, wanted)):
+            raise _BadRequest(ErrorCode.INVALID, f"a topic named like a partition of {topic!r} "
+                              f"({topic}.N) already exists", ref)
+        if any(t == topic for t, _ in self.subs):
+            raise _BadRequest(ErrorCode.INVALID, f"topic {topic!r} already has subscriptions: "
+                              "partitions are set at creation (delete the topic first)", ref)
+
+    def _delete_topic(self, topic: str, ref: Any) -> dict:
+        """Remove a topic (with its partitions): records, config, subscriptions (their actors
+        are detached: a later ACK gets unknown_subscription and they subscribe again, to the
+        topic as it is then), delayed-delivery entries and statistics."""
+        parts = self._partitions.get(topic)
+        names = [topic, *(protocol.partition_topics(topic, parts) if parts else [])]
+        if not any(n in self.store.topics or n in self.store.configs or any(t == n for t, _ in self.subs)
+                   for n in names):
+            raise _BadRequest(ErrorCode.INVALID, f"no topic {topic!r}", ref)
+        if any(n in self._appends or n in self._deletes for n in names):
+            # this turn stages publishes or deletes of it: commit them first, then delete
+            self._turn_commit_now()
+        messages = 0
+        groups: set[str] = set()
+        for name in names:
+            try:
+                messages += self.store.delete_topic(name)
+            except (StorageFull, StorageError) as exc:
+                code = ErrorCode.STORAGE_FULL if isinstance(exc, StorageFull) else ErrorCode.STORAGE_ERROR
+                raise _BadRequest(code, f"topic {name!r} not deleted: {exc}", ref) from None
+            for key in [k for k in self.subs if k[0] == name]:
+                groups.add(key[1])
+                sub = self.subs.pop(key)
+                for peer in list(self._peers.values()):
+                    for sid, att in list(peer.attachments.items()):
+                        if att.subs.get(name) is sub:
+                            del att.subs[name]
+                            if not att.subs and not att.multi:
+                                del peer.attachments[sid]
+                    if not peer.attachments:
+                        self._peers.pop(peer.identity, None)
+                self._sub_counters.pop(key, None)
+                self._dead_letters = [(s, d) for s, d in self._dead_letters if s is not sub]
+            self._limits.pop(name, None)
+            self._age_check.pop(name, None)
+            self._topic_counters.pop(name, None)
+            self._scheduled.pop(name, None)
+        self._partitions.pop(topic, None)
+        self._round_robin.pop(topic, None)
+        log.info("topic %s deleted: %d messages, subscriptions %s", topic, messages, sorted(groups))
+        return {"topic": topic, "deleted": True, "messages": messages, "subscriptions": sorted(groups),
+                "partitions": parts or 0}
+
+    def _turn_commit_now(self) -> None:
+        """Commit what this turn staged (and answer it) before an operation that cannot be
+        part of the group commit."""
+        published = self._commit()
+        if published and self.pub is not None:
+            self._broadcast(published)
 
     def _on_redrive(self, identity, peer, body) -> None:
         ref, topic, seqs = self._admin_args(body, 3, "REDRIVE")

@@ -25,6 +25,7 @@ Decoding never raises anything but :class:`DecodeError`, which carries an error 
 from __future__ import annotations
 
 import re
+import zlib
 from enum import Enum
 from typing import Any
 
@@ -259,6 +260,57 @@ def check_topic(topic: Any) -> str | None:
             "and '-' (e.g. 'orders.eu')"
         )
     return None
+
+
+def is_pattern(topic: Any) -> bool:
+    """True if a SUBSCRIBE topic is a pattern: a token ``*`` (exactly one token) or a last
+    token ``>`` (one or more tokens)."""
+    return isinstance(topic, str) and any(t in ("*", ">") for t in topic.split("."))
+
+
+def check_pattern(pattern: Any) -> str | None:
+    """Return an error text if ``pattern`` is not a valid subscription pattern, else None."""
+    if not isinstance(pattern, str):
+        return "topic must be a string"
+    if len(pattern) > MAX_TOPIC_LENGTH:
+        return f"pattern longer than {MAX_TOPIC_LENGTH} characters"
+    tokens = pattern.split(".")
+    for i, token in enumerate(tokens):
+        if token == ">" and i != len(tokens) - 1:
+            return f"bad pattern {pattern[:64]!r}: '>' may only be the last token"
+        if token not in ("*", ">") and not _TOPIC_RE.match(token):
+            return (f"bad pattern {pattern[:64]!r}: tokens are letters, digits, '_', '-', or '*' "
+                    "(one token) and a last '>' (the rest), e.g. 'orders.*' or 'orders.>'")
+    return None
+
+
+def pattern_matches(pattern: str, topic: str) -> bool:
+    """Whether ``topic`` matches ``pattern`` (``*``: one token, ``>``: one or more). A pattern
+    whose first token is not literally ``dlq`` never matches a dead-letter topic ``dlq.*``, so
+    ``>`` does not feed a group its own dead letters."""
+    want = pattern.split(".")
+    tokens = topic.split(".")
+    if tokens[0] == "dlq" and want[0] != "dlq":
+        return False
+    for i, w in enumerate(want):
+        if w == ">":
+            return len(tokens) > i
+        if i >= len(tokens) or (w != "*" and w != tokens[i]):
+            return False
+    return len(tokens) == len(want)
+
+
+MAX_PARTITIONS = 1024
+
+
+def partition_topics(topic: str, partitions: int) -> list[str]:
+    """The topics that store a partitioned topic: ``<topic>.0`` .. ``<topic>.<N-1>``."""
+    return [f"{topic}.{i}" for i in range(partitions)]
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition of a message key: a stable hash (CRC-32 of its UTF-8) modulo N."""
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % partitions
 
 
 def check_headers(headers: Any) -> str | None:

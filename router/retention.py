@@ -17,6 +17,7 @@ TRIM_BATCH = 1000
 DISCARDS = ("old", "new")
 RETENTIONS = ("limits", "workqueue")
 _MAX_INT = (1 << 63) - 1
+MAX_PARTITIONS = 1024
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,15 @@ class TopicLimits:
     max_bytes: int | None = None  # stored record bytes (as STATS "bytes" counts them)
     max_age_ms: int | None = None  # messages older than this are deleted, whatever ``discard``
     retention: str = "limits"  # or "workqueue": deleted once every subscription acked it
+    # Set at creation only: the topic is stored as N topics <name>.0 .. <name>.<N-1>, a keyed
+    # message goes to partition hash(key) mod N (the limits above apply to each partition)
+    partitions: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if out["partitions"] is None:  # only partitioned topics show it
+            del out["partitions"]
+        return out
 
     @property
     def unlimited(self) -> bool:
@@ -53,6 +60,10 @@ def parse_limits(config: Any, base: TopicLimits | None = None) -> TopicLimits:
             if value is not None and (type(value) is not int or not 0 <= value <= _MAX_INT):
                 raise ValueError(f"{name} must be a non-negative integer (0 or nil: unlimited)")
             values[name] = value or None
+        elif name == "partitions":
+            if value is not None and (type(value) is not int or not 1 <= value <= MAX_PARTITIONS):
+                raise ValueError(f"partitions must be an integer in 1..{MAX_PARTITIONS} (nil: not partitioned)")
+            values[name] = value
         elif name == "retention":
             if value not in RETENTIONS:
                 raise ValueError(f"retention must be one of {', '.join(RETENTIONS)}")

@@ -53,6 +53,7 @@ _DB_DEDUP_EXP = b"dedup_exp"
 _DB_META = b"meta"  # store bookkeeping (the touch counter); never read by the hub
 _DB_SCHED = b"sched"  # topic + NUL + 8-byte seq -> 8-byte due time (wall ms): delayed messages
 _DB_TOPIC_CONFIG = b"topic_config"  # topic name -> msgpack map of its retention limits
+_DB_PATTERNS = b"patterns"  # pattern + NUL + group -> msgpack options of a pattern subscription
 _DEDUP_VALUE = struct.Struct(">QQ")  # seq, ts_ms
 _DEDUP_TS = struct.Struct(">Q")
 # Expired dedup entries removed per commit: bounds the work one commit adds.
@@ -189,6 +190,7 @@ class Store:
                 self._meta_db = self._env.open_db(_DB_META, txn=txn)
                 self._config_db = self._env.open_db(_DB_TOPIC_CONFIG, txn=txn)
                 self._sched_db = self._env.open_db(_DB_SCHED, txn=txn)
+                self._patterns_db = self._env.open_db(_DB_PATTERNS, txn=txn)
             with self._env.begin(db=self._topics_db) as txn:
                 for key, value in txn.cursor():
                     name = bytes(key).decode()
@@ -628,6 +630,68 @@ class Store:
                         break
         except lmdb.Error as exc:
             raise StorageError(f"read failed: {exc}") from exc
+        return out
+
+    def delete_topic(self, topic: str) -> int:
+        """Remove a topic for good in one write transaction: its records, its metadata, its
+        config, and every subscription cursor, dedup entry and delay entry of it. Returns the
+        number of records removed (0 for a topic that is not stored). Publishing to the name
+        later creates a new topic, from sequence 1."""
+        self._check_open()
+        info = self.topics.get(topic)
+        name = topic.encode()
+        prefix = name + _SUB_SEP
+        for attempt in (1, 2):
+            try:
+                with self._env.begin(write=True) as txn:
+                    n = 0
+                    if info is not None:
+                        cursor = txn.cursor(db=self._log_db)
+                        n, _ = self._delete_in(txn, cursor, info, range(0, info.last_seq + 1))
+                        txn.delete(name, db=self._topics_db)
+                    txn.delete(name, db=self._config_db)
+                    for db in (self._subs_db, self._dedup_db, self._sched_db):
+                        cursor = txn.cursor(db=db)
+                        if cursor.set_range(prefix):
+                            while cursor.key()[: len(prefix)] == prefix:
+                                if not cursor.delete():
+                                    break
+                break
+            except lmdb.MapFullError as exc:
+                if attempt == 2:
+                    raise StorageFull(f"cannot delete topic {topic!r}: {exc}") from exc
+                self._grow(exc)
+            except lmdb.Error as exc:
+                if _is_disk_full(exc):
+                    raise StorageFull(f"disk full: {exc}") from exc
+                raise StorageError(f"cannot delete topic {topic!r}: {exc}") from exc
+        self.topics.pop(topic, None)
+        self.configs.pop(topic, None)
+        return n
+
+    def put_pattern(self, pattern: str, group: str, options: dict | None) -> None:
+        """Store (or with None remove) a pattern subscription's options, in its own transaction."""
+        self._check_open()
+        key = _sub_key(pattern, group)
+        try:
+            with self._env.begin(write=True, db=self._patterns_db) as txn:
+                if options is None:
+                    txn.delete(key)
+                else:
+                    txn.put(key, msgpack.packb(options))
+        except lmdb.Error as exc:
+            if _is_disk_full(exc):
+                raise StorageFull(f"disk full: {exc}") from exc
+            raise StorageError(f"pattern subscription write failed: {exc}") from exc
+
+    def load_patterns(self) -> dict[tuple[str, str], dict]:
+        """Every stored pattern subscription: ``(pattern, group) -> options``."""
+        self._check_open()
+        out = {}
+        with self._env.begin(db=self._patterns_db) as txn:
+            for key, value in txn.cursor():
+                pattern, _, group = bytes(key).partition(_SUB_SEP)
+                out[(pattern.decode(), group.decode())] = msgpack.unpackb(value)
         return out
 
     def load_schedule(self) -> list[tuple[str, int, int]]:
