@@ -619,11 +619,14 @@ class Subscription:
         heap = self._deferred_heap
         if heap and heap[0][0] <= now:
             due_now = []
+            nxt = self._next
             while heap and heap[0][0] <= now:
                 due, s = heapq.heappop(heap)
                 if deferred.get(s) == due:
                     del deferred[s]
-                    due_now.append(s)
+                    if s < nxt:  # the walk went past it while it was held back: ready now
+                        due_now.append(s)
+                    # else the walk (plain, strict or the window's fill) reaches it in its turn
             if due_now:
                 # their keys and priorities, which the window never looked up
                 for s, m in zip(due_now, self.lookup(due_now)):

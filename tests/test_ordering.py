@@ -308,7 +308,9 @@ class OrderingMachine(RuleBasedStateMachine):
     * strict: never two in flight, and every hand-out is the lowest seq not yet done;
     * key: never two of one key in flight, and a keyed seq is handed out only once every lower
       seq of its key is done (acked or dead-lettered): per-key order of completion;
-    * nothing is lost: after draining, every published seq is done exactly once.
+    * nothing is lost: after draining, every published seq is done exactly once;
+    * delayed delivery (``defer``): a held-back seq is never handed out before its due time, and
+      nothing waits for it (it is left out of the order checks above: it joins when due).
     """
 
     ACTORS = ("a", "b")
@@ -330,6 +332,7 @@ class OrderingMachine(RuleBasedStateMachine):
         self.done: dict[int, str] = {}
         self.flight: dict[int, tuple] = {}  # seq -> (actor, deadline)
         self.attached: set = set()
+        self.due: dict[int, int] = {}  # seqs published with a delay -> due time
 
     def new_sub(self, sub):
         return sub
@@ -355,14 +358,17 @@ class OrderingMachine(RuleBasedStateMachine):
             for s in d.seqs:
                 assert 1 <= s <= self.last and s not in self.done, s
                 assert s not in self.flight, f"{s} in flight twice"
+                assert self.due.get(s, 0) <= self.now, f"{s} handed out before its due time"
                 if self.ordering == "strict":
                     assert not self.flight, f"{s} handed out while {self.flight} in flight"
-                    assert s == min(x for x in range(1, self.last + 1) if x not in self.done)
+                    assert s == min(x for x in range(1, self.last + 1)
+                                    if x not in self.done and self.due.get(x, 0) <= self.now)
                 else:
                     k = self.meta[s][0]
                     if k is not None:
                         assert all(self.meta[f][0] != k for f in self.flight), f"key {k} twice"
-                        lower = [x for x in range(1, s) if self.meta[x][0] == k]
+                        lower = [x for x in range(1, s)
+                                 if self.meta[x][0] == k and x not in self.due and s not in self.due]
                         assert all(x in self.done for x in lower), f"{s} before {lower}"
                 self.flight[s] = (d.actor, self.now + self.ack_wait)
 
@@ -373,6 +379,17 @@ class OrderingMachine(RuleBasedStateMachine):
         for e in entries:
             self.meta[self.last + 1] = e
         self.sub.published(self.last, priority=True)
+
+    @rule(entries=st.lists(st.tuples(KEYS, st.integers(0, 9)), min_size=1, max_size=3),
+          delay=st.integers(1, 30))
+    def publish_delayed(self, entries, delay):
+        first = self.last + 1
+        for e in entries:
+            self.meta[self.last + 1] = e
+        self.sub.published(self.last, priority=True)
+        held = [(s, self.now + delay) for s in range(first, self.last + 1)]
+        self.due.update(held)
+        self.sub.defer(held)
 
     @rule(actor=st.sampled_from(ACTORS), credit=st.integers(1, 5))
     def attach(self, actor, credit):
@@ -420,6 +437,8 @@ class OrderingMachine(RuleBasedStateMachine):
             Subscription.restore("t", "g", state, last_seq=self.last, lookup=self.lookup)
         )
         self.sub.published(self.last, priority=True)
+        # the hub gives the held-back seqs again (from its sched index)
+        self.sub.defer([(s, due) for s, due in self.due.items() if due > self.now])
         self.flight.clear()
         self.attached.clear()
 
@@ -493,6 +512,7 @@ class PriorityMachine(SubscriptionMachine):
             s
             for s in range(1, self.last + 1)
             if s not in self.done and s not in self.flight and s not in self.delayed
+            and s not in self.deferred
         }
         super().check_dispatch(out, limit)
         got = [s for d in out for s in d.seqs]
@@ -511,6 +531,7 @@ class PriorityMachine(SubscriptionMachine):
         state = msgpack.unpackb(msgpack.packb(self.sub.snapshot()))
         self.sub = Subscription.restore("t", "g", state, last_seq=self.last, lookup=self.lookup)
         self.sub.published(self.last, priority=True)
+        self.sub.defer(self.deferred.items())  # the hub holds them back again after a restart
         self.credit.clear()
         self.flight.clear()
         self.delayed.clear()

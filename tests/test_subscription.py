@@ -469,6 +469,7 @@ class SubscriptionMachine(RuleBasedStateMachine):
         self.counts: dict[int, int] = {}  # seq -> hand-outs, not done
         self.may_redeliver: set[int] = set()  # handed out before, then failed or given back
         self.delayed: dict[int, int] = {}  # seq -> due
+        self.deferred: dict[int, int] = {}  # published with a delay (defer), never handed out -> due
 
     # -- model helpers
 
@@ -482,6 +483,7 @@ class SubscriptionMachine(RuleBasedStateMachine):
         self.counts.pop(seq, None)
         self.may_redeliver.discard(seq)
         self.delayed.pop(seq, None)
+        self.deferred.pop(seq, None)
 
     def failed(self, seq: int, why: str, delay: int, expected: list) -> None:
         n = self.counts.get(seq, 0)
@@ -519,6 +521,7 @@ class SubscriptionMachine(RuleBasedStateMachine):
                 assert s not in self.flight, f"{s} in flight twice"
                 assert s in self.may_redeliver or s not in self.counts, f"{s} redelivered early"
                 assert s not in self.delayed, f"{s} delivered before its delay"
+                assert s not in self.deferred, f"{s} delivered before its delayed delivery time"
                 assert n == self.counts.get(s, 0) + 1
                 self.counts[s] = n
                 self.may_redeliver.discard(s)
@@ -531,6 +534,7 @@ class SubscriptionMachine(RuleBasedStateMachine):
                 s
                 for s in range(1, self.last + 1)
                 if s not in self.done and s not in self.flight and s not in self.delayed
+                and s not in self.deferred
             ]
             assert waiting == [], f"dispatch left {waiting} with free credit"
 
@@ -540,6 +544,16 @@ class SubscriptionMachine(RuleBasedStateMachine):
     def publish(self, n, then):
         self.last += n
         self.sub.published(self.last)
+        self.dispatch_if(then)
+
+    @rule(n=st.integers(1, 4), delay=st.integers(1, 30), then=DISPATCH_AFTER)
+    def publish_delayed(self, n, delay, then):
+        first = self.last + 1
+        self.last += n
+        self.sub.published(self.last)
+        held = [(s, self.now + delay) for s in range(first, self.last + 1)]
+        self.sub.defer(held)
+        self.deferred.update(held)
         self.dispatch_if(then)
 
     @rule(actor=st.sampled_from(ACTORS), credit=st.integers(1, 6), then=DISPATCH_AFTER)
@@ -651,15 +665,18 @@ class SubscriptionMachine(RuleBasedStateMachine):
         for s in [s for s, due in self.delayed.items() if due <= self.now]:
             del self.delayed[s]
             self.may_redeliver.add(s)
+        for s in [s for s, due in self.deferred.items() if due <= self.now]:
+            del self.deferred[s]
         # same dead letters; their order follows the timer batches, so compare as sets
         assert sorted(dead, key=lambda d: d.seq) == sorted(expected, key=lambda d: d.seq)
         self.dispatch_if(then)
 
-    @precondition(lambda self: self.flight or self.delayed)
+    @precondition(lambda self: self.flight or self.delayed or self.deferred)
     @rule(data=st.data(), offset=st.sampled_from([-1, 0]))
     def jump_to_a_deadline(self, data, offset):
         """Land exactly on (or 1 ms before) a deadline or due time: random steps rarely do."""
-        times = sorted({d for _, d in self.flight.values()} | set(self.delayed.values()))
+        times = sorted({d for _, d in self.flight.values()} | set(self.delayed.values())
+                       | set(self.deferred.values()))
         target = data.draw(st.sampled_from(times))
         self.advance_clock_and_tick(max(0, target + offset - self.now))
 
@@ -667,6 +684,7 @@ class SubscriptionMachine(RuleBasedStateMachine):
     def restart(self):
         state = msgpack.unpackb(msgpack.packb(self.sub.snapshot()))
         self.sub = Subscription.restore("t", "g", state, last_seq=self.last)
+        self.sub.defer(self.deferred.items())  # the hub holds them back again after a restart
         self.credit.clear()
         self.flight.clear()
         self.delayed.clear()
@@ -688,8 +706,10 @@ class SubscriptionMachine(RuleBasedStateMachine):
         for a in self.ACTORS:
             assert sub.in_flight_of(a) == self.held(a)
         assert sub._counts == self.counts
-        times = [d for _, d in self.flight.values()] + list(self.delayed.values())
+        times = ([d for _, d in self.flight.values()] + list(self.delayed.values())
+                 + list(self.deferred.values()))
         assert sub.next_deadline() == (min(times) if times else None)
+        assert sub.deferred == len(self.deferred)
 
     def teardown(self):
         if not hasattr(self, "sub"):
