@@ -28,6 +28,11 @@ from .message import Message
 log = logging.getLogger("zmq_mq.consumer")
 
 DEFAULT_CREDIT = 100
+# Acks sent in this window before the hub is found restarted are sent again to the new hub: the
+# old one may have died before committing them (each costs a redelivery otherwise). Bounded in
+# time and in sequences kept.
+ACK_RESEND_MS = 10_000
+ACK_RESEND_MAX_SEQS = 100_000
 
 
 @dataclass(slots=True)
@@ -77,6 +82,9 @@ class Session:
         self.inbox: collections.deque[Message] = collections.deque()
         self._acks: dict[int, dict[str, list[int]]] = {}  # sid -> topic -> seqs
         self._ack_count = 0
+        # (sent at, sid, {topic: seqs}, n) of recent ACKs, oldest first; _sent_seqs counts them
+        self._sent_acks: collections.deque[tuple[int, int, dict[str, list[int]], int]] = collections.deque()
+        self._sent_seqs = 0
         self._next_sid = 1
         self._waiting: dict[int, Any] = {}  # sid -> SUBSCRIBED body or HubError, for subscribe()
         self._detached: set[int] = set()
@@ -113,6 +121,14 @@ class Session:
         for spec in specs:
             spec.attached = False
             self.conn.send(Command.SUBSCRIBE, spec.body())
+        if reason in ("hub restarted", "reconnected"):
+            # the old hub may have died before committing the last acks: send them again (an
+            # ack of something already done is a no-op for the hub)
+            cutoff = monotonic_ms() - ACK_RESEND_MS
+            again = {s.sid for s in specs}
+            for sent, sid, by_topic, _ in self._sent_acks:
+                if sent >= cutoff and sid in again:
+                    self.conn.send(Command.ACK, [sid, by_topic])
         self.flush_acks()  # acks of what was processed still count on the new hub
 
     def _reconnect(self) -> None:
@@ -281,9 +297,17 @@ class Session:
             return
         with self.lock:
             acks, self._acks, self._ack_count = self._acks, {}, 0
+            now = monotonic_ms()
+            sent = self._sent_acks
             for sid, by_topic in acks.items():
                 if sid in self.specs:
                     self.conn.send(Command.ACK, [sid, by_topic])
+                    k = sum(map(len, by_topic.values()))
+                    sent.append((now, sid, by_topic, k))
+                    self._sent_seqs += k
+            cutoff = now - ACK_RESEND_MS
+            while sent and (sent[0][0] < cutoff or self._sent_seqs > ACK_RESEND_MAX_SEQS):
+                self._sent_seqs -= sent.popleft()[3]
 
     def detach_all(self, timeout: float) -> bool:
         """Flush acks, detach every subscription (releasing what was not settled) and wait for
