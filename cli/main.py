@@ -28,7 +28,7 @@ from ..router.config import (
     HEARTBEAT_INTERVAL_MS,
     HubConfig,
 )
-from ..router.protocol import MAX_MESSAGE_BYTES
+from ..router.protocol import MAX_HEADERS_BYTES, MAX_MESSAGE_BYTES
 from ..router import protocol
 from ..router.protocol import Command
 
@@ -92,6 +92,7 @@ _HUB_FILE_KEYS: dict[str, tuple[type, ...]] = {
     "map_size_mb": (int,),
     "max_size_mb": (int,),
     "max_message_bytes": (int,),
+    "max_headers_bytes": (int,),
     "heartbeat_ms": (int,),
     "log_level": (str,),
     "log_format": (str,),
@@ -124,6 +125,10 @@ def hub(
     map_size_mb: int = typer.Option(1024, "--map-size-mb", help="Initial LMDB map size (grows on demand)."),
     max_size_mb: Optional[int] = typer.Option(None, "--max-size-mb", help="Cap on the LMDB map size (default: until the disk is full)."),
     max_message_bytes: int = typer.Option(MAX_MESSAGE_BYTES, "--max-message-bytes", help="Largest payload accepted."),
+    max_headers_bytes: int = typer.Option(
+        MAX_HEADERS_BYTES, "--max-headers-bytes",
+        help="Largest key plus headers of one message, packed (default 65536).",
+    ),
     heartbeat_ms: int = typer.Option(HEARTBEAT_INTERVAL_MS, "--heartbeat-ms", help="Heartbeat interval told to clients."),
     curve: bool = typer.Option(
         False, "--curve",
@@ -179,6 +184,9 @@ def hub(
     _setup_logging(opts["log_level"], opts["log_format"])
     if opts["dedup_window"] < 0:
         _fail("--dedup-window must be >= 0", 2)
+    for name in ("max_message_bytes", "max_headers_bytes"):
+        if opts[name] < 1:
+            _fail(f"--{name.replace('_', '-')} must be at least 1", 2)
     if opts["sync"] not in ("full", "none"):
         _fail("--sync must be 'full' or 'none'", 2)
     if not opts["curve"] and (opts["authorized"] or opts["acl"]):
@@ -191,6 +199,7 @@ def hub(
         map_size=opts["map_size_mb"] * 1024 * 1024,
         max_map_size=None if opts["max_size_mb"] is None else opts["max_size_mb"] * 1024 * 1024,
         max_message_bytes=opts["max_message_bytes"],
+        max_headers_bytes=opts["max_headers_bytes"],
         heartbeat_ms=opts["heartbeat_ms"],
         curve=opts["curve"],
         keys_dir=opts["keys"],

@@ -110,3 +110,18 @@ def test_a_bad_config_file_is_refused_with_the_key_named(tmp_path):
         load_toml(str(cfg), {"data": (str,)})
     with pytest.raises(ConfigError, match="cannot read"):
         load_toml(str(tmp_path / "missing.toml"), {})
+
+
+def test_hub_header_limit_is_a_flag_and_a_violation_is_refused_and_not_stored(hub_process):
+    from zmq_mq.actors import Producer
+    from zmq_mq.actors.errors import InvalidMessage
+
+    h = hub_process(extra=["--max-headers-bytes", "200"])
+    with Admin(h.endpoint) as admin:
+        assert admin.welcome["limits"]["max_headers_bytes"] == 200
+    with Producer(h.endpoint) as p:
+        with pytest.raises(InvalidMessage, match="over the hub's limit of 200"):
+            p.publish("hdr", b"x", headers={"big": "y" * 300})
+        assert p.publish("hdr", b"x", headers={"small": "y"}) == 1
+    bad = run_cli("hub", "--max-headers-bytes", "0", "--data", str(h.data_dir.parent / "other"))
+    assert bad.returncode == 2 and b"--max-headers-bytes must be at least 1" in bad.stderr
