@@ -1537,6 +1537,8 @@ class Hub:
                 config = {}
             current = self.store.configs.get(topic, {})
             base = parse_limits(current) if op == "config" else None
+            if op == "create" and isinstance(config, dict) and "partitions" not in config and current.get("partitions"):
+                config = {**config, "partitions": current["partitions"]}  # fixed at creation: kept
             try:
                 limits = parse_limits(config, base)
             except ValueError as exc:
@@ -1606,8 +1608,11 @@ class Hub:
                     for sid, att in list(peer.attachments.items()):
                         if att.subs.get(name) is sub:
                             del att.subs[name]
-                            if not att.subs and not att.multi:
+                            if not att.subs and not protocol.is_pattern(att.name):
+                                # gone: the client sees its sid missing and subscribes again
                                 del peer.attachments[sid]
+                                self._release_attachment(peer.identity, sid, att, _monotonic_ms(),
+                                                         failed=False)
                     if not peer.attachments:
                         self._peers.pop(peer.identity, None)
                 self._sub_counters.pop(key, None)

@@ -263,3 +263,17 @@ def test_deleting_a_partitioned_topic_deletes_every_partition(hub):
         assert result["messages"] == 9 and result["partitions"] == 3
         assert not [t for t in hub.hub.store.topics if t.startswith("parts")]
         assert "partitions" not in admin.topic_config("parts")
+
+
+def test_a_consumer_of_a_deleted_partitioned_topic_goes_on_with_the_topic_created_again(hub):
+    with Admin(hub.endpoint) as admin:
+        admin.create_topic("shards", partitions=2)
+        with Consumer(hub.endpoint) as c:
+            c.subscribe("shards", "g", credit=10)
+            admin.delete_topic("shards")
+            admin.create_topic("shards", partitions=2, max_messages=100)
+            assert admin.create_topic("shards", max_messages=50)["config"]["partitions"] == 2  # kept
+            with Producer(hub.endpoint) as p:
+                p.publish("shards", b"again", key="k")
+            got = _drain(c, 1, timeout=30)
+    assert [m.payload for m in got] == [b"again"]
