@@ -479,22 +479,33 @@ class Actor:
             self._wake()
 
     def _wake(self) -> None:
+        """Wake the loop thread (from any thread), once per round: call it after queueing the
+        work it must see. Invariant: ``_wake_sent`` is True only while a wake-up is waiting in
+        the pipe or the loop has yet to look at ``_results`` (see ``_drain_wakes``)."""
         with self._wake_lock:
             if self._wake_tx is not None and not self._wake_sent:
                 self._wake_sent = True
                 try:
                     self._wake_tx.send(b"", zmq.NOBLOCK)
                 except zmq.ZMQError:
-                    pass
+                    self._wake_sent = False  # nothing in the pipe: the next call tries again
 
     def _drain_wakes(self, wake_rx: zmq.Socket) -> None:
-        with self._wake_lock:
-            self._wake_sent = False
+        """Empty the wake pipe, then re-arm ``_wake``; the caller reads ``_results`` next.
+
+        In this order a wake-up suppressed meanwhile (the flag still set) belongs to a result
+        queued before the caller reads them, so nothing is missed. The other order (re-arm,
+        then empty) could swallow a wake-up sent in between and leave the flag set with the
+        pipe empty: every later wake-up suppressed, the loop then noticing finished handlers
+        only at its heartbeat timeout (an Actor crawling at credit per heartbeat interval).
+        """
         while True:
             try:
                 wake_rx.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
+        with self._wake_lock:
+            self._wake_sent = False
 
     def _apply_results(self, session: Session) -> None:
         results = self._results

@@ -148,3 +148,41 @@ def test_a_handler_that_raises_systemexit_stops_the_actor_and_its_message_goes_e
         msg = c.receive(timeout=10)
         assert msg is not None and msg.payload == b"hot potato" and msg.deliveries == 1
         msg.ack()
+
+
+class _WakeDuringDrain:
+    """A wake socket whose first recv lets another thread call ``_wake`` first: the moment a
+    handler finishes while the loop is emptying the wake pipe."""
+
+    def __init__(self, sock, actor):
+        self.sock, self.actor, self.fired = sock, actor, False
+
+    def recv(self, flags=0):
+        if not self.fired:
+            self.fired = True
+            self.actor._wake()
+        return self.sock.recv(flags)
+
+
+def test_a_wake_up_sent_while_the_loop_drains_the_pipe_never_silences_later_ones():
+    # Given an actor's wake pipe holding one wake-up
+    import zmq
+
+    ctx = zmq.Context.instance()
+    actor = Actor("tcp://127.0.0.1:1", name="wakes")
+    rx = ctx.socket(zmq.PAIR)
+    rx.bind(actor._wake_addr)
+    actor._wake_tx = ctx.socket(zmq.PAIR)
+    actor._wake_tx.connect(actor._wake_addr)
+    try:
+        actor._wake()
+        assert rx.poll(1000)
+        # When a worker wakes the loop again while the loop is draining the pipe
+        actor._drain_wakes(_WakeDuringDrain(rx, actor))
+        # Then the next finished handler still wakes the loop (before the fix the flag stayed
+        # set with the pipe empty: the loop then saw results only at its heartbeat timeout)
+        actor._wake()
+        assert rx.poll(1000), "a wake-up was suppressed with nothing in the pipe"
+    finally:
+        actor._wake_tx.close(linger=0)
+        rx.close(linger=0)
