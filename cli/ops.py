@@ -382,12 +382,13 @@ def listen(
 
 
 def bench(
-    workloads: str = typer.Option("W1,W2,W3", "--workloads", help="Comma-separated: W1 durable publish, W2 end to end, W3 publish-confirm latency."),
-    messages: int = typer.Option(200_000, "--messages", help="Messages for W1 and W2."),
+    workloads: str = typer.Option("W1,W2,W3", "--workloads", help="Comma-separated: W1 durable publish, W2 end to end, W3 publish-confirm latency, W4 end to end through an Actor (only when named)."),
+    messages: int = typer.Option(200_000, "--messages", help="Messages for W1, W2 and W4."),
     sync: str = typer.Option("full", "--sync", help="The started hub's --sync (full or none)."),
     rate: float = typer.Option(5000.0, "--rate", help="W3 target msg/s."),
     duration: float = typer.Option(10.0, "--duration", help="W3 seconds."),
     credit: int = typer.Option(1000, "--credit", help="W2 consumer credit."),
+    concurrency: int = typer.Option(8, "--concurrency", help="W4 actor worker threads (one message in flight each)."),
     timeout: float = typer.Option(120.0, "--timeout", help="Bound on each workload's measured phase (s)."),
     hub: str | None = typer.Option(None, "--hub", help="Use this running hub (fresh topics per run) instead of starting one per workload in a temp dir."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of the table."),
@@ -417,12 +418,13 @@ def bench(
         names = engine.workload_names(workloads)
     except ValueError as exc:
         _fail(str(exc), 2)
-    if messages <= 0 or rate <= 0 or duration <= 0 or credit <= 0 or timeout <= 0:
-        _fail("--messages, --rate, --duration, --credit and --timeout must be positive", 2)
+    if messages <= 0 or rate <= 0 or duration <= 0 or credit <= 0 or timeout <= 0 or concurrency <= 0:
+        _fail("--messages, --rate, --duration, --credit, --concurrency and --timeout must be positive", 2)
     if sync not in ("full", "none"):
         _fail("--sync must be 'full' or 'none'", 2)
     args = argparse.Namespace(workloads=workloads, messages=messages, sync=sync, rate=rate,
-                              duration=duration, credit=credit, timeout=timeout, hub=hub)
+                              duration=duration, credit=credit, concurrency=concurrency,
+                              timeout=timeout, hub=hub)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                   MofNCompleteColumn(), TimeElapsedColumn(), console=_console(stderr=True)) as progress:
         task = progress.add_task("bench", total=len(names))

@@ -15,6 +15,9 @@ the hub with SIGTERM (SIGKILL if it does not exit) in a ``finally``. Payloads ar
   msg/s = N / (first publish -> last message received by the consumer).
 - W3 publish-confirm latency: one producer at a steady rate (default 5,000 msg/s for 10 s),
   message i due at t0 + i/rate; latency = publish_async call -> confirm callback.
+- W4 end to end through an Actor (only when named: ``--workloads W4``): W2 with an ``Actor``
+  process (``--concurrency`` worker threads, default 8, one message in flight per thread) in
+  place of the consumer; its handler only records the seq, so this is the runtime's own cost.
 
 Cross-process times use CLOCK_MONOTONIC, which is system-wide on Linux.
 Exit status: 0 unless a workload errored or lost messages (floors only print PASS/FAIL).
@@ -47,11 +50,13 @@ FLOORS = {
     "W1": ("msg_per_s", ">=", 100_000, "W1 >= 100,000 msg/s"),
     "W2": ("msg_per_s", ">=", 50_000, "W2 >= 50,000 msg/s"),
     "W3": ("p99_ms", "<=", 10.0, "W3 p99 <= 10 ms"),
-}
+}  # W4 has none: it sizes Actor deployments
+
 WORKLOAD_NAMES = {
     "W1": "durable publish (pipelined, all confirmed)",
     "W2": "end to end (1 producer + 1 consumer, all acked)",
     "W3": "publish-confirm latency at a steady rate",
+    "W4": "end to end through an Actor (1 producer + 1 Actor process, all acked)",
 }
 
 
@@ -171,7 +176,7 @@ def _worker(kind: str, endpoint: str, params: dict, results, go) -> None:
     """Entry point of every child process: report ("ready"), wait for go, run, report result."""
     try:
         fn = {"w1": _run_w1_producer, "w2p": _run_w2_producer, "w2c": _run_w2_consumer,
-              "w3": _run_w3_producer}[kind]
+              "w3": _run_w3_producer, "w4p": _run_w4_producer, "w4a": _run_w4_actor}[kind]
         results.put((kind, "result", fn(endpoint, params, results, go)))
     except BaseException:
         results.put((kind, "error", traceback.format_exc()))
@@ -276,6 +281,71 @@ def _run_w2_consumer(endpoint: str, params: dict, results, go) -> dict:
     finally:
         if not closed:
             c.close(timeout=2.0)
+
+
+def _run_w4_producer(endpoint: str, params: dict, results, go) -> dict:
+    from zmq_mq.actors import Producer
+
+    with Producer(endpoint, timeout=params["timeout"]) as p:
+        _wait_go("w4p", results, go, params)
+        return _publish_all(p, params.get("topic", "bench.w4"), params["n"], params["timeout"])
+
+
+def _run_w4_actor(endpoint: str, params: dict, results, go) -> dict:
+    """An Actor with ``concurrency`` worker threads and a handler that only records the seq:
+    what the runtime itself costs per message (hand-off to a worker thread, ack on return)."""
+    from zmq_mq.actors import Actor
+
+    n = params["n"]
+    lock = threading.Lock()
+    seen_seqs: set[int] = set()
+    seen_ids: set[int] = set()
+    state = {"received": 0, "bad": 0, "t_first": None, "t_last": None}
+    done = threading.Event()
+
+    def handle(msg) -> None:
+        t = now()
+        with lock:
+            if state["t_first"] is None:
+                state["t_first"] = t
+            state["t_last"] = t
+            state["received"] += 1
+            seen_seqs.add(msg.seq)
+            payload = msg.payload
+            if len(payload) != PAYLOAD_SIZE:
+                state["bad"] += 1
+            else:
+                seen_ids.add(int.from_bytes(payload[:8], "big"))
+            if len(seen_seqs) >= n:
+                done.set()
+
+    actor = Actor(endpoint, name="bench-w4", concurrency=params["concurrency"],
+                  timeout=params["timeout"])
+    actor.add_handler(params.get("topic", "bench.w4"), handle, group="bench",
+                      credit=params["concurrency"])
+    actor.start()  # attached: the producer may start
+    try:
+        _wait_go("w4a", results, go, params)
+        deadline = now() + params["timeout"]
+        idle = params["idle_timeout"]
+        started = now()
+        while not done.wait(0.2) and now() < deadline:
+            last = state["t_last"] or started
+            if now() - last > idle:
+                break  # nothing for idle_timeout seconds: count what we have
+        t_close0 = now()
+        actor.stop()  # handlers finish, acks committed, detached
+        t_close1 = now()
+    finally:
+        if actor.running:
+            actor.stop(timeout=5.0)
+    return {
+        "n": n, "received": state["received"], "distinct_seqs": len(seen_seqs),
+        "distinct_payload_ids": len(seen_ids), "duplicates": state["received"] - len(seen_seqs),
+        "bad_payloads": state["bad"], "t_first_recv": state["t_first"],
+        "t_last_recv": state["t_last"], "close_s": t_close1 - t_close0,
+        "concurrency": params["concurrency"],
+    }
 
 
 def _run_w3_producer(endpoint: str, params: dict, results, go) -> dict:
@@ -535,6 +605,11 @@ def run_workload(name: str, args) -> dict:
             workers.start("w2c", hub.endpoint, dict(base, n=args.messages, credit=args.credit,
                                                     idle_timeout=10.0))
             workers.start("w2p", hub.endpoint, dict(base, n=args.messages))
+        elif name == "W4":
+            # the actor first: attached (and reported ready) before the producer publishes
+            workers.start("w4a", hub.endpoint, dict(base, n=args.messages,
+                                                    concurrency=args.concurrency, idle_timeout=10.0))
+            workers.start("w4p", hub.endpoint, dict(base, n=args.messages))
         elif name == "W3":
             workers.start("w3", hub.endpoint, dict(base, rate=args.rate, duration=args.duration))
         workers.wait_ready(60.0)
@@ -570,8 +645,8 @@ def summarise(name: str, out: dict) -> dict:
             "confirmed": r["confirmed"], "distinct_seqs": r["distinct_seqs"], "lost": lost,
             "seq_range": [r["seq_min"], r["seq_max"]],
         }
-    if name == "W2":
-        p, c = out["w2p"], out["w2c"]
+    if name in ("W2", "W4"):
+        p, c = (out["w2p"], out["w2c"]) if name == "W2" else (out["w4p"], out["w4a"])
         end = c["t_last_recv"] if c["t_last_recv"] is not None else float("nan")
         span = end - p["t_first"]
         lost = p["n"] - c["distinct_seqs"]
@@ -586,6 +661,7 @@ def summarise(name: str, out: dict) -> dict:
             "distinct_seqs": c["distinct_seqs"], "distinct_payload_ids": c["distinct_payload_ids"],
             "duplicates": c["duplicates"], "bad_payloads": c["bad_payloads"], "lost": lost,
             "consumer_close_s": c["close_s"],
+            **({"concurrency": c["concurrency"]} if name == "W4" else {}),
         }
     r = out["w3"]
     lost = r["unconfirmed"]
@@ -602,6 +678,10 @@ def summarise(name: str, out: dict) -> dict:
 
 
 def floor_verdict(result: dict) -> tuple[str, str]:
+    if result["workload"] not in FLOORS:
+        if "error" in result:
+            return "none", "n/a"
+        return "none", "OK" if result.get("ok") else "INVALID"
     key, op, limit, label = FLOORS[result["workload"]]
     value = result.get(key)
     if value is None or "error" in result:
@@ -698,7 +778,7 @@ def print_table(report: dict) -> None:
         stalls = (f"{st['count']:,} ({fmt(st['per_s'], '.1f')}/s), max {fmt(st['max_ms'], '.1f')} ms"
                   if st else "n/a")
         label, verdict = floor_verdict(r)
-        color = {"PASS": "green", "FAIL": "red", "INVALID": "red"}.get(verdict, "yellow")
+        color = {"PASS": "green", "OK": "green", "FAIL": "red", "INVALID": "red"}.get(verdict, "yellow")
         verdict = f"[{color}]{verdict}[/{color}]"
         if "error" in r:
             table.add_row(name, "[red]ERROR[/red]", r["error"][:300], rss, busy, stalls, label, verdict)
@@ -708,9 +788,10 @@ def print_table(report: dict) -> None:
             main = f"{fmt(r['msg_per_s'])} msg/s"
             details = (f"N={r['n']:,} in {r['span_s']:.2f} s; distinct seqs {r['distinct_seqs']:,}; "
                        f"{lost}")
-        elif r["workload"] == "W2":
+        elif r["workload"] in ("W2", "W4"):
             main = f"{fmt(r['msg_per_s'])} msg/s"
-            details = (f"N={r['n']:,} in {r['span_s']:.2f} s; publish side "
+            who = (f"actor concurrency {r['concurrency']}; " if r["workload"] == "W4" else "")
+            details = (f"N={r['n']:,} in {r['span_s']:.2f} s; {who}publish side "
                        f"{fmt(r['publish_msg_per_s'])} msg/s; received {r['received']:,}, "
                        f"distinct {r['distinct_seqs']:,}, duplicates {r['duplicates']:,}; {lost}; "
                        f"consumer close (acks committed) {r['consumer_close_s'] * 1000:.1f} ms")
@@ -734,13 +815,16 @@ def print_table(report: dict) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workloads", default="W1,W2,W3", help="comma-separated: W1,W2,W3")
-    p.add_argument("--messages", type=int, default=200_000, help="N for W1 and W2")
+    p.add_argument("--workloads", default="W1,W2,W3",
+                   help="comma-separated, from W1,W2,W3,W4 (W4, the Actor, only when named)")
+    p.add_argument("--messages", type=int, default=200_000, help="N for W1, W2 and W4")
     p.add_argument("--json-out", default="bench/results/latest.json")
     p.add_argument("--sync", default="full", choices=("full", "none"))
     p.add_argument("--rate", type=float, default=5000.0, help="W3 target msg/s")
     p.add_argument("--duration", type=float, default=10.0, help="W3 seconds")
     p.add_argument("--credit", type=int, default=1000, help="W2 consumer credit")
+    p.add_argument("--concurrency", type=int, default=8,
+                   help="W4 actor worker threads (its credit: one message in flight per thread)")
     p.add_argument("--timeout", type=float, default=120.0,
                    help="per-workload bound on the measured phase (seconds)")
     p.add_argument("--hub", default=None,
@@ -766,6 +850,7 @@ def run(args, names: list[str], on_start=None, on_done=None) -> dict:
         "config": {"workloads": names, "messages": args.messages, "sync": args.sync,
                    "payload_bytes": PAYLOAD_SIZE, "w2_credit": args.credit,
                    "w3_rate": args.rate, "w3_duration_s": args.duration,
+                   "w4_concurrency": getattr(args, "concurrency", 8),
                    "timeout_s": args.timeout, "hub": getattr(args, "hub", None)},
         "machine": machine_info(), "git": git_info(),
         "floors": {k: v[3] for k, v in FLOORS.items()},
