@@ -388,7 +388,8 @@ def bench(
     rate: float = typer.Option(5000.0, "--rate", help="W3 target msg/s."),
     duration: float = typer.Option(10.0, "--duration", help="W3 seconds."),
     credit: int = typer.Option(1000, "--credit", help="W2 consumer credit."),
-    concurrency: int = typer.Option(8, "--concurrency", help="W4 actor worker threads (one message in flight each)."),
+    concurrency: int = typer.Option(8, "--concurrency", help="W4 actor worker threads."),
+    prefetch: int = typer.Option(1, "--prefetch", help="W4 actor prefetch: messages held per worker thread."),
     timeout: float = typer.Option(120.0, "--timeout", help="Bound on each workload's measured phase (s)."),
     hub: str | None = typer.Option(None, "--hub", help="Use this running hub (fresh topics per run) instead of starting one per workload in a temp dir."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of the table."),
@@ -418,12 +419,14 @@ def bench(
         names = engine.workload_names(workloads)
     except ValueError as exc:
         _fail(str(exc), 2)
-    if messages <= 0 or rate <= 0 or duration <= 0 or credit <= 0 or timeout <= 0 or concurrency <= 0:
-        _fail("--messages, --rate, --duration, --credit, --concurrency and --timeout must be positive", 2)
+    if messages <= 0 or rate <= 0 or duration <= 0 or credit <= 0 or timeout <= 0 or concurrency <= 0 or prefetch <= 0:
+        _fail("--messages, --rate, --duration, --credit, --concurrency, --prefetch and --timeout "
+              "must be positive", 2)
     if sync not in ("full", "none"):
         _fail("--sync must be 'full' or 'none'", 2)
     args = argparse.Namespace(workloads=workloads, messages=messages, sync=sync, rate=rate,
                               duration=duration, credit=credit, concurrency=concurrency,
+                              prefetch=prefetch,
                               timeout=timeout, hub=hub)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                   MofNCompleteColumn(), TimeElapsedColumn(), console=_console(stderr=True)) as progress:

@@ -16,13 +16,13 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_bench_w4_runs_an_actor_process_and_counts_every_message(hub):
     result = run_cli("bench", "--workloads", "W4", "--messages", "2000", "--concurrency", "4",
-                     "--hub", hub.endpoint, "--json", "--timeout", "60")
+                     "--prefetch", "3", "--hub", hub.endpoint, "--json", "--timeout", "60")
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     report = json.loads(result.stdout)
     (w4,) = report["workloads"]
     assert (w4["workload"], w4["ok"], w4["distinct_seqs"], w4["lost"]) == ("W4", True, 2000, 0)
-    assert w4["distinct_payload_ids"] == 2000 and w4["concurrency"] == 4
-    assert report["config"]["w4_concurrency"] == 4 and w4["msg_per_s"] > 0
+    assert w4["distinct_payload_ids"] == 2000 and (w4["concurrency"], w4["prefetch"]) == (4, 3)
+    assert report["config"]["w4_concurrency"] == 4 and report["config"]["w4_prefetch"] == 3
 
 
 @pytest.mark.slow

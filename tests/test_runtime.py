@@ -61,6 +61,51 @@ def test_an_actor_holds_no_more_messages_than_it_has_workers(hub):
     assert sorted(started) == list(range(1, 11))
 
 
+def test_prefetch_lets_an_actor_hold_more_than_it_runs_and_still_runs_only_concurrency(hub):
+    # Given an actor with 2 workers and prefetch 3 (credit 100) whose handlers block
+    gate = threading.Event()
+    started = []
+    running = [0, 0]  # now, most at once
+    lock = threading.Lock()
+
+    def handle(msg):
+        with lock:
+            started.append(msg.seq)
+            running[0] += 1
+            running[1] = max(running)
+        gate.wait(30)
+        with lock:
+            running[0] -= 1
+
+    actor = Actor(hub.endpoint, name="prefetcher", concurrency=2, prefetch=3)
+    actor.add_handler("jobs.pre", handle, group="pre")
+    actor.start()
+    try:
+        # When 10 messages are waiting
+        with Producer(hub.endpoint) as p:
+            for i in range(10):
+                p.publish_async("jobs.pre", b"%d" % i)
+            p.flush()
+        # Then the hub hands out 2 x 3 = 6 (4 wait in the actor), while only 2 handlers run
+        wait_for(lambda: (s := _sub_state(hub.endpoint, "jobs.pre", "pre"))
+                 and s["in_flight"] == 6 and s["pending"] == 4,
+                 message="6 in flight, 4 pending")
+        wait_for(lambda: len(started) == 2, message="two handlers running")
+        assert len(started) == 2
+        gate.set()
+        wait_for(lambda: len(started) == 10, message="all processed")
+    finally:
+        gate.set()
+        actor.stop()
+    assert sorted(started) == list(range(1, 11)) and running[1] == 2
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_prefetch_must_be_a_positive_integer(bad):
+    with pytest.raises(ValueError, match="prefetch"):
+        Actor("tcp://127.0.0.1:1", prefetch=bad)
+
+
 # --- retry backoff -------------------------------------------------------------------------
 
 

@@ -16,8 +16,8 @@ the hub with SIGTERM (SIGKILL if it does not exit) in a ``finally``. Payloads ar
 - W3 publish-confirm latency: one producer at a steady rate (default 5,000 msg/s for 10 s),
   message i due at t0 + i/rate; latency = publish_async call -> confirm callback.
 - W4 end to end through an Actor (only when named: ``--workloads W4``): W2 with an ``Actor``
-  process (``--concurrency`` worker threads, default 8, one message in flight per thread) in
-  place of the consumer; its handler only records the seq, so this is the runtime's own cost.
+  process (``--concurrency`` worker threads, default 8; ``--prefetch`` messages held per thread,
+  default 1) in place of the consumer; its handler only records the seq: the runtime's own cost.
 
 Cross-process times use CLOCK_MONOTONIC, which is system-wide on Linux.
 Exit status: 0 unless a workload errored or lost messages (floors only print PASS/FAIL).
@@ -320,9 +320,9 @@ def _run_w4_actor(endpoint: str, params: dict, results, go) -> dict:
                 done.set()
 
     actor = Actor(endpoint, name="bench-w4", concurrency=params["concurrency"],
-                  timeout=params["timeout"])
+                  prefetch=params["prefetch"], timeout=params["timeout"])
     actor.add_handler(params.get("topic", "bench.w4"), handle, group="bench",
-                      credit=params["concurrency"])
+                      credit=params["concurrency"] * params["prefetch"])
     actor.start()  # attached: the producer may start
     try:
         _wait_go("w4a", results, go, params)
@@ -344,7 +344,7 @@ def _run_w4_actor(endpoint: str, params: dict, results, go) -> dict:
         "distinct_payload_ids": len(seen_ids), "duplicates": state["received"] - len(seen_seqs),
         "bad_payloads": state["bad"], "t_first_recv": state["t_first"],
         "t_last_recv": state["t_last"], "close_s": t_close1 - t_close0,
-        "concurrency": params["concurrency"],
+        "concurrency": params["concurrency"], "prefetch": params["prefetch"],
     }
 
 
@@ -608,7 +608,9 @@ def run_workload(name: str, args) -> dict:
         elif name == "W4":
             # the actor first: attached (and reported ready) before the producer publishes
             workers.start("w4a", hub.endpoint, dict(base, n=args.messages,
-                                                    concurrency=args.concurrency, idle_timeout=10.0))
+                                                    concurrency=args.concurrency,
+                                                    prefetch=getattr(args, "prefetch", 1),
+                                                    idle_timeout=10.0))
             workers.start("w4p", hub.endpoint, dict(base, n=args.messages))
         elif name == "W3":
             workers.start("w3", hub.endpoint, dict(base, rate=args.rate, duration=args.duration))
@@ -661,7 +663,7 @@ def summarise(name: str, out: dict) -> dict:
             "distinct_seqs": c["distinct_seqs"], "distinct_payload_ids": c["distinct_payload_ids"],
             "duplicates": c["duplicates"], "bad_payloads": c["bad_payloads"], "lost": lost,
             "consumer_close_s": c["close_s"],
-            **({"concurrency": c["concurrency"]} if name == "W4" else {}),
+            **({"concurrency": c["concurrency"], "prefetch": c["prefetch"]} if name == "W4" else {}),
         }
     r = out["w3"]
     lost = r["unconfirmed"]
@@ -790,7 +792,8 @@ def print_table(report: dict) -> None:
                        f"{lost}")
         elif r["workload"] in ("W2", "W4"):
             main = f"{fmt(r['msg_per_s'])} msg/s"
-            who = (f"actor concurrency {r['concurrency']}; " if r["workload"] == "W4" else "")
+            who = (f"actor concurrency {r['concurrency']}, prefetch {r['prefetch']}; "
+                   if r["workload"] == "W4" else "")
             details = (f"N={r['n']:,} in {r['span_s']:.2f} s; {who}publish side "
                        f"{fmt(r['publish_msg_per_s'])} msg/s; received {r['received']:,}, "
                        f"distinct {r['distinct_seqs']:,}, duplicates {r['duplicates']:,}; {lost}; "
@@ -823,8 +826,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=5000.0, help="W3 target msg/s")
     p.add_argument("--duration", type=float, default=10.0, help="W3 seconds")
     p.add_argument("--credit", type=int, default=1000, help="W2 consumer credit")
-    p.add_argument("--concurrency", type=int, default=8,
-                   help="W4 actor worker threads (its credit: one message in flight per thread)")
+    p.add_argument("--concurrency", type=int, default=8, help="W4 actor worker threads")
+    p.add_argument("--prefetch", type=int, default=1,
+                   help="W4 actor prefetch: messages held per worker thread (credit = both multiplied)")
     p.add_argument("--timeout", type=float, default=120.0,
                    help="per-workload bound on the measured phase (seconds)")
     p.add_argument("--hub", default=None,
@@ -851,6 +855,7 @@ def run(args, names: list[str], on_start=None, on_done=None) -> dict:
                    "payload_bytes": PAYLOAD_SIZE, "w2_credit": args.credit,
                    "w3_rate": args.rate, "w3_duration_s": args.duration,
                    "w4_concurrency": getattr(args, "concurrency", 8),
+                   "w4_prefetch": getattr(args, "prefetch", 1),
                    "timeout_s": args.timeout, "hub": getattr(args, "hub", None)},
         "machine": machine_info(), "git": git_info(),
         "floors": {k: v[3] for k, v in FLOORS.items()},
