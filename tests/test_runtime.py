@@ -28,41 +28,9 @@ def _sub_state(endpoint: str, topic: str, group: str) -> dict:
 # --- credit --------------------------------------------------------------------------------
 
 
-def test_an_actor_holds_no_more_messages_than_it_has_workers(hub):
+@pytest.mark.parametrize("prefetch, held", [(1, 2), (3, 6)])
+def test_an_actor_holds_workers_times_prefetch_messages_and_runs_only_its_workers(hub, prefetch, held):
     # Given an actor with 2 workers (and the default credit of 100) whose handlers block
-    gate = threading.Event()
-    started = []
-
-    def handle(msg):
-        started.append(msg.seq)
-        gate.wait(30)
-
-    actor = Actor(hub.endpoint, name="narrow", concurrency=2)
-    actor.add_handler("jobs", handle, group="narrow")
-    actor.start()
-    try:
-        # When 10 messages are waiting
-        with Producer(hub.endpoint) as p:
-            for i in range(10):
-                p.publish_async("jobs", b"%d" % i)
-            p.flush()
-        wait_for(lambda: len(started) == 2, message="two handlers running")
-        # Then the hub has handed out exactly 2: the other 8 stay in the hub for other actors
-        state = wait_for(lambda: (s := _sub_state(hub.endpoint, "jobs", "narrow"))
-                         and s["in_flight"] == 2 and s["pending"] == 8 and s,
-                         message="2 in flight, 8 pending")
-        assert state["in_flight"] == 2
-        assert len(started) == 2
-        gate.set()
-        wait_for(lambda: len(started) == 10, message="all processed")
-    finally:
-        gate.set()
-        actor.stop()
-    assert sorted(started) == list(range(1, 11))
-
-
-def test_prefetch_lets_an_actor_hold_more_than_it_runs_and_still_runs_only_concurrency(hub):
-    # Given an actor with 2 workers and prefetch 3 (credit 100) whose handlers block
     gate = threading.Event()
     started = []
     running = [0, 0]  # now, most at once
@@ -77,20 +45,22 @@ def test_prefetch_lets_an_actor_hold_more_than_it_runs_and_still_runs_only_concu
         with lock:
             running[0] -= 1
 
-    actor = Actor(hub.endpoint, name="prefetcher", concurrency=2, prefetch=3)
-    actor.add_handler("jobs.pre", handle, group="pre")
+    topic, group = f"jobs.p{prefetch}", f"narrow{prefetch}"
+    actor = Actor(hub.endpoint, name=group, concurrency=2, prefetch=prefetch)
+    actor.add_handler(topic, handle, group=group)
     actor.start()
     try:
         # When 10 messages are waiting
         with Producer(hub.endpoint) as p:
             for i in range(10):
-                p.publish_async("jobs.pre", b"%d" % i)
+                p.publish_async(topic, b"%d" % i)
             p.flush()
-        # Then the hub hands out 2 x 3 = 6 (4 wait in the actor), while only 2 handlers run
-        wait_for(lambda: (s := _sub_state(hub.endpoint, "jobs.pre", "pre"))
-                 and s["in_flight"] == 6 and s["pending"] == 4,
-                 message="6 in flight, 4 pending")
         wait_for(lambda: len(started) == 2, message="two handlers running")
+        # Then the hub has handed out 2 x prefetch (the rest stay in the hub for other actors)
+        # while only the 2 workers run
+        wait_for(lambda: (s := _sub_state(hub.endpoint, topic, group))
+                 and s["in_flight"] == held and s["pending"] == 10 - held,
+                 message=f"{held} in flight, {10 - held} pending")
         assert len(started) == 2
         gate.set()
         wait_for(lambda: len(started) == 10, message="all processed")
