@@ -194,6 +194,8 @@ class Hub:
         # (identity, batch_id, [(topic, index in its append list)], receipt time in ns)
         self._confirms: list[tuple[bytes, Any, list[tuple[str, int]], int]] = []
         self._outbox: list[tuple[bytes, bytes, Any]] = []
+        # (topic, group) of subscriptions that got an attachment this turn (see _turn)
+        self._fresh: set[tuple[str, str]] = set()
         self._dead_letters: list[tuple[Subscription, DeadLetter]] = []
         # PURGE / REDRIVE: records to delete in this turn's commit, and the answers to send once
         # it committed: (identity, command, ref, result)
@@ -441,7 +443,15 @@ class Hub:
             self._next_liveness_check = now + self.config.heartbeat_ms // 2
         if self._sched_heap and self._sched_heap[0][0] <= _wall_ms():
             self._expire_schedule()
+        if not self._appends:
+            # A turn of acks (no publish waits for this commit): hand out the credit they freed
+            # now, not after the commit's fsync; a consumer's next message then costs a round
+            # trip, not a round trip plus a sync. The acks become durable in the commit below
+            # (a crash in between redelivers them: at least once holds). Not to attachments
+            # made this turn: their SUBSCRIBED goes out after the commit and must come first.
+            self._dispatch(now, skip=self._fresh)
         published = self._commit()
+        self._fresh.clear()
         self._flush_outbox()
         if self._confirmed_at:
             sent = _now_ms()
@@ -700,11 +710,13 @@ class Hub:
 
     # --- dispatch --------------------------------------------------------------------------
 
-    def _dispatch(self, now: int) -> None:
+    def _dispatch(self, now: int, skip: set | None = None) -> None:
+        """Hand out what each subscription's credit allows (not to the subscriptions in
+        ``skip``), straight to the sockets."""
         limit = self.config.max_dispatch_per_turn
         frame_max = self.config.max_deliver_frame
         for key, sub in self.subs.items():
-            if not sub.actors:
+            if not sub.actors or skip and key in skip:
                 continue
             deliveries = sub.dispatch(now, limit)
             if not deliveries:
@@ -1125,8 +1137,9 @@ class Hub:
         peer.attachments[sid] = att
         if att.multi:
             self._multi.setdefault((topic, group), {})[(identity, sid)] = att
-        for sub in subs.values():
+        for t, sub in subs.items():
             sub.attach((identity, sid), credit)
+            self._fresh.add((t, group))
         first = next(iter(subs.values()), None)
         self._outbox.append(
             (
