@@ -1,4 +1,5 @@
-"""Fairness: a flooding producer cannot make another client's publish wait for its whole backlog.
+"""Who waits for what in a hub turn: a flooding producer cannot make another client's publish
+wait for its whole backlog, and a consumer's next message does not wait for the fsync of its ack.
 
 Driven turn by turn over inproc sockets (a message is queued at the hub when send returns), so
 the test counts what each turn committed instead of timing anything; bench/fairness.py measures
@@ -64,4 +65,51 @@ def test_a_flooding_producer_cannot_make_a_small_publish_wait_for_its_whole_back
     finally:
         flood.close(linger=0)
         small.close(linger=0)
+        hub.close()
+
+
+def test_credit_freed_by_acks_is_handed_out_before_the_commit_and_a_new_attachment_hears_subscribed_first(tmp_path):
+    endpoint = f"inproc://zmq-mq-early-{next(_ids)}"
+    hub = Hub(HubConfig(data_dir=str(tmp_path / "data"), bind=endpoint, pub=None))
+    hub.bind()
+    producer, consumer = _dealer(endpoint), _dealer(endpoint)
+    seen_at_commit = []  # what the consumer had received when each commit began
+    real_commit = hub.store.commit
+
+    def commit(*args, **kwargs):
+        seen_at_commit.append(_replies(consumer))
+        return real_commit(*args, **kwargs)
+
+    hub.store.commit = commit
+    try:
+        # Given two stored messages
+        producer.send_multipart(protocol.encode(
+            Command.PUBLISH, [1, [["jobs", b"a", None, None], ["jobs", b"b", None, None]]]))
+        hub._read_commands()
+        hub._turn()
+        # When a consumer with credit 1 attaches
+        consumer.send_multipart(protocol.encode(
+            Command.SUBSCRIBE, {"sid": 1, "topic": "jobs", "group": "g", "credit": 1}))
+        hub._read_commands()
+        seen_at_commit.clear()
+        hub._turn()
+        # Then nothing reaches it before the commit, and SUBSCRIBED comes before the first DELIVER
+        assert seen_at_commit == [[]]
+        first = _replies(consumer)
+        assert [c for c, _ in first] == [Command.SUBSCRIBED, Command.DELIVER]
+        assert [seq for seq, _, _ in first[1][1][2]] == [1]
+        # When it acks seq 1 (a turn without publishes)
+        consumer.send_multipart(protocol.encode(Command.ACK, [1, {"jobs": [1]}]))
+        hub._read_commands()
+        seen_at_commit.clear()
+        hub._turn()
+        # Then seq 2 was on its way before the commit that makes the ack durable
+        (before,) = seen_at_commit
+        assert [c for c, _ in before] == [Command.DELIVER]
+        assert [seq for seq, _, _ in before[0][1][2]] == [2]
+        assert hub.subs[("jobs", "g")].ack_floor == 1
+    finally:
+        hub.store.commit = real_commit
+        producer.close(linger=0)
+        consumer.close(linger=0)
         hub.close()
