@@ -872,7 +872,9 @@ class Hub:
         ids: dict[int, str] | None = None  # message index -> producer msg_id
         delays: dict[int, int] | None = None  # message index -> due time (wall ms), if held back
         acl_names: dict[int, str] | None = None  # message index -> partitioned topic it was sent to
+        prio_topics: set[str] | None = None  # stored topics (partitions) of prioritised messages
         for index, msg in enumerate(messages):
+            prioritised = False
             try:
                 topic, payload, key, headers = msg[0], msg[1], msg[2], msg[3]
                 opts = msg[4] if len(msg) > 4 else None
@@ -923,7 +925,7 @@ class Hub:
                             if headers
                             else {protocol.PRIORITY_HEADER: priority}
                         )
-                        self._prio_topics.add(topic)
+                        prioritised = True
                 due = _due_of(opts, ts, index, batch_id)
                 if due is not None:
                     headers = (
@@ -957,6 +959,10 @@ class Hub:
                     acl_names = {}
                 acl_names[index] = named
             staged.append((topic, record))
+            if prioritised:  # the topic it is stored in: a partition of a partitioned topic
+                if prio_topics is None:
+                    prio_topics = set()
+                prio_topics.add(topic)
         acl = self._acl
         if acl is not None:  # one cached lookup per run of equal topics
             user = self._users.get(identity)
@@ -976,6 +982,8 @@ class Hub:
                     allowed = topic
         if self._limits:
             self._refuse_if_full(staged, batch_id)
+        if prio_topics is not None:  # accepted: its subscriptions look its priorities up
+            self._prio_topics |= prio_topics
         self._staged += len(staged)
         if ids is not None:
             positions = self._stage_with_ids(staged, ids)
