@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgpack
 import pytest
-from hypothesis import settings
+from hypothesis import Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -17,7 +17,7 @@ from zmq_mq.router.subscription import (
     SubscriptionError,
 )
 
-from test_subscription import SubscriptionMachine
+from test_subscription import MACHINE_PHASES, MACHINE_TIMEOUT_S, SubscriptionMachine
 
 A = ("actor", "A")
 B = ("actor", "B")
@@ -473,9 +473,11 @@ class OrderingMachine(RuleBasedStateMachine):
 
 
 OrderingMachine.TestCase.settings = settings(
-    max_examples=150, stateful_step_count=50, deadline=None
+    max_examples=150, stateful_step_count=50, deadline=None, phases=MACHINE_PHASES
 )
 TestOrderingMachine = OrderingMachine.TestCase
+# A failure found late is shrunk, which can take minutes: report it, not a timeout.
+TestOrderingMachine.pytestmark = [pytest.mark.timeout(MACHINE_TIMEOUT_S)]
 
 
 class PriorityMachine(SubscriptionMachine):
@@ -537,6 +539,8 @@ class PriorityMachine(SubscriptionMachine):
 
 
 PriorityMachine.TestCase.settings = settings(
-    max_examples=100, stateful_step_count=50, deadline=None
+    max_examples=100, stateful_step_count=50, deadline=None, phases=MACHINE_PHASES
 )
 TestPriorityMachine = PriorityMachine.TestCase
+# A failure found late is shrunk, which can take minutes: report it, not a timeout.
+TestPriorityMachine.pytestmark = [pytest.mark.timeout(MACHINE_TIMEOUT_S)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgpack
 import pytest
-from hypothesis import settings
+from hypothesis import Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -436,6 +436,12 @@ def test_stale_timer_entries_are_swept_when_acks_outrun_deadlines():
 DISPATCH_AFTER = st.booleans()
 
 
+# The state machines here and in test_ordering: every phase but "explain" (its tracing makes
+# shrinking a found failure several times slower), and time enough to shrink it.
+MACHINE_PHASES = tuple(p for p in Phase if p is not Phase.explain)
+MACHINE_TIMEOUT_S = 900
+
+
 class SubscriptionMachine(RuleBasedStateMachine):
     """Invariants: dispatch never lets an actor hold more than its credit; every seq handed out is
     <= last_seq, not done and not in flight; a seq is handed out again only after a failure or a
@@ -739,6 +745,8 @@ class SubscriptionMachine(RuleBasedStateMachine):
 
 
 SubscriptionMachine.TestCase.settings = settings(
-    max_examples=200, stateful_step_count=50, deadline=None
+    max_examples=200, stateful_step_count=50, deadline=None, phases=MACHINE_PHASES
 )
 TestSubscriptionMachine = SubscriptionMachine.TestCase
+# A failure found late is shrunk, which can take minutes: report it, not a timeout.
+TestSubscriptionMachine.pytestmark = [pytest.mark.timeout(MACHINE_TIMEOUT_S)]
