@@ -175,8 +175,9 @@ class HubProcess:
 def _worker(kind: str, endpoint: str, params: dict, results, go) -> None:
     """Entry point of every child process: report ("ready"), wait for go, run, report result."""
     try:
-        fn = {"w1": _run_w1_producer, "w2p": _run_w2_producer, "w2c": _run_w2_consumer,
-              "w3": _run_w3_producer, "w4p": _run_w4_producer, "w4a": _run_w4_actor}[kind]
+        fn = {"w1": _producer("w1", "bench.w1"), "w2p": _producer("w2p", "bench.w2"),
+              "w2c": _run_w2_consumer, "w3": _run_w3_producer,
+              "w4p": _producer("w4p", "bench.w4"), "w4a": _run_w4_actor}[kind]
         results.put((kind, "result", fn(endpoint, params, results, go)))
     except BaseException:
         results.put((kind, "error", traceback.format_exc()))
@@ -218,20 +219,53 @@ def _publish_all(p, topic: str, n: int, timeout: float) -> dict:
     }
 
 
-def _run_w1_producer(endpoint: str, params: dict, results, go) -> dict:
-    from zmq_mq.actors import Producer
+def _producer(kind: str, default_topic: str):
+    """The producer side of W1, W2 and W4: connect, report ready, publish N (see _publish_all)."""
 
-    with Producer(endpoint, timeout=params["timeout"]) as p:
-        _wait_go("w1", results, go, params)
-        return _publish_all(p, params.get("topic", "bench.w1"), params["n"], params["timeout"])
+    def run(endpoint: str, params: dict, results, go) -> dict:
+        from zmq_mq.actors import Producer
+
+        with Producer(endpoint, timeout=params["timeout"]) as p:
+            _wait_go(kind, results, go, params)
+            return _publish_all(p, params.get("topic", default_topic), params["n"], params["timeout"])
+
+    return run
 
 
-def _run_w2_producer(endpoint: str, params: dict, results, go) -> dict:
-    from zmq_mq.actors import Producer
+class _Tally:
+    """What a receiving side saw: every delivery, distinct seqs and payload ids, first and last
+    receive times (W2's consumer and W4's actor)."""
 
-    with Producer(endpoint, timeout=params["timeout"]) as p:
-        _wait_go("w2p", results, go, params)
-        return _publish_all(p, params.get("topic", "bench.w2"), params["n"], params["timeout"])
+    __slots__ = ("seqs", "ids", "received", "bad", "t_first", "t_last")
+
+    def __init__(self) -> None:
+        self.seqs: set[int] = set()
+        self.ids: set[int] = set()
+        self.received = 0
+        self.bad = 0
+        self.t_first: float | None = None
+        self.t_last: float | None = None
+
+    def record(self, msg) -> None:
+        t = now()
+        if self.t_first is None:
+            self.t_first = t
+        self.t_last = t
+        self.received += 1
+        self.seqs.add(msg.seq)
+        payload = msg.payload
+        if len(payload) != PAYLOAD_SIZE:
+            self.bad += 1
+        else:
+            self.ids.add(int.from_bytes(payload[:8], "big"))
+
+    def result(self, n: int, close_s: float) -> dict:
+        return {
+            "n": n, "received": self.received, "distinct_seqs": len(self.seqs),
+            "distinct_payload_ids": len(self.ids), "duplicates": self.received - len(self.seqs),
+            "bad_payloads": self.bad, "t_first_recv": self.t_first, "t_last_recv": self.t_last,
+            "close_s": close_s,
+        }
 
 
 def _run_w2_consumer(endpoint: str, params: dict, results, go) -> dict:
@@ -244,51 +278,25 @@ def _run_w2_consumer(endpoint: str, params: dict, results, go) -> dict:
     try:
         c.subscribe(params.get("topic", "bench.w2"), "bench", credit=params["credit"])
         _wait_go("w2c", results, go, params)
-        seen_seqs: set[int] = set()
-        seen_ids: set[int] = set()
-        received = 0
-        bad_payloads = 0
-        t_first = t_last = None
+        tally = _Tally()
+        seqs = tally.seqs
+        record = tally.record
         deadline = now() + params["timeout"]
         receive = c.receive
         idle_timeout = params["idle_timeout"]
-        while len(seen_seqs) < n and now() < deadline:
+        while len(seqs) < n and now() < deadline:
             msg = receive(timeout=idle_timeout)
             if msg is None:
                 break  # nothing for idle_timeout seconds: count what we have
-            t = now()
-            if t_first is None:
-                t_first = t
-            t_last = t
-            received += 1
-            seen_seqs.add(msg.seq)
-            payload = msg.payload
-            if len(payload) != PAYLOAD_SIZE:
-                bad_payloads += 1
-            else:
-                seen_ids.add(int.from_bytes(payload[:8], "big"))
+            record(msg)
             msg.ack()
         t_close0 = now()
         c.close()
         closed = True
-        t_close1 = now()
-        return {
-            "n": n, "received": received, "distinct_seqs": len(seen_seqs),
-            "distinct_payload_ids": len(seen_ids), "duplicates": received - len(seen_seqs),
-            "bad_payloads": bad_payloads, "t_first_recv": t_first, "t_last_recv": t_last,
-            "close_s": t_close1 - t_close0,
-        }
+        return tally.result(n, now() - t_close0)
     finally:
         if not closed:
             c.close(timeout=2.0)
-
-
-def _run_w4_producer(endpoint: str, params: dict, results, go) -> dict:
-    from zmq_mq.actors import Producer
-
-    with Producer(endpoint, timeout=params["timeout"]) as p:
-        _wait_go("w4p", results, go, params)
-        return _publish_all(p, params.get("topic", "bench.w4"), params["n"], params["timeout"])
 
 
 def _run_w4_actor(endpoint: str, params: dict, results, go) -> dict:
@@ -297,26 +305,14 @@ def _run_w4_actor(endpoint: str, params: dict, results, go) -> dict:
     from zmq_mq.actors import Actor
 
     n = params["n"]
-    lock = threading.Lock()
-    seen_seqs: set[int] = set()
-    seen_ids: set[int] = set()
-    state = {"received": 0, "bad": 0, "t_first": None, "t_last": None}
+    lock = threading.Lock()  # handlers run on several worker threads
+    tally = _Tally()
     done = threading.Event()
 
     def handle(msg) -> None:
-        t = now()
         with lock:
-            if state["t_first"] is None:
-                state["t_first"] = t
-            state["t_last"] = t
-            state["received"] += 1
-            seen_seqs.add(msg.seq)
-            payload = msg.payload
-            if len(payload) != PAYLOAD_SIZE:
-                state["bad"] += 1
-            else:
-                seen_ids.add(int.from_bytes(payload[:8], "big"))
-            if len(seen_seqs) >= n:
+            tally.record(msg)
+            if len(tally.seqs) >= n:
                 done.set()
 
     actor = Actor(endpoint, name="bench-w4", concurrency=params["concurrency"],
@@ -330,22 +326,17 @@ def _run_w4_actor(endpoint: str, params: dict, results, go) -> dict:
         idle = params["idle_timeout"]
         started = now()
         while not done.wait(0.2) and now() < deadline:
-            last = state["t_last"] or started
+            last = tally.t_last or started
             if now() - last > idle:
                 break  # nothing for idle_timeout seconds: count what we have
         t_close0 = now()
         actor.stop()  # handlers finish, acks committed, detached
-        t_close1 = now()
+        close_s = now() - t_close0
     finally:
         if actor.running:
             actor.stop(timeout=5.0)
-    return {
-        "n": n, "received": state["received"], "distinct_seqs": len(seen_seqs),
-        "distinct_payload_ids": len(seen_ids), "duplicates": state["received"] - len(seen_seqs),
-        "bad_payloads": state["bad"], "t_first_recv": state["t_first"],
-        "t_last_recv": state["t_last"], "close_s": t_close1 - t_close0,
-        "concurrency": params["concurrency"], "prefetch": params["prefetch"],
-    }
+    return {**tally.result(n, close_s),
+            "concurrency": params["concurrency"], "prefetch": params["prefetch"]}
 
 
 def _run_w3_producer(endpoint: str, params: dict, results, go) -> dict:
