@@ -280,10 +280,6 @@ def test_a_consumer_of_a_deleted_partitioned_topic_goes_on_with_the_topic_create
 
 
 def test_priorities_hold_in_a_partitioned_topic_for_an_attached_consumer(hub, raw_client):
-    import msgpack
-
-    from zmq_mq.router.protocol import Command
-
     # Given a partitioned topic and a consumer attached before anything is published
     with Admin(hub.endpoint) as admin:
         admin.create_topic("bids", partitions=2)
@@ -292,10 +288,10 @@ def test_priorities_hold_in_a_partitioned_topic_for_an_attached_consumer(hub, ra
         # When one batch stores five ordinary messages and then one of priority 9, one key
         sock = raw_client()
         batch = [["bids", b"low", "k", None]] * 5 + [["bids", b"high", "k", None, {"priority": 9}]]
-        sock.send_multipart(protocol.encode(Command.PUBLISH, [1, batch]))
+        sock.send_multipart(protocol.encode(protocol.Command.PUBLISH, [1, batch]))
         assert sock.poll(10_000)
-        reply = sock.recv_multipart()
-        assert reply[1] == Command.CONFIRM, msgpack.unpackb(reply[2], raw=False)
+        command, body = protocol.decode(sock.recv_multipart(), protocol.HUB_COMMANDS)
+        assert command == protocol.Command.CONFIRM, body
         # Then the priority message is handed out first (its partition knows it has priorities)
         got = []
         while len(got) < 6:
