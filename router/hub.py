@@ -443,7 +443,8 @@ class Hub:
             self._next_liveness_check = now + self.config.heartbeat_ms // 2
         if self._sched_heap and self._sched_heap[0][0] <= _wall_ms():
             self._expire_schedule()
-        if not self._appends:
+        early = not self._appends
+        if early:
             # A turn of acks (no publish waits for this commit): hand out the credit they freed
             # now, not after the commit's fsync; a consumer's next message then costs a round
             # trip, not a round trip plus a sync. The acks become durable in the commit below
@@ -451,7 +452,7 @@ class Hub:
             # made this turn: their SUBSCRIBED goes out after the commit and must come first.
             self._dispatch(now, skip=self._fresh)
         published = self._commit()
-        self._fresh.clear()
+        fresh, self._fresh = self._fresh, set()
         self._flush_outbox()
         if self._confirmed_at:
             sent = _now_ms()
@@ -461,7 +462,10 @@ class Hub:
             self._confirmed_at = []
         if published and self.pub is not None:
             self._broadcast(published)
-        self._dispatch(now)
+        if not early or published:  # new records (dead letters, redrives): any may take them
+            self._dispatch(now)
+        elif fresh:  # the others were served before the commit, and the commit added nothing
+            self._dispatch(now, keys=fresh)
         self._flush_outbox()
 
     def _commit(self) -> dict[str, tuple[int, list[bytes]]]:
@@ -710,12 +714,14 @@ class Hub:
 
     # --- dispatch --------------------------------------------------------------------------
 
-    def _dispatch(self, now: int, skip: set | None = None) -> None:
-        """Hand out what each subscription's credit allows (not to the subscriptions in
-        ``skip``), straight to the sockets."""
+    def _dispatch(self, now: int, skip: set | None = None, keys: Iterable | None = None) -> None:
+        """Hand out what each subscription's credit allows (only those of ``keys`` if given,
+        none of ``skip``), straight to the sockets."""
         limit = self.config.max_dispatch_per_turn
         frame_max = self.config.max_deliver_frame
-        for key, sub in self.subs.items():
+        subs = self.subs
+        items = subs.items() if keys is None else [(k, subs[k]) for k in keys if k in subs]
+        for key, sub in items:
             if not sub.actors or skip and key in skip:
                 continue
             deliveries = sub.dispatch(now, limit)
