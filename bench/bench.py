@@ -14,7 +14,6 @@ from __future__ import annotations
 import sys
 
 import typer
-
 from zmq_mq.cli.main import app
 
 DEFAULT_JSON_OUT = "bench/results/latest.json"

@@ -11,8 +11,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from zmq_mq.actors import Producer
+
 from zmq_mq.testing import HubProcess, parse_ready_line
 
 TESTS = Path(__file__).resolve().parent

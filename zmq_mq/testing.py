@@ -187,6 +187,7 @@ class HubProcess:
         """Start and wait for the ready line. A fixed port still held by a hub that was just
         killed (EADDRINUSE) is retried until ``timeout``; any other early exit raises."""
         self.bind = bind
+        self.ready = None
         self.log_dir.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + timeout
         while True:
