@@ -2,10 +2,10 @@
 
     python bench/fairness.py [--seconds 10] [--interval-ms 5] [--sync full] [--json-out FILE]
 
-One hub (``zmq-mq hub`` subprocess, fresh data directory). A *probe* client does round trips
-on topic ``probe``: publish one message and wait for its confirm, receive it through a
-subscription with credit 1 and ack it (with credit 1 the next delivery cannot leave the hub before
-the previous ack was handled, so acks are inside the measured loop), one round trip every
+One hub (``zmq-mq hub`` subprocess, fresh data directory, started as ``zmq-mq bench`` starts
+its hubs). A *probe* client does round trips on topic ``probe``: publish one message and wait
+for its confirm, receive it through a subscription with credit 1 and ack it (with credit 1 the
+next delivery cannot leave the hub before the previous ack was handled, so acks are inside the measured loop), one round trip every
 ``--interval-ms``. It runs twice for ``--seconds``: alone (``quiet``), then while a separate
 process floods topic ``flood`` with publishes at full speed (``flood``: ``publish_async`` as fast
 as the producer window allows). Reported: the probe's confirm latency (publish -> confirm) and
@@ -22,9 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench import HubProcess, _percentiles, background_cpu, git_info, machine_info, now  # noqa: E402
+from zmq_mq.bench import BenchHub, background_cpu, git_info, machine_info, now, percentiles
 
 PAYLOAD = b"p" * 128
 
@@ -83,12 +81,12 @@ def probe(endpoint: str, seconds: float, interval: float) -> dict:
                 next_at = now()
     confirm.sort()
     trip.sort()
-    return {"round_trips": len(trip), "errors": errors, "confirm_ms": _percentiles(confirm),
-            "round_trip_ms": _percentiles(trip)}
+    return {"round_trips": len(trip), "errors": errors, "confirm_ms": percentiles(confirm),
+            "round_trip_ms": percentiles(trip)}
 
 
 def run(args) -> dict:
-    hub = HubProcess(args.sync).start()
+    hub = BenchHub(args.sync).start()
     report: dict = {"config": vars(args).copy(), "machine": machine_info(), "git": git_info()}
     report["config"].pop("json_out", None)
     report["busy_before"] = background_cpu(1.0)  # other processes on the machine

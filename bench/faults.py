@@ -42,9 +42,7 @@ import argparse
 import json
 import os
 import random
-import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -57,7 +55,6 @@ TOPIC = "fx"
 WORK_GROUP = "work"
 AUDIT_GROUP = "audit"
 GROUPS = (WORK_GROUP, AUDIT_GROUP)
-READY_RE = re.compile(r"zmq-mq hub ready: router (\S+) pub (\S+)")
 HERE = Path(__file__).resolve()
 
 
@@ -192,18 +189,6 @@ def run_worker(endpoint: str, out: Path, worker: str, group: str, kind: str, ack
 # --- the harness -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A port free right now: bind port 0, read it, release it (the hub binds it next)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def zmq_mq_command() -> list[str]:
-    exe = Path(sys.executable).parent / "zmq-mq"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "zmq_mq.cli.main"]
-
-
 @dataclass
 class Fault:
     kind: str  # hub_kill, hub_term (graceful stop), worker_kill, worker_pause
@@ -280,10 +265,13 @@ class FaultRun:
         self.data = self.workdir / "data"
         self.cfg = config or FaultConfig()
         self.say = say
-        self.port = 0
+        # here, not at the top: the producer and worker roles of this script need no hub code
+        from zmq_mq.testing import HubProcess
+
         self.endpoint = ""
-        self.hub: subprocess.Popen | None = None
-        self.hub_restarts = 0
+        # the hub: restarted on the same data and endpoint after every hub fault
+        self.hub = HubProcess(self.data, ["--heartbeat-ms", str(self.cfg.heartbeat_ms)], pub="",
+                              log_dir=self.workdir)
         self.faults: list[Fault] = []
         self.producers: list[_Proc] = []
         self.workers: list[_Proc] = []
@@ -293,41 +281,15 @@ class FaultRun:
     # -- the hub --
 
     def _start_hub(self, timeout: float = 30.0) -> None:
-        """Start ``zmq-mq hub`` on the run's port; retry while the port is still taken."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self.hub_restarts += 1
-            log_path = self.workdir / f"hub.{self.hub_restarts}.log"
-            with open(log_path, "w") as err:
-                self.hub = subprocess.Popen(
-                    [*zmq_mq_command(), "hub", "--data", str(self.data), "--bind", self.endpoint,
-                     "--pub", "", "--heartbeat-ms", str(self.cfg.heartbeat_ms), "--log-level", "info"],
-                    stdout=subprocess.DEVNULL, stderr=err)
-            while time.monotonic() < deadline and self.hub.poll() is None:
-                if READY_RE.search(log_path.read_text()):
-                    return
-                time.sleep(0.01)
-            text = log_path.read_text()
-            if self.hub.poll() is None:
-                self.hub.kill()
-                self.hub.wait(10)
-                raise RuntimeError(f"hub not ready within {timeout} s:\n{text}")
-            if "Address already in use" in text and time.monotonic() < deadline:
-                time.sleep(0.1)  # EADDRINUSE: the old socket is not released yet; retry
-                continue
-            raise RuntimeError(f"hub exited with {self.hub.returncode}:\n{text}")
-
-    def _kill_hub(self) -> None:
-        if self.hub is not None and self.hub.poll() is None:
-            self.hub.send_signal(signal.SIGKILL)
-            self.hub.wait(10)
+        """Start ``zmq-mq hub`` on the run's endpoint (a free port the first time); a port still
+        held by the hub just killed is retried (see HubProcess.start)."""
+        self.hub.start(self.endpoint or "tcp://127.0.0.1:*", timeout)
+        self.endpoint = self.hub.endpoint
 
     # -- lifecycle --
 
     def start(self) -> None:
         cfg = self.cfg
-        self.port = free_port()
-        self.endpoint = f"tcp://127.0.0.1:{self.port}"
         self._start_hub()
         me = [sys.executable, str(HERE)]
         workers = [("audit-0", "consumer", AUDIT_GROUP)] + [
@@ -365,17 +327,16 @@ class FaultRun:
             if kind in ("hub_kill", "hub_term"):
                 start = time.monotonic()
                 if kind == "hub_kill":
-                    self._kill_hub()
+                    self.hub.kill9()
                 else:  # graceful: SIGTERM, the hub commits its last turn and exits
-                    self.hub.terminate()
-                    self.hub.wait(30)
+                    self.hub.stop(30)
                 time.sleep(self.rng.uniform(0.0, 1.0))
                 self._start_hub()
                 # clients notice the new hub within a heartbeat or two and re-attach
                 end = time.monotonic() + 3 * cfg.heartbeat_ms / 1000
                 self.faults.append(Fault(kind, "hub", start, end))
                 how = "kill -9" if kind == "hub_kill" else "SIGTERM"
-                self.say(f"fault: hub {how}, restarted (restart #{self.hub_restarts - 1})")
+                self.say(f"fault: hub {how}, restarted (restart #{self.hub.starts - 1})")
             elif kind == "worker_kill":
                 w = self.rng.choice(self.workers)
                 start = time.monotonic()
@@ -442,13 +403,7 @@ class FaultRun:
     def stop(self) -> None:
         for p in self.producers + self.workers:
             p.terminate()
-        if self.hub is not None and self.hub.poll() is None:
-            self.hub.terminate()
-            try:
-                self.hub.wait(20)
-            except subprocess.TimeoutExpired:
-                self.hub.kill()
-                self.hub.wait(10)
+        self.hub.stop(20)
         with open(self.workdir / "faults.json", "w") as f:
             json.dump([f.__dict__ for f in self.faults], f)
 

@@ -1,4 +1,5 @@
-"""Operator commands of ``zmq-mq``: stats, dlq (list, show, redrive, purge) and listen.
+"""Operator commands of ``zmq-mq``: stats, dlq (list, show, redrive, purge), listen and bench
+(the one command line of the zmq_mq.bench package; bench/bench.py runs it too).
 
 Registered on the main typer app by cli/main.py. Rendering is split from I/O (``stats_tables``,
 ``letter_json``) so that it is tested without a hub.
@@ -450,5 +451,7 @@ def bench(
         out = Path(json_out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")
+        if not as_json:  # with --json, stdout is the report alone
+            typer.echo(f"JSON written to {out}")
     if engine.failed_workloads(report):
         raise typer.Exit(1)

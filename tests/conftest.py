@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import os
-import re
-import shutil
-import signal
 import subprocess
-import sys
+import threading
 import time
-from pathlib import Path
 
 import pytest
 import zmq
 
-from zmq_mq.testing import HubThread
+from zmq_mq.testing import LOOPBACK_ANY_PORT, HubProcess, HubThread, zmq_mq_command
 
-READY_RE = re.compile(r"zmq-mq hub ready: router (\S+) pub (\S+)")
-
-
-def zmq_mq_command() -> list[str]:
-    """How to run the CLI: the installed console script, else the module."""
-    exe = shutil.which("zmq-mq", path=os.path.dirname(sys.executable)) or shutil.which("zmq-mq")
-    return [exe] if exe else [sys.executable, "-m", "zmq_mq.cli.main"]
+CONTEXT_TERM_TIMEOUT = 5.0
 
 
 @pytest.fixture
@@ -33,73 +23,78 @@ def hub(tmp_path):
     h.stop()
 
 
-class HubProcess:
-    """``zmq-mq hub`` as a subprocess, so a test can kill -9 it and restart it on its data."""
-
-    def __init__(self, data_dir: Path, extra: list[str] | None = None) -> None:
-        self.data_dir = data_dir
-        self.extra = extra or []
-        self.proc: subprocess.Popen | None = None
-        self.endpoint: str | None = None
-        self.pub_endpoint: str | None = None
-
-    def start(self, bind: str = "tcp://127.0.0.1:*", timeout: float = 20.0) -> "HubProcess":
-        # stderr goes to a file beside the data: nothing to drain, and it is there to read when
-        # a test fails
-        self.log_path = self.data_dir.parent / f"hub-{time.monotonic_ns()}.log"
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [*zmq_mq_command(), "hub", "--data", str(self.data_dir), "--bind", bind,
-             "--pub", "tcp://127.0.0.1:*", "--log-level", "info", *self.extra],
-            stderr=self._log, stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            m = READY_RE.search(self.log_path.read_text())
-            if m:
-                self.endpoint, self.pub_endpoint = m.group(1), m.group(2)
-                return self
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"hub process did not become ready: {self.log_path.read_text()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self._log.close()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if self.proc is not None:
-            self._log.close()
-
-
 @pytest.fixture
 def hub_process(tmp_path):
-    """Factory of hub subprocesses on one data dir; every one is stopped at the end."""
+    """Factory of hub subprocesses (zmq_mq.testing.HubProcess) on one data dir; every one is
+    stopped at the end."""
     started: list[HubProcess] = []
 
-    def start(bind: str = "tcp://127.0.0.1:*", extra: list[str] | None = None) -> HubProcess:
-        h = HubProcess(tmp_path / "data", extra).start(bind)
+    def start(bind: str = LOOPBACK_ANY_PORT, extra: list[str] | None = None) -> HubProcess:
+        h = HubProcess(tmp_path / "data", extra)
         started.append(h)
-        return h
+        return h.start(bind)
 
     yield start
     for h in started:
         h.stop()
+
+
+# --- zmq contexts and sockets a test opens itself (as pyzmq's own tests/conftest.py does) -------
+
+
+@pytest.fixture
+def contexts():
+    """Every zmq context a test uses (its own, or the one of its sockets); each is terminated
+    at teardown, and the test fails if one cannot be: open sockets likely remain."""
+    tracked: list[zmq.Context] = []
+    yield tracked
+    stuck = []
+    for ctx in tracked:
+        if ctx is zmq.Context.instance() or ctx.closed:
+            continue  # the shared instance belongs to the client library and lives on
+        done = threading.Thread(target=ctx.term, name="zmq-ctx-term", daemon=True)
+        done.start()
+        done.join(CONTEXT_TERM_TIMEOUT)
+        if done.is_alive():
+            stuck.append(ctx)
+    if stuck:
+        pytest.fail(f"{len(stuck)} zmq context(s) could not terminate within "
+                    f"{CONTEXT_TERM_TIMEOUT:g} s: open sockets likely remain in the test")
+
+
+@pytest.fixture
+def context(contexts):
+    """A fresh zmq context for the test, terminated at teardown (see ``contexts``)."""
+    ctx = zmq.Context()
+    contexts.append(ctx)
+    return ctx
+
+
+@pytest.fixture
+def sockets(contexts):
+    """Every zmq socket a test registers; closed with linger 0 at teardown, then their
+    contexts terminated (see ``contexts``)."""
+    tracked: list[zmq.Socket] = []
+    yield tracked
+    for s in tracked:
+        if s.context not in contexts:
+            contexts.append(s.context)
+    for s in tracked:
+        s.close(linger=0)
+
+
+@pytest.fixture
+def socket(context, sockets):
+    """Factory of zmq sockets on the test's own context: ``socket(zmq.DEALER)``; every one is
+    closed at teardown. ``ctx=`` puts the socket on another context (still tracked)."""
+
+    def make(kind: int, ctx: zmq.Context | None = None) -> zmq.Socket:
+        s = (ctx or context).socket(kind)
+        s.setsockopt(zmq.LINGER, 0)
+        sockets.append(s)
+        return s
+
+    return make
 
 
 @pytest.fixture
@@ -128,21 +123,15 @@ def run_cli(*args: str, input: bytes | None = None, env_hub: str | None = None,
 
 
 @pytest.fixture
-def raw_client(hub):
-    """A raw DEALER to the hub, for protocol-level tests; closed at the end."""
-    ctx = zmq.Context.instance()
-    socks: list[zmq.Socket] = []
+def raw_client(hub, socket):
+    """A raw DEALER to the hub, for protocol-level tests; closed at the end (``socket``)."""
 
     def make() -> zmq.Socket:
-        s = ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
+        s = socket(zmq.DEALER)
         s.connect(hub.endpoint)
-        socks.append(s)
         return s
 
-    yield make
-    for s in socks:
-        s.close(linger=0)
+    return make
 
 
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.02, message: str = "condition"):

@@ -164,15 +164,15 @@ class _WakeDuringDrain:
         return self.sock.recv(flags)
 
 
-def test_a_wake_up_sent_while_the_loop_drains_the_pipe_never_silences_later_ones():
+def test_a_wake_up_sent_while_the_loop_drains_the_pipe_never_silences_later_ones(socket):
     # Given an actor's wake pipe holding one wake-up
     import zmq
 
-    ctx = zmq.Context.instance()
+    ctx = zmq.Context.instance()  # the actor's: its wake pipe is inproc
     actor = Actor("tcp://127.0.0.1:1", name="wakes")
-    rx = ctx.socket(zmq.PAIR)
+    rx = socket(zmq.PAIR, ctx=ctx)
     rx.bind(actor._wake_addr)
-    actor._wake_tx = ctx.socket(zmq.PAIR)
+    actor._wake_tx = socket(zmq.PAIR, ctx=ctx)
     actor._wake_tx.connect(actor._wake_addr)
     try:
         actor._wake()

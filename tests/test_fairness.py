@@ -20,9 +20,9 @@ from zmq_mq.router.protocol import Command
 _ids = itertools.count()
 
 
-def _dealer(endpoint: str) -> zmq.Socket:
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
+def _dealer(socket, endpoint: str) -> zmq.Socket:
+    # on the hub's context: inproc endpoints live in one context
+    sock = socket(zmq.DEALER, ctx=zmq.Context.instance())
     sock.connect(endpoint)
     return sock
 
@@ -34,12 +34,12 @@ def _replies(sock: zmq.Socket) -> list:
     return out
 
 
-def test_a_flooding_producer_cannot_make_a_small_publish_wait_for_its_whole_backlog(tmp_path):
+def test_a_flooding_producer_cannot_make_a_small_publish_wait_for_its_whole_backlog(tmp_path, socket):
     endpoint = f"inproc://zmq-mq-fairness-{next(_ids)}"
     hub = Hub(HubConfig(data_dir=str(tmp_path / "data"), bind=endpoint, pub=None,
                         max_turn_messages=2000))
     hub.bind()
-    flood, small = _dealer(endpoint), _dealer(endpoint)
+    flood, small = _dealer(socket, endpoint), _dealer(socket, endpoint)
     try:
         # Given a producer whose backlog of 20 batches of 1000 messages is queued at the hub
         for batch in range(20):
@@ -68,11 +68,11 @@ def test_a_flooding_producer_cannot_make_a_small_publish_wait_for_its_whole_back
         hub.close()
 
 
-def test_credit_freed_by_acks_is_handed_out_before_the_commit_and_a_new_attachment_hears_subscribed_first(tmp_path):
+def test_credit_freed_by_acks_is_handed_out_before_the_commit_and_a_new_attachment_hears_subscribed_first(tmp_path, socket):
     endpoint = f"inproc://zmq-mq-early-{next(_ids)}"
     hub = Hub(HubConfig(data_dir=str(tmp_path / "data"), bind=endpoint, pub=None))
     hub.bind()
-    producer, consumer = _dealer(endpoint), _dealer(endpoint)
+    producer, consumer = _dealer(socket, endpoint), _dealer(socket, endpoint)
     seen_at_commit = []  # what the consumer had received when each commit began
     real_commit = hub.store.commit
 

@@ -443,11 +443,9 @@ def test_a_full_store_refuses_publishes_clearly_and_keeps_serving_acks(tmp_path)
             assert p.publish("big", b"x" * 65536) == stored + 1
 
 
-def test_a_publish_that_times_out_waiting_for_room_leaves_flush_working(tmp_path):
+def test_a_publish_that_times_out_waiting_for_room_leaves_flush_working(tmp_path, socket):
     # Given a fake hub that welcomes the producer but holds back its confirms until told
-    ctx = zmq.Context.instance()
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
+    router = socket(zmq.ROUTER)
     port = router.bind_to_random_port("tcp://127.0.0.1")
     release = threading.Event()
     stop = threading.Event()
@@ -547,9 +545,8 @@ def test_a_full_disk_refuses_publishes_with_storage_full_and_accepts_them_once_s
 class _FakeHub:
     """A ROUTER that speaks just enough zmq-mq for producer tests, driven step by step."""
 
-    def __init__(self) -> None:
-        self.router = zmq.Context.instance().socket(zmq.ROUTER)
-        self.router.setsockopt(zmq.LINGER, 0)
+    def __init__(self, socket) -> None:
+        self.router = socket(zmq.ROUTER)  # the test's ``socket`` fixture
         self.endpoint = f"tcp://127.0.0.1:{self.router.bind_to_random_port('tcp://127.0.0.1')}"
         self.peer: bytes | None = None
 
@@ -573,8 +570,8 @@ class _FakeHub:
 
 
 @pytest.mark.parametrize("new_hub_got_it", [True, False], ids=["queued-to-new-hub", "lost-with-old-hub"])
-def test_after_a_hub_restart_a_batch_is_resent_only_if_the_new_hub_never_got_it(new_hub_got_it):
-    fake = _FakeHub()
+def test_after_a_hub_restart_a_batch_is_resent_only_if_the_new_hub_never_got_it(new_hub_got_it, socket):
+    fake = _FakeHub(socket)
 
     def welcome() -> None:
         fake.next(b"HELLO")

@@ -234,13 +234,11 @@ def test_the_live_feed_with_an_acl_admits_only_keys_that_may_read_everything(cur
         assert bob.receive(0.2) is None
 
 
-def test_a_routing_id_taken_over_by_another_key_does_not_inherit_its_rights(curve_hub, keys, zap_log):
+def test_a_routing_id_taken_over_by_another_key_does_not_inherit_its_rights(curve_hub, keys, zap_log,
+                                                                         socket):
     # Given alice attached with a chosen routing id, then gone
-    ctx = zmq.Context.instance()
-
     def dealer(name):
-        s = ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
+        s = socket(zmq.DEALER)
         s.setsockopt(zmq.ROUTING_ID, b"victim")
         keys.client(name).apply(s)
         s.connect(curve_hub.endpoint)

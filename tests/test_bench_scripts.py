@@ -1,0 +1,45 @@
+"""Every script under bench/ runs to the end with its smallest options, so none can rot again
+(bench/fairness.py once failed with an ImportError after names moved)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+# script -> its smallest run (faults.py is a module of soak.py and test_faults.py; it runs here as
+# the producer and worker processes of soak.py)
+SCRIPTS = {
+    "bench.py": ["--workloads", "W1,W2,W3,W4", "--messages", "500", "--rate", "500",
+                 "--duration", "0.5", "--concurrency", "2", "--timeout", "60",
+                 "--json-out", "report.json"],
+    "fairness.py": ["--seconds", "0.5", "--interval-ms", "20", "--json-out", "report.json"],
+    "soak.py": ["--minutes", "0.05", "--producers", "1", "--actors", "1", "--rate", "50",
+                "--gap", "0.5", "1", "--json-out", "report.json"],
+    "faults.py": None,
+}
+
+
+def test_every_script_under_bench_has_a_smallest_run_here():
+    assert sorted(p.name for p in BENCH.glob("*.py")) == sorted(SCRIPTS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", [s for s, args in SCRIPTS.items() if args is not None])
+def test_the_bench_script_runs_to_the_end_with_its_smallest_options(script, tmp_path):
+    done = subprocess.run([sys.executable, str(BENCH / script), *SCRIPTS[script]],
+                          capture_output=True, text=True, timeout=100, cwd=tmp_path)
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
+    report = json.loads((tmp_path / "report.json").read_text())
+    if script == "bench.py":
+        assert [(w["workload"], w["ok"]) for w in report["workloads"]] == [
+            ("W1", True), ("W2", True), ("W3", True), ("W4", True)]
+    elif script == "fairness.py":
+        assert report["quiet"]["round_trips"] > 0 and report["flood"]["errors"] == 0
+    else:
+        assert report["ok"] and report["drained"], report["summary"]

@@ -1,0 +1,45 @@
+"""zmq-mq benchmark suite: what users get from a real hub process and real client processes.
+
+    zmq-mq bench [--workloads W1,W2,W3] [--messages 200000] [--sync full] [--hub ENDPOINT] ...
+    python bench/bench.py ...   (the same command, writing bench/results/latest.json by default)
+
+The one command line is ``zmq-mq bench`` (cli/ops.py); from Python, ``run(args, names)`` returns
+the report (what the JSON holds), with ``args`` carrying the command's options as attributes.
+
+Each workload starts its own hub (``zmq-mq hub``, through :class:`zmq_mq.testing.HubProcess`) as a
+subprocess on a fresh temporary data directory (or, with ``--hub``, uses a running hub, on topics
+new to each run), runs producers and consumers as separate processes (multiprocessing, spawn),
+and stops the hub with SIGTERM (SIGKILL if it does not exit) in a ``finally``. Payloads are 128
+bytes.
+
+- W1 durable publish: one producer, N messages pipelined with ``publish_async``, every one
+  confirmed; msg/s = N / (first publish -> last confirm).
+- W2 end to end: one producer and one consumer process at once (group "bench", credit 1000),
+  every message acked; the consumer counts distinct sequences (none lost) and duplicates;
+  msg/s = N / (first publish -> last message received by the consumer).
+- W3 publish-confirm latency: one producer at a steady rate (default 5,000 msg/s for 10 s),
+  message i due at t0 + i/rate; latency = publish_async call -> confirm callback.
+- W4 end to end through an Actor (only when named: ``--workloads W4``): W2 with an ``Actor``
+  process (``--concurrency`` worker threads, default 8; ``--prefetch`` messages held per thread,
+  default 1) in place of the consumer; its handler only records the seq: the runtime's own cost.
+
+Cross-process times use CLOCK_MONOTONIC, which is system-wide on Linux.
+Exit status: 0 unless a workload errored or lost messages (floors only print PASS/FAIL).
+
+Modules: ``hubs`` (the hub a workload measures), ``workloads`` (the child processes and their
+summaries), ``measure`` (clock, percentiles, CPU, stalls), ``report`` (floors, machine info,
+the table), ``suite`` (running the workloads into a report).
+"""
+
+from .hubs import BenchHub, ExternalHub
+from .measure import StallMeter, background_cpu, now, percentiles, process_status
+from .report import FLOORS, failed_workloads, floor_verdict, git_info, machine_info, print_table
+from .suite import run, run_workload
+from .workloads import PAYLOAD_SIZE, WORKLOAD_NAMES, make_payload, summarise, workload_names
+
+__all__ = [
+    "FLOORS", "PAYLOAD_SIZE", "WORKLOAD_NAMES", "BenchHub", "ExternalHub", "StallMeter",
+    "background_cpu", "failed_workloads", "floor_verdict", "git_info", "machine_info",
+    "make_payload", "now", "percentiles", "print_table", "process_status", "run", "run_workload",
+    "summarise", "workload_names",
+]
