@@ -321,12 +321,8 @@ def publish(
         if len(lines) != 1:
             _fail(f"--msg-id names one message, but stdin held {len(lines)} lines: "
                   "publish each with its own --msg-id, or leave --msg-id out", 2)
-    # --timeout bounds the whole wait: connecting, then every confirm, then closing
-    deadline = time.monotonic() + timeout
-
-    def left() -> float:
-        return max(0.0, deadline - time.monotonic())
-
+    wait = _HubWait(timeout)
+    left = wait.left
     producer = Producer(hub, timeout=timeout, name="cli-publish", curve=keys)
     try:
         producer.connect()
@@ -341,13 +337,14 @@ def publish(
             first = last = None
             futures = []
             with _publish_progress(topic) as progress:
-                for line in _stdin_lines():
+                for line in wait.not_counting(_stdin_lines()):
                     futures.append(producer.publish_async(topic, line, key=key, headers=headers,
                                                           priority=priority, **hold))
                     if len(futures) >= 10_000:
                         first, last, count = _collect(producer, futures, first, last, count, left(), timeout)
                         futures = []
                         progress(count)
+                        wait.restart()  # the hub is confirming: a new --timeout for what follows
                 first, last, count = _collect(producer, futures, first, last, count, left(), timeout)
             span = f" (seq {first}..{last})" if count else ""
             typer.echo(f"confirmed {count} messages on {topic}{span}", err=True)
@@ -357,6 +354,34 @@ def publish(
         # daemon and ends with the process
         _fail(str(exc))
     producer.close(left())
+
+
+class _HubWait:
+    """``publish --timeout``: one bound on the time spent waiting for the hub, connecting and
+    confirming together, so a hub that dies mid-stream fails the command after at most
+    ``seconds``. Time blocked on stdin is the user's, not the hub's, so it does not count; and
+    each chunk of confirms starts the bound again (a large input is not one long wait)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.restart()
+
+    def restart(self) -> None:
+        self.until = time.monotonic() + self.seconds
+
+    def left(self) -> float:
+        return max(0.0, self.until - time.monotonic())
+
+    def not_counting(self, source):
+        """Yield from ``source``, moving the bound by the time spent waiting for each item."""
+        items = iter(source)
+        while True:
+            started = time.monotonic()
+            item = next(items, None)
+            self.until += time.monotonic() - started
+            if item is None:
+                return
+            yield item
 
 
 def _stdin_lines():

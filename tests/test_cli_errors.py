@@ -101,6 +101,24 @@ def test_publish_timeout_bounds_the_whole_wait_when_the_hub_is_killed_mid_stream
     assert elapsed < 4.5, f"took {elapsed:.1f} s after the hub died, with --timeout 3"
 
 
+def test_publish_timeout_does_not_count_time_spent_waiting_for_stdin(hub, processes):
+    # Given `zmq-mq publish --timeout 1` fed by a slow writer (as `tail -f log | zmq-mq publish`)
+    proc = processes(subprocess.Popen(
+        [*zmq_mq_command(), "publish", "logs", "-", "--hub", hub.endpoint, "--timeout", "1"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    ))
+    proc.stdin.write(b"first\n")
+    proc.stdin.flush()
+    # When the next line comes later than --timeout (the pause is the input's, not a wait)
+    time.sleep(2)
+    proc.stdin.write(b"second\n")
+    proc.stdin.close()
+    proc.wait(60)
+    # Then both are confirmed: --timeout bounds waiting for the hub, not for the input
+    err = proc.stderr.read().decode()
+    assert proc.returncode == 0 and "confirmed 2 messages on logs" in err, err
+
+
 @pytest.fixture
 def curve_hub_process(tmp_path, hub_process):
     keys = Keys(tmp_path)
