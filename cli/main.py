@@ -348,10 +348,15 @@ def publish(
                 first, last, count = _collect(producer, futures, first, last, count, left(), timeout)
             span = f" (seq {first}..{last})" if count else ""
             typer.echo(f"confirmed {count} messages on {topic}{span}", err=True)
-    except (HubUnavailable, HubError, InvalidMessage, ZmqMqError) as exc:
+    except HubUnavailable as exc:
         # exit now, without close(): it would wait for the hub again past --timeout, and what is
         # unconfirmed stays unconfirmed (the error says so); the producer's I/O thread is a
         # daemon and ends with the process
+        _fail(str(exc))
+    except (HubError, InvalidMessage, ZmqMqError) as exc:
+        # the hub is there: let what was sent before the error be confirmed, within --timeout
+        with contextlib.suppress(ZmqMqError):
+            producer.close(left())
         _fail(str(exc))
     producer.close(left())
 

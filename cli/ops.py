@@ -396,6 +396,8 @@ def listen(
                 received += 1
     except KeyboardInterrupt:
         pass
+    except ValueError as exc:  # the hub announced a live-feed endpoint this client cannot use
+        _fail(str(exc))
     finally:
         signal.signal(signal.SIGTERM, previous)
 
