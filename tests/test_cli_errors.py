@@ -50,9 +50,10 @@ def test_a_malformed_zmq_mq_hub_variable_is_named_on_one_line_with_exit_2():
     assert "$ZMQ_MQ_HUB: '127.0.0.1:5555' is not an endpoint" in _one_error_line(result)
 
 
+@pytest.mark.parametrize("command", ["hub", "demo"])
 @pytest.mark.parametrize("flag", ["--bind", "--pub"])
-def test_the_hub_refuses_a_malformed_bind_or_pub_address_on_one_line_with_exit_2(tmp_path, flag):
-    result = run_cli("hub", "--data", str(tmp_path / "data"), flag, "localhost:5555", timeout=30)
+def test_the_hub_refuses_a_malformed_bind_or_pub_address_on_one_line_with_exit_2(tmp_path, command, flag):
+    result = run_cli(command, "--data", str(tmp_path / "data"), flag, "localhost:5555", timeout=30)
     assert result.returncode == 2
     assert f"{flag}: 'localhost:5555' is not an endpoint" in _one_error_line(result)
     assert not (tmp_path / "data").exists()
