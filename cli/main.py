@@ -275,7 +275,7 @@ def publish(
     hub: Optional[str] = HubOption,
     key: Optional[str] = typer.Option(None, "--key", help="Message key (ordering and routing)."),
     header: list[str] = typer.Option([], "--header", help="Header K=V (repeatable)."),
-    timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for the hub, in all: connecting and every confirm."),
+    timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for the hub, connecting and confirming together (waiting for stdin does not count)."),
     priority: Optional[int] = typer.Option(None, "--priority", help="0-9, higher delivered first (default 0)."),
     delay: Optional[float] = typer.Option(None, "--delay", help="Seconds before subscriptions may deliver it (held back durably; at most 366 days)."),
     deliver_at: Optional[str] = typer.Option(None, "--deliver-at", help="ISO8601 time to deliver it at (no zone: UTC)."),
