@@ -44,7 +44,7 @@ from typing import Any, Callable
 import zmq
 
 from ..router import protocol
-from .connection import CurveKeys, monotonic_ms
+from .connection import CurveKeys, monotonic_ms, resolve_endpoint
 from .consumer import DEFAULT_CREDIT, Session
 from .errors import ClosedError
 from .idempotency import DEFAULT_TTL, IdempotencyStore, message_key
@@ -104,6 +104,7 @@ class Actor:
             raise ValueError("concurrency must be at least 1")
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
             raise ValueError("prefetch must be an integer of at least 1")
+        resolve_endpoint(endpoint)  # a malformed endpoint fails here, not in the actor's thread
         self.name = name or f"actor-{next(_counter)}"
         self.endpoint = endpoint
         self.concurrency = concurrency

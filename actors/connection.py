@@ -17,6 +17,7 @@ import zmq.auth
 
 from ..router import protocol
 from ..router.config import DEFAULT_BIND, HEARTBEAT_INTERVAL_MS, LIVENESS
+from ..router.endpoint import check_endpoint
 from ..router.protocol import Command, DecodeError
 from ..router.wire import NOBLOCK, recv_frames, send_frames
 from .errors import HubError, HubUnavailable, InvalidMessage
@@ -86,8 +87,15 @@ def resolve_curve(curve: CurveKeys | None) -> CurveKeys | None:
 
 
 def resolve_endpoint(endpoint: str | None) -> str:
-    """The hub endpoint: the argument, else $ZMQ_MQ_HUB, else the hub's default bind."""
-    return endpoint or os.environ.get(ENV_HUB) or DEFAULT_BIND
+    """The hub endpoint: the argument, else $ZMQ_MQ_HUB, else the hub's default bind.
+
+    Raises ValueError, saying what an endpoint looks like, if the one found is malformed.
+    """
+    if endpoint:
+        return check_endpoint(endpoint)
+    if os.environ.get(ENV_HUB):
+        return check_endpoint(os.environ[ENV_HUB], f"${ENV_HUB}")
+    return DEFAULT_BIND
 
 
 def monotonic_ms() -> int:

@@ -28,9 +28,13 @@ from ..router.config import (
     HEARTBEAT_INTERVAL_MS,
     HubConfig,
 )
-from ..router.protocol import MAX_HEADERS_BYTES, MAX_MESSAGE_BYTES
+from ..router.endpoint import endpoint_problem
+from ..router.protocol import MAX_DELAY_MS, MAX_HEADERS_BYTES, MAX_MESSAGE_BYTES
 from ..router import protocol
 from ..router.protocol import Command
+from .ops import HubOption  # --hub, checked before anything connects
+
+CONNECT_TIMEOUT = 10.0  # seconds to wait for the hub when a command has no --timeout of its own
 
 app = typer.Typer(
     add_completion=False,
@@ -38,9 +42,6 @@ app = typer.Typer(
     help="zmq-mq: a durable message queue over ZeroMQ and LMDB.",
 )
 
-HubOption = typer.Option(
-    None, "--hub", envvar=ENV_HUB, help=f"Hub endpoint (default {DEFAULT_BIND})."
-)
 
 CurveKeyOption = typer.Option(
     None, "--curve-key", envvar=ENV_CURVE_KEY,
@@ -191,6 +192,7 @@ def hub(
         _fail("--sync must be 'full' or 'none'", 2)
     if not opts["curve"] and (opts["authorized"] or opts["acl"]):
         _fail("--authorized and --acl need --curve", 2)
+    _check_bind_options(opts["bind"], opts["pub"])
     config = HubConfig(
         data_dir=opts["data"],
         bind=opts["bind"],
@@ -243,6 +245,16 @@ def hub(
         the_hub.close()
 
 
+def _check_bind_options(bind: str, pub: str | None) -> None:
+    """The hub's --bind and --pub ('' for none): one line and exit 2 if malformed."""
+    for flag, value in (("--bind", bind), ("--pub", pub)):
+        if flag == "--pub" and not value:
+            continue
+        problem = endpoint_problem(value, bind=True)
+        if problem:
+            _fail(f"{flag}: {problem}", 2)
+
+
 # --- publish -------------------------------------------------------------------------------
 
 
@@ -263,20 +275,29 @@ def publish(
     hub: Optional[str] = HubOption,
     key: Optional[str] = typer.Option(None, "--key", help="Message key (ordering and routing)."),
     header: list[str] = typer.Option([], "--header", help="Header K=V (repeatable)."),
-    timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for the hub."),
+    timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for the hub, connecting and confirming together (waiting for stdin does not count)."),
     priority: Optional[int] = typer.Option(None, "--priority", help="0-9, higher delivered first (default 0)."),
-    delay: Optional[float] = typer.Option(None, "--delay", help="Seconds before subscriptions may deliver it (held back durably)."),
+    delay: Optional[float] = typer.Option(None, "--delay", help="Seconds before subscriptions may deliver it (held back durably; at most 366 days)."),
     deliver_at: Optional[str] = typer.Option(None, "--deliver-at", help="ISO8601 time to deliver it at (no zone: UTC)."),
+    msg_id: Optional[str] = typer.Option(
+        None, "--msg-id",
+        help="Your id for this one message: the hub stores an id once within its --dedup-window, "
+        "so publishing again with it stores nothing and prints the first sequence.",
+    ),
     curve_key: Optional[str] = CurveKeyOption,
     server_key: Optional[str] = ServerKeyOption,
 ) -> None:
     """Publish messages; exits 0 only once every one is confirmed durable."""
+    if not timeout > 0:
+        _fail("--timeout must be a number of seconds > 0", 2)
     if priority is not None and protocol.check_priority(priority):
         _fail(f"--priority: {protocol.check_priority(priority)}", 2)
+    if msg_id is not None and protocol.check_msg_id(msg_id):
+        _fail(f"--msg-id: {protocol.check_msg_id(msg_id)}", 2)
     if delay is not None and deliver_at is not None:
         _fail("give --delay or --deliver-at, not both", 2)
-    if delay is not None and not delay >= 0:
-        _fail("--delay must be a number of seconds >= 0", 2)
+    if delay is not None and not 0 <= delay <= MAX_DELAY_MS / 1000:
+        _fail(f"--delay must be a number of seconds from 0 to {MAX_DELAY_MS // 1000} (366 days)", 2)
     at = None
     if deliver_at is not None:
         import datetime as dt
@@ -287,34 +308,93 @@ def publish(
             _fail("--deliver-at must be an ISO8601 time, e.g. 2026-12-01T09:00:00Z", 2)
         if at.tzinfo is None:
             at = at.replace(tzinfo=dt.timezone.utc)
+        if (at.timestamp() - time.time()) * 1000 > MAX_DELAY_MS:
+            _fail("--deliver-at must be at most 366 days from now", 2)
     hold = {"delay": delay, "deliver_at": at}
     headers = _parse_headers(header)
     keys = _curve(curve_key, server_key)
+    lines = None
+    if msg_id is not None and (message is None or message == "-"):
+        # one id names one message: read stdin before connecting, so nothing is published
+        # when it holds several lines
+        lines = list(_stdin_lines())
+        if len(lines) != 1:
+            _fail(f"--msg-id names one message, but stdin held {len(lines)} lines: "
+                  "publish each with its own --msg-id, or leave --msg-id out", 2)
+    wait = _HubWait(timeout)
+    left = wait.left
+    producer = Producer(hub, timeout=timeout, name="cli-publish", curve=keys)
     try:
-        with Producer(hub, timeout=timeout, name="cli-publish", curve=keys) as producer:
-            if message is not None and message != "-":
-                seq = producer.publish(topic, message.encode(), key=key, headers=headers,
-                                       priority=priority, **hold)
-                typer.echo(seq)
-                return
+        producer.connect()
+        if lines is not None or (message is not None and message != "-"):
+            payload = lines[0] if lines is not None else message.encode()
+            future = producer.publish_async(topic, payload, key=key, headers=headers,
+                                            msg_id=msg_id, priority=priority, **hold)
+            _, seq, _ = _collect(producer, [future], None, None, 0, left(), timeout)
+            typer.echo(seq)
+        else:
             count = 0
             first = last = None
             futures = []
             with _publish_progress(topic) as progress:
-                for line in sys.stdin.buffer:
-                    if line.endswith(b"\n"):
-                        line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+                for line in wait.not_counting(_stdin_lines()):
                     futures.append(producer.publish_async(topic, line, key=key, headers=headers,
                                                           priority=priority, **hold))
                     if len(futures) >= 10_000:
-                        first, last, count = _collect(producer, futures, first, last, count, timeout)
+                        first, last, count = _collect(producer, futures, first, last, count, left(), timeout)
                         futures = []
                         progress(count)
-                first, last, count = _collect(producer, futures, first, last, count, timeout)
+                        wait.restart()  # the hub is confirming: a new --timeout for what follows
+                first, last, count = _collect(producer, futures, first, last, count, left(), timeout)
             span = f" (seq {first}..{last})" if count else ""
             typer.echo(f"confirmed {count} messages on {topic}{span}", err=True)
-    except (HubUnavailable, HubError, InvalidMessage, ZmqMqError) as exc:
+    except HubUnavailable as exc:
+        # exit now, without close(): it would wait for the hub again past --timeout, and what is
+        # unconfirmed stays unconfirmed (the error says so); the producer's I/O thread is a
+        # daemon and ends with the process
         _fail(str(exc))
+    except (HubError, InvalidMessage, ZmqMqError) as exc:
+        # the hub is there: let what was sent before the error be confirmed, within --timeout
+        with contextlib.suppress(ZmqMqError):
+            producer.close(left())
+        _fail(str(exc))
+    producer.close(left())
+
+
+class _HubWait:
+    """``publish --timeout``: one bound on the time spent waiting for the hub, connecting and
+    confirming together, so a hub that dies mid-stream fails the command after at most
+    ``seconds``. Time blocked on stdin is the user's, not the hub's, so it does not count; and
+    each chunk of confirms starts the bound again (a large input is not one long wait)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.restart()
+
+    def restart(self) -> None:
+        self.until = time.monotonic() + self.seconds
+
+    def left(self) -> float:
+        return max(0.0, self.until - time.monotonic())
+
+    def not_counting(self, source):
+        """Yield from ``source``, moving the bound by the time spent waiting for each item."""
+        items = iter(source)
+        while True:
+            started = time.monotonic()
+            item = next(items, None)
+            self.until += time.monotonic() - started
+            if item is None:
+                return
+            yield item
+
+
+def _stdin_lines():
+    """Messages from stdin, one a line, without their line ending."""
+    for line in sys.stdin.buffer:
+        if line.endswith(b"\n"):
+            line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+        yield line
 
 
 @contextlib.contextmanager
@@ -334,8 +414,17 @@ def _publish_progress(topic: str):
         yield lambda confirmed: progress.update(task, completed=confirmed)
 
 
-def _collect(producer: Producer, futures: list, first, last, count: int, timeout: float):
-    producer.flush(timeout)
+def _collect(producer: Producer, futures: list, first, last, count: int, left: float,
+             timeout: float):
+    """Wait up to ``left`` s for ``futures``; ``timeout`` is the --timeout they were given."""
+    try:
+        producer.flush(left)
+    except HubUnavailable:
+        pending = sum(not f.done() for f in futures)
+        raise HubUnavailable(
+            f"{pending} message{'s' if pending != 1 else ''} not confirmed within {timeout:g} s "
+            f"by the hub at {producer.endpoint}"
+        ) from None
     for f in futures:
         seq = f.result(0)
         first = seq if first is None else min(first, seq)
@@ -368,7 +457,7 @@ def subscribe(
     topic: str = typer.Argument(..., help="Topic to read."),
     group: str = typer.Option(..., "--group", help="Subscription name: same group = share the work, other group = own copy."),
     count: Optional[int] = typer.Option(None, "--count", help="Stop after this many messages."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop after this many seconds without a message."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop after this many seconds without a message; also the most to wait for the hub to answer (default 10)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
     credit: int = typer.Option(100, "--credit", help="Most unacked messages held at once."),
     ack_wait: Optional[float] = typer.Option(None, "--ack-wait", help="Seconds before an unacked message is redelivered (default 30)."),
@@ -390,7 +479,11 @@ def subscribe(
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     received = 0
     out = sys.stdout
-    consumer = Consumer(hub, name=f"cli-subscribe-{group}", curve=_curve(curve_key, server_key))
+    if timeout is not None and not timeout > 0:
+        _fail("--timeout must be a number of seconds > 0", 2)
+    # --timeout also bounds connecting and subscribing, not only the wait for messages
+    consumer = Consumer(hub, name=f"cli-subscribe-{group}", curve=_curve(curve_key, server_key),
+                        timeout=CONNECT_TIMEOUT if timeout is None else timeout)
     try:
         consumer.connect()
         consumer.subscribe(topic, group, credit=credit, ack_wait=ack_wait, max_deliver=max_deliver,
@@ -509,6 +602,7 @@ def demo(
 
     from rich.console import Console
 
+    _check_bind_options(bind, pub)
     console = Console()
     try:
         hub_thread = HubThread(data, bind=bind, pub=pub or None).start()

@@ -24,8 +24,25 @@ from ..actors.errors import HubError, HubUnavailable, ZmqMqError
 from ..router import protocol
 from ..router.config import DEFAULT_BIND
 from ..router.deadletters import describe
+from ..router.endpoint import endpoint_problem
 
-HubOption = typer.Option(None, "--hub", envvar=ENV_HUB, help=f"Hub endpoint (default {DEFAULT_BIND}).")
+
+
+def check_hub_option(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
+    """--hub (or $ZMQ_MQ_HUB) checked before anything connects: one line and exit 2 if malformed."""
+    if value is None or ctx.resilient_parsing:
+        return value
+    problem = endpoint_problem(value)
+    if problem:
+        source = ctx.get_parameter_source(param.name)
+        # compared by name: typer vendors click, so its ParameterSource is not importable
+        where = f"${ENV_HUB}" if getattr(source, "name", "") == "ENVIRONMENT" else "--hub"
+        _fail(f"{where}: {problem}", 2)
+    return value
+
+
+HubOption = typer.Option(None, "--hub", envvar=ENV_HUB, callback=check_hub_option,
+                         help=f"Hub endpoint (default {DEFAULT_BIND}).")
 TimeoutOption = typer.Option(10.0, "--timeout", help="Seconds to wait for the hub.")
 # Dead letters per REDRIVE / PURGE request: one hub commit each, small enough that a large redrive
 # never holds the hub's loop for long and the progress bar moves.
@@ -330,7 +347,7 @@ def listen(
     hub: str | None = HubOption,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
     count: int | None = typer.Option(None, "--count", help="Stop after this many messages."),
-    timeout: float | None = typer.Option(None, "--timeout", help="Stop after this many seconds without a message."),
+    timeout: float | None = typer.Option(None, "--timeout", help="Stop after this many seconds without a message; also the most to wait for the hub to answer (default 10)."),
 ) -> None:
     """Print the live feed from the hub's PUB socket (ZeroMQ prefix match on the topic).
 
@@ -342,8 +359,10 @@ def listen(
 
     if count is not None and count <= 0:
         _fail("--count must be positive", 2)
-    try:
-        with Admin(hub, timeout=10.0) as admin:
+    if timeout is not None and not timeout > 0:
+        _fail("--timeout must be a number of seconds > 0", 2)
+    try:  # --timeout also bounds asking the hub for its live-feed endpoint
+        with Admin(hub, timeout=10.0 if timeout is None else timeout) as admin:
             pub = admin.welcome.get("pub")
     except (HubUnavailable, HubError, ZmqMqError) as exc:
         _fail(str(exc))
@@ -359,7 +378,10 @@ def listen(
         with Listener(pub, [prefix]) as listener:
             typer.echo(f"listening to {prefix or 'every topic'!r} on {pub} (at-most-once)", err=True)
             while not stop.is_set() and (count is None or received < count):
-                msg = listener.receive(0.5)
+                try:
+                    msg = listener.receive(0.5)
+                except HubError as exc:  # the hub refused this client on its live feed
+                    _fail(str(exc))
                 if msg is None:
                     if timeout is not None and time.monotonic() - idle_since >= timeout:
                         break
@@ -375,6 +397,8 @@ def listen(
                 received += 1
     except KeyboardInterrupt:
         pass
+    except ValueError as exc:  # the hub announced a live-feed endpoint this client cannot use
+        _fail(str(exc))
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -392,7 +416,7 @@ def bench(
     concurrency: int = typer.Option(8, "--concurrency", help="W4 actor worker threads."),
     prefetch: int = typer.Option(1, "--prefetch", help="W4 actor prefetch: messages held per worker thread."),
     timeout: float = typer.Option(120.0, "--timeout", help="Bound on each workload's measured phase (s)."),
-    hub: str | None = typer.Option(None, "--hub", help="Use this running hub (fresh topics per run) instead of starting one per workload in a temp dir."),
+    hub: str | None = typer.Option(None, "--hub", callback=check_hub_option, help="Use this running hub (fresh topics per run) instead of starting one per workload in a temp dir."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of the table."),
     json_out: str | None = typer.Option(None, "--json-out", help="Also write the JSON report to this file."),
 ) -> None:
