@@ -269,6 +269,7 @@ class Hub:
             self._monitor = router.get_monitor_socket(MONITOR_EVENTS)
         router.bind(self.config.bind)
         self.endpoint = router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.store.lock.note(endpoint=self.endpoint)  # named to a hub refused on this data dir
         if self.config.pub:
             pub = self.pub = self._ctx.socket(zmq.PUB)
             pub.setsockopt(zmq.LINGER, 0)
