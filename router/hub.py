@@ -914,6 +914,9 @@ class Hub:
                 problem = protocol.check_headers(headers)
                 if problem:
                     raise _BadRequest(ErrorCode.BAD_BODY, f"message {index}: {problem}", batch_id, index)
+                problem = protocol.check_reserved_headers(headers)
+                if problem:
+                    raise _BadRequest(ErrorCode.INVALID, f"message {index}: {problem}", batch_id, index)
             elif headers is not None and type(headers) is not dict:
                 raise _BadRequest(ErrorCode.BAD_BODY, f"message {index}: headers must be a map or nil", batch_id, index)
             msg_id = None
