@@ -16,7 +16,7 @@ from conftest import zmq_mq_command
 
 def _stored(endpoint: str, topic: str) -> list[int]:
     with Admin(endpoint) as admin:
-        return [seq for seq, _ in admin.scan(topic)]
+        return [m.seq for m in admin.scan(topic)]
 
 
 def test_a_second_hub_on_a_data_directory_in_use_exits_at_once_naming_the_running_hub(hub_process, tmp_path):
