@@ -507,6 +507,7 @@ def demo(
     serve: bool = typer.Option(False, "--serve", help="Keep the hub running after the demo (Ctrl-C stops)."),
 ) -> None:
     """Start the hub on its defaults and show messages flowing: a work queue and a fan-out."""
+    from ..storage import DataDirInUse
     from ..testing import HubThread
 
     from rich.console import Console
@@ -514,6 +515,8 @@ def demo(
     console = Console()
     try:
         hub_thread = HubThread(data, bind=bind, pub=pub or None).start()
+    except DataDirInUse as exc:
+        _fail(f"cannot start the hub: {exc}")
     except Exception as exc:
         _fail(f"cannot start the hub on {bind} ({exc}); is another hub running? try --bind tcp://127.0.0.1:*")
     console.print(f"[bold]hub[/] serving on {hub_thread.endpoint} (data in {data})")

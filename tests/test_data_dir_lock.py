@@ -85,3 +85,15 @@ def test_a_store_holds_its_directory_until_closed(tmp_path):
         assert store.commit({"t": [b"r2"]}) == {"t": 2}  # the refused one touched nothing
     with Store(tmp_path / "db") as again:
         assert again.topics["t"].last_seq == 2
+
+
+def test_zmq_mq_demo_on_a_data_directory_in_use_names_the_running_hub_not_the_port(hub, tmp_path):
+    # Given a hub (the fixture's) holding its data directory
+    data = hub.hub.config.data_dir
+    # When the demo is started on that directory with free ports
+    done = subprocess.run([*zmq_mq_command(), "demo", "--data", data, "--bind", "tcp://127.0.0.1:*",
+                           "--pub", "tcp://127.0.0.1:*"], capture_output=True, text=True, timeout=60)
+    # Then it says the directory is in use, by whom, and does not blame the port
+    err = done.stderr.strip()
+    assert done.returncode == 1 and len(err.splitlines()) == 1, err
+    assert f"data directory {data} is in use" in err and hub.endpoint in err and "--bind" not in err
