@@ -175,7 +175,10 @@ class Store:
         self._closed = False
         self.path.mkdir(parents=True, exist_ok=True)
         self.lock = DataDirLock(self.path)
-        self.lock.acquire()  # before LMDB: a refused store touches nothing
+        try:
+            self.lock.acquire()  # before LMDB: a refused store touches nothing
+        except OSError as exc:
+            raise StorageError(f"cannot lock the data directory {self.path}: {exc}") from exc
         try:
             self._env = lmdb.Environment(
                 str(self.path),
