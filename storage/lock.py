@@ -14,6 +14,7 @@ same directory is refused too.
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import socket
@@ -35,7 +36,9 @@ class DataDirLock:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         self.path = self.directory / LOCK_FILE
-        self._fd: int | None = None
+        # A file object, not a bare descriptor: if the store is dropped without close() (e.g. a
+        # hub whose start failed half-way), garbage collection still closes it and frees the lock.
+        self._file: io.FileIO | None = None
         self._holder: dict = {}
 
     def acquire(self) -> None:
@@ -53,7 +56,7 @@ class DataDirLock:
         except BaseException:
             os.close(fd)
             raise
-        self._fd = fd
+        self._file = io.FileIO(fd, "r+")
         self._holder = {"pid": os.getpid(), "host": socket.gethostname(),
                         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         self._write()
@@ -61,29 +64,30 @@ class DataDirLock:
     def note(self, **fields: str | None) -> None:
         """Add what others should know about the holder (e.g. ``endpoint``) to the lock file."""
         self._holder.update({k: v for k, v in fields.items() if v})
-        if self._fd is not None:
+        if self._file is not None:
             self._write()
 
     def release(self) -> None:
         """Empty the lock file and unlock it (the file stays: removing it would race a taker)."""
-        if self._fd is None:
+        if self._file is None:
             return
-        fd, self._fd = self._fd, None
+        file, self._file = self._file, None
         try:
-            os.ftruncate(fd, 0)
+            os.ftruncate(file.fileno(), 0)
         except OSError:
             pass  # the lock goes anyway; a stale description is only ever shown with a new holder's
         finally:
-            os.close(fd)  # closing the last descriptor drops the flock
+            file.close()  # closing the last descriptor drops the flock
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return self._file is not None
 
     def _write(self) -> None:
         data = json.dumps(self._holder).encode() + b"\n"
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, data, 0)
+        fd = self._file.fileno()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
 
 
 def _read_holder(fd: int) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import time
 
@@ -97,3 +98,14 @@ def test_zmq_mq_demo_on_a_data_directory_in_use_names_the_running_hub_not_the_po
     err = done.stderr.strip()
     assert done.returncode == 1 and len(err.splitlines()) == 1, err
     assert f"data directory {data} is in use" in err and hub.endpoint in err and "--bind" not in err
+
+
+def test_a_store_dropped_without_close_frees_its_directory(tmp_path):
+    # Given a store nobody closes (a hub whose start failed after opening it)
+    store = Store(tmp_path / "db")
+    store.commit({"t": [b"r1"]})
+    del store
+    gc.collect()
+    # Then the directory can be opened again
+    with Store(tmp_path / "db") as again:
+        assert again.topics["t"].last_seq == 1
