@@ -252,8 +252,9 @@ def _parse_headers(pairs: list[str]) -> dict[str, str] | None:
         name, sep, value = pair.partition("=")
         if not sep or not name:
             _fail(f"--header takes K=V, got {pair!r}", 2)
-        if protocol.check_reserved_headers({name: value}):
-            _fail(f"--header {name}: {protocol.check_reserved_headers({name: value})}", 2)
+        reserved = protocol.check_reserved_headers({name: value})
+        if reserved:
+            _fail(f"--header: {reserved}", 2)
         headers[name] = value
     return headers or None
 
