@@ -7,7 +7,7 @@ from .consumer import Consumer
 from .idempotency import IdempotencyStore
 from .errors import ClosedError, HubError, HubUnavailable, InvalidMessage, ZmqMqError
 from .listener import Listener
-from .message import Message
+from .message import Message, StoredMessage
 from .producer import Producer
 from .retry import Backoff, compute_backoff
 
@@ -25,6 +25,7 @@ __all__ = [
     "Listener",
     "Message",
     "Producer",
+    "StoredMessage",
     "ZmqMqError",
     "compute_backoff",
 ]

@@ -4,6 +4,8 @@ One connection, one request at a time; what ``zmq-mq stats`` and ``zmq-mq dlq`` 
 
     with Admin("tcp://127.0.0.1:5555") as admin:
         admin.stats()["subscriptions"]
+        for msg in admin.scan("orders"):     # StoredMessage: topic, seq, key, headers, payload
+            ...
         letters = admin.dead_letters("billing")
         admin.redrive("dlq.billing", [letter["seq"] for letter in letters])
 """
@@ -20,6 +22,7 @@ from ..router.deadletters import describe
 from ..router.protocol import Command, DecodeError
 from .connection import Connection, CurveKeys, monotonic_ms
 from .errors import HubError, HubUnavailable
+from .message import StoredMessage
 
 __all__ = ["FETCH_PAGE", "Admin"]
 
@@ -86,18 +89,19 @@ class Admin:
     def topics(self) -> list[dict]:
         return self.call(Command.TOPICS)
 
-    def fetch(self, topic: str, from_seq: int = 0, max_count: int = FETCH_PAGE) -> list[tuple[int, bytes]]:
-        """Up to ``max_count`` stored ``(seq, record)`` of ``topic`` from ``from_seq`` on."""
-        return [(seq, record) for seq, record in self.call(Command.FETCH, topic, from_seq, max_count)]
+    def fetch(self, topic: str, from_seq: int = 0, max_count: int = FETCH_PAGE) -> list[StoredMessage]:
+        """Up to ``max_count`` stored messages of ``topic`` with ``seq >= from_seq``, in order."""
+        return [StoredMessage.from_record(topic, seq, record)
+                for seq, record in self.call(Command.FETCH, topic, from_seq, max_count)]
 
-    def scan(self, topic: str, from_seq: int = 0) -> Iterator[tuple[int, bytes]]:
-        """Every stored ``(seq, record)`` of ``topic``, page by page."""
+    def scan(self, topic: str, from_seq: int = 0) -> Iterator[StoredMessage]:
+        """Every stored message of ``topic`` from ``from_seq`` on, page by page."""
         while True:
             page = self.fetch(topic, from_seq)
             yield from page
             if len(page) < 1:
                 return
-            from_seq = page[-1][0] + 1
+            from_seq = page[-1].seq + 1
 
     def purge(self, topic: str, seqs: list[int] | str) -> dict:
         """Delete records (a list of seqs, or ``"all"``): ``{"topic", "purged", ["seqs"]}``."""
@@ -146,7 +150,7 @@ class Admin:
 
     def dead_letters(self, group: str) -> list[dict]:
         """The dead letters of subscription ``group`` (``dlq.<group>``), described."""
-        return [describe(seq, record) for seq, record in self.scan(protocol.dlq_topic(group))]
+        return [describe(msg.seq, msg.record) for msg in self.scan(protocol.dlq_topic(group))]
 
     def close(self) -> None:
         self._conn.close()

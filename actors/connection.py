@@ -220,7 +220,7 @@ class Connection:
         if key is not None and not isinstance(key, str):
             raise InvalidMessage("key must be a string")
         if headers:
-            problem = protocol.check_headers(headers)
+            problem = protocol.check_headers(headers) or protocol.check_reserved_headers(headers)
             if problem:
                 raise InvalidMessage(problem)
             try:  # here, not in the I/O thread: a value msgpack cannot encode fails this call only

@@ -66,18 +66,41 @@ class IdempotencyStore:
         self._expiry = self.env.open_db(_DB_EXPIRY)
         self._dbs: dict[str, Any] = {}
         self._lock = threading.Lock()
+        # The write transaction this thread has open in transaction(), and the names of the
+        # databases first opened inside it (their handles die with it if it aborts).
+        self._local = threading.local()
 
     def close(self) -> None:
         self.env.close()
 
     def db(self, name: str):
-        """A named database of yours in the same environment, for :meth:`transaction`."""
+        """A named database of yours in the same environment, for :meth:`transaction`.
+
+        Safe anywhere, also inside ``with store.transaction(msg)``: there it is opened with that
+        transaction (LMDB has one writer at a time, so opening it in a transaction of its own
+        would wait for ours forever).
+        """
+        if name.encode() in (_DB_DONE, _DB_EXPIRY):
+            raise ValueError(f"{name!r} is reserved")
+        with self._lock:
+            handle = self._dbs.get(name)
+        if handle is not None:
+            return handle
+        current = getattr(self._local, "txn", None)
+        if current is not None:
+            return self._open_db(name, current[0], current[1])
+        # Take the write lock before ours: a thread inside transaction() holds the write lock
+        # and may want ours, so ours is only ever taken while holding LMDB's.
+        with self.env.begin(write=True) as txn:
+            return self._open_db(name, txn, None)
+
+    def _open_db(self, name: str, txn: lmdb.Transaction, opened: list[str] | None):
         with self._lock:
             handle = self._dbs.get(name)
             if handle is None:
-                if name.encode() in (_DB_DONE, _DB_EXPIRY):
-                    raise ValueError(f"{name!r} is reserved")
-                handle = self._dbs[name] = self.env.open_db(name.encode())
+                handle = self._dbs[name] = self.env.open_db(name.encode(), txn=txn)
+                if opened is not None:
+                    opened.append(name)
             return handle
 
     # --- ids -------------------------------------------------------------------------------
@@ -107,9 +130,22 @@ class IdempotencyStore:
         Your own writes (in databases from :meth:`db`) and the id commit together or not at
         all, so a side effect kept here happens exactly once per message id.
         """
-        with self.env.begin(write=True) as txn:
-            yield txn
-            self._put(txn, [message_key(msg)], _wall_ms())
+        if getattr(self._local, "txn", None) is not None:
+            raise RuntimeError("store.transaction() is already open on this thread")
+        opened: list[str] = []
+        try:
+            with self.env.begin(write=True) as txn:
+                self._local.txn = (txn, opened)
+                yield txn
+                self._put(txn, [message_key(msg)], _wall_ms())
+        except BaseException:
+            # Aborted: the handles of databases first opened in it are no longer valid.
+            with self._lock:
+                for name in opened:
+                    self._dbs.pop(name, None)
+            raise
+        finally:
+            self._local.txn = None
 
     def _put(self, txn: lmdb.Transaction, keys: Iterable[bytes], now: int) -> None:
         expires = now + self.ttl_ms

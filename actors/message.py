@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from ..router import protocol
 
 
 class _Settler(Protocol):
@@ -102,3 +105,45 @@ class Message:
             f"Message(topic={self.topic!r}, seq={self.seq}, key={self.key!r}, "
             f"deliveries={self.deliveries}, payload={self.payload[:40]!r})"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message as the hub stores it, read by ``Admin.fetch`` / ``Admin.scan`` (not a delivery:
+    nothing to settle).
+
+    ``timestamp`` is the hub's clock at publish (ms since the epoch); ``headers`` include the
+    ones the hub wrote (``x-msg-id``, ``x-priority``, ``x-deliver-at``, dead-letter headers);
+    ``record`` is the stored bytes as they are (msgpack ``[timestamp_ms, key, headers,
+    payload]``), for tools that need them.
+    """
+
+    topic: str
+    seq: int
+    timestamp: int
+    key: str | None
+    headers: dict
+    payload: bytes
+    record: bytes = field(repr=False, compare=False)
+
+    @classmethod
+    def from_record(cls, topic: str, seq: int, record: bytes) -> "StoredMessage":
+        timestamp, key, headers, payload = protocol.unpack_record(record)
+        return cls(topic, seq, timestamp, key, headers if isinstance(headers, dict) else {},
+                   payload, record)
+
+    @property
+    def priority(self) -> int:
+        """0..9 (header ``x-priority``; 0 when absent)."""
+        value = self.headers.get(protocol.PRIORITY_HEADER, protocol.DEFAULT_PRIORITY)
+        return value if type(value) is int else protocol.DEFAULT_PRIORITY
+
+    @property
+    def msg_id(self) -> str:
+        """The producer's ``msg_id`` when it gave one, else ``topic:seq`` (as ``Message.msg_id``)."""
+        given = self.headers.get(protocol.MSG_ID_HEADER)
+        return given if isinstance(given, str) else f"{self.topic}:{self.seq}"
+
+    def text(self, encoding: str = "utf-8") -> str:
+        """The payload decoded as text."""
+        return self.payload.decode(encoding)

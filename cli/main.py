@@ -264,6 +264,9 @@ def _parse_headers(pairs: list[str]) -> dict[str, str] | None:
         name, sep, value = pair.partition("=")
         if not sep or not name:
             _fail(f"--header takes K=V, got {pair!r}", 2)
+        reserved = protocol.check_reserved_headers({name: value})
+        if reserved:
+            _fail(f"--header: {reserved}", 2)
         headers[name] = value
     return headers or None
 
@@ -598,6 +601,7 @@ def demo(
     serve: bool = typer.Option(False, "--serve", help="Keep the hub running after the demo (Ctrl-C stops)."),
 ) -> None:
     """Start the hub on its defaults and show messages flowing: a work queue and a fan-out."""
+    from ..storage import DataDirInUse
     from ..testing import HubThread
 
     from rich.console import Console
@@ -606,6 +610,8 @@ def demo(
     console = Console()
     try:
         hub_thread = HubThread(data, bind=bind, pub=pub or None).start()
+    except DataDirInUse as exc:
+        _fail(f"cannot start the hub: {exc}")
     except Exception as exc:
         _fail(f"cannot start the hub on {bind} ({exc}); is another hub running? try --bind tcp://127.0.0.1:*")
     console.print(f"[bold]hub[/] serving on {hub_thread.endpoint} (data in {data})")

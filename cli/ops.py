@@ -229,9 +229,9 @@ def dlq_show(
             page = admin.fetch(topic, seq, 1)
     except (HubUnavailable, HubError, ZmqMqError) as exc:
         _fail(str(exc))
-    if not page or page[0][0] != seq:
+    if not page or page[0].seq != seq:
         _fail(f"no dead letter {seq} in {topic}")
-    data = letter_json(describe(*page[0]), group)
+    data = letter_json(describe(page[0].seq, page[0].record), group)
     if as_json:
         typer.echo(json.dumps(data, indent=2, default=str))
         return
@@ -251,7 +251,7 @@ def _chosen(admin: Admin, topic: str, seqs: list[int], all_: bool) -> list[int]:
     if bool(seqs) == all_:
         _fail("give --seq N (repeatable) or --all", 2)
     if all_:
-        return [s for s, _ in admin.scan(topic)]
+        return [m.seq for m in admin.scan(topic)]
     return list(dict.fromkeys(seqs))
 
 

@@ -269,6 +269,7 @@ class Hub:
             self._monitor = router.get_monitor_socket(MONITOR_EVENTS)
         router.bind(self.config.bind)
         self.endpoint = router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.store.lock.note(endpoint=self.endpoint)  # named to a hub refused on this data dir
         if self.config.pub:
             pub = self.pub = self._ctx.socket(zmq.PUB)
             pub.setsockopt(zmq.LINGER, 0)
@@ -913,6 +914,9 @@ class Hub:
                 problem = protocol.check_headers(headers)
                 if problem:
                     raise _BadRequest(ErrorCode.BAD_BODY, f"message {index}: {problem}", batch_id, index)
+                problem = protocol.check_reserved_headers(headers)
+                if problem:
+                    raise _BadRequest(ErrorCode.INVALID, f"message {index}: {problem}", batch_id, index)
             elif headers is not None and type(headers) is not dict:
                 raise _BadRequest(ErrorCode.BAD_BODY, f"message {index}: headers must be a map or nil", batch_id, index)
             msg_id = None

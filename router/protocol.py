@@ -55,6 +55,10 @@ MAX_PRIORITY = 9
 # Delayed delivery (PUBLISH opts "delay_ms" or "deliver_at_ms"): the hub stores the due time
 # (wall clock, ms since the epoch) of a message held back as this header.
 DELIVER_AT_HEADER = "x-deliver-at"
+# Headers whose names start with this prefix are the hub's: it writes them (x-msg-id, x-priority,
+# x-deliver-at, the dead-letter and redrive headers) and acts on some of them, so a PUBLISH
+# carrying one is refused (invalid) and its batch not stored. Case-sensitive: "X-Trace" is yours.
+RESERVED_HEADER_PREFIX = "x-"
 MAX_DELAY_MS = 366 * 24 * 3600 * 1000  # a delay or deliver_at at most this far ahead
 # SUBSCRIBE option "ordering" (see router/subscription.py for what each one means).
 ORDERINGS = ("none", "key", "strict")
@@ -322,6 +326,18 @@ def check_headers(headers: Any) -> str | None:
     for name in headers:
         if type(name) is not str:
             return f"header names must be strings, not {type(name).__name__} ({name!r:.40})"
+    return None
+
+
+def check_reserved_headers(headers: dict) -> str | None:
+    """An error text if a header name of ``headers`` (a map) is reserved for the hub, else None."""
+    for name in headers:
+        if type(name) is str and name.startswith(RESERVED_HEADER_PREFIX):
+            return (
+                f"header {name[:64]!r} is reserved: names starting with "
+                f"{RESERVED_HEADER_PREFIX!r} are set by the hub (use publish options such as "
+                "priority, delay or msg_id instead, or another header name)"
+            )
     return None
 
 

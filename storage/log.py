@@ -32,7 +32,9 @@ from typing import Any, Iterable
 import lmdb
 import msgpack
 
-__all__ = ["Store", "StorageError", "StorageFull", "TopicInfo"]
+from .lock import DataDirInUse, DataDirLock
+
+__all__ = ["Store", "StorageError", "StorageFull", "TopicInfo", "DataDirInUse"]
 
 # Named databases: three are used; the headroom lets later versions add some (e.g. a dedup
 # window or per-topic retention marks) without a format migration.
@@ -149,6 +151,10 @@ class Store:
     :class:`StorageFull` and writes nothing.
 
     ``topics`` mirrors what is committed: it changes only after a successful commit.
+
+    One store per directory at a time: the store holds the directory's lock (``storage/lock.py``)
+    from open to :meth:`close`; opening a directory another store holds, in this process or
+    another, raises :class:`DataDirInUse` naming the holder.
     """
 
     def __init__(
@@ -168,6 +174,11 @@ class Store:
         self.last_deleted: dict[str, int] = {}  # records removed per topic by the last commit
         self._closed = False
         self.path.mkdir(parents=True, exist_ok=True)
+        self.lock = DataDirLock(self.path)
+        try:
+            self.lock.acquire()  # before LMDB: a refused store touches nothing
+        except OSError as exc:
+            raise StorageError(f"cannot lock the data directory {self.path}: {exc}") from exc
         try:
             self._env = lmdb.Environment(
                 str(self.path),
@@ -179,6 +190,7 @@ class Store:
                 max_readers=_MAX_READERS,
             )
         except lmdb.Error as exc:
+            self.lock.release()
             raise StorageError(f"cannot open store at {self.path}: {exc}") from exc
         try:
             with self._env.begin(write=True) as txn:
@@ -201,10 +213,12 @@ class Store:
         except lmdb.Error as exc:
             self._env.close()
             self._closed = True
+            self.lock.release()
             raise StorageError(f"cannot load store at {self.path}: {exc}") from exc
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             self._env.close()
             self._closed = True
+            self.lock.release()
             raise StorageError(f"corrupt topic metadata in {self.path}: {exc}") from exc
         # Oldest dedup timestamp stored (None: none), so that a hub whose producers never
         # give a msg_id never touches the dedup databases.
@@ -226,6 +240,7 @@ class Store:
         if not self._closed:
             self._closed = True
             self._env.close()
+            self.lock.release()
 
     def _check_open(self) -> None:
         if self._closed:

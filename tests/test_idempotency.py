@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import threading
+from pathlib import Path
+
+import pytest
 
 from zmq_mq.actors import Actor, IdempotencyStore, Producer
 from zmq_mq.actors import idempotency as idem
@@ -133,3 +137,57 @@ def test_the_default_state_dir_is_per_actor_name(tmp_path, monkeypatch):
         actor.start()
         actor.stop()
     assert (tmp_path / "zmq-mq-actor-state" / "mailer-7" / "data.mdb").exists()
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _readme_ledger_example() -> str:
+    """The README's effectively-once ledger code block, exactly as it stands."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    [ledger] = [b for b in blocks if "store.transaction(msg)" in b]
+    return ledger
+
+
+def test_the_readme_ledger_example_applies_each_payment_once_and_the_actor_stops(tmp_path):
+    # Given the README's ledger handler, copied as it stands, on an actor, and a hub that does
+    # not de-duplicate (so the repeated msg_id reaches the actor twice)
+    with running_hub(tmp_path / "hub", dedup_window_ms=0) as hub:
+        actor = Actor(hub.endpoint, name="ledger", state_dir=tmp_path / "state", grace=2.0)
+        exec(compile(_readme_ledger_example(), str(README), "exec"), {"actor": actor})
+        actor.start()
+        try:
+            # When three payments are published, and the first one again with its msg_id
+            with Producer(hub.endpoint) as p:
+                for i, amount in enumerate((b"10", b"20", b"5")):
+                    p.publish("payments", amount, msg_id=f"pay-{i}")
+                p.publish("payments", b"10", msg_id="pay-0")
+            # Then every message is acked
+            wait_for(lambda: _sub_state(hub.endpoint, "payments", "ledger").get("ack_floor") == 4,
+                     message="all four payments acked")
+        finally:
+            actor.stop(timeout=10)
+        # And the actor stopped cleanly
+        assert not actor.running and actor.error is None
+    # And each payment was applied once
+    store = IdempotencyStore(tmp_path / "state")
+    try:
+        with store.env.begin(db=store.db("balances")) as txn:
+            assert txn.get(b"alice") == b"35"
+    finally:
+        store.close()
+
+
+def test_a_database_first_opened_in_an_aborted_transaction_can_be_opened_again(tmp_path):
+    store = IdempotencyStore(tmp_path)
+    try:
+        with pytest.raises(RuntimeError):
+            with store.transaction(_Msg("g", "m-1")) as txn:
+                txn.put(b"k", b"v", db=store.db("later"))
+                raise RuntimeError("handler failed")
+        with store.transaction(_Msg("g", "m-1")) as txn:
+            txn.put(b"k", b"v", db=store.db("later"))
+        with store.env.begin(db=store.db("later")) as txn:
+            assert txn.get(b"k") == b"v"
+    finally:
+        store.close()

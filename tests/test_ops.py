@@ -96,9 +96,9 @@ def test_fetch_pages_through_a_topic_and_refuses_bad_arguments(hub):
     _publish(hub.endpoint, "orders", 25)
     with Admin(hub.endpoint) as admin:
         page = admin.fetch("orders", 10, 5)
-        assert [s for s, _ in page] == [10, 11, 12, 13, 14]
-        assert protocol.unpack_record(page[0][1])[3] == b"m9"
-        assert [s for s, _ in admin.scan("orders")] == list(range(1, 26))
+        assert [m.seq for m in page] == [10, 11, 12, 13, 14]
+        assert page[0].payload == b"m9"
+        assert [m.seq for m in admin.scan("orders")] == list(range(1, 26))
         assert admin.fetch("never.used") == []
         with pytest.raises(HubError) as err:
             admin.fetch("orders", 1, 0)
@@ -128,15 +128,14 @@ def test_redrive_moves_dead_letters_back_atomically_and_they_are_delivered_again
         by_seq = {r["seq"]: r for r in result["results"]}
         assert by_seq[99]["error"] == "not found"
         assert {by_seq[2]["new_seq"], by_seq[3]["new_seq"]} == {5, 6}
-        assert [s for s, _ in admin.fetch("dlq.billing")] == [1, 4]
+        assert [m.seq for m in admin.fetch("dlq.billing")] == [1, 4]
         assert admin.redrive("dlq.billing", [2])["redriven"] == 0  # never twice
         stats = admin.stats()
         assert _topic(stats, "dlq.billing")["messages"] == 2
         assert _topic(stats, "orders")["last_seq"] == 6
-        record = dict(admin.fetch("orders", by_seq[2]["new_seq"], 1))[by_seq[2]["new_seq"]]
-    _, key, headers, payload = protocol.unpack_record(record)
-    assert (key, payload) == ("k1", b"order 1")
-    assert headers == {"trace": "1", "x-redriven-from": "dlq.billing:2"}
+        (redriven,) = admin.fetch("orders", by_seq[2]["new_seq"], 1)
+    assert (redriven.seq, redriven.key, redriven.payload) == (by_seq[2]["new_seq"], "k1", b"order 1")
+    assert redriven.headers == {"trace": "1", "x-redriven-from": "dlq.billing:2"}
     # And the subscription that dead-lettered them gets them again
     with Consumer(hub.endpoint) as c:
         c.subscribe("orders", "billing", credit=10)
@@ -150,7 +149,7 @@ def test_purge_removes_chosen_or_all_dead_letters(hub):
     _dead_letter(hub, 5)
     with Admin(hub.endpoint) as admin:
         assert admin.purge("dlq.billing", [1, 1, 2, 42]) == {"topic": "dlq.billing", "purged": 2, "seqs": [1, 2]}
-        assert [s for s, _ in admin.fetch("dlq.billing")] == [3, 4, 5]
+        assert [m.seq for m in admin.fetch("dlq.billing")] == [3, 4, 5]
         assert admin.purge("dlq.billing", "all")["purged"] == 3
         assert admin.fetch("dlq.billing") == []
         t = _topic(admin.stats(), "dlq.billing")

@@ -91,8 +91,8 @@ def test_dlq_list_show_redrive_purge_as_a_user(hub):
     moved = run_cli("dlq", "redrive", "--group", "billing", "--seq", "1", "--seq", "3", "--hub", hub.endpoint)
     assert moved.returncode == 0 and b"redriven 2 of 2" in moved.stderr, moved.stderr
     with Admin(hub.endpoint) as admin:
-        assert [s for s, _ in admin.fetch("dlq.billing")] == [2, 4]
-        assert admin.fetch("orders", 5, 10)[0][0] == 5 and len(admin.fetch("orders", 5, 10)) == 2
+        assert [m.seq for m in admin.fetch("dlq.billing")] == [2, 4]
+        assert admin.fetch("orders", 5, 10)[0].seq == 5 and len(admin.fetch("orders", 5, 10)) == 2
     # purge one, then redrive --all takes the rest
     assert b"purged 1 " in run_cli("dlq", "purge", "--group", "billing", "--seq", "2", "--hub", hub.endpoint).stderr
     moved = run_cli("dlq", "redrive", "--group", "billing", "--all", "--json", "--hub", hub.endpoint)

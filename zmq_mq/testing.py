@@ -50,7 +50,12 @@ class HubThread:
 
     def start(self) -> "HubThread":
         self.hub = Hub(self.config)
-        self.hub.bind()
+        try:
+            self.hub.bind()
+        except BaseException:
+            self.hub.close()  # releases the data directory for the next try
+            self.hub = None
+            raise
         self._thread = threading.Thread(target=self._run, name="zmq-mq-hub", daemon=True)
         self._thread.start()
         if not self.hub.running.wait(10):
