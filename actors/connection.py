@@ -111,6 +111,7 @@ class Connection:
         self.liveness = LIVENESS
         self.last_heard = 0
         self.last_sent = 0
+        self.last_heartbeat = 0  # when this client last sent HEARTBEAT (whatever else it sent)
         self.limits: dict[str, int] = {}
         self._valid_topics: set[str] = set()
 
@@ -168,6 +169,11 @@ class Connection:
         send_frames(self.socket, protocol.encode(command, body))
         self.last_sent = monotonic_ms()
 
+    def heartbeat(self) -> None:
+        """Send HEARTBEAT: it tells the hub we live, and its answer tells us the hub does."""
+        self.send(Command.HEARTBEAT, [])
+        self.last_heartbeat = self.last_sent
+
     def recv(self) -> tuple[bytes, Any]:
         """Receive one command (blocking; poll first)."""
         frames = recv_frames(self.socket)
@@ -187,7 +193,14 @@ class Connection:
         return protocol.decode(frames, protocol.HUB_COMMANDS)
 
     def heartbeat_due(self, now: int) -> bool:
-        return now - self.last_sent >= self.heartbeat_ms
+        """True every ``heartbeat_ms``, however busy the connection is otherwise.
+
+        Other traffic does not put it off: the hub answers HEARTBEAT and nothing else that a
+        busy client may send (PROGRESS, ACK, NACK), so a client that skipped heartbeats while
+        sending those would hear nothing, take the hub for silent and reconnect, and the hub
+        would then take its old connection for a lost actor.
+        """
+        return now - self.last_heartbeat >= self.heartbeat_ms
 
     def hub_silent(self, now: int) -> bool:
         """True when the hub has said nothing for ``liveness`` heartbeat intervals."""

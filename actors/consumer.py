@@ -198,7 +198,7 @@ class Session:
         with self.lock:
             now = monotonic_ms()
             if self.conn.heartbeat_due(now):
-                self.conn.send(Command.HEARTBEAT, [])
+                self.conn.heartbeat()
             if self.specs and self.conn.hub_silent(now) and not self.conn.socket.poll(0, zmq.POLLIN):
                 try:
                     self._reconnect()

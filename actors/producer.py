@@ -341,12 +341,15 @@ class Producer:
                 self._send_queued(conn, outstanding, batch_ids)
                 now = monotonic_ms()
                 if outstanding:
-                    if conn.hub_silent(now) and now - conn.last_sent > conn.heartbeat_ms:
+                    # silent although asked: a heartbeat went out an interval ago, unanswered
+                    # (after an idle spell the hub may merely not have been asked yet)
+                    if (conn.hub_silent(now) and conn.last_heartbeat > conn.last_heard
+                            and now - conn.last_heartbeat >= conn.heartbeat_ms):
                         poller.unregister(conn.socket)
                         self._reconnect(conn, outstanding)
                         poller.register(conn.socket, zmq.POLLIN)
-                    elif conn.heartbeat_due(now) or now - conn.last_heard > conn.heartbeat_ms:
-                        conn.send(Command.HEARTBEAT, [])
+                    elif conn.heartbeat_due(now):
+                        conn.heartbeat()
                 if self._closing and not self._queue:
                     break
         finally:

@@ -1,0 +1,64 @@
+"""What a new user hits in the client runtime: heartbeats under load, retries that count, a
+Consumer used without ``with``, producer timeouts against a dead hub, hung handlers at stop."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from zmq_mq.actors import Actor, Backoff, Consumer, Producer
+from zmq_mq.actors.connection import request
+from zmq_mq.actors.errors import HubUnavailable
+from zmq_mq.router.protocol import Command
+
+from conftest import wait_for
+
+
+def _sub_state(endpoint: str, topic: str, group: str) -> dict:
+    for t in request(endpoint, Command.TOPICS):
+        if t["topic"] == topic:
+            for s in t["subscriptions"]:
+                if s["group"] == group:
+                    return s
+    return {}
+
+
+def _topic_messages(endpoint: str, topic: str) -> int:
+    for t in request(endpoint, Command.TOPICS):
+        if t["topic"] == topic:
+            return t.get("messages", 0)
+    return 0
+
+
+# --- heartbeats ----------------------------------------------------------------------------
+
+
+def test_a_handler_calling_progress_often_keeps_its_actor_alive_and_is_acked_once(hub):
+    # Given a handler that works 8 s and calls progress() every 0.3 s, ack_wait 2 s, 2 tries
+    runs: list[int] = []
+
+    def handle(msg):
+        runs.append(msg.deliveries)
+        end = time.monotonic() + 8.0
+        while time.monotonic() < end:
+            time.sleep(0.3)
+            msg.progress()
+
+    actor = Actor(hub.endpoint, name="progressor")
+    actor.add_handler("slowwork", handle, group="g", ack_wait=2.0, max_deliver=2)
+    actor.start()
+    try:
+        with Producer(hub.endpoint) as p:
+            p.publish("slowwork", b"x")
+        # When it runs to the end
+        wait_for(lambda: _sub_state(hub.endpoint, "slowwork", "g").get("ack_floor") == 1,
+                 timeout=30, message="the ack")
+        reattached = actor.session.reattached
+    finally:
+        actor.stop()
+    # Then it ran once, was acked, the actor never lost the hub and nothing was dead-lettered
+    assert runs == [1]
+    assert reattached == 0
+    assert _topic_messages(hub.endpoint, "dlq.g") == 0
