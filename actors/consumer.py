@@ -350,7 +350,8 @@ class Consumer:
                 print(msg.payload)
                 msg.ack()
 
-    A keeper thread answers heartbeats while the application is busy between ``receive`` calls,
+    ``with``, ``connect()`` or the first ``subscribe()`` connects. From then on a keeper thread
+    answers heartbeats while the application is busy between ``receive`` calls,
     so slow work is not mistaken for a dead consumer; a message not settled within ``ack_wait``
     is delivered again to another consumer all the same. ``close`` flushes acks and releases
     every message received but not settled, and returns once the hub has committed that.
@@ -402,7 +403,11 @@ class Consumer:
 
         ``ordering``: ``"none"`` (parallel), ``"key"`` (one message per key in flight, in key
         order) or ``"strict"`` (one in flight: a FIFO queue); default: ``"none"`` for a new
-        subscription, unchanged for an existing one."""
+        subscription, unchanged for an existing one.
+
+        Connects first if ``connect()`` (or ``with``) has not: from here on the keeper thread
+        answers heartbeats while the application works between ``receive`` calls."""
+        self.connect()
         spec = self._session.subscribe(
             topic, group, credit=credit,
             ack_wait_ms=None if ack_wait is None else int(ack_wait * 1000),

@@ -62,3 +62,37 @@ def test_a_handler_calling_progress_often_keeps_its_actor_alive_and_is_acked_onc
     assert runs == [1]
     assert reattached == 0
     assert _topic_messages(hub.endpoint, "dlq.g") == 0
+
+
+@pytest.fixture
+def quick_hub(tmp_path):
+    """A hub that takes a client silent for 0.6 s (3 x 200 ms) for dead: liveness tests run fast."""
+    from zmq_mq.testing import HubThread
+
+    h = HubThread(tmp_path / "quick", heartbeat_ms=200).start()
+    yield h
+    h.stop()
+
+
+def test_a_consumer_used_without_with_keeps_its_message_while_the_user_works(quick_hub):
+    # Given a Consumer used without `with` or connect(): subscribe, then receive
+    with Producer(quick_hub.endpoint) as p:
+        p.publish("jobs", b"x")
+    worker = Consumer(quick_hub.endpoint, name="plain")
+    other = Consumer(quick_hub.endpoint, name="other")
+    try:
+        worker.subscribe("jobs", "g", ack_wait=60)
+        msg = worker.receive(timeout=10)
+        assert msg is not None and msg.deliveries == 1
+        # When the user works on it away from receive() for over 3 liveness windows
+        time.sleep(2.0)
+        # Then the hub still counts the worker alive: nobody else gets the message
+        other.subscribe("jobs", "g")
+        assert other.receive(timeout=1.0) is None
+        msg.ack()
+        worker.flush()
+        wait_for(lambda: _sub_state(quick_hub.endpoint, "jobs", "g").get("ack_floor") == 1,
+                 message="the ack")
+    finally:
+        worker.close()
+        other.close()
