@@ -10,7 +10,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 import zmq.auth
@@ -90,6 +90,10 @@ def resolve_endpoint(endpoint: str | None) -> str:
     return endpoint or os.environ.get(ENV_HUB) or DEFAULT_BIND
 
 
+# How often a cancellable handshake looks at its cancel() while waiting for WELCOME.
+CANCEL_POLL_MS = 100
+
+
 def monotonic_ms() -> int:
     return time.monotonic_ns() // 1_000_000
 
@@ -129,13 +133,19 @@ class Connection:
         sock.connect(self.endpoint)
         self.socket = sock
 
-    def open(self, timeout: float) -> dict:
-        """(Re)connect and handshake. Raises HubUnavailable if no WELCOME within ``timeout`` s."""
+    def open(self, timeout: float, cancel: Callable[[], bool] | None = None) -> dict:
+        """(Re)connect and handshake. Raises HubUnavailable if no WELCOME within ``timeout`` s,
+        or within a tenth of a second once ``cancel()`` is true (the owner is closing)."""
         self._new_socket()
         self.send(Command.HELLO, {"name": self.name, "pid": os.getpid()})
         deadline = monotonic_ms() + int(timeout * 1000)
         while True:
             left = deadline - monotonic_ms()
+            if cancel is not None:
+                while 0 < left and not cancel() and not self.socket.poll(min(left, CANCEL_POLL_MS)):
+                    left = deadline - monotonic_ms()
+                if cancel():
+                    left = 0
             if left <= 0 or not self.socket.poll(left, zmq.POLLIN):
                 hint = (
                     "is `zmq-mq hub --curve` running there, is this client's public key "

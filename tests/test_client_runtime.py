@@ -96,3 +96,60 @@ def test_a_consumer_used_without_with_keeps_its_message_while_the_user_works(qui
     finally:
         worker.close()
         other.close()
+
+
+# --- producer timeouts against a dead hub ------------------------------------------------------
+
+
+def test_close_does_not_raise_or_wait_again_for_a_message_whose_publish_already_raised(tmp_path):
+    # Given a producer whose hub died after it connected
+    from zmq_mq.testing import HubThread
+
+    h = HubThread(tmp_path / "dead").start()
+    p = Producer(h.endpoint, timeout=3.0)
+    try:
+        p.connect()
+        h.stop()
+        # When publish() gives up and raises HubUnavailable
+        with pytest.raises(HubUnavailable):
+            p.publish("orders", b"x", timeout=0.5)
+        # Then flush() and close() neither wait for that message nor raise for it again
+        start = time.monotonic()
+        p.flush()
+        p.close()
+        assert time.monotonic() - start < 1.0
+    finally:
+        p.close(timeout=0)
+        h.stop()
+
+
+def test_publish_with_a_timeout_returns_within_it_when_no_hub_answers(tmp_path):
+    # Given a producer with a long default timeout and nothing at its endpoint
+    p = Producer(f"ipc://{tmp_path}/nobody", timeout=30.0)
+    try:
+        # When publish() is given a short timeout
+        start = time.monotonic()
+        with pytest.raises(HubUnavailable):
+            p.publish("orders", b"x", timeout=0.5)
+        # Then it gives up within that timeout, connecting included
+        assert time.monotonic() - start < 1.5
+    finally:
+        p.close(timeout=0)
+
+
+def test_close_returns_within_its_timeout_while_the_producer_is_reconnecting(hub, caplog):
+    # Given a producer with an unconfirmed message, trying to reach its dead hub again (each
+    # handshake attempt waits heartbeat_ms * liveness = 3 s)
+    p = Producer(hub.endpoint, timeout=30.0)
+    p.connect()
+    hub.stop()
+    future = p.publish_async("orders", b"x")
+    with caplog.at_level("WARNING", logger="zmq_mq.producer"):
+        wait_for(lambda: "silent; reconnecting" in caplog.text, message="the reconnect")
+    # When it is closed with a 0.2 s timeout
+    start = time.monotonic()
+    with pytest.raises(HubUnavailable):  # the message never confirmed, never reported before
+        p.close(timeout=0.2)
+    # Then close() is back within its timeout and a fraction of a second, not a handshake later
+    assert time.monotonic() - start < 0.8
+    assert isinstance(future.exception(0), HubUnavailable)
