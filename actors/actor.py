@@ -60,7 +60,11 @@ DEFAULT_GRACE = 30.0
 # Where idempotency stores live unless Actor(state_dir=...) says otherwise: one per actor name.
 DEFAULT_STATE_ROOT = "./zmq-mq-actor-state"
 # After the grace period, how long cancelled async handlers get to unwind.
-CANCEL_WAIT_MS = 1000
+CANCEL_WAIT_MS = 500
+# Once drained, how long stopping waits for idle worker threads and the asyncio loop to end.
+# A thread still inside a handler (hung, or past grace) is not waited for: it is a daemon
+# thread, abandoned, and whatever it settles later goes nowhere.
+THREADS_EXIT_MS = 200
 
 
 def _is_async(handler: Handler) -> bool:
@@ -198,7 +202,9 @@ class Actor:
 
     def stop(self, wait: bool = True, timeout: float | None = None) -> None:
         """Ask the actor to finish: running handlers complete (up to ``grace`` s), messages
-        not started go back to the hub, acks are committed, then the actor detaches."""
+        not started go back to the hub, acks are committed, then the actor detaches. Handlers
+        still running after ``grace`` do not hold it: async ones are cancelled, threads are
+        abandoned (daemon threads); their messages go back to the hub unacked."""
         self._stop.set()
         self._wake()
         if wait and self._thread is not None and threading.current_thread() is not self._thread:
@@ -259,15 +265,18 @@ class Actor:
         finally:
             for _ in workers:
                 self._work.put(None)
-            for w in workers:
-                if w.is_alive():
-                    w.join(1.0)
             if aloop_thread is not None:
                 self._aloop.call_soon_threadsafe(self._aloop.stop)
-                aloop_thread.join(2.0)
+            # one budget for all: hung handlers must not hold the stop past grace
+            exit_deadline = monotonic_ms() + THREADS_EXIT_MS
+            for t in [*workers, *([aloop_thread] if aloop_thread is not None else [])]:
+                if t.is_alive():
+                    t.join(max(0, exit_deadline - monotonic_ms()) / 1000)
             session.close()
             wake_rx.close(linger=0)
-            self._wake_tx.close(linger=0)
+            with self._wake_lock:  # an abandoned handler settling later finds no pipe
+                self._wake_tx.close(linger=0)
+                self._wake_tx = None
             if self.idempotency is not None:
                 self.idempotency.close()
             for sig, handler in previous.items():

@@ -3,6 +3,10 @@ Consumer used without ``with``, producer timeouts against a dead hub, hung handl
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import textwrap
 import threading
 import time
 
@@ -13,7 +17,7 @@ from zmq_mq.actors.connection import request
 from zmq_mq.actors.errors import HubUnavailable
 from zmq_mq.router.protocol import Command
 
-from conftest import wait_for
+from conftest import wait_for, zmq_mq_command
 
 
 def _sub_state(endpoint: str, topic: str, group: str) -> dict:
@@ -153,3 +157,94 @@ def test_close_returns_within_its_timeout_while_the_producer_is_reconnecting(hub
     # Then close() is back within its timeout and a fraction of a second, not a handshake later
     assert time.monotonic() - start < 0.8
     assert isinstance(future.exception(0), HubUnavailable)
+
+
+# --- hung handlers and grace -------------------------------------------------------------------
+
+
+def _hung_actor(endpoint: str, kind: str, grace: float, entered: threading.Event) -> Actor:
+    """An actor of 3 workers whose handlers never return, on topic ``hung``."""
+    never = threading.Event()
+
+    def sync_handler(msg):
+        entered.set()
+        never.wait()  # blocked for good: a thread cannot be cancelled
+
+    async def async_handler(msg):
+        entered.set()
+        never.wait()  # blocks the actor's asyncio loop itself: cancelling it cannot work
+
+    handler = sync_handler if kind == "sync" else async_handler
+    actor = Actor(endpoint, name=f"hung-{kind}", concurrency=3, grace=grace)
+    actor.add_handler("hung", handler, group="g", max_deliver=0)
+    return actor
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_an_actor_with_hung_handlers_stops_within_its_grace_and_leaves_them_unacked(hub, kind):
+    # Given an actor whose handlers hang forever
+    entered = threading.Event()
+    actor = _hung_actor(hub.endpoint, kind, 0.5, entered)
+    with Producer(hub.endpoint) as p:
+        for i in range(3):
+            p.publish("hung", b"%d" % i)
+    actor.start()
+    assert entered.wait(10)
+    wait_for(lambda: _sub_state(hub.endpoint, "hung", "g").get("in_flight") == 3,
+             message="three handlers running")
+    # When it is stopped with a grace of 0.5 s
+    start = time.monotonic()
+    actor.stop(timeout=30)
+    took = time.monotonic() - start
+    # Then it has stopped within its grace (and a moment to detach), and the hub has the
+    # messages back, unacked, for another actor
+    assert not actor.running
+    assert took < 0.5 + 2.0, f"stop took {took:.1f} s"
+    state = _sub_state(hub.endpoint, "hung", "g")
+    assert state["ack_floor"] == 0 and state["in_flight"] == 0
+
+
+HUNG_SCRIPT = textwrap.dedent(
+    """
+    import sys, threading
+    from zmq_mq.actors import Actor
+
+    actor = Actor(name="hung-run", concurrency=4, grace=0.5)
+
+    @actor.subscribe("hungrun", group="g", max_deliver=0)
+    def handle(msg):
+        sys.stdout.write(f"in {msg.seq}\\n")
+        sys.stdout.flush()
+        threading.Event().wait()  # never returns
+    """
+)
+
+
+def test_zmq_mq_run_with_hung_handlers_exits_soon_after_its_grace_on_sigterm(hub, processes, tmp_path):
+    # Given `zmq-mq run` of an actor whose four handlers hang forever
+    with Producer(hub.endpoint) as p:
+        for i in range(4):
+            p.publish("hungrun", b"%d" % i)
+    script = tmp_path / "hung_run_actor.py"
+    script.write_text(HUNG_SCRIPT)
+    env = dict(os.environ, ZMQ_MQ_HUB=hub.endpoint)
+    proc = processes(subprocess.Popen([*zmq_mq_command(), "run", str(script)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+    for _ in range(4):
+        assert proc.stdout.readline().startswith("in")
+    # When it gets SIGTERM
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    took = time.monotonic() - start
+    # Then it exits cleanly soon after its 0.5 s grace, and the hub has the messages back,
+    # unacked and not counted as tries
+    assert proc.returncode == 0
+    assert took < 0.5 + 2.5, f"exit took {took:.1f} s"
+    with Consumer(hub.endpoint) as c:
+        c.subscribe("hungrun", "g", credit=10)
+        back = []
+        while (m := c.receive(timeout=2)) is not None:
+            back.append((m.seq, m.deliveries))
+            m.ack()
+    assert sorted(back) == [(1, 1), (2, 1), (3, 1), (4, 1)]
