@@ -21,6 +21,7 @@ import zmq
 
 from ..router import protocol
 from ..router.protocol import Command
+from ..router.subscription import DEFAULT_ACK_WAIT_MS  # noqa: F401  (the Actor's fallback)
 from .connection import Connection, CurveKeys, monotonic_ms
 from .errors import ClosedError, HubError, HubUnavailable
 from .message import Message
@@ -48,6 +49,7 @@ class SubscriptionSpec:
     start: Any = "first"  # "first", "new", an int seq or a datetime (see wire_start)
     attached: bool = False  # the hub said SUBSCRIBED (again, after every re-attach)
     ordering: str | None = None  # "none", "key" or "strict"; None: the subscription's own
+    granted_ack_wait_ms: int | None = None  # the subscription's ack_wait, as SUBSCRIBED said
 
     def body(self) -> dict:
         body: dict[str, Any] = {
@@ -229,6 +231,9 @@ class Session:
             spec = self.specs.get(body["sid"])
             if spec is not None:
                 spec.attached = True
+                ack_wait = body.get("ack_wait_ms")
+                if isinstance(ack_wait, int) and ack_wait > 0:
+                    spec.granted_ack_wait_ms = ack_wait
         elif command == Command.DETACHED:
             self._detached.add(body[0])
         elif command == Command.ERROR:

@@ -248,3 +248,93 @@ def test_zmq_mq_run_with_hung_handlers_exits_soon_after_its_grace_on_sigterm(hub
             back.append((m.seq, m.deliveries))
             m.ack()
     assert sorted(back) == [(1, 1), (2, 1), (3, 1), (4, 1)]
+
+
+# --- max_deliver counts tries ------------------------------------------------------------------
+
+
+def _always_failing_actor(endpoint: str, name: str, runs: list, work: float, ack_wait: float,
+                          retry: Backoff | None, topics: tuple[str, ...]) -> Actor:
+    def handle(msg):
+        runs.append((msg.topic, msg.deliveries))
+        time.sleep(work)  # the work: part of the scenario, not a wait for an event
+        raise RuntimeError("always fails")
+
+    actor = Actor(endpoint, name=name)
+    for topic in topics:
+        actor.add_handler(topic, handle, group=f"g-{topic}", ack_wait=ack_wait, max_deliver=3,
+                          retry=retry)
+    return actor
+
+
+def _dead_letters(endpoint: str, groups: list[str]) -> list:
+    dead = []
+    with Consumer(endpoint) as c:
+        for g in groups:
+            c.subscribe(f"dlq.{g}", "inspect")
+        while len(dead) < len(groups):
+            m = c.receive(timeout=30)
+            assert m is not None, "a message never reached its dead-letter topic"
+            dead.append(m)
+            m.ack()
+    return dead
+
+
+@pytest.mark.parametrize("retry", [Backoff(initial=0.1, jitter=0.0), None],
+                         ids=["backoff", "no-retry-delay"])
+def test_a_handler_slower_than_ack_wait_that_always_fails_runs_exactly_max_deliver_times(hub, retry):
+    # Given a handler that fails after 0.8 s of work, ack_wait 0.5 s and max_deliver 3: each
+    # delivery expires while its handler runs, and the hub delivers the message again
+    runs: list = []
+    actor = _always_failing_actor(hub.endpoint, "slowfail", runs, 0.8, 0.5, retry, ("slowfail",))
+    actor.start()
+    try:
+        with Producer(hub.endpoint) as p:
+            p.publish("slowfail", b"x")
+        dead = _dead_letters(hub.endpoint, ["g-slowfail"])
+        wait_for(lambda: not actor._running, message="the last run to end")
+    finally:
+        actor.stop()
+    # Then the handler ran exactly 3 times before the message was dead-lettered after 3
+    assert [d for _, d in runs] == [1, 2, 3]
+    assert dead[0].headers["x-deliveries"] == 3
+
+
+def test_an_always_failing_message_of_an_actor_with_two_subscriptions_runs_max_deliver_times(hub):
+    # Given the actor: two subscriptions, ack_wait 1 s, max_deliver 3, default backoff
+    runs: list = []
+    actor = _always_failing_actor(hub.endpoint, "twosubs", runs, 0.0, 1.0, Backoff(),
+                                  ("first", "second"))
+    actor.start()
+    try:
+        with Producer(hub.endpoint) as p:
+            p.publish("first", b"x")
+            p.publish("second", b"y")
+        dead = _dead_letters(hub.endpoint, ["g-first", "g-second"])
+    finally:
+        actor.stop()
+    # Then each message ran exactly 3 times and was dead-lettered after 3 deliveries
+    for topic in ("first", "second"):
+        assert [d for t, d in runs if t == topic] == [1, 2, 3]
+    assert [m.headers["x-deliveries"] for m in dead] == [3, 3]
+
+
+def test_messages_waiting_for_a_busy_worker_are_not_charged_tries_while_they_wait(hub):
+    # Given one worker and two subscriptions whose handlers fail after 0.7 s, ack_wait 0.5 s:
+    # each message waits for the worker longer than its ack_wait
+    runs: list = []
+    actor = _always_failing_actor(hub.endpoint, "queued", runs, 0.7, 0.5,
+                                  Backoff(initial=0.1, jitter=0.0), ("qa", "qb"))
+    actor.start()
+    try:
+        with Producer(hub.endpoint) as p:
+            p.publish("qa", b"x")
+            p.publish("qb", b"y")
+        dead = _dead_letters(hub.endpoint, ["g-qa", "g-qb"])
+        wait_for(lambda: not actor._running, message="the last run to end")
+    finally:
+        actor.stop()
+    # Then each ran exactly 3 times, none was dead-lettered without running its last try
+    for topic in ("qa", "qb"):
+        assert [d for t, d in runs if t == topic] == [1, 2, 3]
+    assert [m.headers["x-deliveries"] for m in dead] == [3, 3]
