@@ -102,6 +102,28 @@ def test_a_consumer_used_without_with_keeps_its_message_while_the_user_works(qui
         other.close()
 
 
+def test_a_consumer_keeps_its_receive_and_close_timeouts_while_its_hub_is_gone(hub):
+    # Given a subscribed consumer whose hub has died
+    c = Consumer(hub.endpoint, timeout=10.0)
+    try:
+        c.subscribe("gone", "g")
+        hub.stop()
+        # When it keeps calling receive(0.5) through the time it tries to reconnect
+        end = time.monotonic() + 5.0
+        slowest = 0.0
+        while time.monotonic() < end:
+            start = time.monotonic()
+            assert c.receive(timeout=0.5) is None
+            slowest = max(slowest, time.monotonic() - start)
+        # Then no call took much longer than asked, reconnect attempts included
+        assert slowest < 0.5 + 0.4, f"receive(0.5) took {slowest:.1f} s"
+        start = time.monotonic()
+        c.close(timeout=1.0)
+        assert time.monotonic() - start < 1.0 + 0.5
+    finally:
+        c.close(timeout=0)
+
+
 # --- producer timeouts against a dead hub ------------------------------------------------------
 
 
