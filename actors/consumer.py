@@ -98,6 +98,7 @@ class Session:
         self.lock = threading.RLock()
         self.open = False
         self.reattached = 0  # times this session re-attached after losing the hub
+        self._reconnecting = False  # a reconnect attempt failed and none has succeeded since
 
     # --- connection ------------------------------------------------------------------------
 
@@ -139,11 +140,14 @@ class Session:
     def _reconnect(self, within_ms: int | None = None, cancel: Any = None) -> None:
         """New socket and handshake, then re-attach. ``within_ms`` bounds the wait for WELCOME
         (a caller with a timeout of its own); ``cancel()`` true stops it early."""
-        log.warning("hub at %s silent; reconnecting", self.conn.endpoint)
+        if not self._reconnecting:  # once per outage, not once per (short) attempt
+            log.warning("hub at %s silent; reconnecting", self.conn.endpoint)
+            self._reconnecting = True
         wait = self.conn.heartbeat_ms * self.conn.liveness
         if within_ms is not None:
             wait = min(wait, max(within_ms, MIN_RECONNECT_MS))
         self.conn.open(wait / 1000, cancel)
+        self._reconnecting = False
         self._reattach("reconnected")
 
     # --- subscribing -----------------------------------------------------------------------
