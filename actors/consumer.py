@@ -193,7 +193,8 @@ class Session:
 
     # --- the pump --------------------------------------------------------------------------
 
-    def pump(self, timeout_ms: int | None, reconnect_ms: int | None = None, cancel: Any = None) -> None:
+    def pump(self, timeout_ms: int | None, reconnect_ms: int | None = None,
+             cancel: Any = None) -> None:
         """Wait up to ``timeout_ms`` for traffic, handle all that arrived, keep the link alive
         (``reconnect_ms``, ``cancel``: see ``keepalive``)."""
         with self.lock:
@@ -219,7 +220,8 @@ class Session:
             now = monotonic_ms()
             if self.conn.heartbeat_due(now):
                 self.conn.heartbeat()
-            if (self.specs and self.conn.hub_silent(now) and (reconnect_ms is None or reconnect_ms > 0)
+            may_wait = reconnect_ms is None or reconnect_ms > 0
+            if (self.specs and may_wait and self.conn.hub_silent(now)
                     and not self.conn.socket.poll(0, zmq.POLLIN)):
                 try:
                     self._reconnect(reconnect_ms, cancel)

@@ -16,6 +16,7 @@ from zmq_mq.actors import Actor, Backoff, Consumer, Producer
 from zmq_mq.actors.connection import request
 from zmq_mq.actors.errors import HubUnavailable
 from zmq_mq.router.protocol import Command
+from zmq_mq.testing import HubThread
 
 from conftest import wait_for, zmq_mq_command
 
@@ -71,8 +72,6 @@ def test_a_handler_calling_progress_often_keeps_its_actor_alive_and_is_acked_onc
 @pytest.fixture
 def quick_hub(tmp_path):
     """A hub that takes a client silent for 0.6 s (3 x 200 ms) for dead: liveness tests run fast."""
-    from zmq_mq.testing import HubThread
-
     h = HubThread(tmp_path / "quick", heartbeat_ms=200).start()
     yield h
     h.stop()
@@ -129,8 +128,6 @@ def test_a_consumer_keeps_its_receive_and_close_timeouts_while_its_hub_is_gone(h
 
 def test_close_does_not_raise_or_wait_again_for_a_message_whose_publish_already_raised(tmp_path):
     # Given a producer whose hub died after it connected
-    from zmq_mq.testing import HubThread
-
     h = HubThread(tmp_path / "dead").start()
     p = Producer(h.endpoint, timeout=3.0)
     try:
@@ -242,7 +239,8 @@ HUNG_SCRIPT = textwrap.dedent(
 )
 
 
-def test_zmq_mq_run_with_hung_handlers_exits_soon_after_its_grace_on_sigterm(hub, processes, tmp_path):
+def test_zmq_mq_run_with_hung_handlers_exits_soon_after_its_grace_on_sigterm(hub, processes,
+                                                                            tmp_path):
     # Given `zmq-mq run` of an actor whose four handlers hang forever
     with Producer(hub.endpoint) as p:
         for i in range(4):
@@ -304,7 +302,8 @@ def _dead_letters(endpoint: str, groups: list[str]) -> list:
 
 @pytest.mark.parametrize("retry", [Backoff(initial=0.1, jitter=0.0), None],
                          ids=["backoff", "no-retry-delay"])
-def test_a_handler_slower_than_ack_wait_that_always_fails_runs_exactly_max_deliver_times(hub, retry):
+def test_a_handler_slower_than_ack_wait_that_always_fails_runs_exactly_max_deliver_times(hub,
+                                                                                       retry):
     # Given a handler that fails after 0.8 s of work, ack_wait 0.5 s and max_deliver 3: each
     # delivery expires while its handler runs, and the hub delivers the message again
     runs: list = []

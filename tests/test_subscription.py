@@ -229,7 +229,8 @@ def test_nack_with_delay_is_not_redelivered_before_due():
 
 
 @pytest.mark.parametrize("ack_wait, delay", [(1000, 500), (1000, 1000), (1000, 2500), (300, 4000)])
-def test_a_nacked_seq_is_handed_out_max_deliver_times_whatever_ack_wait_and_the_delay(ack_wait, delay):
+def test_a_nacked_seq_is_handed_out_max_deliver_times_whatever_ack_wait_and_the_delay(
+        ack_wait, delay):
     # Given an actor that fails every delivery 100 ms after getting it, nacking with a delay
     sub = make(1, ack_wait_ms=ack_wait, max_deliver=3)
     sub.attach(A, 1)
