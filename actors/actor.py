@@ -23,7 +23,8 @@ each subscription grants the hub ``min(credit, concurrency * prefetch)``. With `
 a message waiting locally is one that another of its subscriptions is keeping the workers
 from. A higher ``prefetch`` keeps the next messages at hand (fewer round trips to the hub: more
 throughput for short handlers) at the price of messages waiting here that another actor of the
-group could have taken; their ``ack_wait`` runs while they wait.
+group could have taken. A message waiting here for a worker is kept alive with PROGRESS, so
+the wait never counts as a try against ``max_deliver``.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import zmq
 
 from ..router import protocol
 from .connection import CurveKeys, monotonic_ms, resolve_endpoint
-from .consumer import DEFAULT_CREDIT, Session
+from .consumer import DEFAULT_ACK_WAIT_MS, DEFAULT_CREDIT, Session
 from .errors import ClosedError
 from .idempotency import DEFAULT_TTL, IdempotencyStore, message_key
 from .message import Message
@@ -60,7 +61,11 @@ DEFAULT_GRACE = 30.0
 # Where idempotency stores live unless Actor(state_dir=...) says otherwise: one per actor name.
 DEFAULT_STATE_ROOT = "./zmq-mq-actor-state"
 # After the grace period, how long cancelled async handlers get to unwind.
-CANCEL_WAIT_MS = 1000
+CANCEL_WAIT_MS = 500
+# Once drained, how long stopping waits for idle worker threads and the asyncio loop to end.
+# A thread still inside a handler (hung, or past grace) is not waited for: it is a daemon
+# thread, abandoned, and whatever it settles later goes nowhere.
+THREADS_EXIT_MS = 200
 
 
 def _is_async(handler: Handler) -> bool:
@@ -130,10 +135,16 @@ class Actor:
         self._wake_sent = False
         # Loop-thread state: messages waiting for a free worker, and those running, by
         # (sid, seq); a redelivery of a running message is folded into it, never run twice.
+        # _pending_keys: key -> when to send the queued message's next PROGRESS (see _enqueue)
         self._pending: collections.deque[Message] = collections.deque()
-        self._pending_keys: set[tuple[int, int]] = set()
+        self._pending_keys: dict[tuple[int, int], int] = {}
+        self._next_keepalive: int | None = None  # no PROGRESS due before this (a lower bound)
         self._running: dict[tuple[int, int], Message] = {}
         self._folded: dict[tuple[int, int], list[Message]] = {}
+        self._folded_at: dict[tuple[int, int], int] = {}  # when the newest folded copy came
+        # NACKs of running messages, held until the handler is done: if the hub delivered the
+        # message again meanwhile, that delivery is the next try and runs instead (see "done")
+        self._nacks: dict[tuple[int, int], int] = {}
         self._by_sid: dict[int, _Route] = {}
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._tasks: set = set()
@@ -199,7 +210,9 @@ class Actor:
 
     def stop(self, wait: bool = True, timeout: float | None = None) -> None:
         """Ask the actor to finish: running handlers complete (up to ``grace`` s), messages
-        not started go back to the hub, acks are committed, then the actor detaches."""
+        not started go back to the hub, acks are committed, then the actor detaches. Handlers
+        still running after ``grace`` do not hold it: async ones are cancelled, threads are
+        abandoned (daemon threads); their messages go back to the hub unacked."""
         self._stop.set()
         self._wake()
         if wait and self._thread is not None and threading.current_thread() is not self._thread:
@@ -260,15 +273,18 @@ class Actor:
         finally:
             for _ in workers:
                 self._work.put(None)
-            for w in workers:
-                if w.is_alive():
-                    w.join(1.0)
             if aloop_thread is not None:
                 self._aloop.call_soon_threadsafe(self._aloop.stop)
-                aloop_thread.join(2.0)
+            # one budget for all: hung handlers must not hold the stop past grace
+            exit_deadline = monotonic_ms() + THREADS_EXIT_MS
+            for t in [*workers, *([aloop_thread] if aloop_thread is not None else [])]:
+                if t.is_alive():
+                    t.join(max(0, exit_deadline - monotonic_ms()) / 1000)
             session.close()
             wake_rx.close(linger=0)
-            self._wake_tx.close(linger=0)
+            with self._wake_lock:  # an abandoned handler settling later finds no pipe
+                self._wake_tx.close(linger=0)
+                self._wake_tx = None
             if self.idempotency is not None:
                 self.idempotency.close()
             for sig, handler in previous.items():
@@ -294,7 +310,10 @@ class Actor:
                 poller.unregister(sock)
                 sock = session.conn.socket
                 poller.register(sock, zmq.POLLIN)
-            events = dict(poller.poll(session.conn.heartbeat_ms))
+            timeout = session.conn.heartbeat_ms
+            if self._next_keepalive is not None:
+                timeout = max(0, min(timeout, self._next_keepalive - monotonic_ms()))
+            events = dict(poller.poll(timeout))
             if wake_rx in events:
                 self._drain_wakes(wake_rx)
             if sock in events:
@@ -304,6 +323,42 @@ class Actor:
             self._apply_results(session)
             self._take_inbox(session)
             self._start_pending()
+            self._keep_queued_alive(session)
+
+    def _enqueue(self, msg: Message, since: int | None = None) -> None:
+        """Queue a delivered message for the next free worker.
+
+        While it waits, the actor sends PROGRESS for it every half ``ack_wait``: its wait for a
+        worker (busy with another subscription's messages, or with ``prefetch`` > 1) is not a
+        try, and an expiry would charge one (``max_deliver``) without running the handler.
+        ``since``: when the message arrived, if it waited elsewhere first (folded).
+        """
+        self._pending.append(msg)
+        due = (monotonic_ms() if since is None else since) + self._keepalive_ms(msg.sid)
+        self._pending_keys[(msg.sid, msg.seq)] = due
+        if self._next_keepalive is None or due < self._next_keepalive:
+            self._next_keepalive = due
+
+    def _keepalive_ms(self, sid: int) -> int:
+        spec = self.session.specs.get(sid) if self.session is not None else None
+        ack_wait = spec.granted_ack_wait_ms if spec is not None else None
+        return max(1, (ack_wait or DEFAULT_ACK_WAIT_MS) // 2)
+
+    def _keep_queued_alive(self, session: Session) -> None:
+        """PROGRESS for queued messages whose time has come (see ``_enqueue``)."""
+        if self._next_keepalive is None:
+            return
+        now = monotonic_ms()
+        if now < self._next_keepalive:
+            return
+        dues = self._pending_keys
+        for msg in self._pending:
+            key = (msg.sid, msg.seq)
+            due = dues.get(key)
+            if due is not None and due <= now:
+                session.settle(msg, "progress")
+                dues[key] = now + self._keepalive_ms(msg.sid)
+        self._next_keepalive = min(dues.values()) if dues else None
 
     def _take_inbox(self, session: Session) -> None:
         """Move delivered messages to the pending queue; ack at once those already processed."""
@@ -323,16 +378,23 @@ class Actor:
             key = (msg.sid, msg.seq)
             if key in self._running:  # delivered again while it runs: its outcome covers both
                 self._folded.setdefault(key, []).append(msg)
+                self._folded_at[key] = monotonic_ms()
             elif key in self._pending_keys:
-                continue  # the queued copy stands for this delivery too
+                # the queued copy's delivery expired meanwhile (its PROGRESS came too late, or
+                # the hub restarted): this one is in flight now, with the hub's count of
+                # deliveries; it runs in the queued copy's place
+                pending = self._pending
+                for i, queued in enumerate(pending):
+                    if (queued.sid, queued.seq) == key:
+                        pending[i] = msg
+                        break
             elif done and by_sid[msg.sid].idempotent and message_key(msg) in done:
                 log.info("%s/%s seq %d (%s) already processed: acked without running",
                          msg.topic, msg.group, msg.seq, msg.msg_id)
                 msg.settled = "ack"
                 session.settle(msg, "ack")
             else:
-                self._pending.append(msg)
-                self._pending_keys.add(key)
+                self._enqueue(msg)
         session.flush_acks()
 
     def _start_pending(self) -> None:
@@ -341,9 +403,10 @@ class Actor:
         while pending and len(self._running) < self.concurrency:
             msg = pending.popleft()
             key = (msg.sid, msg.seq)
-            self._pending_keys.discard(key)
+            self._pending_keys.pop(key, None)
             if key in self._running:
                 self._folded.setdefault(key, []).append(msg)
+                self._folded_at[key] = monotonic_ms()
                 continue
             self._running[key] = msg
             route = self._by_sid[msg.sid]
@@ -360,6 +423,7 @@ class Actor:
             session.settle(msg, "release")
         self._pending.clear()
         self._pending_keys.clear()
+        self._next_keepalive = None
         while True:
             try:
                 item = self._work.get_nowait()
@@ -536,17 +600,31 @@ class Actor:
                     store.record(keys)
                 except Exception:
                     log.exception("could not record %d processed ids; acking anyway", len(keys))
+        running = self._running
         for msg, kind, arg in batch:
             if kind == "done":
                 key = (msg.sid, msg.seq)
-                self._running.pop(key, None)
-                for dup in self._folded.pop(key, ()):
-                    # The same sid and seq: the original's nack / reject / release already
-                    # covers this delivery; an ack is sent again in case the first one reached
-                    # a hub that then restarted.
-                    if msg.settled == "ack":
+                running.pop(key, None)
+                dups = self._folded.pop(key, ())
+                since = self._folded_at.pop(key, None)
+                nack = self._nacks.pop(key, None)
+                if nack is not None:
+                    if dups:
+                        # Delivered again while it ran (its ack_wait expired, or the hub
+                        # restarted): the hub counted this run's failure then, and the newest
+                        # delivery is the next try, in flight here. Run it now; a NACK would
+                        # charge it as a second failure without running it.
+                        self._enqueue(dups[-1], since)
+                    else:
+                        session.settle(msg, "nack", nack)
+                elif msg.settled == "ack":
+                    # an ack is sent again for each copy in case the first one reached a hub
+                    # that then restarted; a reject or release covers the seq as it is
+                    for dup in dups:
                         dup.settled = "ack"
                         session.settle(dup, "ack")
+            elif kind == "nack" and running.get((msg.sid, msg.seq)) is msg:
+                self._nacks[(msg.sid, msg.seq)] = arg  # sent when the handler is done
             else:
                 session.settle(msg, kind, arg)
         session.flush_acks()

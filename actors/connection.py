@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,6 +99,10 @@ def resolve_endpoint(endpoint: str | None) -> str:
     return DEFAULT_BIND
 
 
+# How often a cancellable handshake looks at its cancel() while waiting for WELCOME.
+CANCEL_POLL_MS = 100
+
+
 def monotonic_ms() -> int:
     return time.monotonic_ns() // 1_000_000
 
@@ -119,6 +124,7 @@ class Connection:
         self.liveness = LIVENESS
         self.last_heard = 0
         self.last_sent = 0
+        self.last_heartbeat = 0  # when this client last sent HEARTBEAT (whatever else it sent)
         self.limits: dict[str, int] = {}
         self._valid_topics: set[str] = set()
 
@@ -136,13 +142,19 @@ class Connection:
         sock.connect(self.endpoint)
         self.socket = sock
 
-    def open(self, timeout: float) -> dict:
-        """(Re)connect and handshake. Raises HubUnavailable if no WELCOME within ``timeout`` s."""
+    def open(self, timeout: float, cancel: Callable[[], bool] | None = None) -> dict:
+        """(Re)connect and handshake. Raises HubUnavailable if no WELCOME within ``timeout`` s,
+        or within a tenth of a second once ``cancel()`` is true (the owner is closing)."""
         self._new_socket()
         self.send(Command.HELLO, {"name": self.name, "pid": os.getpid()})
         deadline = monotonic_ms() + int(timeout * 1000)
         while True:
             left = deadline - monotonic_ms()
+            if cancel is not None:
+                while 0 < left and not cancel() and not self.socket.poll(min(left, CANCEL_POLL_MS)):
+                    left = deadline - monotonic_ms()
+                if cancel():
+                    left = 0
             if left <= 0 or not self.socket.poll(left, zmq.POLLIN):
                 hint = (
                     "is `zmq-mq hub --curve` running there, is this client's public key "
@@ -176,6 +188,11 @@ class Connection:
         send_frames(self.socket, protocol.encode(command, body))
         self.last_sent = monotonic_ms()
 
+    def heartbeat(self) -> None:
+        """Send HEARTBEAT: it tells the hub we live, and its answer tells us the hub does."""
+        self.send(Command.HEARTBEAT, [])
+        self.last_heartbeat = self.last_sent
+
     def recv(self) -> tuple[bytes, Any]:
         """Receive one command (blocking; poll first)."""
         frames = recv_frames(self.socket)
@@ -195,7 +212,14 @@ class Connection:
         return protocol.decode(frames, protocol.HUB_COMMANDS)
 
     def heartbeat_due(self, now: int) -> bool:
-        return now - self.last_sent >= self.heartbeat_ms
+        """True every ``heartbeat_ms``, however busy the connection is otherwise.
+
+        Other traffic does not put it off: the hub answers HEARTBEAT and nothing else that a
+        busy client may send (PROGRESS, ACK, NACK), so a client that skipped heartbeats while
+        sending those would hear nothing, take the hub for silent and reconnect, and the hub
+        would then take its old connection for a lost actor.
+        """
+        return now - self.last_heartbeat >= self.heartbeat_ms
 
     def hub_silent(self, now: int) -> bool:
         """True when the hub has said nothing for ``liveness`` heartbeat intervals."""

@@ -21,6 +21,7 @@ import zmq
 
 from ..router import protocol
 from ..router.protocol import Command
+from ..router.subscription import DEFAULT_ACK_WAIT_MS  # noqa: F401  (the Actor's fallback)
 from .connection import Connection, CurveKeys, monotonic_ms
 from .errors import ClosedError, HubError, HubUnavailable
 from .message import Message
@@ -33,6 +34,9 @@ DEFAULT_CREDIT = 100
 # time and in sequences kept.
 ACK_RESEND_MS = 10_000
 ACK_RESEND_MAX_SEQS = 100_000
+# Shortest handshake attempt when a caller bounds a reconnect (receive(timeout), the keeper):
+# long enough for a live hub to answer HELLO, short enough to keep the caller's timeout.
+MIN_RECONNECT_MS = 200
 
 
 @dataclass(slots=True)
@@ -48,6 +52,7 @@ class SubscriptionSpec:
     start: Any = "first"  # "first", "new", an int seq or a datetime (see wire_start)
     attached: bool = False  # the hub said SUBSCRIBED (again, after every re-attach)
     ordering: str | None = None  # "none", "key" or "strict"; None: the subscription's own
+    granted_ack_wait_ms: int | None = None  # the subscription's ack_wait, as SUBSCRIBED said
 
     def body(self) -> dict:
         body: dict[str, Any] = {
@@ -93,6 +98,7 @@ class Session:
         self.lock = threading.RLock()
         self.open = False
         self.reattached = 0  # times this session re-attached after losing the hub
+        self._reconnecting = False  # a reconnect attempt failed and none has succeeded since
 
     # --- connection ------------------------------------------------------------------------
 
@@ -131,9 +137,17 @@ class Session:
                     self.conn.send(Command.ACK, [sid, by_topic])
         self.flush_acks()  # acks of what was processed still count on the new hub
 
-    def _reconnect(self) -> None:
-        log.warning("hub at %s silent; reconnecting", self.conn.endpoint)
-        self.conn.open(self.conn.heartbeat_ms * self.conn.liveness / 1000)
+    def _reconnect(self, within_ms: int | None = None, cancel: Any = None) -> None:
+        """New socket and handshake, then re-attach. ``within_ms`` bounds the wait for WELCOME
+        (a caller with a timeout of its own); ``cancel()`` true stops it early."""
+        if not self._reconnecting:  # once per outage, not once per (short) attempt
+            log.warning("hub at %s silent; reconnecting", self.conn.endpoint)
+            self._reconnecting = True
+        wait = self.conn.heartbeat_ms * self.conn.liveness
+        if within_ms is not None:
+            wait = min(wait, max(within_ms, MIN_RECONNECT_MS))
+        self.conn.open(wait / 1000, cancel)
+        self._reconnecting = False
         self._reattach("reconnected")
 
     # --- subscribing -----------------------------------------------------------------------
@@ -179,9 +193,12 @@ class Session:
 
     # --- the pump --------------------------------------------------------------------------
 
-    def pump(self, timeout_ms: int | None) -> None:
-        """Wait up to ``timeout_ms`` for traffic, handle all that arrived, keep the link alive."""
+    def pump(self, timeout_ms: int | None, reconnect_ms: int | None = None,
+             cancel: Any = None) -> None:
+        """Wait up to ``timeout_ms`` for traffic, handle all that arrived, keep the link alive
+        (``reconnect_ms``, ``cancel``: see ``keepalive``)."""
         with self.lock:
+            start = monotonic_ms() if reconnect_ms is not None else 0
             sock = self.conn.socket
             hb = self.conn.heartbeat_ms
             wait = hb if timeout_ms is None else min(timeout_ms, hb)
@@ -192,16 +209,22 @@ class Session:
             while got is not None:
                 self._handle(*got)
                 got = self.conn.try_recv()
-            self.keepalive()
+            if reconnect_ms is not None:  # what is left of it after the wait above
+                reconnect_ms -= monotonic_ms() - start
+            self.keepalive(reconnect_ms, cancel)
 
-    def keepalive(self) -> None:
+    def keepalive(self, reconnect_ms: int | None = None, cancel: Any = None) -> None:
+        """Heartbeat when due; reconnect if the hub went silent, waiting at most
+        ``reconnect_ms`` for it (default ``heartbeat_ms * liveness``) or until ``cancel()``."""
         with self.lock:
             now = monotonic_ms()
             if self.conn.heartbeat_due(now):
-                self.conn.send(Command.HEARTBEAT, [])
-            if self.specs and self.conn.hub_silent(now) and not self.conn.socket.poll(0, zmq.POLLIN):
+                self.conn.heartbeat()
+            may_wait = reconnect_ms is None or reconnect_ms > 0
+            if (self.specs and may_wait and self.conn.hub_silent(now)
+                    and not self.conn.socket.poll(0, zmq.POLLIN)):
                 try:
-                    self._reconnect()
+                    self._reconnect(reconnect_ms, cancel)
                 except HubUnavailable:
                     pass  # try again at the next pump; messages stay safe in the hub
                 except HubError as exc:
@@ -229,6 +252,9 @@ class Session:
             spec = self.specs.get(body["sid"])
             if spec is not None:
                 spec.attached = True
+                ack_wait = body.get("ack_wait_ms")
+                if isinstance(ack_wait, int) and ack_wait > 0:
+                    spec.granted_ack_wait_ms = ack_wait
         elif command == Command.DETACHED:
             self._detached.add(body[0])
         elif command == Command.ERROR:
@@ -350,7 +376,8 @@ class Consumer:
                 print(msg.payload)
                 msg.ack()
 
-    A keeper thread answers heartbeats while the application is busy between ``receive`` calls,
+    ``with``, ``connect()`` or the first ``subscribe()`` connects. From then on a keeper thread
+    answers heartbeats while the application is busy between ``receive`` calls,
     so slow work is not mistaken for a dead consumer; a message not settled within ``ack_wait``
     is delivered again to another consumer all the same. ``close`` flushes acks and releases
     every message received but not settled, and returns once the hub has committed that.
@@ -389,7 +416,8 @@ class Consumer:
                 try:
                     if session.open and session.conn.socket is not None:
                         session.flush_acks()  # acks of an app that stopped calling receive()
-                        session.pump(0)
+                        # a reconnect here holds the lock: short, and cut off by close()
+                        session.pump(0, MIN_RECONNECT_MS, self._stop_keeper.is_set)
                 except Exception:  # never let the keeper die silently on a transient error
                     log.exception("consumer keeper")
                 finally:
@@ -402,7 +430,11 @@ class Consumer:
 
         ``ordering``: ``"none"`` (parallel), ``"key"`` (one message per key in flight, in key
         order) or ``"strict"`` (one in flight: a FIFO queue); default: ``"none"`` for a new
-        subscription, unchanged for an existing one."""
+        subscription, unchanged for an existing one.
+
+        Connects first if ``connect()`` (or ``with``) has not: from here on the keeper thread
+        answers heartbeats while the application works between ``receive`` calls."""
+        self.connect()
         spec = self._session.subscribe(
             topic, group, credit=credit,
             ack_wait_ms=None if ack_wait is None else int(ack_wait * 1000),
@@ -414,16 +446,24 @@ class Consumer:
         """The next message, or None after ``timeout`` seconds without one (None: wait forever)."""
         session = self._session
         deadline = None if timeout is None else monotonic_ms() + int(timeout * 1000)
+        lock = session.lock  # the keeper thread may re-attach, which empties the inbox
         while True:
-            with session.lock:  # the keeper thread may re-attach, which empties the inbox
-                session.keepalive()
+            # the keeper may hold the lock through a (short) reconnect: wait no longer than asked
+            if not lock.acquire(timeout=-1 if deadline is None
+                                else max(0, deadline - monotonic_ms()) / 1000):
+                return None
+            try:
+                left = None if deadline is None else deadline - monotonic_ms()
+                session.keepalive(left)  # a reconnect waits no longer than the caller does
                 if session.inbox:
                     return session.inbox.popleft()
                 session.flush_acks()
                 left = None if deadline is None else deadline - monotonic_ms()
                 if left is not None and left <= 0:
                     return None
-                session.pump(left)
+                session.pump(left, left)
+            finally:
+                lock.release()
 
     def flush(self) -> None:
         """Send the acks batched so far."""

@@ -43,11 +43,13 @@ class PublishFuture:
     variable, which is several times cheaper per message than a Future with its own lock.
     """
 
-    __slots__ = ("_producer", "_done", "_result", "_error", "_callbacks")
+    __slots__ = ("_producer", "_done", "_result", "_error", "_callbacks", "_abandoned")
 
     def __init__(self, producer: "Producer") -> None:
         self._producer = producer
         self._done = False
+        # publish() gave up on it and raised: flush() and close() no longer wait for it
+        self._abandoned = False
         self._result: int | None = None
         self._error: BaseException | None = None
         self._callbacks: list | None = None
@@ -122,7 +124,11 @@ class Producer:
         self._number_lock = threading.Lock()
         self._last_submitted = 0
         self._resolved = 0
+        # messages whose publish() raised HubUnavailable before they resolved: already reported
+        # to their caller, so flush() and close() neither wait for them nor raise for them
+        self._abandoned = 0
         self._first_error: BaseException | None = None
+        self._open_timeout = timeout
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -135,6 +141,9 @@ class Producer:
 
     def connect(self) -> None:
         """Connect and handshake; raises HubUnavailable if the hub does not answer in time."""
+        self._connect(self.timeout)
+
+    def _connect(self, timeout: float) -> None:
         if self._closed:
             raise ClosedError("producer is closed")
         if self._thread is not None:
@@ -143,6 +152,7 @@ class Producer:
         wake_rx.bind(self._wake_addr)
         self._wake_tx = self._ctx.socket(zmq.PAIR)
         self._wake_tx.connect(self._wake_addr)
+        self._open_timeout = timeout
         self._thread = threading.Thread(
             target=self._io_main, args=(wake_rx,), name="zmq-mq-producer", daemon=True
         )
@@ -156,7 +166,11 @@ class Producer:
             raise self._start_error
 
     def close(self, timeout: float | None = None) -> None:
-        """Wait for every pending confirm (up to ``timeout``, default the producer's), then stop."""
+        """Wait for every pending confirm (up to ``timeout``, default the producer's), then stop.
+
+        Raises HubUnavailable if some are still unconfirmed then, except those whose
+        ``publish()`` already raised it. Returns within ``timeout`` (plus a fraction of a
+        second) even when the hub is gone."""
         if self._closed:
             return
         if self._thread is not None:
@@ -200,8 +214,15 @@ class Producer:
         also across a hub restart. Consumers see the due time as header ``x-deliver-at``
         (Unix ms).
         """
+        return self._submit(topic, payload, key, headers, msg_id, priority, delay, deliver_at,
+                            self.timeout)
+
+    def _submit(self, topic: str, payload: bytes, key: str | None, headers: dict[str, Any] | None,
+                msg_id: str | None, priority: int | None, delay: float | None, deliver_at: Any,
+                timeout: float) -> PublishFuture:
+        """publish_async, waiting at most ``timeout`` s to connect or for room."""
         if self._thread is None:
-            self.connect()
+            self._connect(timeout)
         if self._closing or self._closed:
             raise ClosedError("producer is closed")
         size = self._conn.check_message(topic, payload, key, headers)
@@ -224,9 +245,9 @@ class Producer:
             self._wake()
             with self._cond:
                 if not self._cond.wait_for(
-                    lambda: self._last_submitted - self._resolved < self._max_pending, self.timeout
+                    lambda: self._last_submitted - self._resolved < self._max_pending, timeout
                 ):
-                    raise HubUnavailable(f"{self.timeout:g} s without room: the hub is not confirming")
+                    raise HubUnavailable(f"{timeout:g} s without room: the hub is not confirming")
         if self._closing or self._closed:
             raise ClosedError("producer is closed")
         with self._number_lock:  # numbers and _last_submitted move together, in order
@@ -261,18 +282,30 @@ class Producer:
         deliver_at: Any = None,
     ) -> int:
         """Publish one message and return its sequence number once it is durable (see
-        ``publish_async`` for ``msg_id``, ``priority``, ``delay`` and ``deliver_at``)."""
-        future = self.publish_async(
-            topic, payload, key=key, headers=headers, msg_id=msg_id, priority=priority,
-            delay=delay, deliver_at=deliver_at,
-        )
+        ``publish_async`` for ``msg_id``, ``priority``, ``delay`` and ``deliver_at``).
+
+        Returns or raises within ``timeout`` s (default the producer's), connecting included.
+        A message that raised HubUnavailable here may still be stored later (the producer keeps
+        sending it while it runs), but ``flush()`` and ``close()`` do not wait or raise for it
+        again: publish it again with the same ``msg_id`` to retry without a duplicate."""
+        limit = self.timeout if timeout is None else timeout
+        deadline = monotonic_ms() + int(limit * 1000)
+        future = self._submit(topic, payload, key, headers, msg_id, priority, delay, deliver_at,
+                              limit)
         try:
-            return future.result(self.timeout if timeout is None else timeout)
+            return future.result(max(0, deadline - monotonic_ms()) / 1000)
         except TimeoutError:
+            self._abandon(future)
             raise HubUnavailable(
-                f"no confirm from the hub at {self.endpoint} within "
-                f"{self.timeout if timeout is None else timeout:g} s"
+                f"no confirm from the hub at {self.endpoint} within {limit:g} s"
             ) from None
+
+    def _abandon(self, future: PublishFuture) -> None:
+        """The caller was told this message failed: flush() and close() stop waiting for it."""
+        with self._cond:
+            if not future._done and not future._abandoned:
+                future._abandoned = True
+                self._abandoned += 1
 
     def flush(self, timeout: float | None = None, *, raise_errors: bool = True) -> None:
         """Block until every message published so far is confirmed (or failed).
@@ -282,9 +315,10 @@ class Producer:
         limit = self.timeout if timeout is None else timeout
         target = self._last_submitted
         with self._cond:
-            if not self._cond.wait_for(lambda: self._resolved >= target, limit):
+            if not self._cond.wait_for(lambda: self._resolved + self._abandoned >= target, limit):
                 raise HubUnavailable(
-                    f"{target - self._resolved} messages not confirmed within {limit:g} s "
+                    f"{target - self._resolved - self._abandoned} messages not confirmed "
+                    f"within {limit:g} s "
                     f"by the hub at {self.endpoint}"
                 )
             error, self._first_error = self._first_error, None
@@ -306,7 +340,7 @@ class Producer:
     def _io_main(self, wake_rx: zmq.Socket) -> None:
         conn = self._conn
         try:
-            conn.open(self.timeout)
+            conn.open(self._open_timeout)
         except BaseException as exc:
             self._start_error = exc
             conn.close()
@@ -341,12 +375,15 @@ class Producer:
                 self._send_queued(conn, outstanding, batch_ids)
                 now = monotonic_ms()
                 if outstanding:
-                    if conn.hub_silent(now) and now - conn.last_sent > conn.heartbeat_ms:
+                    # silent although asked: a heartbeat went out an interval ago, unanswered
+                    # (after an idle spell the hub may merely not have been asked yet)
+                    if (conn.hub_silent(now) and conn.last_heartbeat > conn.last_heard
+                            and now - conn.last_heartbeat >= conn.heartbeat_ms):
                         poller.unregister(conn.socket)
                         self._reconnect(conn, outstanding)
                         poller.register(conn.socket, zmq.POLLIN)
-                    elif conn.heartbeat_due(now) or now - conn.last_heard > conn.heartbeat_ms:
-                        conn.send(Command.HEARTBEAT, [])
+                    elif conn.heartbeat_due(now):
+                        conn.heartbeat()
                 if self._closing and not self._queue:
                     break
         finally:
@@ -437,7 +474,8 @@ class Producer:
         log.warning("hub at %s silent; reconnecting", conn.endpoint)
         while True:
             try:
-                conn.open(conn.heartbeat_ms * conn.liveness / 1000)
+                # close() must not wait for a handshake attempt to time out
+                conn.open(conn.heartbeat_ms * conn.liveness / 1000, cancel=lambda: self._closing)
                 break
             except HubUnavailable:
                 if self._closing:
@@ -463,7 +501,11 @@ class Producer:
                 fut._done = True
         with self._cond:
             self._resolved += len(futures)
-            if error is not None and self._first_error is None:
+            reported = 0
+            if self._abandoned:
+                reported = sum(1 for fut in futures if fut._abandoned)
+                self._abandoned -= reported
+            if error is not None and self._first_error is None and reported < len(futures):
                 self._first_error = error
             self._cond.notify_all()
             callbacks = [fut for fut in futures if fut._callbacks]

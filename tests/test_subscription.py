@@ -228,6 +228,29 @@ def test_nack_with_delay_is_not_redelivered_before_due():
     assert sub.dispatch(600) == [Delivery(A, [1], [2])]
 
 
+@pytest.mark.parametrize("ack_wait, delay", [(1000, 500), (1000, 1000), (1000, 2500), (300, 4000)])
+def test_a_nacked_seq_is_handed_out_max_deliver_times_whatever_ack_wait_and_the_delay(
+        ack_wait, delay):
+    # Given an actor that fails every delivery 100 ms after getting it, nacking with a delay
+    sub = make(1, ack_wait_ms=ack_wait, max_deliver=3)
+    sub.attach(A, 1)
+    handed_out: list[int] = []
+    dead: list[DeadLetter] = []
+    now = 0
+    # When the clock runs on in 10 ms steps for long enough to deliver it many times over
+    while now < 30_000 and not dead:
+        dead += sub.tick(now)
+        for d in sub.dispatch(now):
+            handed_out += d.deliveries
+            now += 100
+            dead += sub.tick(now)  # an expired deadline would show up here
+            dead += sub.nack(A, d.seqs, now, delay_ms=delay)
+        now += 10
+    # Then neither the ack_wait deadline nor the delay handed it out twice: 3 tries, then dead
+    assert handed_out == [1, 2, 3]
+    assert dead == [DeadLetter(1, 3, "max_deliver reached (3 deliveries, last: nacked)")]
+
+
 def test_nack_of_a_seq_not_in_flight_to_this_actor_is_ignored():
     sub = make(2)
     sub.attach(A, 1)
