@@ -19,8 +19,8 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import logging
+import os
 import threading
-import time
 import uuid
 from typing import Any, Iterable
 
@@ -31,6 +31,7 @@ from zmq.utils.monitor import parse_monitor_message
 from ..storage import Store, StorageError, StorageFull
 from . import protocol
 from .acl import PUBLISH, SUBSCRIBE
+from .clock import Clock, SystemClock
 from .config import HubConfig
 from .deadletters import NotRedrivable, redrive_record
 from .protocol import Command, DecodeError, ErrorCode
@@ -67,17 +68,6 @@ MAX_REMEMBERED_USERS = 50_000
 # FETCH answers at most this many records (and at most half a frame of bytes): an admin reads
 # a log page by page, and one page never holds the loop for long.
 MAX_FETCH = 1000
-
-_now_ms = time.monotonic_ns
-
-
-def _monotonic_ms() -> int:
-    return _now_ms() // 1_000_000
-
-
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000
-
 
 def _oversized_ref(parts: list[bytes]) -> tuple[bytes | None, Any]:
     """Command and ref (batch id or sid) of a command whose frame is too large, read from the
@@ -127,8 +117,18 @@ class _Peer:
 class Hub:
     """The zmq-mq hub. ``bind()`` then ``run()`` (blocking) in one thread; ``stop()`` from any."""
 
-    def __init__(self, config: HubConfig | None = None, *, context: zmq.Context | None = None) -> None:
+    def __init__(
+        self, config: HubConfig | None = None, *, context: zmq.Context | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self.config = config or HubConfig()
+        # Every time the hub reads goes through this (tests pass a FakeClock and move it).
+        self.clock = clock or SystemClock()
+        # The loop's wake-up: a pipe polled with the sockets, written by stop() and by a clock
+        # that jumps, so neither waits for the poll timeout (made in bind(), closed in close()).
+        self._wake_lock = threading.Lock()
+        self._wake_r: int | None = None
+        self._wake_w: int | None = None
         self.instance = uuid.uuid4().hex[:12]
         cfg = self.config
         if not cfg.curve and (cfg.acl_file or cfg.authorized_dir):
@@ -210,7 +210,7 @@ class Hub:
         self._prio_topics: set[str] = set()  # topics with a prioritised message in this turn
         self._next_liveness_check = 0
         # Operator statistics (router/stats.py), updated per batch or per turn
-        self._started_ms = _monotonic_ms()
+        self._started_ms = self.clock.monotonic_ms()
         self._topic_counters: dict[str, TopicCounters] = {}
         self._sub_counters: dict[tuple[str, str], SubCounters] = {}
         self.publish_latency = LatencyHistogram()
@@ -268,6 +268,10 @@ class Hub:
             make_curve_server(router, self.keys, ROUTER_DOMAIN)
             self._monitor = router.get_monitor_socket(MONITOR_EVENTS)
         router.bind(self.config.bind)
+        if self._wake_r is None:
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_r, False)
+            os.set_blocking(self._wake_w, False)
         self.endpoint = router.getsockopt(zmq.LAST_ENDPOINT).decode()
         if self.config.pub:
             pub = self.pub = self._ctx.socket(zmq.PUB)
@@ -280,6 +284,23 @@ class Hub:
     def stop(self) -> None:
         """Ask the loop to finish its turn, commit and return (thread-safe, idempotent)."""
         self._stop.set()
+        self.wake()
+
+    def wake(self) -> None:
+        """Make the loop run a turn now instead of at its poll timeout (thread-safe)."""
+        with self._wake_lock:
+            if self._wake_w is not None:
+                try:
+                    os.write(self._wake_w, b"w")
+                except BlockingIOError:  # the pipe is full of wake-ups already
+                    pass
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
 
     @property
     def running(self) -> threading.Event:
@@ -300,6 +321,11 @@ class Hub:
         if self._own_ctx:  # only the hub's sockets live in it, all closed by now
             self._ctx.term()
             self._own_ctx = False
+        with self._wake_lock:
+            for fd in (self._wake_r, self._wake_w):
+                if fd is not None:
+                    os.close(fd)
+            self._wake_r = self._wake_w = None
         self.store.close()
 
     def run(self) -> None:
@@ -308,6 +334,8 @@ class Hub:
             self.bind()
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
+        wake_r = self._wake_r
+        poller.register(wake_r, zmq.POLLIN)
         read = self._read_commands
         if self._monitor is not None:
             poller.register(self._monitor, zmq.POLLIN)
@@ -315,10 +343,15 @@ class Hub:
         self._running.set()
         log.info("hub %s serving on %s (pub %s, %s)", self.instance, self.endpoint,
                  self.pub_endpoint, "CURVE" if self.keys else "plain, no authentication")
+        unwatch = self.clock.watch(self.wake)
         try:
             while not self._stop.is_set():
                 timeout = self._poll_timeout()
-                if poller.poll(timeout):
+                ready = poller.poll(timeout)
+                if ready:
+                    for item, _ in ready:
+                        if item == wake_r:
+                            self._drain_wake()
                     read()
                 self._turn()
                 if self._snapshot_wanted:
@@ -326,11 +359,15 @@ class Hub:
                     self._snapshot = self.stats()
                     self._snapshot_ready.set()
         finally:
+            unwatch()
             self._persist_on_exit()
             self._running.clear()
 
     def _poll_timeout(self) -> int:
-        now = _monotonic_ms()
+        """Real ms to wait in poll: until the next deadline (on the hub's clock), at most
+        MAX_POLL_MS. With a FakeClock the deadline never comes by waiting; its jumps wake the
+        loop instead."""
+        now = self.clock.monotonic_ms()
         timeout = MAX_POLL_MS
         for sub in self.subs.values():
             deadline = sub.next_deadline()
@@ -396,7 +433,7 @@ class Hub:
                 if known is not False:
                     log.warning("connection %s changed client key; dropping its attachments",
                                 identity.hex())
-                    self._lost_peer(identity, _monotonic_ms())
+                    self._lost_peer(identity, self.clock.monotonic_ms())
                 if len(users) >= MAX_REMEMBERED_USERS:
                     self._users = users = {i: u for i, u in users.items() if i in self._peers}
                 users[identity] = user
@@ -415,7 +452,7 @@ class Hub:
             msg = parse_monitor_message(frames)
             event, value = int(msg["event"]), int(msg["value"])
             what = describe_handshake_failure(event, value)
-            skipped = self._log_limiter.allow(("handshake", event, value), _monotonic_ms())
+            skipped = self._log_limiter.allow(("handshake", event, value), self.clock.monotonic_ms())
             if skipped is not None:
                 more = f" ({skipped} more since the last report)" if skipped else ""
                 log.warning("refused a connection on %s: CURVE handshake failed, %s%s",
@@ -425,7 +462,7 @@ class Hub:
         """Log an ACL refusal (rate-limited) and return the text of the error."""
         user = self._users.get(identity)
         who = self.keys.name_of(user) if self.keys else "?"
-        skipped = self._log_limiter.allow((user, action, topic), _monotonic_ms())
+        skipped = self._log_limiter.allow((user, action, topic), self.clock.monotonic_ms())
         if skipped is not None:
             more = f" ({skipped} more since the last report)" if skipped else ""
             log.warning("forbidden: client %s (key %s) may not %s to %r%s", who, user, action,
@@ -433,7 +470,7 @@ class Hub:
         return f"client {who} may not {action} to {topic!r}"
 
     def _turn(self) -> None:
-        now = _monotonic_ms()
+        now = self.clock.monotonic_ms()
         for sub in self.subs.values():
             deadline = sub.next_deadline()
             if deadline is not None and deadline <= now:
@@ -441,7 +478,7 @@ class Hub:
         if now >= self._next_liveness_check:
             self._check_liveness(now)
             self._next_liveness_check = now + self.config.heartbeat_ms // 2
-        if self._sched_heap and self._sched_heap[0][0] <= _wall_ms():
+        if self._sched_heap and self._sched_heap[0][0] <= self.clock.wall_ms():
             self._expire_schedule()
         early = not self._appends
         if early:
@@ -455,7 +492,7 @@ class Hub:
         fresh, self._fresh = self._fresh, set()
         self._flush_outbox()
         if self._confirmed_at:
-            sent = _now_ms()
+            sent = self.clock.monotonic_ns()
             observe = self.publish_latency.observe
             for received in self._confirmed_at:
                 observe((sent - received) / 1e9)
@@ -505,7 +542,7 @@ class Hub:
         topics = self.store.topics
         new_topics = [t for t in combined if t not in topics]
         try:
-            wall = _wall_ms()
+            wall = self.clock.wall_ms()
             window = self.config.dedup_window_ms
             firsts = self.store.commit(
                 combined, subs, now_ms=wall, deletes=deletes or None, dedup=dedup_new or None,
@@ -524,7 +561,7 @@ class Hub:
             firsts = None
             if appends or deletes:  # again without publishes and deletes: acks, dead letters persist
                 try:
-                    firsts = self.store.commit(dlq, subs, now_ms=_wall_ms())
+                    firsts = self.store.commit(dlq, subs, now_ms=self.clock.wall_ms())
                 except (StorageFull, StorageError) as exc2:
                     log.error("cursor commit failed too, retrying next turn: %s", exc2)
             self._unsched = unsched + self._unsched  # cleanup only: next time
@@ -550,7 +587,7 @@ class Hub:
         if admin:
             self._answer_admin(admin, firsts)
         stored: dict[str, tuple[int, list[bytes]]] = {}
-        now = _monotonic_ms()
+        now = self.clock.monotonic_ms()
         topic_counters = self._topic_counters
         for topic, records in combined.items():
             self._valid_topics.add(topic)
@@ -583,9 +620,10 @@ class Hub:
                 self._defer(sub, seqs)
 
     def _defer(self, sub: Subscription, seqs_due: Iterable[tuple[int, int]]) -> None:
-        """Hand held-back seqs to a subscription core, wall-clock dues turned into its clock."""
-        offset = _monotonic_ms() - _wall_ms()
-        sub.defer([(seq, due + offset) for seq, due in seqs_due])
+        """Hand held-back seqs to a subscription core, wall-clock dues turned into its clock
+        (rounded up: a message is never handed out before its due time)."""
+        to_monotonic = self.clock.wall_to_monotonic_ms
+        sub.defer([(seq, to_monotonic(due)) for seq, due in seqs_due])
 
     def _defer_scheduled(self, sub: Subscription) -> None:
         """A subscription created or restored: it holds back its topic's messages not yet due."""
@@ -596,7 +634,7 @@ class Hub:
     def _load_schedule(self) -> None:
         """At start: the held-back messages still to come; entries whose time has passed are
         deleted in the first commit (those messages are ordinary ones now)."""
-        wall = _wall_ms()
+        wall = self.clock.wall_ms()
         for topic, seq, due in self.store.load_schedule():
             if due > wall:
                 self._scheduled.setdefault(topic, {})[seq] = due
@@ -608,7 +646,7 @@ class Hub:
     def _expire_schedule(self) -> None:
         """Forget held-back messages whose time has come (the subscriptions made them ready)."""
         heap = self._sched_heap
-        wall = _wall_ms()
+        wall = self.clock.wall_ms()
         while heap and heap[0][0] <= wall:
             _, topic, seq = heapq.heappop(heap)
             held = self._scheduled.get(topic)
@@ -644,7 +682,7 @@ class Hub:
     def _aged_upto(self, topic: str, info: Any, max_age_ms: int) -> int:
         """max_age: the seq bound (exclusive) of the oldest messages past their age, reading at
         most TRIM_BATCH records, and only once the oldest one can have aged."""
-        wall = _wall_ms()
+        wall = self.clock.wall_ms()
         if wall < self._age_check.get(topic, 0):
             return 0
         oldest = self.store.read_range(topic, info.first_seq, TRIM_BATCH)
@@ -702,7 +740,7 @@ class Hub:
                 headers = dict(headers) if isinstance(headers, dict) else {"x-original-headers": headers}
                 headers.update(origin)
                 headers["x-origin-timestamp"] = ts
-                dead_record = protocol.pack_record(_wall_ms(), key, headers, payload)
+                dead_record = protocol.pack_record(self.clock.wall_ms(), key, headers, payload)
             except Exception:  # a record this hub cannot re-pack: keep it as stored, never lose it
                 log.exception("dead letter %s/%s: record kept unchanged", sub.topic, dl.seq)
                 dead_record = record
@@ -825,7 +863,7 @@ class Hub:
             return
         peer = self._peers.get(identity)
         if peer is not None:
-            peer.last_seen = _monotonic_ms()
+            peer.last_seen = self.clock.monotonic_ms()
         handler = self._handlers[command]
         try:
             handler(self, identity, peer, body)
@@ -873,7 +911,10 @@ class Hub:
         max_payload = cfg.max_message_bytes
         max_headers = cfg.max_headers_bytes
         pack_record = protocol.pack_record
-        ts = _wall_ms()
+        wall_ns = self.clock.wall_ns()
+        ts = wall_ns // 1_000_000  # the record's timestamp: the wall clock at receipt
+        # delay_ms counts from the receipt rounded up, so the due time is never before it
+        ts_ceil = -(-wall_ns // 1_000_000)
         staged: list[tuple[str, bytes]] = []
         ids: dict[int, str] | None = None  # message index -> producer msg_id
         delays: dict[int, int] | None = None  # message index -> due time (wall ms), if held back
@@ -932,7 +973,7 @@ class Hub:
                             else {protocol.PRIORITY_HEADER: priority}
                         )
                         prioritised = True
-                due = _due_of(opts, ts, index, batch_id)
+                due = _due_of(opts, ts, ts_ceil, index, batch_id)
                 if due is not None:
                     headers = (
                         {**headers, protocol.DELIVER_AT_HEADER: due}
@@ -993,7 +1034,7 @@ class Hub:
         self._staged += len(staged)
         if ids is not None:
             positions = self._stage_with_ids(staged, ids)
-            self._confirms.append((identity, batch_id, positions, _now_ms()))
+            self._confirms.append((identity, batch_id, positions, self.clock.monotonic_ns()))
             if delays is not None:
                 for index, due in delays.items():
                     if positions[index][0] is not None:  # not a msg_id stored before
@@ -1007,7 +1048,7 @@ class Hub:
                 lst = appends[topic] = []
             positions.append((topic, len(lst)))
             lst.append(record)
-        self._confirms.append((identity, batch_id, positions, _now_ms()))
+        self._confirms.append((identity, batch_id, positions, self.clock.monotonic_ns()))
         if delays is not None:
             for index, due in delays.items():
                 self._sched_new[positions[index]] = due
@@ -1058,7 +1099,7 @@ class Hub:
         if window > 0:
             wanted = [(staged[i][0], m) for i, m in ids.items() if (staged[i][0], m) not in in_turn]
             if wanted:
-                known = self.store.dedup_lookup(wanted, _wall_ms() - window)
+                known = self.store.dedup_lookup(wanted, self.clock.wall_ms() - window)
         positions: list[tuple[str | None, int]] = []
         for index, (topic, record) in enumerate(staged):
             msg_id = ids.get(index) if window > 0 else None
@@ -1116,7 +1157,7 @@ class Hub:
                 ErrorCode.INVALID, 'start must be "first", "new", {"seq": N} or {"time_ms": T}', sid
             )
         options = {"ack_wait_ms": ack_wait_ms, "max_deliver": max_deliver, "ordering": ordering}
-        now = _monotonic_ms()
+        now = self.clock.monotonic_ms()
         if pattern or topic in self._partitions:
             # many topics: every stored topic the pattern matches (and every one created later),
             # or every partition of a partitioned topic; one subscription of the group on each
@@ -1301,7 +1342,7 @@ class Hub:
         delay = body[2]
         if type(delay) is not int or not 0 <= delay <= 365 * 24 * 3600 * 1000:
             raise _BadRequest(ErrorCode.INVALID, "NACK delay_ms must be a non-negative integer", sid)
-        now = _monotonic_ms()
+        now = self.clock.monotonic_ms()
         for sub, seqs in targets:
             self._dead(sub, sub.nack((identity, sid), seqs, now, delay))
 
@@ -1319,7 +1360,7 @@ class Hub:
 
     def _on_progress(self, identity, peer, body) -> None:
         sid, att = self._attachment(identity, peer, body, "PROGRESS", 2)
-        now = _monotonic_ms()
+        now = self.clock.monotonic_ms()
         for sub, seqs in self._seqs(att, sid, "PROGRESS", body[1]):
             sub.progress((identity, sid), seqs, now)
 
@@ -1329,7 +1370,7 @@ class Hub:
         sid = body[0]
         att = peer.attachments.pop(sid, None) if peer is not None else None
         if att is not None:
-            self._release_attachment(identity, sid, att, _monotonic_ms(), failed=False)
+            self._release_attachment(identity, sid, att, self.clock.monotonic_ms(), failed=False)
             if not peer.attachments:
                 del self._peers[identity]
         # Detaching twice, or after a hub restart, is fine: the reply says it is done either way.
@@ -1389,7 +1430,7 @@ class Hub:
 
     def stats(self) -> dict:
         """The STATS document (docs/PROTOCOL.md); call on the hub's thread (else snapshot_stats)."""
-        now = _monotonic_ms()
+        now = self.clock.monotonic_ms()
         topics = []
         for name in sorted(set(self.store.topics) | {t for t, _ in self.subs}):
             info = self.store.topics.get(name)
@@ -1431,7 +1472,7 @@ class Hub:
         return {
             "hub": self.instance,
             "version": protocol.VERSION,
-            "time_ms": _wall_ms(),
+            "time_ms": self.clock.wall_ms(),
             "uptime_ms": now - self._started_ms,
             "rate_window_s": RATE_WINDOW_S,
             "totals": dict(self.counters),
@@ -1638,7 +1679,7 @@ class Hub:
                             if not att.subs and not protocol.is_pattern(att.name):
                                 # gone: the client sees its sid missing and subscribes again
                                 del peer.attachments[sid]
-                                self._release_attachment(peer.identity, sid, att, _monotonic_ms(),
+                                self._release_attachment(peer.identity, sid, att, self.clock.monotonic_ms(),
                                                          failed=False)
                     if not peer.attachments:
                         self._peers.pop(peer.identity, None)
@@ -1670,7 +1711,7 @@ class Hub:
         staged = self._deletes.get(topic)
         results: list[dict] = []
         taken: list[int] = []
-        now = _wall_ms()
+        now = self.clock.wall_ms()
         appends = self._appends
         for seq, record in zip(seqs, self.store.read(topic, seqs)):
             if record is None or (staged is not None and seq in staged):
@@ -1740,9 +1781,11 @@ class _BadRequest(Exception):
         self.index = index
 
 
-def _due_of(opts: dict, ts: int, index: int, batch_id: Any) -> int | None:
+def _due_of(opts: dict, ts: int, ts_ceil: int, index: int, batch_id: Any) -> int | None:
     """The due time (wall ms) of a message PUBLISH opts hold back (``delay_ms`` or
-    ``deliver_at_ms``), or None to deliver it at once."""
+    ``deliver_at_ms``), or None to deliver it at once. ``ts`` is the wall clock at receipt
+    rounded down, ``ts_ceil`` rounded up: a delay counts from the latter, so that the due time
+    is never less than the delay after the publish."""
     delay = opts.get("delay_ms")
     at = opts.get("deliver_at_ms")
     if delay is None and at is None:
@@ -1754,7 +1797,9 @@ def _due_of(opts: dict, ts: int, index: int, batch_id: Any) -> int | None:
         problem = protocol.check_delay_ms(delay)
         if problem:
             raise _BadRequest(ErrorCode.INVALID, f"message {index}: {problem}", batch_id, index)
-        due = ts + delay
+        if delay == 0:
+            return None
+        due = ts_ceil + delay
     else:
         if type(at) is not int or at < 0:
             raise _BadRequest(ErrorCode.INVALID, f"message {index}: deliver_at_ms must be an integer "
