@@ -28,12 +28,13 @@ import msgpack
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from ..storage import Store, StorageError, StorageFull
+from ..storage import Store, StorageError
 from . import protocol
 from .acl import PUBLISH, SUBSCRIBE
 from .clock import Clock, SystemClock
 from .config import HubConfig
 from .deadletters import NotRedrivable, redrive_record
+from .errors import storage_error_code
 from .protocol import Command, DecodeError, ErrorCode
 from .security import (
     LIVE_DOMAIN,
@@ -550,8 +551,8 @@ class Hub:
                 schedule=[(t, i, due) for (t, i), due in sched_new.items()] or None,
                 unschedule=unsched or None,
             )
-        except (StorageFull, StorageError) as exc:
-            code = ErrorCode.STORAGE_FULL if isinstance(exc, StorageFull) else ErrorCode.STORAGE_ERROR
+        except StorageError as exc:
+            code = storage_error_code(exc)
             log.error("commit of %d publish batches failed: %s", len(confirms), exc)
             for identity, batch_id, _, _ in confirms:
                 self._error(identity, code, f"nothing stored: {exc}", Command.PUBLISH, batch_id)
@@ -562,7 +563,7 @@ class Hub:
             if appends or deletes:  # again without publishes and deletes: acks, dead letters persist
                 try:
                     firsts = self.store.commit(dlq, subs, now_ms=self.clock.wall_ms())
-                except (StorageFull, StorageError) as exc2:
+                except StorageError as exc2:
                     log.error("cursor commit failed too, retrying next turn: %s", exc2)
             self._unsched = unsched + self._unsched  # cleanup only: next time
             if firsts is None:
@@ -1168,8 +1169,8 @@ class Hub:
                     spec = {k: v for k, v in options.items() if v is not None}
                     try:
                         self.store.put_pattern(topic, group, spec)
-                    except (StorageFull, StorageError) as exc:
-                        code = ErrorCode.STORAGE_FULL if isinstance(exc, StorageFull) else ErrorCode.STORAGE_ERROR
+                    except StorageError as exc:
+                        code = storage_error_code(exc)
                         raise _BadRequest(code, f"pattern subscription not stored: {exc}", sid) from None
                     self._patterns[spec_key] = spec
                     log.info("new pattern subscription %s on %s", group, topic)
@@ -1619,8 +1620,8 @@ class Hub:
                 self.store.set_topic_config(topic, limits.as_dict())
                 for part in parts:
                     self.store.set_topic_config(part, per_partition.as_dict())
-            except (StorageFull, StorageError) as exc:
-                code = ErrorCode.STORAGE_FULL if isinstance(exc, StorageFull) else ErrorCode.STORAGE_ERROR
+            except StorageError as exc:
+                code = storage_error_code(exc)
                 raise _BadRequest(code, f"nothing changed: {exc}", ref) from None
             if limits.partitions:
                 self._partitions[topic] = limits.partitions
@@ -1666,8 +1667,8 @@ class Hub:
         for name in names:
             try:
                 messages += self.store.delete_topic(name)
-            except (StorageFull, StorageError) as exc:
-                code = ErrorCode.STORAGE_FULL if isinstance(exc, StorageFull) else ErrorCode.STORAGE_ERROR
+            except StorageError as exc:
+                code = storage_error_code(exc)
                 raise _BadRequest(code, f"topic {name!r} not deleted: {exc}", ref) from None
             for key in [k for k in self.subs if k[0] == name]:
                 groups.add(key[1])
