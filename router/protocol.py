@@ -50,7 +50,7 @@ MSG_ID_HEADER = "x-msg-id"
 # Message priority (PUBLISH opts "priority"): 0..9, higher delivered first. The hub stores a
 # priority above the default as this header; a record without it has the default.
 PRIORITY_HEADER = "x-priority"
-DEFAULT_PRIORITY = 0
+DEFAULT_PRIORITY = 0  # messages without a priority
 MAX_PRIORITY = 9
 # Delayed delivery (PUBLISH opts "delay_ms" or "deliver_at_ms"): the hub stores the due time
 # (wall clock, ms since the epoch) of a message held back as this header.
@@ -207,8 +207,8 @@ def record_meta(data: bytes) -> tuple[str | None, int]:
 
 def check_priority(value: Any) -> str | None:
     """Why ``value`` is not a message priority, or None if it is one."""
-    if type(value) is not int or not 0 <= value <= MAX_PRIORITY:
-        return f"priority must be an integer in 0..{MAX_PRIORITY}, got {value!r}"
+    if type(value) is not int or not DEFAULT_PRIORITY <= value <= MAX_PRIORITY:
+        return f"priority must be an integer in {DEFAULT_PRIORITY}..{MAX_PRIORITY}, got {value!r}"
     return None
 
 
@@ -284,20 +284,32 @@ def check_pattern(pattern: Any) -> str | None:
     return None
 
 
-def pattern_matches(pattern: str, topic: str) -> bool:
-    """Whether ``topic`` matches ``pattern`` (``*``: one token, ``>``: one or more). A pattern
-    whose first token is not literally ``dlq`` never matches a dead-letter topic ``dlq.*``, so
-    ``>`` does not feed a group its own dead letters."""
-    want = pattern.split(".")
+PATTERN_ONE = "*"  # a pattern token that matches exactly one token of a topic
+PATTERN_REST = ">"  # a last pattern token that matches one or more remaining tokens
+
+
+def tokens_match(pattern: tuple[str, ...] | list[str], topic: str) -> bool:
+    """The one topic-pattern matcher: whether ``topic`` (a valid topic name) matches the
+    pattern's tokens (``*``: one token, a last ``>``: one or more, any other: itself). Used by
+    pattern subscriptions (:func:`pattern_matches`) and the ACL (``router/acl.py``)."""
     tokens = topic.split(".")
-    if tokens[0] == "dlq" and want[0] != "dlq":
-        return False
-    for i, w in enumerate(want):
-        if w == ">":
-            return len(tokens) > i
-        if i >= len(tokens) or (w != "*" and w != tokens[i]):
+    for i, want in enumerate(pattern):
+        if want == PATTERN_REST:
+            return len(tokens) > i  # at least one token left for '>'
+        if i >= len(tokens) or (want != PATTERN_ONE and want != tokens[i]):
             return False
-    return len(tokens) == len(want)
+    return len(tokens) == len(pattern)
+
+
+def pattern_matches(pattern: str, topic: str) -> bool:
+    """Whether a subscription ``pattern`` reads ``topic``: :func:`tokens_match`, except that a
+    pattern whose first token is not literally ``dlq`` never matches a dead-letter topic
+    ``dlq.*``, so ``>`` does not feed a group its own dead letters. (An ACL grant has no such
+    exception: ``>`` grants every topic.)"""
+    want = pattern.split(".")
+    if want[0] != "dlq" and topic.partition(".")[0] == "dlq":
+        return False
+    return tokens_match(want, topic)
 
 
 MAX_PARTITIONS = 1024
