@@ -24,7 +24,6 @@ import threading
 import uuid
 from typing import Any, Iterable
 
-import msgpack
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
@@ -33,7 +32,7 @@ from . import protocol
 from .acl import PUBLISH, SUBSCRIBE
 from .clock import Clock, SystemClock
 from .config import HubConfig
-from .deadletters import NotRedrivable, redrive_record
+from .deadletters import NotRedrivable, dead_letter_record, redrive_record
 from .errors import storage_error_code
 from .protocol import Command, DecodeError, ErrorCode
 from .security import (
@@ -69,26 +68,6 @@ MAX_REMEMBERED_USERS = 50_000
 # FETCH answers at most this many records (and at most half a frame of bytes): an admin reads
 # a log page by page, and one page never holds the loop for long.
 MAX_FETCH = 1000
-
-def _oversized_ref(parts: list[bytes]) -> tuple[bytes | None, Any]:
-    """Command and ref (batch id or sid) of a command whose frame is too large, read from the
-    first bytes of its body only, so that the sender can match the error to its request."""
-    if len(parts) != 3 or len(parts[1]) > 32 or parts[0] != protocol.SIGNATURE:
-        return None, None
-    command = bytes(parts[1])
-    if command not in protocol.CLIENT_COMMANDS:
-        return None, None
-    try:
-        unpacker = msgpack.Unpacker(raw=False)
-        unpacker.feed(parts[2][:64])
-        if command == Command.PUBLISH:
-            if unpacker.read_array_header() >= 1:
-                ref = unpacker.unpack()
-                return command, ref if type(ref) is int else None
-    except Exception:  # garbage or truncated: no ref, the error still names the command
-        pass
-    return command, None
-
 
 class _Attachment:
     """What one SUBSCRIBE (one sid of a connection) reads: one subscription, or for a pattern or
@@ -705,10 +684,10 @@ class Hub:
 
     def _broadcast(self, stored: dict[str, tuple[int, list[bytes]]]) -> None:
         """Live feed: one PUB message per topic per turn: ``[topic, msgpack [first_seq, [record, ...]]]``."""
+        pub_frames = protocol.pub_frames
         for topic, (first, records) in stored.items():
-            body = protocol.pack([first, records])
             try:
-                send_frames(self.pub, [topic.encode(), body], NOBLOCK)
+                send_frames(self.pub, pub_frames(topic, first, records), NOBLOCK)
             except zmq.Again:  # at-most-once by design: slow listeners lose messages
                 pass
 
@@ -729,19 +708,9 @@ class Hub:
             (record,) = self.store.read(sub.topic, [dl.seq])
             if record is None:  # removed from the log meanwhile: nothing left to keep
                 continue
-            origin = {
-                "x-origin-topic": sub.topic,
-                "x-origin-seq": dl.seq,
-                "x-subscription": sub.group,
-                "x-deliveries": dl.deliveries,
-                "x-reason": dl.reason,
-            }
             try:
-                ts, key, headers, payload = protocol.unpack_record(record)
-                headers = dict(headers) if isinstance(headers, dict) else {"x-original-headers": headers}
-                headers.update(origin)
-                headers["x-origin-timestamp"] = ts
-                dead_record = protocol.pack_record(self.clock.wall_ms(), key, headers, payload)
+                dead_record = dead_letter_record(record, sub.topic, dl.seq, sub.group, dl.deliveries,
+                                                 dl.reason, self.clock.wall_ms())
             except Exception:  # a record this hub cannot re-pack: keep it as stored, never lose it
                 log.exception("dead letter %s/%s: record kept unchanged", sub.topic, dl.seq)
                 dead_record = record
@@ -790,7 +759,7 @@ class Hub:
                 counters.redelivered += again
                 for i in range(0, len(entries), frame_max):
                     chunk = entries[i : i + frame_max]
-                    if not self._send(identity, Command.DELIVER, [sid, sub.topic, chunk]):
+                    if not self._send(identity, Command.DELIVER, protocol.deliver_body(sid, sub.topic, chunk)):
                         self._lost_peer(identity, now)
                         break
 
@@ -847,7 +816,7 @@ class Hub:
         parts = frames[1:]
         for part in parts:
             if len(part) > self.config.max_frame_bytes:
-                command, ref = _oversized_ref(parts)
+                command, ref = protocol.oversized_ref(parts)
                 self._error(
                     identity,
                     ErrorCode.TOO_LARGE,
@@ -898,9 +867,10 @@ class Hub:
         self._outbox.append((identity, Command.HEARTBEAT, [self.instance, attached]))
 
     def _on_publish(self, identity: bytes, peer: _Peer | None, body: Any) -> None:
-        if not (isinstance(body, list) and len(body) == 2 and isinstance(body[1], list)):
-            raise _BadRequest(ErrorCode.BAD_BODY, "PUBLISH body must be [batch_id, [messages]]")
-        batch_id, messages = body
+        try:
+            batch_id, messages = protocol.decode_publish(body)
+        except DecodeError as exc:
+            raise _BadRequest(exc.code, exc.message) from None
         cfg = self.config
         if len(messages) > cfg.max_batch_messages:
             raise _BadRequest(
@@ -912,6 +882,7 @@ class Hub:
         max_payload = cfg.max_message_bytes
         max_headers = cfg.max_headers_bytes
         pack_record = protocol.pack_record
+        decode_message = protocol.decode_publish_message
         wall_ns = self.clock.wall_ns()
         ts = wall_ns // 1_000_000  # the record's timestamp: the wall clock at receipt
         # delay_ms counts from the receipt rounded up, so the due time is never before it
@@ -924,15 +895,9 @@ class Hub:
         for index, msg in enumerate(messages):
             prioritised = False
             try:
-                topic, payload, key, headers = msg[0], msg[1], msg[2], msg[3]
-                opts = msg[4] if len(msg) > 4 else None
-            except (TypeError, IndexError, KeyError):
-                raise _BadRequest(
-                    ErrorCode.BAD_BODY,
-                    f"message {index}: must be [topic, payload, key, headers]",
-                    batch_id,
-                    index,
-                ) from None
+                topic, payload, key, headers, opts = decode_message(msg)
+            except DecodeError as exc:
+                raise _BadRequest(exc.code, f"message {index}: {exc.message}", batch_id, index) from None
             if type(topic) is not str or topic not in valid_topics:  # unhashable: no set lookup
                 problem = protocol.check_topic(topic)
                 if problem:
