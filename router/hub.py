@@ -320,10 +320,10 @@ class Hub:
         if self._monitor is not None:
             poller.register(self._monitor, zmq.POLLIN)
             read = self._read_curve
+        unwatch = self.clock.watch(self.wake)  # before running: a jump right after start counts
         self._running.set()
         log.info("hub %s serving on %s (pub %s, %s)", self.instance, self.endpoint,
                  self.pub_endpoint, "CURVE" if self.keys else "plain, no authentication")
-        unwatch = self.clock.watch(self.wake)
         try:
             while not self._stop.is_set():
                 timeout = self._poll_timeout()
@@ -1457,6 +1457,7 @@ class Hub:
                 return None
             self._snapshot_ready.clear()
             self._snapshot_wanted = True
+            self.wake()  # taken at the end of the next turn: now, not at the poll timeout
             if not self._snapshot_ready.wait(timeout):
                 return None
             return self._snapshot
