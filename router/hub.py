@@ -432,7 +432,8 @@ class Hub:
             msg = parse_monitor_message(frames)
             event, value = int(msg["event"]), int(msg["value"])
             what = describe_handshake_failure(event, value)
-            skipped = self._log_limiter.allow(("handshake", event, value), self.clock.monotonic_ms())
+            now = self.clock.monotonic_ms()
+            skipped = self._log_limiter.allow(("handshake", event, value), now)
             if skipped is not None:
                 more = f" ({skipped} more since the last report)" if skipped else ""
                 log.warning("refused a connection on %s: CURVE handshake failed, %s%s",
@@ -709,8 +710,10 @@ class Hub:
             if record is None:  # removed from the log meanwhile: nothing left to keep
                 continue
             try:
-                dead_record = dead_letter_record(record, sub.topic, dl.seq, sub.group, dl.deliveries,
-                                                 dl.reason, self.clock.wall_ms())
+                dead_record = dead_letter_record(
+                    record, sub.topic, dl.seq, sub.group, dl.deliveries, dl.reason,
+                    self.clock.wall_ms(),
+                )
             except Exception:  # a record this hub cannot re-pack: keep it as stored, never lose it
                 log.exception("dead letter %s/%s: record kept unchanged", sub.topic, dl.seq)
                 dead_record = record
@@ -759,7 +762,8 @@ class Hub:
                 counters.redelivered += again
                 for i in range(0, len(entries), frame_max):
                     chunk = entries[i : i + frame_max]
-                    if not self._send(identity, Command.DELIVER, protocol.deliver_body(sid, sub.topic, chunk)):
+                    body = protocol.deliver_body(sid, sub.topic, chunk)
+                    if not self._send(identity, Command.DELIVER, body):
                         self._lost_peer(identity, now)
                         break
 
@@ -897,7 +901,9 @@ class Hub:
             try:
                 topic, payload, key, headers, opts = decode_message(msg)
             except DecodeError as exc:
-                raise _BadRequest(exc.code, f"message {index}: {exc.message}", batch_id, index) from None
+                raise _BadRequest(
+                    exc.code, f"message {index}: {exc.message}", batch_id, index
+                ) from None
             if type(topic) is not str or topic not in valid_topics:  # unhashable: no set lookup
                 problem = protocol.check_topic(topic)
                 if problem:
