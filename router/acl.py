@@ -30,14 +30,18 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+from .protocol import PATTERN_ONE as ONE
+from .protocol import PATTERN_REST as REST
+from .protocol import check_pattern
+from .protocol import tokens_match as matches
+
 PUBLISH = "publish"
 SUBSCRIBE = "subscribe"
 ACTIONS = (PUBLISH, SUBSCRIBE)
 
-ONE = "*"  # one token
-REST = ">"  # one or more tokens, last position only
+__all__ = ["ACTIONS", "ONE", "PUBLISH", "REST", "SUBSCRIBE", "Acl", "AclError", "Grant",
+           "matches", "parse_pattern"]
 
-_TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 _Z85_KEY_RE = re.compile(r"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
 
 # Decisions remembered before the cache is cleared: bounds memory against a client that
@@ -50,33 +54,14 @@ class AclError(ValueError):
 
 
 def parse_pattern(pattern: Any) -> tuple[str, ...]:
-    """Check a pattern and return its tokens; raises AclError with the reason."""
+    """Check a pattern (the protocol's pattern rules) and return its tokens, for
+    :func:`matches` (the protocol's one matcher); raises AclError with the reason."""
     if not isinstance(pattern, str) or not pattern:
         raise AclError(f"a pattern must be a non-empty string, not {pattern!r}")
-    tokens = tuple(pattern.split("."))
-    for i, token in enumerate(tokens):
-        if token == REST:
-            if i != len(tokens) - 1:
-                raise AclError(f"pattern {pattern!r}: '>' may only be the last token")
-        elif token != ONE and not _TOKEN_RE.match(token):
-            raise AclError(
-                f"pattern {pattern!r}: token {token!r} must be letters, digits, '_', '-', "
-                "or one of '*' (one token) and '>' (the rest)"
-            )
-    return tokens
-
-
-def matches(pattern: tuple[str, ...], topic: str) -> bool:
-    """True if the topic (a valid topic name) matches the parsed pattern."""
-    tokens = topic.split(".")
-    for i, want in enumerate(pattern):
-        if want == REST:
-            return len(tokens) > i  # at least one token left for '>'
-        if i >= len(tokens):
-            return False
-        if want != ONE and want != tokens[i]:
-            return False
-    return len(tokens) == len(pattern)
+    problem = check_pattern(pattern)
+    if problem:
+        raise AclError(problem)
+    return tuple(pattern.split("."))
 
 
 @dataclass(frozen=True, slots=True)

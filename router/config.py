@@ -11,16 +11,12 @@ from typing import Any
 
 from . import protocol
 
-DEFAULT_DATA_DIR = "./zmq-mq-data"
-DEFAULT_BIND = "tcp://127.0.0.1:5555"
-DEFAULT_PUB = "tcp://127.0.0.1:5556"
-DEFAULT_KEYS_DIR = "./zmq-mq-keys"
+# The endpoints and heartbeat defaults are the protocol's (clients need them without the hub's
+# configuration); re-exported here for the hub's entry points.
+from .protocol import DEFAULT_BIND, DEFAULT_PUB, HEARTBEAT_INTERVAL_MS, LIVENESS
 
-# Heartbeats: clients send one every interval; a peer silent for LIVENESS intervals is dead.
-# One second and three misses detach a dead actor within about three seconds, which is the
-# "a few heartbeat intervals" the design promises, without flapping on a loaded 2-core machine.
-HEARTBEAT_INTERVAL_MS = 1000
-LIVENESS = 3
+DEFAULT_DATA_DIR = "./zmq-mq-data"
+DEFAULT_KEYS_DIR = "./zmq-mq-keys"
 # Two minutes: longer than any producer's reconnect-and-resend after a hub restart, short
 # enough that the dedup index stays small.
 DEFAULT_DEDUP_WINDOW_MS = 120_000

@@ -1,5 +1,5 @@
-"""Dead letters: the headers the hub adds when it dead-letters a message, and how a dead letter
-is turned back into a message for its origin topic (redrive).
+"""Dead letters: the record the hub appends when it dead-letters a message, and how a dead
+letter is turned back into a message for its origin topic (redrive).
 
 Pure code: records in, records out; the hub stores the result in the same transaction that
 removes the dead letter, so a redrive never loses nor duplicates a message.
@@ -11,17 +11,34 @@ from typing import Any
 
 from . import protocol
 
-# Headers the hub adds to a dead letter (router/hub.py ``_dead_letter_records``).
-ORIGIN_TOPIC = "x-origin-topic"
-ORIGIN_SEQ = "x-origin-seq"
-ORIGIN_TIMESTAMP = "x-origin-timestamp"
-SUBSCRIPTION = "x-subscription"
-DELIVERIES = "x-deliveries"
-REASON = "x-reason"
-ORIGINAL_HEADERS = "x-original-headers"  # the headers of a message whose headers were no map
-DEAD_LETTER_HEADERS = (ORIGIN_TOPIC, ORIGIN_SEQ, ORIGIN_TIMESTAMP, SUBSCRIPTION, DELIVERIES, REASON)
-# Added to a redriven message: "<dlq topic>:<seq>", so a consumer can tell a second attempt.
-REDRIVEN_FROM = "x-redriven-from"
+# Headers the hub adds to a dead letter: their one home is router/protocol.py (these short
+# names are kept for this module's readers and callers).
+ORIGIN_TOPIC = protocol.ORIGIN_TOPIC_HEADER
+ORIGIN_SEQ = protocol.ORIGIN_SEQ_HEADER
+ORIGIN_TIMESTAMP = protocol.ORIGIN_TIMESTAMP_HEADER
+SUBSCRIPTION = protocol.SUBSCRIPTION_HEADER
+DELIVERIES = protocol.DELIVERIES_HEADER
+REASON = protocol.REASON_HEADER
+ORIGINAL_HEADERS = protocol.ORIGINAL_HEADERS_HEADER  # headers of a message whose headers were no map
+DEAD_LETTER_HEADERS = protocol.DEAD_LETTER_HEADERS
+REDRIVEN_FROM = protocol.REDRIVEN_FROM_HEADER
+
+
+def dead_letter_record(record: bytes, topic: str, seq: int, group: str, deliveries: int,
+                       reason: str, now_ms: int) -> bytes:
+    """The record appended to ``dlq.<group>`` for message ``seq`` of ``topic``: same key and
+    payload, its headers (kept under ``x-original-headers`` if they were no map) plus where it
+    came from and why, stamped ``now_ms``. Raises if the record cannot be read or re-packed
+    (the hub then keeps it unchanged)."""
+    ts, key, headers, payload = protocol.unpack_record(record)
+    headers = dict(headers) if isinstance(headers, dict) else {ORIGINAL_HEADERS: headers}
+    headers[ORIGIN_TOPIC] = topic
+    headers[ORIGIN_SEQ] = seq
+    headers[SUBSCRIPTION] = group
+    headers[DELIVERIES] = deliveries
+    headers[REASON] = reason
+    headers[ORIGIN_TIMESTAMP] = ts
+    return protocol.pack_record(now_ms, key, headers, payload)
 
 
 class NotRedrivable(ValueError):

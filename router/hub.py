@@ -19,20 +19,21 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import logging
+import os
 import threading
-import time
 import uuid
 from typing import Any, Iterable
 
-import msgpack
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from ..storage import Store, StorageError, StorageFull
+from ..storage import Store, StorageError
 from . import protocol
 from .acl import PUBLISH, SUBSCRIBE
+from .clock import Clock, SystemClock
 from .config import HubConfig
-from .deadletters import NotRedrivable, redrive_record
+from .deadletters import NotRedrivable, dead_letter_record, redrive_record
+from .errors import storage_error_code
 from .protocol import Command, DecodeError, ErrorCode
 from .security import (
     LIVE_DOMAIN,
@@ -68,37 +69,6 @@ MAX_REMEMBERED_USERS = 50_000
 # a log page by page, and one page never holds the loop for long.
 MAX_FETCH = 1000
 
-_now_ms = time.monotonic_ns
-
-
-def _monotonic_ms() -> int:
-    return _now_ms() // 1_000_000
-
-
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _oversized_ref(parts: list[bytes]) -> tuple[bytes | None, Any]:
-    """Command and ref (batch id or sid) of a command whose frame is too large, read from the
-    first bytes of its body only, so that the sender can match the error to its request."""
-    if len(parts) != 3 or len(parts[1]) > 32 or parts[0] != protocol.SIGNATURE:
-        return None, None
-    command = bytes(parts[1])
-    if command not in protocol.CLIENT_COMMANDS:
-        return None, None
-    try:
-        unpacker = msgpack.Unpacker(raw=False)
-        unpacker.feed(parts[2][:64])
-        if command == Command.PUBLISH:
-            if unpacker.read_array_header() >= 1:
-                ref = unpacker.unpack()
-                return command, ref if type(ref) is int else None
-    except Exception:  # garbage or truncated: no ref, the error still names the command
-        pass
-    return command, None
-
-
 class _Attachment:
     """What one SUBSCRIBE (one sid of a connection) reads: one subscription, or for a pattern or
     a partitioned topic (``multi``) one subscription of the group per matched topic."""
@@ -127,8 +97,18 @@ class _Peer:
 class Hub:
     """The zmq-mq hub. ``bind()`` then ``run()`` (blocking) in one thread; ``stop()`` from any."""
 
-    def __init__(self, config: HubConfig | None = None, *, context: zmq.Context | None = None) -> None:
+    def __init__(
+        self, config: HubConfig | None = None, *, context: zmq.Context | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self.config = config or HubConfig()
+        # Every time the hub reads goes through this (tests pass a FakeClock and move it).
+        self.clock = clock or SystemClock()
+        # The loop's wake-up: a pipe polled with the sockets, written by stop() and by a clock
+        # that jumps, so neither waits for the poll timeout (made in bind(), closed in close()).
+        self._wake_lock = threading.Lock()
+        self._wake_r: int | None = None
+        self._wake_w: int | None = None
         self.instance = uuid.uuid4().hex[:12]
         cfg = self.config
         if not cfg.curve and (cfg.acl_file or cfg.authorized_dir):
@@ -210,7 +190,7 @@ class Hub:
         self._prio_topics: set[str] = set()  # topics with a prioritised message in this turn
         self._next_liveness_check = 0
         # Operator statistics (router/stats.py), updated per batch or per turn
-        self._started_ms = _monotonic_ms()
+        self._started_ms = self.clock.monotonic_ms()
         self._topic_counters: dict[str, TopicCounters] = {}
         self._sub_counters: dict[tuple[str, str], SubCounters] = {}
         self.publish_latency = LatencyHistogram()
@@ -268,6 +248,10 @@ class Hub:
             make_curve_server(router, self.keys, ROUTER_DOMAIN)
             self._monitor = router.get_monitor_socket(MONITOR_EVENTS)
         router.bind(self.config.bind)
+        if self._wake_r is None:
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_r, False)
+            os.set_blocking(self._wake_w, False)
         self.endpoint = router.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.store.lock.note(endpoint=self.endpoint)  # named to a hub refused on this data dir
         if self.config.pub:
@@ -281,6 +265,23 @@ class Hub:
     def stop(self) -> None:
         """Ask the loop to finish its turn, commit and return (thread-safe, idempotent)."""
         self._stop.set()
+        self.wake()
+
+    def wake(self) -> None:
+        """Make the loop run a turn now instead of at its poll timeout (thread-safe)."""
+        with self._wake_lock:
+            if self._wake_w is not None:
+                try:
+                    os.write(self._wake_w, b"w")
+                except BlockingIOError:  # the pipe is full of wake-ups already
+                    pass
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
 
     @property
     def running(self) -> threading.Event:
@@ -301,6 +302,11 @@ class Hub:
         if self._own_ctx:  # only the hub's sockets live in it, all closed by now
             self._ctx.term()
             self._own_ctx = False
+        with self._wake_lock:
+            for fd in (self._wake_r, self._wake_w):
+                if fd is not None:
+                    os.close(fd)
+            self._wake_r = self._wake_w = None
         self.store.close()
 
     def run(self) -> None:
@@ -309,17 +315,24 @@ class Hub:
             self.bind()
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
+        wake_r = self._wake_r
+        poller.register(wake_r, zmq.POLLIN)
         read = self._read_commands
         if self._monitor is not None:
             poller.register(self._monitor, zmq.POLLIN)
             read = self._read_curve
+        unwatch = self.clock.watch(self.wake)  # before running: a jump right after start counts
         self._running.set()
         log.info("hub %s serving on %s (pub %s, %s)", self.instance, self.endpoint,
                  self.pub_endpoint, "CURVE" if self.keys else "plain, no authentication")
         try:
             while not self._stop.is_set():
                 timeout = self._poll_timeout()
-                if poller.poll(timeout):
+                ready = poller.poll(timeout)
+                if ready:
+                    for item, _ in ready:
+                        if item == wake_r:
+                            self._drain_wake()
                     read()
                 self._turn()
                 if self._snapshot_wanted:
@@ -327,11 +340,15 @@ class Hub:
                     self._snapshot = self.stats()
                     self._snapshot_ready.set()
         finally:
+            unwatch()
             self._persist_on_exit()
             self._running.clear()
 
     def _poll_timeout(self) -> int:
-        now = _monotonic_ms()
+        """Real ms to wait in poll: until the next deadline (on the hub's clock), at most
+        MAX_POLL_MS. With a FakeClock the deadline never comes by waiting; its jumps wake the
+        loop instead."""
+        now = self.clock.monotonic_ms()
         timeout = MAX_POLL_MS
         for sub in self.subs.values():
             deadline = sub.next_deadline()
@@ -397,7 +414,7 @@ class Hub:
                 if known is not False:
                     log.warning("connection %s changed client key; dropping its attachments",
                                 identity.hex())
-                    self._lost_peer(identity, _monotonic_ms())
+                    self._lost_peer(identity, self.clock.monotonic_ms())
                 if len(users) >= MAX_REMEMBERED_USERS:
                     self._users = users = {i: u for i, u in users.items() if i in self._peers}
                 users[identity] = user
@@ -416,7 +433,8 @@ class Hub:
             msg = parse_monitor_message(frames)
             event, value = int(msg["event"]), int(msg["value"])
             what = describe_handshake_failure(event, value)
-            skipped = self._log_limiter.allow(("handshake", event, value), _monotonic_ms())
+            now = self.clock.monotonic_ms()
+            skipped = self._log_limiter.allow(("handshake", event, value), now)
             if skipped is not None:
                 more = f" ({skipped} more since the last report)" if skipped else ""
                 log.warning("refused a connection on %s: CURVE handshake failed, %s%s",
@@ -426,7 +444,7 @@ class Hub:
         """Log an ACL refusal (rate-limited) and return the text of the error."""
         user = self._users.get(identity)
         who = self.keys.name_of(user) if self.keys else "?"
-        skipped = self._log_limiter.allow((user, action, topic), _monotonic_ms())
+        skipped = self._log_limiter.allow((user, action, topic), self.clock.monotonic_ms())
         if skipped is not None:
             more = f" ({skipped} more since the last report)" if skipped else ""
             log.warning("forbidden: client %s (key %s) may not %s to %r%s", who, user, action,
@@ -434,7 +452,7 @@ class Hub:
         return f"client {who} may not {action} to {topic!r}"
 
     def _turn(self) -> None:
-        now = _monotonic_ms()
+        now = self.clock.monotonic_ms()
         for sub in self.subs.values():
             deadline = sub.next_deadline()
             if deadline is not None and deadline <= now:
@@ -442,7 +460,7 @@ class Hub:
         if now >= self._next_liveness_check:
             self._check_liveness(now)
             self._next_liveness_check = now + self.config.heartbeat_ms // 2
-        if self._sched_heap and self._sched_heap[0][0] <= _wall_ms():
+        if self._sched_heap and self._sched_heap[0][0] <= self.clock.wall_ms():
             self._expire_schedule()
         early = not self._appends
         if early:
@@ -456,7 +474,7 @@ class Hub:
         fresh, self._fresh = self._fresh, set()
         self._flush_outbox()
         if self._confirmed_at:
-            sent = _now_ms()
+            sent = self.clock.monotonic_ns()
             observe = self.publish_latency.observe
             for received in self._confirmed_at:
                 observe((sent - received) / 1e9)
@@ -506,7 +524,7 @@ class Hub:
         topics = self.store.topics
         new_topics = [t for t in combined if t not in topics]
         try:
-            wall = _wall_ms()
+            wall = self.clock.wall_ms()
             window = self.config.dedup_window_ms
             firsts = self.store.commit(
                 combined, subs, now_ms=wall, deletes=deletes or None, dedup=dedup_new or None,
@@ -514,8 +532,8 @@ class Hub:
                 schedule=[(t, i, due) for (t, i), due in sched_new.items()] or None,
                 unschedule=unsched or None,
             )
-        except (StorageFull, StorageError) as exc:
-            code = ErrorCode.STORAGE_FULL if isinstance(exc, StorageFull) else ErrorCode.STORAGE_ERROR
+        except StorageError as exc:
+            code = storage_error_code(exc)
             log.error("commit of %d publish batches failed: %s", len(confirms), exc)
             for identity, batch_id, _, _ in confirms:
                 self._error(identity, code, f"nothing stored: {exc}", Command.PUBLISH, batch_id)
@@ -525,8 +543,8 @@ class Hub:
             firsts = None
             if appends or deletes:  # again without publishes and deletes: acks, dead letters persist
                 try:
-                    firsts = self.store.commit(dlq, subs, now_ms=_wall_ms())
-                except (StorageFull, StorageError) as exc2:
+                    firsts = self.store.commit(dlq, subs, now_ms=self.clock.wall_ms())
+                except StorageError as exc2:
                     log.error("cursor commit failed too, retrying next turn: %s", exc2)
             self._unsched = unsched + self._unsched  # cleanup only: next time
             if firsts is None:
@@ -551,7 +569,7 @@ class Hub:
         if admin:
             self._answer_admin(admin, firsts)
         stored: dict[str, tuple[int, list[bytes]]] = {}
-        now = _monotonic_ms()
+        now = self.clock.monotonic_ms()
         topic_counters = self._topic_counters
         for topic, records in combined.items():
             self._valid_topics.add(topic)
@@ -584,9 +602,10 @@ class Hub:
                 self._defer(sub, seqs)
 
     def _defer(self, sub: Subscription, seqs_due: Iterable[tuple[int, int]]) -> None:
-        """Hand held-back seqs to a subscription core, wall-clock dues turned into its clock."""
-        offset = _monotonic_ms() - _wall_ms()
-        sub.defer([(seq, due + offset) for seq, due in seqs_due])
+        """Hand held-back seqs to a subscription core, wall-clock dues turned into its clock
+        (rounded up: a message is never handed out before its due time)."""
+        to_monotonic = self.clock.wall_to_monotonic_ms
+        sub.defer([(seq, to_monotonic(due)) for seq, due in seqs_due])
 
     def _defer_scheduled(self, sub: Subscription) -> None:
         """A subscription created or restored: it holds back its topic's messages not yet due."""
@@ -597,7 +616,7 @@ class Hub:
     def _load_schedule(self) -> None:
         """At start: the held-back messages still to come; entries whose time has passed are
         deleted in the first commit (those messages are ordinary ones now)."""
-        wall = _wall_ms()
+        wall = self.clock.wall_ms()
         for topic, seq, due in self.store.load_schedule():
             if due > wall:
                 self._scheduled.setdefault(topic, {})[seq] = due
@@ -609,7 +628,7 @@ class Hub:
     def _expire_schedule(self) -> None:
         """Forget held-back messages whose time has come (the subscriptions made them ready)."""
         heap = self._sched_heap
-        wall = _wall_ms()
+        wall = self.clock.wall_ms()
         while heap and heap[0][0] <= wall:
             _, topic, seq = heapq.heappop(heap)
             held = self._scheduled.get(topic)
@@ -645,7 +664,7 @@ class Hub:
     def _aged_upto(self, topic: str, info: Any, max_age_ms: int) -> int:
         """max_age: the seq bound (exclusive) of the oldest messages past their age, reading at
         most TRIM_BATCH records, and only once the oldest one can have aged."""
-        wall = _wall_ms()
+        wall = self.clock.wall_ms()
         if wall < self._age_check.get(topic, 0):
             return 0
         oldest = self.store.read_range(topic, info.first_seq, TRIM_BATCH)
@@ -667,10 +686,10 @@ class Hub:
 
     def _broadcast(self, stored: dict[str, tuple[int, list[bytes]]]) -> None:
         """Live feed: one PUB message per topic per turn: ``[topic, msgpack [first_seq, [record, ...]]]``."""
+        pub_frames = protocol.pub_frames
         for topic, (first, records) in stored.items():
-            body = protocol.pack([first, records])
             try:
-                send_frames(self.pub, [topic.encode(), body], NOBLOCK)
+                send_frames(self.pub, pub_frames(topic, first, records), NOBLOCK)
             except zmq.Again:  # at-most-once by design: slow listeners lose messages
                 pass
 
@@ -691,19 +710,11 @@ class Hub:
             (record,) = self.store.read(sub.topic, [dl.seq])
             if record is None:  # removed from the log meanwhile: nothing left to keep
                 continue
-            origin = {
-                "x-origin-topic": sub.topic,
-                "x-origin-seq": dl.seq,
-                "x-subscription": sub.group,
-                "x-deliveries": dl.deliveries,
-                "x-reason": dl.reason,
-            }
             try:
-                ts, key, headers, payload = protocol.unpack_record(record)
-                headers = dict(headers) if isinstance(headers, dict) else {"x-original-headers": headers}
-                headers.update(origin)
-                headers["x-origin-timestamp"] = ts
-                dead_record = protocol.pack_record(_wall_ms(), key, headers, payload)
+                dead_record = dead_letter_record(
+                    record, sub.topic, dl.seq, sub.group, dl.deliveries, dl.reason,
+                    self.clock.wall_ms(),
+                )
             except Exception:  # a record this hub cannot re-pack: keep it as stored, never lose it
                 log.exception("dead letter %s/%s: record kept unchanged", sub.topic, dl.seq)
                 dead_record = record
@@ -752,7 +763,8 @@ class Hub:
                 counters.redelivered += again
                 for i in range(0, len(entries), frame_max):
                     chunk = entries[i : i + frame_max]
-                    if not self._send(identity, Command.DELIVER, [sid, sub.topic, chunk]):
+                    body = protocol.deliver_body(sid, sub.topic, chunk)
+                    if not self._send(identity, Command.DELIVER, body):
                         self._lost_peer(identity, now)
                         break
 
@@ -809,7 +821,7 @@ class Hub:
         parts = frames[1:]
         for part in parts:
             if len(part) > self.config.max_frame_bytes:
-                command, ref = _oversized_ref(parts)
+                command, ref = protocol.oversized_ref(parts)
                 self._error(
                     identity,
                     ErrorCode.TOO_LARGE,
@@ -826,7 +838,7 @@ class Hub:
             return
         peer = self._peers.get(identity)
         if peer is not None:
-            peer.last_seen = _monotonic_ms()
+            peer.last_seen = self.clock.monotonic_ms()
         handler = self._handlers[command]
         try:
             handler(self, identity, peer, body)
@@ -860,9 +872,10 @@ class Hub:
         self._outbox.append((identity, Command.HEARTBEAT, [self.instance, attached]))
 
     def _on_publish(self, identity: bytes, peer: _Peer | None, body: Any) -> None:
-        if not (isinstance(body, list) and len(body) == 2 and isinstance(body[1], list)):
-            raise _BadRequest(ErrorCode.BAD_BODY, "PUBLISH body must be [batch_id, [messages]]")
-        batch_id, messages = body
+        try:
+            batch_id, messages = protocol.decode_publish(body)
+        except DecodeError as exc:
+            raise _BadRequest(exc.code, exc.message) from None
         cfg = self.config
         if len(messages) > cfg.max_batch_messages:
             raise _BadRequest(
@@ -874,7 +887,11 @@ class Hub:
         max_payload = cfg.max_message_bytes
         max_headers = cfg.max_headers_bytes
         pack_record = protocol.pack_record
-        ts = _wall_ms()
+        decode_message = protocol.decode_publish_message
+        wall_ns = self.clock.wall_ns()
+        ts = wall_ns // 1_000_000  # the record's timestamp: the wall clock at receipt
+        # delay_ms counts from the receipt rounded up, so the due time is never before it
+        ts_ceil = -(-wall_ns // 1_000_000)
         staged: list[tuple[str, bytes]] = []
         ids: dict[int, str] | None = None  # message index -> producer msg_id
         delays: dict[int, int] | None = None  # message index -> due time (wall ms), if held back
@@ -883,14 +900,10 @@ class Hub:
         for index, msg in enumerate(messages):
             prioritised = False
             try:
-                topic, payload, key, headers = msg[0], msg[1], msg[2], msg[3]
-                opts = msg[4] if len(msg) > 4 else None
-            except (TypeError, IndexError, KeyError):
+                topic, payload, key, headers, opts = decode_message(msg)
+            except DecodeError as exc:
                 raise _BadRequest(
-                    ErrorCode.BAD_BODY,
-                    f"message {index}: must be [topic, payload, key, headers]",
-                    batch_id,
-                    index,
+                    exc.code, f"message {index}: {exc.message}", batch_id, index
                 ) from None
             if type(topic) is not str or topic not in valid_topics:  # unhashable: no set lookup
                 problem = protocol.check_topic(topic)
@@ -936,7 +949,7 @@ class Hub:
                             else {protocol.PRIORITY_HEADER: priority}
                         )
                         prioritised = True
-                due = _due_of(opts, ts, index, batch_id)
+                due = _due_of(opts, ts, ts_ceil, index, batch_id)
                 if due is not None:
                     headers = (
                         {**headers, protocol.DELIVER_AT_HEADER: due}
@@ -997,7 +1010,7 @@ class Hub:
         self._staged += len(staged)
         if ids is not None:
             positions = self._stage_with_ids(staged, ids)
-            self._confirms.append((identity, batch_id, positions, _now_ms()))
+            self._confirms.append((identity, batch_id, positions, self.clock.monotonic_ns()))
             if delays is not None:
                 for index, due in delays.items():
                     if positions[index][0] is not None:  # not a msg_id stored before
@@ -1011,7 +1024,7 @@ class Hub:
                 lst = appends[topic] = []
             positions.append((topic, len(lst)))
             lst.append(record)
-        self._confirms.append((identity, batch_id, positions, _now_ms()))
+        self._confirms.append((identity, batch_id, positions, self.clock.monotonic_ns()))
         if delays is not None:
             for index, due in delays.items():
                 self._sched_new[positions[index]] = due
@@ -1062,7 +1075,7 @@ class Hub:
         if window > 0:
             wanted = [(staged[i][0], m) for i, m in ids.items() if (staged[i][0], m) not in in_turn]
             if wanted:
-                known = self.store.dedup_lookup(wanted, _wall_ms() - window)
+                known = self.store.dedup_lookup(wanted, self.clock.wall_ms() - window)
         positions: list[tuple[str | None, int]] = []
         for index, (topic, record) in enumerate(staged):
             msg_id = ids.get(index) if window > 0 else None
@@ -1120,7 +1133,7 @@ class Hub:
                 ErrorCode.INVALID, 'start must be "first", "new", {"seq": N} or {"time_ms": T}', sid
             )
         options = {"ack_wait_ms": ack_wait_ms, "max_deliver": max_deliver, "ordering": ordering}
-        now = _monotonic_ms()
+        now = self.clock.monotonic_ms()
         if pattern or topic in self._partitions:
             # many topics: every stored topic the pattern matches (and every one created later),
             # or every partition of a partitioned topic; one subscription of the group on each
@@ -1131,8 +1144,8 @@ class Hub:
                     spec = {k: v for k, v in options.items() if v is not None}
                     try:
                         self.store.put_pattern(topic, group, spec)
-                    except (StorageFull, StorageError) as exc:
-                        code = ErrorCode.STORAGE_FULL if isinstance(exc, StorageFull) else ErrorCode.STORAGE_ERROR
+                    except StorageError as exc:
+                        code = storage_error_code(exc)
                         raise _BadRequest(code, f"pattern subscription not stored: {exc}", sid) from None
                     self._patterns[spec_key] = spec
                     log.info("new pattern subscription %s on %s", group, topic)
@@ -1305,7 +1318,7 @@ class Hub:
         delay = body[2]
         if type(delay) is not int or not 0 <= delay <= 365 * 24 * 3600 * 1000:
             raise _BadRequest(ErrorCode.INVALID, "NACK delay_ms must be a non-negative integer", sid)
-        now = _monotonic_ms()
+        now = self.clock.monotonic_ms()
         for sub, seqs in targets:
             self._dead(sub, sub.nack((identity, sid), seqs, now, delay))
 
@@ -1323,7 +1336,7 @@ class Hub:
 
     def _on_progress(self, identity, peer, body) -> None:
         sid, att = self._attachment(identity, peer, body, "PROGRESS", 2)
-        now = _monotonic_ms()
+        now = self.clock.monotonic_ms()
         for sub, seqs in self._seqs(att, sid, "PROGRESS", body[1]):
             sub.progress((identity, sid), seqs, now)
 
@@ -1333,7 +1346,7 @@ class Hub:
         sid = body[0]
         att = peer.attachments.pop(sid, None) if peer is not None else None
         if att is not None:
-            self._release_attachment(identity, sid, att, _monotonic_ms(), failed=False)
+            self._release_attachment(identity, sid, att, self.clock.monotonic_ms(), failed=False)
             if not peer.attachments:
                 del self._peers[identity]
         # Detaching twice, or after a hub restart, is fine: the reply says it is done either way.
@@ -1393,7 +1406,7 @@ class Hub:
 
     def stats(self) -> dict:
         """The STATS document (docs/PROTOCOL.md); call on the hub's thread (else snapshot_stats)."""
-        now = _monotonic_ms()
+        now = self.clock.monotonic_ms()
         topics = []
         for name in sorted(set(self.store.topics) | {t for t, _ in self.subs}):
             info = self.store.topics.get(name)
@@ -1435,7 +1448,7 @@ class Hub:
         return {
             "hub": self.instance,
             "version": protocol.VERSION,
-            "time_ms": _wall_ms(),
+            "time_ms": self.clock.wall_ms(),
             "uptime_ms": now - self._started_ms,
             "rate_window_s": RATE_WINDOW_S,
             "totals": dict(self.counters),
@@ -1454,6 +1467,7 @@ class Hub:
                 return None
             self._snapshot_ready.clear()
             self._snapshot_wanted = True
+            self.wake()  # taken at the end of the next turn: now, not at the poll timeout
             if not self._snapshot_ready.wait(timeout):
                 return None
             return self._snapshot
@@ -1582,8 +1596,8 @@ class Hub:
                 self.store.set_topic_config(topic, limits.as_dict())
                 for part in parts:
                     self.store.set_topic_config(part, per_partition.as_dict())
-            except (StorageFull, StorageError) as exc:
-                code = ErrorCode.STORAGE_FULL if isinstance(exc, StorageFull) else ErrorCode.STORAGE_ERROR
+            except StorageError as exc:
+                code = storage_error_code(exc)
                 raise _BadRequest(code, f"nothing changed: {exc}", ref) from None
             if limits.partitions:
                 self._partitions[topic] = limits.partitions
@@ -1629,8 +1643,8 @@ class Hub:
         for name in names:
             try:
                 messages += self.store.delete_topic(name)
-            except (StorageFull, StorageError) as exc:
-                code = ErrorCode.STORAGE_FULL if isinstance(exc, StorageFull) else ErrorCode.STORAGE_ERROR
+            except StorageError as exc:
+                code = storage_error_code(exc)
                 raise _BadRequest(code, f"topic {name!r} not deleted: {exc}", ref) from None
             for key in [k for k in self.subs if k[0] == name]:
                 groups.add(key[1])
@@ -1642,7 +1656,7 @@ class Hub:
                             if not att.subs and not protocol.is_pattern(att.name):
                                 # gone: the client sees its sid missing and subscribes again
                                 del peer.attachments[sid]
-                                self._release_attachment(peer.identity, sid, att, _monotonic_ms(),
+                                self._release_attachment(peer.identity, sid, att, self.clock.monotonic_ms(),
                                                          failed=False)
                     if not peer.attachments:
                         self._peers.pop(peer.identity, None)
@@ -1674,7 +1688,7 @@ class Hub:
         staged = self._deletes.get(topic)
         results: list[dict] = []
         taken: list[int] = []
-        now = _wall_ms()
+        now = self.clock.wall_ms()
         appends = self._appends
         for seq, record in zip(seqs, self.store.read(topic, seqs)):
             if record is None or (staged is not None and seq in staged):
@@ -1744,9 +1758,11 @@ class _BadRequest(Exception):
         self.index = index
 
 
-def _due_of(opts: dict, ts: int, index: int, batch_id: Any) -> int | None:
+def _due_of(opts: dict, ts: int, ts_ceil: int, index: int, batch_id: Any) -> int | None:
     """The due time (wall ms) of a message PUBLISH opts hold back (``delay_ms`` or
-    ``deliver_at_ms``), or None to deliver it at once."""
+    ``deliver_at_ms``), or None to deliver it at once. ``ts`` is the wall clock at receipt
+    rounded down, ``ts_ceil`` rounded up: a delay counts from the latter, so that the due time
+    is never less than the delay after the publish."""
     delay = opts.get("delay_ms")
     at = opts.get("deliver_at_ms")
     if delay is None and at is None:
@@ -1758,7 +1774,9 @@ def _due_of(opts: dict, ts: int, index: int, batch_id: Any) -> int | None:
         problem = protocol.check_delay_ms(delay)
         if problem:
             raise _BadRequest(ErrorCode.INVALID, f"message {index}: {problem}", batch_id, index)
-        due = ts + delay
+        if delay == 0:
+            return None
+        due = ts_ceil + delay
     else:
         if type(at) is not int or at < 0:
             raise _BadRequest(ErrorCode.INVALID, f"message {index}: deliver_at_ms must be an integer "

@@ -20,6 +20,20 @@ unchanged, so the hub never decodes and re-encodes a payload) is the msgpack arr
 
 Decoding never raises anything but :class:`DecodeError`, which carries an error code from
 :class:`ErrorCode` so the hub can answer the sender precisely.
+
+The codec
+---------
+Every body layout and header name used on the wire or in a record lives here, as a pair of
+plain functions (hub and clients both use them; they build and read the same lists as a
+hand-written body, so they cost nothing extra per message):
+
+- PUBLISH: :func:`publish_message` / :func:`publish_body`, :func:`decode_publish` /
+  :func:`decode_publish_message`; the ref of an oversized one: :func:`oversized_ref`;
+- DELIVER: :func:`deliver_body` / :func:`decode_deliver` (entries ``[seq, deliveries, record]``);
+- the live feed (PUB): :func:`pub_frames` / :func:`decode_pub`;
+- the stored record: :func:`pack_record` / :func:`unpack_record` / :func:`record_meta`;
+- header names the hub adds (``x-msg-id``, ``x-priority``, ``x-deliver-at``, the dead-letter
+  and redrive headers) and the heartbeat defaults a client starts with.
 """
 
 from __future__ import annotations
@@ -34,6 +48,16 @@ import msgpack
 VERSION = 1
 SIGNATURE = b"ZMQMQ/1"
 SIGNATURE_PREFIX = b"ZMQMQ/"
+
+# Where a hub listens unless told otherwise, and where a client looks for it.
+DEFAULT_BIND = "tcp://127.0.0.1:5555"
+DEFAULT_PUB = "tcp://127.0.0.1:5556"
+# Heartbeats: clients send one every interval; a peer silent for LIVENESS intervals is dead.
+# One second and three misses detach a dead actor within about three seconds, which is the
+# "a few heartbeat intervals" the design promises, without flapping on a loaded 2-core machine.
+# A hub tells its own values in WELCOME; these are what a client assumes before that.
+HEARTBEAT_INTERVAL_MS = 1000
+LIVENESS = 3
 
 # Limits the hub enforces by default (each can be changed on the hub's command line). They are
 # told to clients in WELCOME so that a well-behaved client refuses bad input before sending it.
@@ -50,7 +74,7 @@ MSG_ID_HEADER = "x-msg-id"
 # Message priority (PUBLISH opts "priority"): 0..9, higher delivered first. The hub stores a
 # priority above the default as this header; a record without it has the default.
 PRIORITY_HEADER = "x-priority"
-DEFAULT_PRIORITY = 0
+DEFAULT_PRIORITY = 0  # messages without a priority
 MAX_PRIORITY = 9
 # Delayed delivery (PUBLISH opts "delay_ms" or "deliver_at_ms"): the hub stores the due time
 # (wall clock, ms since the epoch) of a message held back as this header.
@@ -62,6 +86,21 @@ RESERVED_HEADER_PREFIX = "x-"
 MAX_DELAY_MS = 366 * 24 * 3600 * 1000  # a delay or deliver_at at most this far ahead
 # SUBSCRIBE option "ordering" (see router/subscription.py for what each one means).
 ORDERINGS = ("none", "key", "strict")
+# Headers the hub adds to a dead letter (appended to dlq.<group>; see router/deadletters.py).
+ORIGIN_TOPIC_HEADER = "x-origin-topic"
+ORIGIN_SEQ_HEADER = "x-origin-seq"
+ORIGIN_TIMESTAMP_HEADER = "x-origin-timestamp"
+SUBSCRIPTION_HEADER = "x-subscription"
+DELIVERIES_HEADER = "x-deliveries"
+REASON_HEADER = "x-reason"
+DEAD_LETTER_HEADERS = (
+    ORIGIN_TOPIC_HEADER, ORIGIN_SEQ_HEADER, ORIGIN_TIMESTAMP_HEADER, SUBSCRIPTION_HEADER,
+    DELIVERIES_HEADER, REASON_HEADER,
+)
+# The headers of a dead-lettered message whose headers were not a map, kept under this name.
+ORIGINAL_HEADERS_HEADER = "x-original-headers"
+# Added to a redriven message: "<dlq topic>:<seq>", so a consumer can tell a second attempt.
+REDRIVEN_FROM_HEADER = "x-redriven-from"
 
 # Topic names: dot-separated tokens of letters, digits, '_', '-'; e.g. "orders", "dlq.billing".
 # '*' and '>' are reserved for patterns, whitespace and empty tokens are refused.
@@ -189,8 +228,16 @@ def pack_record(timestamp_ms: int, key: str | None, headers: dict | None, payloa
     return _packer.pack([timestamp_ms, key, headers, payload])
 
 
+_unpackb = msgpack.unpackb
+
+
 def unpack_record(data: bytes) -> tuple[int, str | None, dict, bytes]:
-    ts, key, headers, payload = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    """``(timestamp_ms, key, headers, payload)`` of a record (nil headers read as ``{}``; the
+    field types are as stored: check them where it matters). DecodeError if it is no record."""
+    try:
+        ts, key, headers, payload = _unpackb(data, raw=False, strict_map_key=False)
+    except Exception as exc:  # not msgpack, or not an array of 4
+        raise DecodeError(ErrorCode.BAD_BODY, f"not a record: {exc}") from None
     return ts, key, headers or {}, payload
 
 
@@ -211,8 +258,8 @@ def record_meta(data: bytes) -> tuple[str | None, int]:
 
 def check_priority(value: Any) -> str | None:
     """Why ``value`` is not a message priority, or None if it is one."""
-    if type(value) is not int or not 0 <= value <= MAX_PRIORITY:
-        return f"priority must be an integer in 0..{MAX_PRIORITY}, got {value!r}"
+    if type(value) is not int or not DEFAULT_PRIORITY <= value <= MAX_PRIORITY:
+        return f"priority must be an integer in {DEFAULT_PRIORITY}..{MAX_PRIORITY}, got {value!r}"
     return None
 
 
@@ -288,20 +335,32 @@ def check_pattern(pattern: Any) -> str | None:
     return None
 
 
-def pattern_matches(pattern: str, topic: str) -> bool:
-    """Whether ``topic`` matches ``pattern`` (``*``: one token, ``>``: one or more). A pattern
-    whose first token is not literally ``dlq`` never matches a dead-letter topic ``dlq.*``, so
-    ``>`` does not feed a group its own dead letters."""
-    want = pattern.split(".")
+PATTERN_ONE = "*"  # a pattern token that matches exactly one token of a topic
+PATTERN_REST = ">"  # a last pattern token that matches one or more remaining tokens
+
+
+def tokens_match(pattern: tuple[str, ...] | list[str], topic: str) -> bool:
+    """The one topic-pattern matcher: whether ``topic`` (a valid topic name) matches the
+    pattern's tokens (``*``: one token, a last ``>``: one or more, any other: itself). Used by
+    pattern subscriptions (:func:`pattern_matches`) and the ACL (``router/acl.py``)."""
     tokens = topic.split(".")
-    if tokens[0] == "dlq" and want[0] != "dlq":
-        return False
-    for i, w in enumerate(want):
-        if w == ">":
-            return len(tokens) > i
-        if i >= len(tokens) or (w != "*" and w != tokens[i]):
+    for i, want in enumerate(pattern):
+        if want == PATTERN_REST:
+            return len(tokens) > i  # at least one token left for '>'
+        if i >= len(tokens) or (want != PATTERN_ONE and want != tokens[i]):
             return False
-    return len(tokens) == len(want)
+    return len(tokens) == len(pattern)
+
+
+def pattern_matches(pattern: str, topic: str) -> bool:
+    """Whether a subscription ``pattern`` reads ``topic``: :func:`tokens_match`, except that a
+    pattern whose first token is not literally ``dlq`` never matches a dead-letter topic
+    ``dlq.*``, so ``>`` does not feed a group its own dead letters. (An ACL grant has no such
+    exception: ``>`` grants every topic.)"""
+    want = pattern.split(".")
+    if want[0] != "dlq" and topic.partition(".")[0] == "dlq":
+        return False
+    return tokens_match(want, topic)
 
 
 MAX_PARTITIONS = 1024
@@ -389,3 +448,98 @@ def parse_error(body: Any) -> dict:
         "ref": body.get("ref"),
         **{k: v for k, v in body.items() if k not in ("code", "message", "command", "ref")},
     }
+
+
+# --- message bodies: PUBLISH, DELIVER, the live feed ---------------------------------------
+#
+# Built and read as plain lists, exactly what msgpack gives and takes, so that a hot path pays
+# no extra object per message. Each decode_* checks the shape it needs and raises DecodeError
+# (code bad_body) for anything else; the values inside are checked by whoever uses them.
+
+
+def publish_message(
+    topic: str, payload: bytes, key: str | None = None, headers: dict | None = None,
+    opts: dict | None = None,
+) -> list:
+    """One message of a PUBLISH batch: ``[topic, payload, key, headers]``, plus ``opts`` (the
+    options map: ``msg_id``, ``priority``, ``delay_ms`` / ``deliver_at_ms``) when given."""
+    if opts:
+        return [topic, payload, key, headers, opts]
+    return [topic, payload, key, headers]
+
+
+def publish_body(batch_id: Any, messages: list) -> list:
+    """The PUBLISH body: ``[batch_id, [message, ...]]`` (messages from :func:`publish_message`)."""
+    return [batch_id, messages]
+
+
+def decode_publish(body: Any) -> tuple[Any, list]:
+    """``(batch_id, messages)`` of a PUBLISH body."""
+    if type(body) is not list or len(body) != 2 or type(body[1]) is not list:
+        raise DecodeError(ErrorCode.BAD_BODY, "PUBLISH body must be [batch_id, [messages]]",
+                          Command.PUBLISH)
+    return body[0], body[1]
+
+
+def decode_publish_message(msg: Any) -> tuple[Any, Any, Any, Any, Any]:
+    """``(topic, payload, key, headers, opts)`` of one PUBLISH message (opts None if absent);
+    the values are not checked here."""
+    try:
+        return msg[0], msg[1], msg[2], msg[3], (msg[4] if len(msg) > 4 else None)
+    except (TypeError, IndexError, KeyError):
+        raise DecodeError(ErrorCode.BAD_BODY, "must be [topic, payload, key, headers]",
+                          Command.PUBLISH) from None
+
+
+def oversized_ref(parts: list[bytes]) -> tuple[bytes | None, Any]:
+    """Command and ref (a PUBLISH batch id) of a command whose frame is too large to decode,
+    read from the first bytes of its body only, so the sender can match the error to it."""
+    if len(parts) != 3 or len(parts[1]) > 32 or parts[0] != SIGNATURE:
+        return None, None
+    command = bytes(parts[1])
+    if command not in CLIENT_COMMANDS:
+        return None, None
+    try:
+        unpacker = msgpack.Unpacker(raw=False)
+        unpacker.feed(parts[2][:64])
+        if command == Command.PUBLISH:
+            if unpacker.read_array_header() >= 1:
+                ref = unpacker.unpack()
+                return command, ref if type(ref) is int else None
+    except Exception:  # garbage or truncated: no ref, the error still names the command
+        pass
+    return command, None
+
+
+def deliver_body(sid: int, topic: str, entries: list) -> list:
+    """The DELIVER body: ``[sid, topic, [[seq, deliveries, record], ...]]`` (records as stored)."""
+    return [sid, topic, entries]
+
+
+def decode_deliver(body: Any) -> tuple[int, str, list]:
+    """``(sid, topic, entries)`` of a DELIVER body; each entry is ``[seq, deliveries, record]``
+    (read a record with :func:`unpack_record`)."""
+    if (type(body) is not list or len(body) != 3 or type(body[0]) is not int
+            or type(body[1]) is not str or type(body[2]) is not list):
+        raise DecodeError(ErrorCode.BAD_BODY, "DELIVER body must be [sid, topic, [entries]]",
+                          Command.DELIVER)
+    return body[0], body[1], body[2]
+
+
+def pub_frames(topic: str, first_seq: int, records: list[bytes]) -> list[bytes]:
+    """The two frames of one live-feed message: ``[topic (UTF-8), msgpack [first_seq,
+    [record, ...]]]``; the records have sequences first_seq, first_seq + 1, ..."""
+    return [topic.encode(), _packer.pack([first_seq, records])]
+
+
+def decode_pub(frames: list[bytes]) -> tuple[str, int, list[bytes]]:
+    """``(topic, first_seq, records)`` of a live-feed message."""
+    try:
+        topic_frame, body = frames
+        topic = bytes(topic_frame).decode()
+        first, records = _unpackb(body, raw=False, strict_map_key=False)
+    except Exception as exc:
+        raise DecodeError(ErrorCode.BAD_BODY, f"not a live-feed message: {exc}") from None
+    if type(first) is not int or type(records) is not list:
+        raise DecodeError(ErrorCode.BAD_BODY, "live-feed body must be [first_seq, [records]]")
+    return topic, first, records

@@ -77,12 +77,13 @@ from itertools import count as _counter
 from itertools import islice
 from typing import Any
 
+# The orderings and the priority bounds are part of the protocol (SUBSCRIBE "ordering", PUBLISH
+# "priority"); their one home is router/protocol.py.
+from .protocol import DEFAULT_PRIORITY, MAX_PRIORITY, ORDERINGS
+
 DEFAULT_ACK_WAIT_MS = 30_000  # long enough for ordinary work; progress() extends it
 DEFAULT_MAX_DELIVER = 5  # attempts before a message is a poison message; 0 = unlimited
 SNAPSHOT_VERSION = 1
-ORDERINGS = ("none", "key", "strict")
-DEFAULT_PRIORITY = 0  # messages without a priority; higher is delivered first
-MAX_PRIORITY = 9
 # How many never-handed-out seqs the key/priority dispatch looks at (and looks up) at once. It
 # bounds memory and the work of one dispatch; a higher priority or a free key further back in the
 # log than this is not seen until the window moves up to it.

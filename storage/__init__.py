@@ -1,4 +1,8 @@
-"""Storage: the LMDB topic logs, topic metadata and subscription state (see ``log``)."""
+"""Storage: the LMDB topic logs, topic metadata and subscription state (see ``log``).
+
+Every storage failure is a :class:`StorageError` (a full map or disk: its subclass
+:class:`StorageFull`); nothing is written when one is raised.
+"""
 
 from zmq_mq.storage.log import DataDirInUse, Store, StorageError, StorageFull, TopicInfo
 

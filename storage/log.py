@@ -75,12 +75,12 @@ _ENOSPC_TEXTS = ("no space left", "enospc")
 _DISK_SLACK = 1 << 20
 
 
-class StorageFull(Exception):
-    """The LMDB map reached its maximum size or the disk is full: nothing was written."""
-
-
 class StorageError(Exception):
-    """Any other storage failure: nothing was written."""
+    """A storage failure: nothing was written. The base of every storage error."""
+
+
+class StorageFull(StorageError):
+    """The LMDB map reached its maximum size or the disk is full: nothing was written."""
 
 
 @dataclass(slots=True)

@@ -17,7 +17,9 @@ from conftest import run_cli, wait_for
 from zmq_mq.actors import Consumer, Producer
 from zmq_mq.actors.errors import HubError, InvalidMessage
 from zmq_mq.router import protocol
+from zmq_mq.router.clock import FakeClock
 from zmq_mq.router.subscription import Subscription
+from zmq_mq.testing import HubThread
 
 A = "actor-a"
 
@@ -127,6 +129,55 @@ def test_a_delayed_message_is_not_delivered_before_its_delay_and_others_pass_it(
     assert at - t0 >= 1.5, f"delivered after {at - t0:.3f} s"
     assert msg.deliveries == 1
     assert isinstance(msg.headers[protocol.DELIVER_AT_HEADER], int)
+
+
+@pytest.fixture
+def fake_clock_hub(tmp_path):
+    """A real hub on a thread whose clock only moves when the test advances it."""
+    clock = FakeClock(wall_ms=1_700_000_000_000, monotonic_ms=3_600_000)
+    h = HubThread(tmp_path / "data", clock=clock).start()
+    yield h, clock
+    h.stop()
+
+
+def _settled(hub):
+    """The hub's STATS after at least one full loop turn that began after this call (the first
+    snapshot may come from a turn already under way), so that turn saw the clock as it is."""
+    hub.hub.snapshot_stats(10)
+    return hub.hub.snapshot_stats(10)
+
+
+def test_a_delayed_message_is_not_handed_out_one_nanosecond_before_its_due_time(fake_clock_hub):
+    # Given a hub whose clock stands 0.6 ms into a millisecond when a 1.5 s delay is published
+    # (rounding the receipt down, as the hub once did, made the due time 0.6 ms early)
+    hub, clock = fake_clock_hub
+    clock.advance(0.6)
+    received_ns = clock.wall_ns()
+    with Consumer(hub.endpoint) as c:
+        c.subscribe("mail", "sender", credit=10)
+        with Producer(hub.endpoint) as p:
+            late = p.publish("mail", b"later", delay=1.5)
+            now = p.publish("mail", b"now")
+        first = c.receive(10)
+        assert first is not None and first.seq == now
+        first.ack()
+        # (the due time is a whole ms: the receipt rounded up, plus the delay)
+        due_ms = -(-received_ns // 1_000_000) + 1500
+        assert due_ms * 1_000_000 >= received_ns + 1_500_000_000
+        # When the clock stops 1 ns before 1.5 s after the receipt, then 1 ns before the due ms:
+        # nothing more is handed out
+        for stop_ns in (received_ns + 1_500_000_000 - 1, due_ms * 1_000_000 - 1):
+            clock.advance((stop_ns - clock.wall_ns()) / 1e6)
+            assert clock.wall_ns() == stop_ns
+            sub = next(s for s in _settled(hub)["subscriptions"] if s["group"] == "sender")
+            assert sub["delivered"] == 1 and sub["scheduled"] == 1
+            assert c.receive(0.05) is None
+        # Then at the due time it is, as its first delivery, with the due time as its header
+        clock.advance(1e-6)
+        assert clock.wall_ns() == due_ms * 1_000_000
+        msg = c.receive(10)
+        assert msg is not None and msg.seq == late and msg.deliveries == 1
+        assert msg.headers[protocol.DELIVER_AT_HEADER] == due_ms
 
 
 def test_deliver_at_takes_a_datetime_and_a_time_in_the_past_delivers_at_once(hub):

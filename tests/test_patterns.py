@@ -9,10 +9,12 @@ import time
 
 import pytest
 from conftest import run_cli, wait_for
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from zmq_mq.actors import Actor, Admin, Consumer, Producer
 from zmq_mq.actors.errors import HubError
-from zmq_mq.router import protocol
+from zmq_mq.router import acl, protocol, subscription
 
 
 def _drain(consumer, n, timeout=20.0):
@@ -300,3 +302,33 @@ def test_priorities_hold_in_a_partitioned_topic_for_an_attached_consumer(hub, ra
             got.append(msg.payload)
             msg.ack()
     assert got == [b"high"] + [b"low"] * 5
+
+
+_tokens = st.sampled_from(["a", "b", "dlq"])
+_topics = st.lists(_tokens, min_size=1, max_size=4).map(".".join)
+_patterns = st.lists(st.one_of(_tokens, st.just("*")), min_size=1, max_size=4).flatmap(
+    lambda head: st.sampled_from([head + [">"], head])
+).map(".".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_patterns, _topics)
+def test_the_acl_and_pattern_subscriptions_share_one_matcher_that_differs_only_on_dead_letters(
+    pattern, topic
+):
+    # The ACL's matcher is the protocol's one matcher ...
+    assert acl.matches is protocol.tokens_match
+    assert acl.parse_pattern(pattern) == tuple(pattern.split("."))
+    # ... and a pattern subscription reads what it matches, except the dead-letter topics of
+    # a pattern that does not name them
+    dead_letter = topic.split(".")[0] == "dlq" and pattern.split(".")[0] != "dlq"
+    expected = protocol.tokens_match(pattern.split("."), topic) and not dead_letter
+    assert protocol.pattern_matches(pattern, topic) is expected
+
+
+def test_orderings_and_priority_bounds_have_one_home_in_the_protocol():
+    assert subscription.ORDERINGS is protocol.ORDERINGS
+    assert (subscription.DEFAULT_PRIORITY, subscription.MAX_PRIORITY) == (
+        protocol.DEFAULT_PRIORITY, protocol.MAX_PRIORITY)
+    assert protocol.check_priority(protocol.MAX_PRIORITY) is None
+    assert protocol.check_priority(protocol.MAX_PRIORITY + 1)

@@ -88,3 +88,107 @@ def test_error_bodies_parse_back_with_extra_fields():
     body["index"] = 3
     parsed = protocol.parse_error(msgpack.unpackb(msgpack.packb(body), raw=False))
     assert parsed == {"code": "too_large", "message": "too big", "command": "PUBLISH", "ref": 7, "index": 3}
+
+
+# --- the codec: one pair of functions per body, shared by hub and clients -------------------
+
+
+def _wire(body):
+    """What the other side gets: the body through msgpack, as decode() hands it over."""
+    return msgpack.unpackb(protocol.pack(body), raw=False, strict_map_key=False)
+
+
+def test_a_publish_body_round_trips_with_and_without_options():
+    plain = protocol.publish_message("orders", b"\x00p", "k", {"h": 1})
+    with_opts = protocol.publish_message("orders", b"q", None, None, {"msg_id": "m-1", "priority": 3})
+    assert plain == ["orders", b"\x00p", "k", {"h": 1}]  # the 4-element layout, no empty opts
+    batch_id, messages = protocol.decode_publish(_wire(protocol.publish_body(7, [plain, with_opts])))
+    assert batch_id == 7
+    assert [protocol.decode_publish_message(m) for m in messages] == [
+        ("orders", b"\x00p", "k", {"h": 1}, None),
+        ("orders", b"q", None, None, {"msg_id": "m-1", "priority": 3}),
+    ]
+    assert protocol.decode_publish(_wire(protocol.publish_body(8, []))) == (8, [])
+
+
+def test_a_deliver_body_round_trips_its_entries_and_their_records():
+    record = protocol.pack_record(1234, "k", {protocol.PRIORITY_HEADER: 2}, b"payload")
+    body = protocol.deliver_body(3, "orders", [[10, 1, record], [11, 2, record]])
+    sid, topic, entries = protocol.decode_deliver(_wire(body))
+    assert (sid, topic) == (3, "orders")
+    assert [(seq, n, protocol.unpack_record(rec)) for seq, n, rec in entries] == [
+        (10, 1, (1234, "k", {"x-priority": 2}, b"payload")),
+        (11, 2, (1234, "k", {"x-priority": 2}, b"payload")),
+    ]
+
+
+def test_live_feed_frames_round_trip():
+    records = [protocol.pack_record(1, None, None, b"a"), protocol.pack_record(2, "k", {}, b"b")]
+    frames = protocol.pub_frames("orders.eu", 41, records)
+    assert frames[0] == b"orders.eu"  # ZeroMQ's prefix match works on the topic frame
+    assert protocol.decode_pub(frames) == ("orders.eu", 41, records)
+
+
+def test_the_ref_of_an_oversized_publish_is_read_from_the_first_bytes_of_its_body():
+    frames = protocol.encode(Command.PUBLISH, protocol.publish_body(99, [["t", b"x" * 1000, None, None]]))
+    assert protocol.oversized_ref(frames) == (Command.PUBLISH, 99)
+    assert protocol.oversized_ref([SIGNATURE, Command.ACK, b"\xc1"]) == (Command.ACK, None)
+    assert protocol.oversized_ref([b"junk", Command.PUBLISH, b""]) == (None, None)
+
+
+def test_hub_header_names_and_client_defaults_have_their_home_in_the_protocol():
+    from zmq_mq.router import config, deadletters
+
+    assert config.HEARTBEAT_INTERVAL_MS is protocol.HEARTBEAT_INTERVAL_MS
+    assert (config.LIVENESS, config.DEFAULT_BIND) == (protocol.LIVENESS, protocol.DEFAULT_BIND)
+    assert deadletters.DEAD_LETTER_HEADERS is protocol.DEAD_LETTER_HEADERS
+    assert deadletters.REDRIVEN_FROM == protocol.REDRIVEN_FROM_HEADER == "x-redriven-from"
+    names = [*protocol.DEAD_LETTER_HEADERS, protocol.ORIGINAL_HEADERS_HEADER, protocol.MSG_ID_HEADER,
+             protocol.PRIORITY_HEADER, protocol.DELIVER_AT_HEADER, protocol.REDRIVEN_FROM_HEADER]
+    assert len(set(names)) == len(names) and all(n.startswith("x-") for n in names)
+
+
+def test_a_dead_letter_record_keeps_key_payload_and_headers_and_says_where_it_came_from():
+    from zmq_mq.router.deadletters import dead_letter_record, redrive_record
+
+    original = protocol.pack_record(100, "k", {"trace": "t1"}, b"body")
+    dead = dead_letter_record(original, "orders", 5, "billing", 3, "boom", 200)
+    ts, key, headers, payload = protocol.unpack_record(dead)
+    assert (ts, key, payload) == (200, "k", b"body")
+    assert headers == {"trace": "t1", "x-origin-topic": "orders", "x-origin-seq": 5,
+                       "x-subscription": "billing", "x-deliveries": 3, "x-reason": "boom",
+                       "x-origin-timestamp": 100}
+    # and a redrive gives back the original headers
+    topic, again = redrive_record("dlq.billing", 1, dead, 300)
+    assert topic == "orders"
+    assert protocol.unpack_record(again) == (300, "k", {"trace": "t1", "x-redriven-from": "dlq.billing:1"}, b"body")
+
+
+_garbage = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=8)
+    | st.binary(max_size=8),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_garbage, st.binary(max_size=40), st.lists(st.binary(max_size=24), max_size=3))
+def test_every_body_decoder_returns_or_raises_decode_error_and_nothing_else(body, raw, frames):
+    # the invariant: any input is decoded or refused with DecodeError (bad_body), never a crash
+    attempts = [
+        lambda: protocol.decode_publish(body),
+        lambda: protocol.decode_publish_message(body),
+        lambda: protocol.decode_deliver(body),
+        lambda: protocol.decode_pub(frames),
+        lambda: protocol.decode_pub([b"t", raw]),
+        lambda: protocol.unpack_record(raw),
+        lambda: protocol.unpack_record(protocol.pack(body)),
+        lambda: protocol.oversized_ref([SIGNATURE, Command.PUBLISH, raw]),
+        lambda: protocol.record_meta(raw),
+    ]
+    for attempt in attempts:
+        try:
+            attempt()
+        except DecodeError as exc:
+            assert exc.code == ErrorCode.BAD_BODY

@@ -261,3 +261,15 @@ def test_close_is_idempotent_and_a_closed_store_refuses_work(tmp_path: Path) -> 
 def test_max_map_size_below_map_size_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         Store(tmp_path / "db", map_size=1 * MIB, max_map_size=64 * KIB)
+
+
+def test_storage_errors_are_one_hierarchy_and_map_to_one_error_code_each() -> None:
+    # Given the two storage failures the hub can meet
+    from zmq_mq.router.errors import storage_error_code
+    from zmq_mq.router.protocol import ErrorCode
+
+    full, other = StorageFull("disk full"), StorageError("read failed")
+    # Then catching StorageError catches both, and each maps to its own code
+    assert isinstance(full, StorageError)
+    assert storage_error_code(full) is ErrorCode.STORAGE_FULL
+    assert storage_error_code(other) is ErrorCode.STORAGE_ERROR

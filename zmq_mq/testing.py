@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from .router.clock import Clock
 from .router.config import HubConfig
 from .router.hub import Hub
 
@@ -38,18 +39,20 @@ LOOPBACK_ANY_PORT = "tcp://127.0.0.1:*"
 
 
 class HubThread:
-    """A Hub running on its own thread, bound to free loopback ports."""
+    """A Hub running on its own thread, bound to free loopback ports. ``clock``: the hub's
+    clock (e.g. a ``zmq_mq.router.clock.FakeClock`` a test moves), else the system's."""
 
-    def __init__(self, data_dir: str | Path, **config: Any) -> None:
+    def __init__(self, data_dir: str | Path, *, clock: Clock | None = None, **config: Any) -> None:
         config.setdefault("bind", LOOPBACK_ANY_PORT)
         config.setdefault("pub", LOOPBACK_ANY_PORT)
         self.config = HubConfig(data_dir=str(data_dir), **config)
+        self.clock = clock
         self.hub: Hub | None = None
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
 
     def start(self) -> "HubThread":
-        self.hub = Hub(self.config)
+        self.hub = Hub(self.config, clock=self.clock)
         try:
             self.hub.bind()
         except BaseException:
@@ -90,12 +93,14 @@ class HubThread:
 
 
 @contextlib.contextmanager
-def running_hub(data_dir: str | Path | None = None, **config: Any) -> Iterator[HubThread]:
+def running_hub(
+    data_dir: str | Path | None = None, *, clock: Clock | None = None, **config: Any
+) -> Iterator[HubThread]:
     """A started HubThread (on a temporary data directory unless given), stopped on exit."""
     with contextlib.ExitStack() as stack:
         if data_dir is None:
             data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="zmq-mq-"))
-        hub = HubThread(data_dir, **config).start()
+        hub = HubThread(data_dir, clock=clock, **config).start()
         try:
             yield hub
         finally:
