@@ -1,7 +1,8 @@
 """The ``zmq-mq`` command: assembles the typer app from the command modules of cli/.
 
 =============  ==================================================================
-cli/hub.py     ``hub`` (the only module that starts a hub; ``demo`` asks it to)
+hub.py         ``hub`` (the only module that imports the hub; ``demo`` starts one
+               through it)
 messages.py    ``publish``, ``subscribe``, ``listen``
 topics.py      ``topics`` and the ``topic create|config|delete`` group
 keys.py        ``keygen``
