@@ -1,5 +1,7 @@
-"""Operator commands of ``zmq-mq``: stats, dlq (list, show, redrive, purge), listen and bench
-(the one command line of the zmq_mq.bench package; bench/bench.py runs it too).
+"""Operator commands of ``zmq-mq``: ``stats`` (counters, lag, dead letters per subscription),
+``dlq`` (list, show, redrive, purge dead letters) and ``bench`` (the one command line of the
+zmq_mq.bench package; bench/bench.py runs it too: it starts its own hub processes through that
+package, unless given --hub).
 
 Registered on the main typer app by cli/main.py. Rendering is split from I/O (``stats_tables``,
 ``letter_json``) so that it is tested without a hub.
@@ -7,43 +9,21 @@ Registered on the main typer app by cli/main.py. Rendering is split from I/O (``
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
 import json
 import signal
 import sys
 import threading
-import time
 from typing import Any
 
 import typer
 
 from ..actors.admin import Admin
-from ..actors.connection import ENV_HUB
 from ..actors.errors import HubError, HubUnavailable, ZmqMqError
 from ..router import protocol
-from ..router.config import DEFAULT_BIND
 from ..router.deadletters import describe
-from ..router.endpoint import endpoint_problem
+from .common import HubOption, TimeoutOption, check_hub_option, console, fail, payload_fields
 
-
-
-def check_hub_option(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
-    """--hub (or $ZMQ_MQ_HUB) checked before anything connects: one line and exit 2 if malformed."""
-    if value is None or ctx.resilient_parsing:
-        return value
-    problem = endpoint_problem(value)
-    if problem:
-        source = ctx.get_parameter_source(param.name)
-        # compared by name: typer vendors click, so its ParameterSource is not importable
-        where = f"${ENV_HUB}" if getattr(source, "name", "") == "ENVIRONMENT" else "--hub"
-        _fail(f"{where}: {problem}", 2)
-    return value
-
-
-HubOption = typer.Option(None, "--hub", envvar=ENV_HUB, callback=check_hub_option,
-                         help=f"Hub endpoint (default {DEFAULT_BIND}).")
-TimeoutOption = typer.Option(10.0, "--timeout", help="Seconds to wait for the hub.")
 # Dead letters per REDRIVE / PURGE request: one hub commit each, small enough that a large redrive
 # never holds the hub's loop for long and the progress bar moves.
 DLQ_CHUNK = 500
@@ -52,26 +32,6 @@ dlq_app = typer.Typer(
     no_args_is_help=True,
     help="Dead letters (topic dlq.<group>): list, show, redrive to their origin topic, purge.",
 )
-
-
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"zmq-mq: error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _console(stderr: bool = False):
-    from rich.console import Console
-
-    stream = sys.stderr if stderr else sys.stdout
-    # piped output: wide enough that no column is cut to "…"
-    return Console(file=stream, width=None if stream.isatty() else 200)
-
-
-def _payload_fields(payload: bytes) -> dict[str, str]:
-    try:
-        return {"payload": payload.decode("utf-8")}
-    except UnicodeDecodeError:
-        return {"payload_b64": base64.b64encode(payload).decode("ascii")}
 
 
 def _when(ms: Any) -> str:
@@ -132,7 +92,7 @@ def stats(
     dead-lettered. Counters count since the hub started.
     """
     if interval <= 0:
-        _fail("--interval must be positive", 2)
+        fail("--interval must be positive", 2)
     try:
         with Admin(hub, timeout=timeout) as admin:
             data = admin.stats()
@@ -140,30 +100,30 @@ def stats(
                 typer.echo(json.dumps(data, indent=2))
                 return
             if not watch:
-                _console().print(stats_tables(data))
+                console().print(stats_tables(data))
                 return
             from rich.live import Live
 
             stop = threading.Event()
             previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            console = _console()
+            screen = console()
             try:
-                if console.is_terminal:
-                    with Live(stats_tables(data), console=console, auto_refresh=False) as live:
+                if screen.is_terminal:
+                    with Live(stats_tables(data), console=screen, auto_refresh=False) as live:
                         while not stop.wait(interval):
                             live.update(stats_tables(admin.stats()), refresh=True)
                 else:  # piped: Live would print only at the end; print each refresh instead
-                    console.print(stats_tables(data))
+                    screen.print(stats_tables(data))
                     sys.stdout.flush()
                     while not stop.wait(interval):
-                        console.print(stats_tables(admin.stats()))
+                        screen.print(stats_tables(admin.stats()))
                         sys.stdout.flush()
             except KeyboardInterrupt:
                 pass
             finally:
                 signal.signal(signal.SIGTERM, previous)
     except (HubUnavailable, HubError, ZmqMqError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 # --- dlq -----------------------------------------------------------------------------------
@@ -174,7 +134,7 @@ def letter_json(letter: dict, group: str) -> dict:
     out = {k: v for k, v in letter.items() if k != "payload"}
     out["group"] = group
     out["dlq_topic"] = protocol.dlq_topic(group)
-    out.update(_payload_fields(letter["payload"]))
+    out.update(payload_fields(letter["payload"]))
     return out
 
 
@@ -196,7 +156,7 @@ def dlq_list(
             groups = [group] if group else _dlq_groups(admin)
             letters = [(g, d) for g in groups for d in admin.dead_letters(g)]
     except (HubUnavailable, HubError, ZmqMqError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if as_json:
         typer.echo(json.dumps([letter_json(d, g) for g, d in letters], indent=2, default=str))
         return
@@ -211,7 +171,7 @@ def dlq_list(
             g, str(d["seq"]), f"{d['origin_topic']}:{d['origin_seq']}", str(d["deliveries"]),
             str(d["reason"]), _when(d["timestamp"]), str(d["key"] or ""), text,
         )
-    _console().print(table)
+    console().print(table)
 
 
 @dlq_app.command("show")
@@ -228,9 +188,9 @@ def dlq_show(
         with Admin(hub, timeout=timeout) as admin:
             page = admin.fetch(topic, seq, 1)
     except (HubUnavailable, HubError, ZmqMqError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if not page or page[0].seq != seq:
-        _fail(f"no dead letter {seq} in {topic}")
+        fail(f"no dead letter {seq} in {topic}")
     data = letter_json(describe(page[0].seq, page[0].record), group)
     if as_json:
         typer.echo(json.dumps(data, indent=2, default=str))
@@ -249,7 +209,7 @@ def dlq_show(
 
 def _chosen(admin: Admin, topic: str, seqs: list[int], all_: bool) -> list[int]:
     if bool(seqs) == all_:
-        _fail("give --seq N (repeatable) or --all", 2)
+        fail("give --seq N (repeatable) or --all", 2)
     if all_:
         return [m.seq for m in admin.scan(topic)]
     return list(dict.fromkeys(seqs))
@@ -260,7 +220,7 @@ def _progress(total: int, label: str):
 
     return Progress(
         TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=_console(stderr=True), transient=False, disable=total < DLQ_CHUNK,
+        console=console(stderr=True), transient=False, disable=total < DLQ_CHUNK,
     )
 
 
@@ -290,7 +250,7 @@ def dlq_redrive(
                     results += admin.redrive(topic, chunk)["results"]
                     progress.advance(task, len(chunk))
     except (HubUnavailable, HubError, ZmqMqError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     failed = [r for r in results if "error" in r]
     if as_json:
         typer.echo(json.dumps(results, indent=2))
@@ -313,7 +273,7 @@ def dlq_purge(
     """Delete dead letters for good."""
     topic = protocol.dlq_topic(group)
     if bool(seq) == all_:
-        _fail("give --seq N (repeatable) or --all", 2)
+        fail("give --seq N (repeatable) or --all", 2)
     purged = 0
     try:
         with Admin(hub, timeout=timeout) as admin:
@@ -324,83 +284,8 @@ def dlq_purge(
                 for i in range(0, len(seqs), DLQ_CHUNK):
                     purged += admin.purge(topic, seqs[i : i + DLQ_CHUNK])["purged"]
     except (HubUnavailable, HubError, ZmqMqError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"purged {purged} dead letters from {topic}", err=True)
-
-
-# --- listen --------------------------------------------------------------------------------
-
-
-def reachable_pub(pub: str, hub_endpoint: str) -> str:
-    """The PUB endpoint as this client can reach it: a hub bound on every interface
-    (``tcp://0.0.0.0:5556`` or ``tcp://*:5556``) is reached on the host we reached it on."""
-    proto, sep, rest = pub.partition("://")
-    host, colon, port = rest.rpartition(":")
-    if proto != "tcp" or not sep or not colon or host not in ("*", "0.0.0.0", "[::]", "::"):
-        return pub
-    hub_host = hub_endpoint.partition("://")[2].rpartition(":")[0]
-    return f"tcp://{hub_host or '127.0.0.1'}:{port}"
-
-
-def listen(
-    prefix: str = typer.Argument("", help="Topic prefix to listen to ('' for every topic)."),
-    hub: str | None = HubOption,
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
-    count: int | None = typer.Option(None, "--count", help="Stop after this many messages."),
-    timeout: float | None = typer.Option(None, "--timeout", help="Stop after this many seconds without a message; also the most to wait for the hub to answer (default 10)."),
-) -> None:
-    """Print the live feed from the hub's PUB socket (ZeroMQ prefix match on the topic).
-
-    AT-MOST-ONCE: nothing is acked or stored for you; messages published while you are not
-    connected, or faster than you read, are missed. Use `zmq-mq subscribe` when every message
-    matters.
-    """
-    from ..actors.listener import Listener
-
-    if count is not None and count <= 0:
-        _fail("--count must be positive", 2)
-    if timeout is not None and not timeout > 0:
-        _fail("--timeout must be a number of seconds > 0", 2)
-    try:  # --timeout also bounds asking the hub for its live-feed endpoint
-        with Admin(hub, timeout=10.0 if timeout is None else timeout) as admin:
-            pub = admin.welcome.get("pub")
-    except (HubUnavailable, HubError, ZmqMqError) as exc:
-        _fail(str(exc))
-    if not pub:
-        _fail("this hub has no live feed (started with --pub '')")
-    pub = reachable_pub(pub, admin.endpoint)
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    received = 0
-    out = sys.stdout
-    idle_since = time.monotonic()
-    try:
-        with Listener(pub, [prefix]) as listener:
-            typer.echo(f"listening to {prefix or 'every topic'!r} on {pub} (at-most-once)", err=True)
-            while not stop.is_set() and (count is None or received < count):
-                try:
-                    msg = listener.receive(0.5)
-                except HubError as exc:  # the hub refused this client on its live feed
-                    _fail(str(exc))
-                if msg is None:
-                    if timeout is not None and time.monotonic() - idle_since >= timeout:
-                        break
-                    continue
-                idle_since = time.monotonic()
-                if as_json:
-                    obj = {"topic": msg.topic, "seq": msg.seq, "key": msg.key, "headers": msg.headers,
-                           "timestamp": msg.timestamp, **_payload_fields(msg.payload)}
-                    out.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
-                else:
-                    out.write(f"{msg.topic} {msg.seq}: {msg.payload.decode('utf-8', 'replace')}\n")
-                out.flush()
-                received += 1
-    except KeyboardInterrupt:
-        pass
-    except ValueError as exc:  # the hub announced a live-feed endpoint this client cannot use
-        _fail(str(exc))
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 # --- bench ---------------------------------------------------------------------------------
@@ -443,18 +328,18 @@ def bench(
     try:
         names = engine.workload_names(workloads)
     except ValueError as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     if messages <= 0 or rate <= 0 or duration <= 0 or credit <= 0 or timeout <= 0 or concurrency <= 0 or prefetch <= 0:
-        _fail("--messages, --rate, --duration, --credit, --concurrency, --prefetch and --timeout "
+        fail("--messages, --rate, --duration, --credit, --concurrency, --prefetch and --timeout "
               "must be positive", 2)
     if sync not in ("full", "none"):
-        _fail("--sync must be 'full' or 'none'", 2)
+        fail("--sync must be 'full' or 'none'", 2)
     args = argparse.Namespace(workloads=workloads, messages=messages, sync=sync, rate=rate,
                               duration=duration, credit=credit, concurrency=concurrency,
                               prefetch=prefetch,
                               timeout=timeout, hub=hub)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(), console=_console(stderr=True)) as progress:
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=console(stderr=True)) as progress:
         task = progress.add_task("bench", total=len(names))
 
         def started(name: str) -> None:

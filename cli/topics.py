@@ -1,4 +1,5 @@
-"""``zmq-mq topic create|config|delete``: a topic's limits and partitions (Admin.create_topic /
+"""Topics: ``zmq-mq topics`` lists them with their subscriptions; ``zmq-mq topic
+create|config|delete`` sets a topic's limits and partitions (Admin.create_topic /
 configure_topic / delete_topic).
 
 Registered on the main typer app by cli/main.py.
@@ -7,12 +8,59 @@ Registered on the main typer app by cli/main.py.
 from __future__ import annotations
 
 import json
+from typing import Optional
 
 import typer
 
 from ..actors.admin import Admin
+from ..actors.connection import request
 from ..actors.errors import HubError, HubUnavailable, ZmqMqError
-from .ops import HubOption, TimeoutOption, _fail
+from ..router.protocol import Command
+from .common import (
+    CurveKeyOption,
+    HubOption,
+    ServerKeyOption,
+    TimeoutOption,
+    console,
+    curve_keys,
+    fail,
+)
+
+# --- topics (the list) -------------------------------------------------------------------------
+
+
+def topics(
+    hub: Optional[str] = HubOption,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    timeout: float = typer.Option(5.0, "--timeout"),
+    curve_key: Optional[str] = CurveKeyOption,
+    server_key: Optional[str] = ServerKeyOption,
+) -> None:
+    """Topics with their message counts and subscriptions (with an ACL: those you may use)."""
+    keys = curve_keys(curve_key, server_key)
+    try:
+        data = request(hub, Command.TOPICS, timeout=timeout, curve=keys)
+    except (HubUnavailable, HubError) as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title="zmq-mq topics")
+    for col in ("topic", "messages", "first", "last", "bytes", "subscription", "ack floor", "lag", "in flight", "actors"):
+        table.add_column(col, justify="left" if col in ("topic", "subscription") else "right")
+    for t in data:
+        subs = t["subscriptions"] or [None]
+        for i, s in enumerate(subs):
+            head = [t["topic"], str(t["messages"]), str(t["first_seq"]), str(t["last_seq"]), str(t["bytes"])] if i == 0 else [""] * 5
+            tail = [s["group"], str(s["ack_floor"]), str(s["lag"]), str(s["in_flight"]), str(s["actors"])] if s else ["-", "", "", "", ""]
+            table.add_row(*head, *tail)
+    console().print(table)
+
+
+# --- topic create | config | delete ------------------------------------------------------------
+
 
 topic_app = typer.Typer(no_args_is_help=True, help="Topics: create one with limits or partitions, show or change its limits, delete it.")
 
@@ -27,9 +75,9 @@ _Discard = typer.Option(None, "--discard", help="At the limit: 'old' deletes the
 
 def _check_discard(discard: str | None, retention: str | None) -> None:
     if discard is not None and discard not in ("old", "new"):
-        _fail("--discard must be old or new", 2)
+        fail("--discard must be old or new", 2)
     if retention is not None and retention not in ("limits", "workqueue"):
-        _fail("--retention must be limits or workqueue", 2)
+        fail("--retention must be limits or workqueue", 2)
 
 
 def _show(result: dict) -> None:
@@ -58,7 +106,7 @@ def create(
                                         max_age=max_age, retention=retention or "limits",
                                         max_bytes=max_bytes, partitions=partitions)
     except (HubUnavailable, HubError, ZmqMqError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     _show(result)
 
 
@@ -85,7 +133,7 @@ def config(
             else:
                 result = admin.topic_config(name)
     except (HubUnavailable, HubError, ZmqMqError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(json.dumps(result, sort_keys=True))
 
 
@@ -100,7 +148,7 @@ def delete(
         with Admin(hub, timeout=timeout) as admin:
             result = admin.delete_topic(name)
     except (HubUnavailable, HubError, ZmqMqError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     groups = ", ".join(result["subscriptions"]) or "none"
     typer.echo(f"deleted topic {result['topic']}: {result['messages']} messages, "
                f"subscriptions: {groups}")

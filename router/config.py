@@ -1,10 +1,11 @@
-"""Hub configuration: one frozen dataclass with the defaults every entry point shares."""
+"""Hub configuration: one frozen dataclass with the defaults every entry point shares, and the
+reader of the TOML file ``zmq-mq hub --config`` takes.
+
+Log formatting lives in ``zmq_mq/logs.py`` (the hub's command and ``zmq-mq run`` share it);
+``JsonLogFormatter`` is re-exported here for code that imported it from this module."""
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
-import logging
 import tomllib
 from dataclasses import dataclass
 from typing import Any
@@ -14,9 +15,10 @@ from . import protocol
 # The endpoints and heartbeat defaults are the protocol's (clients need them without the hub's
 # configuration); re-exported here for the hub's entry points.
 from .protocol import DEFAULT_BIND, DEFAULT_PUB, HEARTBEAT_INTERVAL_MS, LIVENESS
+from .security import DEFAULT_KEYS_DIR
+from ..logs import JsonLogFormatter  # noqa: F401  (re-exported: its home is zmq_mq/logs.py)
 
 DEFAULT_DATA_DIR = "./zmq-mq-data"
-DEFAULT_KEYS_DIR = "./zmq-mq-keys"
 # Two minutes: longer than any producer's reconnect-and-resend after a hub restart, short
 # enough that the dedup index stays small.
 DEFAULT_DEDUP_WINDOW_MS = 120_000
@@ -73,7 +75,7 @@ class HubConfig:
         }
 
 
-# --- configuration files and log formats ------------------------------------------------------
+# --- configuration files ----------------------------------------------------------------------
 
 
 class ConfigError(ValueError):
@@ -106,23 +108,3 @@ def load_toml(path: str, known: dict[str, tuple[type, ...]]) -> dict[str, Any]:
             raise ConfigError(f"config file {path}: {key} must be {want}, not {type(value).__name__}")
         out[name] = value
     return out
-
-
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line: ``ts`` (UTC ISO 8601), ``level``, ``logger``, ``message``, and
-    ``exc`` with the traceback when there is one; for log shippers (``--log-format json``)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        obj = {
-            "ts": _dt.datetime.fromtimestamp(record.created, _dt.timezone.utc).isoformat(
-                timespec="milliseconds"
-            ),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-            "pid": record.process,
-            "thread": record.threadName,
-        }
-        if record.exc_info:
-            obj["exc"] = self.formatException(record.exc_info)
-        return json.dumps(obj, ensure_ascii=False, default=str)

@@ -30,6 +30,8 @@ from .acl import Acl
 
 log = logging.getLogger("zmq_mq.auth")
 
+# Where `zmq-mq keygen` writes key pairs and the hub looks for its own (--out / --keys default).
+DEFAULT_KEYS_DIR = "./zmq-mq-keys"
 HUB_KEY_NAME = "hub"  # the hub's pair: <keys>/hub.key and <keys>/hub.key_secret
 AUTHORIZED_SUBDIR = "authorized"  # default authorised directory: <keys>/authorized
 ROUTER_DOMAIN = "zmq-mq"  # ZAP domains: which socket a handshake is for

@@ -8,7 +8,8 @@ import threading
 
 from conftest import run_cli, wait_for, zmq_mq_command
 from zmq_mq.actors import Admin, Consumer, Producer
-from zmq_mq.cli.ops import reachable_pub, stats_tables
+from zmq_mq.cli.messages import reachable_pub
+from zmq_mq.cli.ops import stats_tables
 
 
 def _reject_all(endpoint: str, n: int, group: str = "billing") -> None:

@@ -109,7 +109,7 @@ def running_hub(
 
 # --- the hub as a process ----------------------------------------------------------------------
 
-# What ``zmq-mq hub`` prints on stderr once it is bound (cli/main.py), e.g.
+# What ``zmq-mq hub`` prints on stderr once it is bound (cli/hub.py), e.g.
 #   zmq-mq hub ready: router tcp://127.0.0.1:5555 pub tcp://127.0.0.1:5556 data ./data sync full
 #   security plain [metrics http://...]
 # ``pub None`` when the PUB socket is disabled (``--pub ""``). The data path may hold spaces.
