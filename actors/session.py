@@ -34,7 +34,7 @@ from .message import Message
 __all__ = ["ACK_RESEND_MAX_SEQS", "ACK_RESEND_MS", "DEFAULT_ACK_WAIT_MS", "DEFAULT_CREDIT",
            "MIN_RECONNECT_MS", "Session", "SubscriptionSpec", "wire_start"]
 
-log = logging.getLogger("zmq_mq.consumer")
+log = logging.getLogger("zmq_mq.consumer")  # the name it logged under before the move
 
 DEFAULT_CREDIT = 100
 # Acks sent in this window before the hub is found restarted are sent again to the new hub: the

@@ -185,3 +185,24 @@ def test_a_connection_takes_its_hub_for_silent_by_its_clock(socket):
             assert conn.hub_silent(conn.now_ms())
         finally:
             conn.close()
+
+
+def test_producer_consumer_and_actor_hand_their_clock_to_their_connection(hub):
+    # Given one fake clock handed to each kind of client
+    from zmq_mq.actors import Actor, Consumer, Producer
+
+    clock = FakeClock()
+    producer = Producer(hub.endpoint, clock=clock)
+    consumer = Consumer(hub.endpoint, clock=clock)
+    actor = Actor(hub.endpoint, name="clocked-actor", clock=clock)
+    actor.subscribe("clock.t", group="g")(lambda msg: None)
+    try:
+        actor.start()
+        # Then each one's connection reads it (heartbeats and hub silence follow it)
+        assert producer._conn.clock is clock
+        assert consumer._session.conn.clock is clock
+        assert actor.session.conn.clock is clock
+    finally:
+        actor.stop()
+        consumer.close()
+        producer.close()
