@@ -45,12 +45,14 @@ from typing import Any, Callable
 import zmq
 
 from ..router import protocol
+from ..router.clock import Clock
 from .connection import CurveKeys, monotonic_ms, resolve_endpoint
-from .consumer import DEFAULT_ACK_WAIT_MS, DEFAULT_CREDIT, Session
 from .errors import ClosedError
 from .idempotency import DEFAULT_TTL, IdempotencyStore, message_key
 from .message import Message
 from .retry import DEFAULT_RETRY, Backoff
+from .session import DEFAULT_ACK_WAIT_MS, DEFAULT_CREDIT, Session
+from .wake import Waker
 
 log = logging.getLogger("zmq_mq.actor")
 
@@ -97,6 +99,8 @@ class Actor:
     ``./zmq-mq-actor-state/<name>``); ``idempotency_ttl``: seconds a processed id is remembered.
     ``rng``: the random source of retry jitter (tests pass a seeded one).
     ``prefetch``: messages per worker an actor may hold per subscription (see module docstring).
+    ``clock``: what heartbeats and hub-silence detection read (tests move it; default the
+    system clock); timeouts, grace and the PROGRESS of queued messages are real time.
     """
 
     def __init__(self, endpoint: str | None = None, *, name: str | None = None,
@@ -104,7 +108,7 @@ class Actor:
                  context: zmq.Context | None = None, curve: CurveKeys | None = None,
                  state_dir: str | os.PathLike | None = None,
                  idempotency_ttl: float = DEFAULT_TTL, rng: random.Random | None = None,
-                 prefetch: int = 1) -> None:
+                 prefetch: int = 1, clock: Clock | None = None) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
@@ -122,6 +126,7 @@ class Actor:
         self._rng = rng or random.Random()
         self._ctx = context or zmq.Context.instance()
         self.curve = curve
+        self.clock = clock
         self._routes: list[_Route] = []
         self._stop = threading.Event()
         self._started = threading.Event()
@@ -129,10 +134,9 @@ class Actor:
         self._thread: threading.Thread | None = None
         self._work: queue.SimpleQueue = queue.SimpleQueue()
         self._results: collections.deque = collections.deque()
-        self._wake_addr = f"inproc://zmq-mq-actor-{id(self)}-{next(_counter)}"
-        self._wake_lock = threading.Lock()
-        self._wake_tx: zmq.Socket | None = None
-        self._wake_sent = False
+        # the loop thread's wake-up pipe (actors/wake.py), made by run(): workers and settling
+        # threads wake the loop after queueing a result
+        self._waker: Waker | None = None
         # Loop-thread state: messages waiting for a free worker, and those running, by
         # (sid, seq); a redelivery of a running message is folded into it, never run twice.
         # _pending_keys: key -> when to send the queued message's next PROGRESS (see _enqueue)
@@ -239,12 +243,9 @@ class Actor:
             raise ClosedError("an actor runs once; create a new one")
         self._open_state()
         previous = self._install_signals() if install_signals else {}
-        wake_rx = self._ctx.socket(zmq.PAIR)
-        wake_rx.bind(self._wake_addr)
-        self._wake_tx = self._ctx.socket(zmq.PAIR)
-        self._wake_tx.connect(self._wake_addr)
+        waker = self._waker = Waker(self._ctx, "actor")
         session = self.session = Session(self.endpoint, name=self.name, timeout=self.timeout,
-                                         context=self._ctx, curve=self.curve)
+                                         context=self._ctx, curve=self.curve, clock=self.clock)
         session.settler = self
         n_workers = self.concurrency if any(not r.is_async for r in self._routes) else 0
         workers = [threading.Thread(target=self._worker, name=f"{self.name}-worker-{i}", daemon=True)
@@ -268,8 +269,8 @@ class Actor:
             self._started.set()
             log.info("actor %s attached to %s", self.name,
                      ", ".join(f"{r.topic}/{r.group}" for r in self._routes))
-            self._loop(session, wake_rx)
-            self._drain(session, wake_rx)
+            self._loop(session, waker)
+            self._drain(session, waker)
         finally:
             for _ in workers:
                 self._work.put(None)
@@ -281,10 +282,7 @@ class Actor:
                 if t.is_alive():
                     t.join(max(0, exit_deadline - monotonic_ms()) / 1000)
             session.close()
-            wake_rx.close(linger=0)
-            with self._wake_lock:  # an abandoned handler settling later finds no pipe
-                self._wake_tx.close(linger=0)
-                self._wake_tx = None
+            waker.close()  # an abandoned handler settling later finds no pipe
             if self.idempotency is not None:
                 self.idempotency.close()
             for sig, handler in previous.items():
@@ -300,7 +298,8 @@ class Actor:
             previous[sig] = signal.signal(sig, lambda *_: self.stop(wait=False))
         return previous
 
-    def _loop(self, session: Session, wake_rx: zmq.Socket) -> None:
+    def _loop(self, session: Session, waker: Waker) -> None:
+        wake_rx = waker.rx
         poller = zmq.Poller()
         poller.register(wake_rx, zmq.POLLIN)
         sock = session.conn.socket
@@ -315,7 +314,7 @@ class Actor:
                 timeout = max(0, min(timeout, self._next_keepalive - monotonic_ms()))
             events = dict(poller.poll(timeout))
             if wake_rx in events:
-                self._drain_wakes(wake_rx)
+                waker.drain()  # before reading _results (see actors/wake.py)
             if sock in events:
                 session.pump(0)
             else:
@@ -415,7 +414,7 @@ class Actor:
             else:
                 self._work.put((msg, route))
 
-    def _drain(self, session: Session, wake_rx: zmq.Socket) -> None:
+    def _drain(self, session: Session, waker: Waker) -> None:
         """Stopping: let running handlers finish within the grace period, then detach."""
         # Messages not started yet: give them back.
         for msg in self._pending:
@@ -447,8 +446,8 @@ class Actor:
                     self._aloop.call_soon_threadsafe(self._cancel_tasks)
                     cancel_deadline = now + CANCEL_WAIT_MS
             limit = cancel_deadline if cancel_deadline is not None else deadline
-            if wake_rx.poll(min(session.conn.heartbeat_ms, max(1, limit - now))):
-                self._drain_wakes(wake_rx)
+            if waker.rx.poll(min(session.conn.heartbeat_ms, max(1, limit - now))):
+                waker.drain()
             session.keepalive()
             self._apply_results(session)
         if self._running:
@@ -476,7 +475,7 @@ class Actor:
 
     def _finished_one(self, msg: Message) -> None:
         self._results.append((msg, "done", None))
-        self._wake()
+        self._waker.wake()  # only workers and tasks of a running actor get here
 
     def _worker(self) -> None:
         while True:
@@ -554,32 +553,10 @@ class Actor:
 
     def _wake(self) -> None:
         """Wake the loop thread (from any thread), once per round: call it after queueing the
-        work it must see. Invariant: ``_wake_sent`` is True only while a wake-up is waiting in
-        the pipe or the loop has yet to look at ``_results`` (see ``_drain_wakes``)."""
-        with self._wake_lock:
-            if self._wake_tx is not None and not self._wake_sent:
-                self._wake_sent = True
-                try:
-                    self._wake_tx.send(b"", zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    self._wake_sent = False  # nothing in the pipe: the next call tries again
-
-    def _drain_wakes(self, wake_rx: zmq.Socket) -> None:
-        """Empty the wake pipe, then re-arm ``_wake``; the caller reads ``_results`` next.
-
-        In this order a wake-up suppressed meanwhile (the flag still set) belongs to a result
-        queued before the caller reads them, so nothing is missed. The other order (re-arm,
-        then empty) could swallow a wake-up sent in between and leave the flag set with the
-        pipe empty: every later wake-up suppressed, the loop then noticing finished handlers
-        only at its heartbeat timeout (an Actor crawling at credit per heartbeat interval).
-        """
-        while True:
-            try:
-                wake_rx.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-        with self._wake_lock:
-            self._wake_sent = False
+        work it must see (a no-op before run() and after it ends)."""
+        waker = self._waker
+        if waker is not None:
+            waker.wake()
 
     def _apply_results(self, session: Session) -> None:
         results = self._results

@@ -18,7 +18,6 @@ from typing import Any
 import zmq
 
 from ..router import protocol
-from ..router.deadletters import describe
 from ..router.protocol import Command, DecodeError
 from .connection import Connection, CurveKeys, monotonic_ms
 from .errors import HubError, HubUnavailable
@@ -150,7 +149,8 @@ class Admin:
 
     def dead_letters(self, group: str) -> list[dict]:
         """The dead letters of subscription ``group`` (``dlq.<group>``), described."""
-        return [describe(msg.seq, msg.record) for msg in self.scan(protocol.dlq_topic(group))]
+        return [protocol.describe_dead_letter(msg.seq, msg.record)
+                for msg in self.scan(protocol.dlq_topic(group))]
 
     def close(self) -> None:
         self._conn.close()

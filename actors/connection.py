@@ -2,6 +2,11 @@
 
 Not thread-safe: each Connection is used by exactly one thread (the producer's I/O thread, a
 consumer's caller, an actor's loop). Other threads talk to that thread, never to the socket.
+
+Heartbeat bookkeeping (when this client last sent, last heard the hub, whether a heartbeat is
+due or the hub silent) reads a :class:`~zmq_mq.router.clock.Clock` (``clock=``; the system
+clock by default), so tests can move it. Waits a caller asked for (the handshake, a request's
+timeout, a poll) are real time: :func:`monotonic_ms`.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ import zmq
 import zmq.auth
 
 from ..router import protocol
-from ..router.config import DEFAULT_BIND, HEARTBEAT_INTERVAL_MS, LIVENESS
+from ..router.clock import Clock, SystemClock
 from ..router.endpoint import check_endpoint
-from ..router.protocol import Command, DecodeError
+from ..router.protocol import DEFAULT_BIND, HEARTBEAT_INTERVAL_MS, LIVENESS, Command, DecodeError
 from ..router.wire import NOBLOCK, recv_frames, send_frames
 from .errors import HubError, HubUnavailable, InvalidMessage
 
@@ -104,15 +109,26 @@ CANCEL_POLL_MS = 100
 
 
 def monotonic_ms() -> int:
+    """Real monotonic time in ms: for the waits a caller asked for (timeouts, polls)."""
     return time.monotonic_ns() // 1_000_000
 
 
+# The clock of clients not given one: the machine's.
+SYSTEM_CLOCK = SystemClock()
+
+
 class Connection:
-    """A DEALER connected to the hub, with HELLO/WELCOME done and heartbeat bookkeeping."""
+    """A DEALER connected to the hub, with HELLO/WELCOME done and heartbeat bookkeeping.
+
+    ``clock``: what ``last_sent``, ``last_heard`` and ``last_heartbeat`` are read from, and what
+    callers pass to :meth:`heartbeat_due` and :meth:`hub_silent` (``conn.now_ms()``).
+    """
 
     def __init__(self, endpoint: str | None, *, name: str = "", context: zmq.Context | None = None,
-                 curve: CurveKeys | None = None):
+                 curve: CurveKeys | None = None, clock: Clock | None = None):
         self.endpoint = resolve_endpoint(endpoint)
+        self.clock = clock if clock is not None else SYSTEM_CLOCK
+        self.now_ms = self.clock.monotonic_ms  # bound once: read per batch sent or received
         self.name = name
         # kept for every socket this connection opens, so reconnects stay encrypted
         self.curve = resolve_curve(curve)
@@ -186,7 +202,7 @@ class Connection:
     def send(self, command: bytes, body: Any) -> None:
         # copying sends: zero-copy costs a garbage-collector round trip each, dearer than memcpy
         send_frames(self.socket, protocol.encode(command, body))
-        self.last_sent = monotonic_ms()
+        self.last_sent = self.now_ms()
 
     def heartbeat(self) -> None:
         """Send HEARTBEAT: it tells the hub we live, and its answer tells us the hub does."""
@@ -196,7 +212,7 @@ class Connection:
     def recv(self) -> tuple[bytes, Any]:
         """Receive one command (blocking; poll first)."""
         frames = recv_frames(self.socket)
-        self.last_heard = monotonic_ms()
+        self.last_heard = self.now_ms()
         return protocol.decode(frames, protocol.HUB_COMMANDS)
 
     def try_recv(self) -> tuple[bytes, Any] | None:
@@ -208,7 +224,7 @@ class Connection:
             frames = recv_frames(self.socket, NOBLOCK)
         except zmq.Again:
             return None
-        self.last_heard = monotonic_ms()
+        self.last_heard = self.now_ms()
         return protocol.decode(frames, protocol.HUB_COMMANDS)
 
     def heartbeat_due(self, now: int) -> bool:

@@ -15,10 +15,10 @@ from __future__ import annotations
 import time
 from typing import Iterator
 
-import msgpack
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from ..router import protocol
 from ..router.endpoint import check_endpoint
 from .connection import CurveKeys, resolve_curve
 from .errors import HubError
@@ -97,12 +97,11 @@ class Listener:
                     break
                 if not events or left == 0:
                     return None
-            topic, body = self.socket.recv_multipart()
-            name = topic.decode()
-            first, records = msgpack.unpackb(body, raw=False, strict_map_key=False)
+            name, first, records = protocol.decode_pub(self.socket.recv_multipart())
+            unpack_record = protocol.unpack_record
             for seq, record in enumerate(records, first):
-                ts, key, headers, payload = msgpack.unpackb(record, raw=False, strict_map_key=False)
-                self._pending.append(Message(name, seq, key, headers or {}, payload, 1, ts, "", 0, None))
+                ts, key, headers, payload = unpack_record(record)
+                self._pending.append(Message(name, seq, key, headers, payload, 1, ts, "", 0, None))
             self._pending.reverse()
         return self._pending.pop()
 

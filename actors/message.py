@@ -65,7 +65,7 @@ class Message:
     def msg_id(self) -> str:
         """The message's id: the producer's ``msg_id`` (header ``x-msg-id``, set by the hub)
         when it gave one, else ``topic:seq``. The idempotency store keys on it."""
-        given = self.headers.get("x-msg-id")
+        given = self.headers.get(protocol.MSG_ID_HEADER)
         return given if isinstance(given, str) else f"{self.topic}:{self.seq}"
 
     def text(self, encoding: str = "utf-8") -> str:

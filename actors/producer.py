@@ -22,9 +22,11 @@ from typing import Any
 import zmq
 
 from ..router import protocol
-from ..router.protocol import Command
+from ..router.clock import Clock
+from ..router.protocol import Command, publish_body, publish_message
 from .connection import Connection, CurveKeys, monotonic_ms
 from .errors import ClosedError, HubError, HubUnavailable, InvalidMessage
+from .wake import Waker
 
 log = logging.getLogger("zmq_mq.producer")
 
@@ -98,19 +100,18 @@ class Producer:
         max_pending: int = DEFAULT_MAX_PENDING,
         context: zmq.Context | None = None,
         curve: CurveKeys | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._ctx = context or zmq.Context.instance()
+        # clock: heartbeats and hub-silence detection (tests move it); timeouts are real time
         self._conn = Connection(endpoint, name=name or f"producer-{next(_counter)}", context=self._ctx,
-                                curve=curve)
+                                curve=curve, clock=clock)
         self.endpoint = self._conn.endpoint
         self.timeout = timeout
         self._max_batch = max_batch
         self._queue: collections.deque = collections.deque()
         self._max_pending = max_pending
-        self._wake_lock = threading.Lock()
-        self._wake_sent = False
-        self._wake_addr = f"inproc://zmq-mq-producer-{id(self)}-{next(_counter)}"
-        self._wake_tx: zmq.Socket | None = None
+        self._waker: Waker | None = None  # the I/O thread's wake-up pipe (made by connect)
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
@@ -148,20 +149,17 @@ class Producer:
             raise ClosedError("producer is closed")
         if self._thread is not None:
             return
-        wake_rx = self._ctx.socket(zmq.PAIR)
-        wake_rx.bind(self._wake_addr)
-        self._wake_tx = self._ctx.socket(zmq.PAIR)
-        self._wake_tx.connect(self._wake_addr)
+        self._waker = Waker(self._ctx, "producer")
         self._open_timeout = timeout
         self._thread = threading.Thread(
-            target=self._io_main, args=(wake_rx,), name="zmq-mq-producer", daemon=True
+            target=self._io_main, args=(self._waker,), name="zmq-mq-producer", daemon=True
         )
         self._thread.start()
         self._ready.wait()
         if self._start_error is not None:
             self._thread.join()
             self._thread = None
-            self._wake_tx.close(linger=0)
+            self._waker.close()
             self._closed = True
             raise self._start_error
 
@@ -180,7 +178,7 @@ class Producer:
                 self._closing = True
                 self._wake()
                 self._thread.join()
-                self._wake_tx.close(linger=0)
+                self._waker.close()
         self._closed = True
 
     # --- publishing ------------------------------------------------------------------------
@@ -248,24 +246,24 @@ class Producer:
                     lambda: self._last_submitted - self._resolved < self._max_pending, timeout
                 ):
                     raise HubUnavailable(f"{timeout:g} s without room: the hub is not confirming")
-        if self._closing or self._closed:
-            raise ClosedError("producer is closed")
+            if self._closing or self._closed:  # closed while it waited (else: checked above)
+                raise ClosedError("producer is closed")
         with self._number_lock:  # numbers and _last_submitted move together, in order
             self._last_submitted = next(self._submitted)
         future = PublishFuture(self)
-        message = [topic, bytes(payload), key, headers]
+        opts: dict[str, Any] | None = None
         if msg_id is not None or priority or hold is not None:
-            opts: dict[str, Any] = {}  # the optional 5th element: options
+            opts = {}
             if msg_id is not None:
                 opts["msg_id"] = msg_id
             if priority:
                 opts["priority"] = priority
             if hold is not None:
                 opts[hold[0]] = hold[1]
-            message.append(opts)
-        self._queue.append((message, future, size))
-        if not self._wake_sent:
-            self._wake()
+        self._queue.append((publish_message(topic, bytes(payload), key, headers, opts), future, size))
+        waker = self._waker
+        if not waker.sent:  # one wake-up in flight is enough: the I/O thread takes the lot
+            waker.wake()
         return future
 
     def publish(
@@ -332,19 +330,16 @@ class Producer:
     # --- the I/O thread --------------------------------------------------------------------
 
     def _wake(self) -> None:
-        with self._wake_lock:
-            if not self._wake_sent or self._closing:
-                self._wake_sent = True
-                self._wake_tx.send(b"", zmq.NOBLOCK)
+        """Wake the I/O thread; closing, even if a wake-up is already in flight."""
+        self._waker.wake(force=self._closing)
 
-    def _io_main(self, wake_rx: zmq.Socket) -> None:
+    def _io_main(self, waker: Waker) -> None:
         conn = self._conn
         try:
             conn.open(self._open_timeout)
         except BaseException as exc:
             self._start_error = exc
             conn.close()
-            wake_rx.close(linger=0)
             self._ready.set()
             return
         self._ready.set()
@@ -355,6 +350,7 @@ class Producer:
         # still unconfirmed (those queued behind the restart reached the new hub already).
         self._marker: Any = None
         self._before_marker: set = set()
+        wake_rx = waker.rx
         poller = zmq.Poller()
         poller.register(wake_rx, zmq.POLLIN)
         poller.register(conn.socket, zmq.POLLIN)
@@ -363,17 +359,11 @@ class Producer:
                 timeout = conn.heartbeat_ms if outstanding else None
                 events = dict(poller.poll(timeout))
                 if wake_rx in events:
-                    # _wake_sent keeps at most one wake-up in flight (a second one only at close,
-                    # and that one merely wakes the loop again), so one recv drains it
-                    try:
-                        wake_rx.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        pass
-                    self._wake_sent = False
+                    waker.drain()  # then read the queue (see actors/wake.py)
                 if conn.socket in events:
                     self._receive(conn, outstanding)
                 self._send_queued(conn, outstanding, batch_ids)
-                now = monotonic_ms()
+                now = conn.now_ms()
                 if outstanding:
                     # silent although asked: a heartbeat went out an interval ago, unanswered
                     # (after an idle spell the hub may merely not have been asked yet)
@@ -394,7 +384,6 @@ class Producer:
                 leftover.append(self._queue.popleft()[1])
             self._resolve_batch(leftover, error=HubUnavailable("producer closed before send"))
             conn.close()
-            wake_rx.close(linger=0)
 
     def _send_queued(self, conn: Connection, outstanding: dict, batch_ids) -> None:
         queue = self._queue
@@ -413,7 +402,7 @@ class Producer:
                 size += msg_size
             batch_id = next(batch_ids)
             try:
-                conn.send(Command.PUBLISH, [batch_id, messages])
+                conn.send(Command.PUBLISH, publish_body(batch_id, messages))
             except (TypeError, ValueError, OverflowError) as exc:  # publish_async checks; belt and braces
                 self._resolve_batch(futures, error=InvalidMessage(f"cannot encode the batch: {exc}"))
                 continue
@@ -452,14 +441,14 @@ class Producer:
                     # (lost with the old hub) is sent again, so nothing is stored twice.
                     self._before_marker |= set(outstanding)
                     self._marker = next(self._batch_ids)
-                    conn.send(Command.PUBLISH, [self._marker, []])
+                    conn.send(Command.PUBLISH, publish_body(self._marker, []))
             elif command == Command.WELCOME:
                 conn._welcomed(body)
 
     def _resend(self, conn: Connection, outstanding: dict) -> None:
         self._marker, self._before_marker = None, set()
         for batch_id, (messages, _) in sorted(outstanding.items()):
-            conn.send(Command.PUBLISH, [batch_id, messages])
+            conn.send(Command.PUBLISH, publish_body(batch_id, messages))
 
     def _resend_after_marker(self, conn: Connection, outstanding: dict) -> None:
         lost = sorted(b for b in self._before_marker if b in outstanding)
@@ -467,7 +456,7 @@ class Producer:
         if lost:
             log.warning("resending %d batches the restarted hub never received", len(lost))
         for batch_id in lost:
-            conn.send(Command.PUBLISH, [batch_id, outstanding[batch_id][0]])
+            conn.send(Command.PUBLISH, publish_body(batch_id, outstanding[batch_id][0]))
 
     def _reconnect(self, conn: Connection, outstanding: dict) -> None:
         """The hub went silent with batches unconfirmed: new socket, handshake, resend."""

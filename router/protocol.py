@@ -33,7 +33,8 @@ hand-written body, so they cost nothing extra per message):
 - the live feed (PUB): :func:`pub_frames` / :func:`decode_pub`;
 - the stored record: :func:`pack_record` / :func:`unpack_record` / :func:`record_meta`;
 - header names the hub adds (``x-msg-id``, ``x-priority``, ``x-deliver-at``, the dead-letter
-  and redrive headers) and the heartbeat defaults a client starts with.
+  and redrive headers), a dead letter read back (:func:`describe_dead_letter`), and the
+  heartbeat and ack_wait defaults a client starts with.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ DEFAULT_PUB = "tcp://127.0.0.1:5556"
 # A hub tells its own values in WELCOME; these are what a client assumes before that.
 HEARTBEAT_INTERVAL_MS = 1000
 LIVENESS = 3
+# A subscription's ack_wait when it sets none (SUBSCRIBED tells the one granted; a client that
+# has not heard it yet assumes this one).
+DEFAULT_ACK_WAIT_MS = 30_000
 
 # Limits the hub enforces by default (each can be changed on the hub's command line). They are
 # told to clients in WELCOME so that a well-behaved client refuses bad input before sending it.
@@ -254,6 +258,26 @@ def record_meta(data: bytes) -> tuple[str | None, int]:
     if type(prio) is not int or not DEFAULT_PRIORITY <= prio <= MAX_PRIORITY:
         prio = DEFAULT_PRIORITY
     return (key if type(key) is str else None), prio
+
+
+def describe_dead_letter(seq: int, record: bytes) -> dict[str, Any]:
+    """A dead letter (a record of ``dlq.<group>``) as a plain map for people and JSON: where it
+    came from and why, read from its dead-letter headers (what ``zmq-mq dlq`` shows)."""
+    ts, key, headers, payload = unpack_record(record)
+    headers = headers if isinstance(headers, dict) else {}
+    return {
+        "seq": seq,
+        "timestamp": ts,
+        "key": key,
+        "origin_topic": headers.get(ORIGIN_TOPIC_HEADER),
+        "origin_seq": headers.get(ORIGIN_SEQ_HEADER),
+        "origin_timestamp": headers.get(ORIGIN_TIMESTAMP_HEADER),
+        "subscription": headers.get(SUBSCRIPTION_HEADER),
+        "deliveries": headers.get(DELIVERIES_HEADER),
+        "reason": headers.get(REASON_HEADER),
+        "headers": {k: v for k, v in headers.items() if k not in DEAD_LETTER_HEADERS},
+        "payload": payload,
+    }
 
 
 def check_priority(value: Any) -> str | None:

@@ -151,38 +151,56 @@ def test_a_handler_that_raises_systemexit_stops_the_actor_and_its_message_goes_e
 
 
 class _WakeDuringDrain:
-    """A wake socket whose first recv lets another thread call ``_wake`` first: the moment a
+    """A wake socket whose first recv lets another thread call ``wake`` first: the moment a
     handler finishes while the loop is emptying the wake pipe."""
 
-    def __init__(self, sock, actor):
-        self.sock, self.actor, self.fired = sock, actor, False
+    def __init__(self, sock, waker):
+        self.sock, self.waker, self.fired = sock, waker, False
 
     def recv(self, flags=0):
         if not self.fired:
             self.fired = True
-            self.actor._wake()
+            self.waker.wake()
         return self.sock.recv(flags)
 
 
-def test_a_wake_up_sent_while_the_loop_drains_the_pipe_never_silences_later_ones(socket):
-    # Given an actor's wake pipe holding one wake-up
-    import zmq
+def test_a_wake_up_sent_while_the_loop_drains_the_pipe_never_silences_later_ones(context):
+    # Given the wake pipe of an actor (and of a producer: actors/wake.py) holding one wake-up
+    from zmq_mq.actors.wake import Waker
 
-    ctx = zmq.Context.instance()  # the actor's: its wake pipe is inproc
-    actor = Actor("tcp://127.0.0.1:1", name="wakes")
-    rx = socket(zmq.PAIR, ctx=ctx)
-    rx.bind(actor._wake_addr)
-    actor._wake_tx = socket(zmq.PAIR, ctx=ctx)
-    actor._wake_tx.connect(actor._wake_addr)
+    waker = Waker(context, "wakes")
+    rx = waker.rx
     try:
-        actor._wake()
+        waker.wake()
         assert rx.poll(1000)
         # When a worker wakes the loop again while the loop is draining the pipe
-        actor._drain_wakes(_WakeDuringDrain(rx, actor))
+        waker.rx = _WakeDuringDrain(rx, waker)
+        waker.drain()
+        waker.rx = rx
         # Then the next finished handler still wakes the loop (before the fix the flag stayed
         # set with the pipe empty: the loop then saw results only at its heartbeat timeout)
-        actor._wake()
+        waker.wake()
         assert rx.poll(1000), "a wake-up was suppressed with nothing in the pipe"
     finally:
-        actor._wake_tx.close(linger=0)
-        rx.close(linger=0)
+        waker.rx = rx
+        waker.close()
+
+
+def test_an_actor_wakes_its_loop_through_one_waker_and_a_wake_after_it_stopped_does_nothing(hub):
+    # Given an actor that ran and stopped
+    from zmq_mq.actors.wake import Waker
+
+    actor = Actor(hub.endpoint, name="waker-user")
+    seen = threading.Event()
+    actor.subscribe("wake.t", group="g")(lambda msg: seen.set())
+    actor.start()
+    try:
+        assert isinstance(actor._waker, Waker)
+        with Producer(hub.endpoint) as p:
+            p.publish("wake.t", b"x")
+        assert seen.wait(10)
+    finally:
+        actor.stop()
+    # When an abandoned handler settles late, Then nothing is sent on a closed pipe
+    actor._wake()
+    actor._waker.wake()
