@@ -111,7 +111,8 @@ def cpu_text(cpu: dict | None) -> str:
         c = cpu.get(role)
         if c:
             per = f", {fmt(c.get('us_per_msg'), '.1f')} us/msg" if c.get("us_per_msg") else ""
-            parts.append(f"{role} {fmt(c.get('cpu_pct'), '.0f')}% ({fmt(c.get('cpu_s'), '.2f')} s{per})")
+            parts.append(f"{role} {fmt(c.get('cpu_pct'), '.0f')}% "
+                         f"({fmt(c.get('cpu_s'), '.2f')} s{per})")
     return "CPU: " + ", ".join(parts)
 
 
@@ -128,8 +129,9 @@ def actor_text(actor: dict | None) -> str:
 
 def _versus(r: dict) -> str:
     """The main cell of W2A and W6 (the rounds go in their own table, :func:`legs_table`)."""
-    return (f"Consumer {fmt(r.get('consumer_msg_per_s'))} msg/s\nActor {fmt(r.get('actor_msg_per_s'))}"
-            f" msg/s\nActor/Consumer {fmt(r.get('ratio'), '.3f')}")
+    return (f"Consumer {fmt(r.get('consumer_msg_per_s'))} msg/s\n"
+            f"Actor {fmt(r.get('actor_msg_per_s'))} msg/s\n"
+            f"Actor/Consumer {fmt(r.get('ratio'), '.3f')}")
 
 
 def _cpu_cell(c: dict | None) -> str:
@@ -208,7 +210,8 @@ def print_table(report: dict) -> None:
             main = _versus(r)
             pub = r.get("publish", {})
             details = (f"backlog N={r['n']:,} published at {fmt(pub.get('msg_per_s'))} msg/s, then "
-                       f"drained {r['rounds']}x by a Consumer (credit {report['config']['w2_credit']}) "
+                       f"drained {r['rounds']}x by a Consumer (credit "
+                       f"{report['config']['w2_credit']}) "
                        f"and by an {actor_text(r.get('actor'))}, alternating, a new group each; "
                        f"{lost}, duplicates {r['duplicates']:,}; rounds below")
             legs.append(r)
@@ -239,7 +242,8 @@ def print_table(report: dict) -> None:
             sched = r["latency_from_schedule_ms"]
             details = (f"achieved {fmt(r['achieved_rate'])} msg/s (target "
                        f"{fmt(r['rate_target'])}), N={r['n']:,}; {lost}; from schedule: "
-                       f"p99 {fmt(sched.get('p99'), '.2f')} ms, max {fmt(sched.get('max'), '.2f')} ms\n"
+                       f"p99 {fmt(sched.get('p99'), '.2f')} ms, "
+                       f"max {fmt(sched.get('max'), '.2f')} ms\n"
                        f"{cpu_text(r.get('cpu'))}")
         if not r.get("ok"):
             main = f"[red]{main}[/red]"

@@ -142,8 +142,8 @@ def _single(name: str, run: _Run, result: dict) -> None:
                  ("w2p", dict(base, n=n))]
     elif name == "W4":
         # the actor first: attached (and reported ready) before the producer publishes
-        specs = [("w4a", dict(base, n=n,
-                              concurrency=getattr(args, "concurrency", None) or DEFAULT_W4_CONCURRENCY,
+        concurrency = getattr(args, "concurrency", None) or DEFAULT_W4_CONCURRENCY
+        specs = [("w4a", dict(base, n=n, concurrency=concurrency,
                               prefetch=getattr(args, "prefetch", None) or 1,
                               idle_timeout=IDLE_TIMEOUT)),
                  ("w4p", dict(base, n=n))]

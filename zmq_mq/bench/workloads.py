@@ -586,7 +586,8 @@ def compare(legs: list[dict]) -> dict:
     totals = {"consumer": [0, 0.0], "actor": [0, 0.0]}
     for leg in legs:
         rate = leg.get("msg_per_s")
-        by_round.setdefault(leg["round"], {"round": leg["round"]})[f"{leg['variant']}_msg_per_s"] = rate
+        row = by_round.setdefault(leg["round"], {"round": leg["round"]})
+        row[f"{leg['variant']}_msg_per_s"] = rate
         if rate and leg.get("span_s", 0) > 0:
             totals[leg["variant"]][0] += leg.get("distinct_seqs", 0)
             totals[leg["variant"]][1] += leg["span_s"]
