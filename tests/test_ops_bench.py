@@ -199,3 +199,15 @@ def test_the_hub_sampler_reads_cpu_and_anonymous_memory_of_a_process_over_a_span
     assert cpu["wall_s"] >= t1 - t0 and cpu["cpu_s"] > 0 and cpu["us_per_msg"] > 0
     rss = sampler.rss_anon(t0, t1)
     assert 0 < rss["start_mb"] <= rss["max_mb"] and rss["samples"] >= 2
+
+
+def test_a_drain_cut_short_by_the_timeout_reports_its_rate_and_undrained_not_lost():
+    from zmq_mq.bench.workloads import drain_summary
+
+    seen = {"group": "bench-actor-1", "t_start": 10.0, "t_first_recv": 10.1, "t_last_recv": 12.0,
+            "received": 500, "distinct_seqs": 500, "distinct_payload_ids": 500, "duplicates": 0,
+            "bad_payloads": 0, "close_s": 0.01}
+    cut = drain_summary({**seen, "timed_out": True}, 2000)
+    assert (cut["ok"], cut["lost"], cut["undrained"], cut["msg_per_s"]) == (False, 0, 1500, 250.0)
+    whole = drain_summary({**seen, "timed_out": False}, 2000)  # stopped short without a timeout
+    assert (whole["ok"], whole["lost"], whole["undrained"]) == (False, 1500, 0)

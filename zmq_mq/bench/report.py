@@ -155,7 +155,7 @@ def legs_table(r: dict):
         rss = leg.get("hub_rss_anon_mb") or {}
         counts = f"{leg['distinct_seqs']:,} / {leg['duplicates']:,} / {leg['lost']:,}"
         if leg.get("timed_out"):
-            counts += " (timed out)"
+            counts += f" (timed out, {leg.get('undrained', 0):,} undrained)"
         table.add_row(
             str(leg["round"]), leg["variant"], fmt(leg.get("msg_per_s")),
             fmt(ratios.get(leg["round"]), ".3f") if leg["variant"] == "actor" else "",

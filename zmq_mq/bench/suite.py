@@ -122,7 +122,8 @@ class _Run:
 def _with_hub_cpu(summary: dict, sampler) -> dict:
     """The hub's CPU over the summary's measured span, next to the processes' own."""
     t0, t1 = summary.pop("_window")
-    hub_cpu = sampler.cpu(t0, t1, summary.get("n"))
+    # per message handled in the span (a drain cut short by --timeout handled fewer than n)
+    hub_cpu = sampler.cpu(t0, t1, summary.get("distinct_seqs") or summary.get("n"))
     if hub_cpu:
         summary.setdefault("cpu", {})["hub"] = hub_cpu
     return summary

@@ -558,19 +558,22 @@ def _publish_summary(r: dict) -> dict:
 def drain_summary(c: dict, n: int) -> dict:
     """One W6 drain of an ``n``-message backlog by ``c`` (a Consumer or an Actor): msg/s =
     distinct messages / (start of the drain, before connecting -> last message received); a
-    drain cut short by --timeout still gives its rate, but is not ok."""
+    drain cut short by --timeout still gives its rate, but is not ok: what it did not reach is
+    ``undrained``, not lost."""
     end = c["t_last_recv"] if c["t_last_recv"] is not None else float("nan")
     span = end - c["t_start"]
     got = c["distinct_seqs"]
-    lost = n - got
+    missing = n - got
+    lost, undrained = (0, missing) if c["timed_out"] else (missing, 0)
     out = {
-        "ok": lost == 0 and c["bad_payloads"] == 0, "n": n, "group": c["group"],
+        "ok": missing == 0 and c["bad_payloads"] == 0, "n": n, "group": c["group"],
         "msg_per_s": got / span if span > 0 else None, "span_s": span,
         "first_delivery_after_s": (c["t_first_recv"] - c["t_start"])
         if c["t_first_recv"] is not None else None,
         "received": c["received"], "distinct_seqs": got,
         "distinct_payload_ids": c["distinct_payload_ids"], "duplicates": c["duplicates"],
         "bad_payloads": c["bad_payloads"], "lost": lost, "timed_out": c["timed_out"],
+        "undrained": undrained,
         "close_s": c["close_s"], "drainer_peak_rss_mb": c.get("peak_rss_mb"),
         "_window": (c["t_start"], end),
     }
