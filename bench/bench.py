@@ -1,5 +1,6 @@
-"""zmq-mq benchmark suite (W1 durable publish, W2 end to end, W3 publish-confirm latency, W4
-end to end through an Actor).
+"""zmq-mq benchmark suite (W1 durable publish, W2 end to end, W3 publish-confirm latency; when
+named: W4 end to end through an Actor, W2A the README-default Actor against a Consumer, W5
+publish-to-handler latency through that Actor, W6 a backlog drained by each).
 
     python bench/bench.py [--workloads W1,W2,W3] [--messages 200000]
                           [--json-out bench/results/latest.json] [--sync full] [--hub ENDPOINT]

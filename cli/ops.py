@@ -292,14 +292,17 @@ def dlq_purge(
 
 
 def bench(
-    workloads: str = typer.Option("W1,W2,W3", "--workloads", help="Comma-separated: W1 durable publish, W2 end to end, W3 publish-confirm latency, W4 end to end through an Actor (only when named)."),
-    messages: int = typer.Option(200_000, "--messages", help="Messages for W1, W2 and W4."),
+    workloads: str = typer.Option("W1,W2,W3", "--workloads", help="Comma-separated: W1 durable publish, W2 end to end, W3 publish-confirm latency; only when named: W4 end to end through an Actor, W2A W2 through a Consumer and through the README-default Actor (alternating), W5 publish-to-handler latency through the default Actor, W6 a backlog drained by a Consumer and by the default Actor."),
+    messages: int | None = typer.Option(None, "--messages", help="Messages for W1, W2, W2A and W4 (default 200,000) and W6's backlog (default 1,000,000)."),
     sync: str = typer.Option("full", "--sync", help="The started hub's --sync (full or none)."),
-    rate: float = typer.Option(5000.0, "--rate", help="W3 target msg/s."),
-    duration: float = typer.Option(10.0, "--duration", help="W3 seconds."),
-    credit: int = typer.Option(1000, "--credit", help="W2 consumer credit."),
-    concurrency: int = typer.Option(8, "--concurrency", help="W4 actor worker threads."),
-    prefetch: int = typer.Option(1, "--prefetch", help="W4 actor prefetch: messages held per worker thread."),
+    rate: float | None = typer.Option(None, "--rate", help="Target msg/s of W3 (default 5,000) and W5 (default 10,000)."),
+    duration: float = typer.Option(10.0, "--duration", help="W3 and W5 seconds."),
+    credit: int = typer.Option(1000, "--credit", help="Consumer credit (W2, and the Consumer of W2A and W6)."),
+    concurrency: int | None = typer.Option(None, "--concurrency", help="Actor worker threads: W4 (default 8); W2A, W5, W6 (default: the Actor's own)."),
+    prefetch: int | None = typer.Option(None, "--prefetch", help="Actor prefetch, messages held per worker thread: W4 (default 1); W2A, W5, W6 (default: the Actor's own)."),
+    handler: str = typer.Option("sync", "--handler", help="W2A, W5, W6 Actor handler: sync (def, on worker threads) or async (async def)."),
+    actor_credit: int | None = typer.Option(None, "--actor-credit", help="W2A, W5, W6: credit= asked in the Actor's subscribe (default: subscribe's own)."),
+    rounds: int = typer.Option(2, "--rounds", help="W2A and W6: rounds of Consumer then Actor."),
     timeout: float = typer.Option(120.0, "--timeout", help="Bound on each workload's measured phase (s)."),
     hub: str | None = typer.Option(None, "--hub", callback=check_hub_option, help="Use this running hub (fresh topics per run) instead of starting one per workload in a temp dir."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of the table."),
@@ -329,15 +332,19 @@ def bench(
         names = engine.workload_names(workloads)
     except ValueError as exc:
         fail(str(exc), 2)
-    if messages <= 0 or rate <= 0 or duration <= 0 or credit <= 0 or timeout <= 0 or concurrency <= 0 or prefetch <= 0:
-        fail("--messages, --rate, --duration, --credit, --concurrency, --prefetch and --timeout "
-              "must be positive", 2)
+    given = [messages, rate, concurrency, prefetch, actor_credit]
+    if (any(v is not None and v <= 0 for v in given) or duration <= 0 or credit <= 0
+            or timeout <= 0 or rounds <= 0):
+        fail("--messages, --rate, --duration, --credit, --concurrency, --prefetch, "
+             "--actor-credit, --rounds and --timeout must be positive", 2)
     if sync not in ("full", "none"):
         fail("--sync must be 'full' or 'none'", 2)
+    if handler not in ("sync", "async"):
+        fail("--handler must be 'sync' or 'async'", 2)
     args = argparse.Namespace(workloads=workloads, messages=messages, sync=sync, rate=rate,
                               duration=duration, credit=credit, concurrency=concurrency,
-                              prefetch=prefetch,
-                              timeout=timeout, hub=hub)
+                              prefetch=prefetch, handler=handler, actor_credit=actor_credit,
+                              rounds=rounds, timeout=timeout, hub=hub)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                   MofNCompleteColumn(), TimeElapsedColumn(), console=console(stderr=True)) as progress:
         task = progress.add_task("bench", total=len(names))

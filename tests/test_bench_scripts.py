@@ -15,8 +15,8 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 # script -> its smallest run (faults.py is a module of soak.py and test_faults.py; it runs here as
 # the producer and worker processes of soak.py)
 SCRIPTS = {
-    "bench.py": ["--workloads", "W1,W2,W3,W4", "--messages", "500", "--rate", "500",
-                 "--duration", "0.5", "--concurrency", "2", "--timeout", "60",
+    "bench.py": ["--workloads", "W1,W2,W3,W4,W2A,W5,W6", "--messages", "500", "--rate", "500",
+                 "--duration", "0.5", "--concurrency", "2", "--rounds", "1", "--timeout", "60",
                  "--json-out", "report.json"],
     "fairness.py": ["--seconds", "0.5", "--interval-ms", "20", "--json-out", "report.json"],
     "soak.py": ["--minutes", "0.05", "--producers", "1", "--actors", "1", "--rate", "50",
@@ -38,7 +38,8 @@ def test_the_bench_script_runs_to_the_end_with_its_smallest_options(script, tmp_
     report = json.loads((tmp_path / "report.json").read_text())
     if script == "bench.py":
         assert [(w["workload"], w["ok"]) for w in report["workloads"]] == [
-            ("W1", True), ("W2", True), ("W3", True), ("W4", True)]
+            ("W1", True), ("W2", True), ("W3", True), ("W4", True), ("W2A", True),
+            ("W5", True), ("W6", True)]
     elif script == "fairness.py":
         assert report["quiet"]["round_trips"] > 0 and report["flood"]["errors"] == 0
     else:

@@ -34,6 +34,11 @@ class BenchHub:
         return self.process.endpoint
 
     @property
+    def pid(self) -> int | None:
+        """The hub process's id (None before it started): what the bench samples in /proc."""
+        return self.process.pid if self.process.proc is not None else None
+
+    @property
     def pub(self) -> str | None:
         return self.process.pub_endpoint
 
@@ -57,6 +62,8 @@ class BenchHub:
 
 class ExternalHub:
     """A hub somebody else runs (``--hub``): nothing to start or stop, no /proc numbers."""
+
+    pid = None
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
