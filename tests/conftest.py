@@ -10,6 +10,8 @@ import time
 import pytest
 import zmq
 
+from zmq_mq.actors import Admin
+from zmq_mq.router.clock import FakeClock
 from zmq_mq.testing import LOOPBACK_ANY_PORT, HubProcess, HubThread, zmq_mq_command
 
 CONTEXT_TERM_TIMEOUT = 5.0
@@ -143,3 +145,42 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.02, message: 
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+
+
+# --- a hub whose time the test moves ------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_clock_hub(tmp_path):
+    """Start hubs on a thread whose clock only moves when the test advances it:
+    ``hub, clock = fake_clock_hub(**config)``. The clock starts at the machine's wall time (so
+    a ``deliver_at`` a client computes from ``time.time()`` means the same to the hub) and moves
+    by whole ``clock.advance(ms)`` steps; stopped at teardown."""
+    started: list[HubThread] = []
+
+    def start(**config) -> tuple[HubThread, FakeClock]:
+        clock = FakeClock(wall_ms=time.time_ns() // 1_000_000)
+        h = HubThread(tmp_path / f"fake-clock-{len(started)}", clock=clock, **config).start()
+        started.append(h)
+        return h, clock
+
+    yield start
+    for h in started:
+        h.stop()
+
+
+def settled_stats(endpoint: str) -> dict:
+    """The hub's STATS after at least one full loop turn that began after this call, asked over
+    the wire: the first answer may come from a turn already under way when a test moved the
+    clock (read before that turn's dispatch), the second from a later turn, which saw it."""
+    with Admin(endpoint, timeout=10) as admin:
+        admin.stats()
+        return admin.stats()
+
+
+def subscription_stats(endpoint: str, topic: str, group: str) -> dict:
+    """One subscription's row of :func:`settled_stats` ({} if it has none)."""
+    for row in settled_stats(endpoint)["subscriptions"]:
+        if row["topic"] == topic and row["group"] == group:
+            return row
+    return {}

@@ -12,14 +12,12 @@ import json
 import time
 
 import pytest
-from conftest import run_cli, wait_for
+from conftest import run_cli, subscription_stats, wait_for
 
 from zmq_mq.actors import Consumer, Producer
 from zmq_mq.actors.errors import HubError, InvalidMessage
 from zmq_mq.router import protocol
-from zmq_mq.router.clock import FakeClock
 from zmq_mq.router.subscription import Subscription
-from zmq_mq.testing import HubThread
 
 A = "actor-a"
 
@@ -116,41 +114,35 @@ def _receive_all(consumer, n, timeout=20.0):
     return got
 
 
-def test_a_delayed_message_is_not_delivered_before_its_delay_and_others_pass_it(hub):
+def test_a_delayed_message_is_not_delivered_before_its_delay_and_others_pass_it(fake_clock_hub):
+    # Given a hub whose clock stands still, a message published with delay=1.5 s, then one without
+    hub, clock = fake_clock_hub()
     with Consumer(hub.endpoint) as c:
         c.subscribe("mail", "sender", credit=10)
         with Producer(hub.endpoint) as p:
-            t0 = time.monotonic()
+            published_ms = clock.wall_ms()
             late = p.publish("mail", b"later", delay=1.5)
             now = p.publish("mail", b"now")
-        got = _receive_all(c, 2)
-    assert [m.seq for m, _ in got] == [now, late]
-    msg, at = got[1]
-    assert at - t0 >= 1.5, f"delivered after {at - t0:.3f} s"
-    assert msg.deliveries == 1
-    assert isinstance(msg.headers[protocol.DELIVER_AT_HEADER], int)
-
-
-@pytest.fixture
-def fake_clock_hub(tmp_path):
-    """A real hub on a thread whose clock only moves when the test advances it."""
-    clock = FakeClock(wall_ms=1_700_000_000_000, monotonic_ms=3_600_000)
-    h = HubThread(tmp_path / "data", clock=clock).start()
-    yield h, clock
-    h.stop()
-
-
-def _settled(hub):
-    """The hub's STATS after at least one full loop turn that began after this call (the first
-    snapshot may come from a turn already under way), so that turn saw the clock as it is."""
-    hub.hub.snapshot_stats(10)
-    return hub.hub.snapshot_stats(10)
+        # Then the other one passes it at once
+        first = c.receive(10)
+        assert first is not None and first.seq == now
+        first.ack()
+        # and the delayed one is not handed out 1 ms before its delay is over
+        clock.advance(1499)
+        sub = subscription_stats(hub.endpoint, "mail", "sender")
+        assert sub["delivered"] == 1 and sub["scheduled"] == 1
+        assert c.receive(0.05) is None
+        # but is once it is, as its first delivery, with its due time as a header
+        clock.advance(1)
+        msg = c.receive(10)
+    assert msg is not None and msg.seq == late and msg.deliveries == 1
+    assert msg.headers[protocol.DELIVER_AT_HEADER] == published_ms + 1500
 
 
 def test_a_delayed_message_is_not_handed_out_one_nanosecond_before_its_due_time(fake_clock_hub):
     # Given a hub whose clock stands 0.6 ms into a millisecond when a 1.5 s delay is published
     # (rounding the receipt down, as the hub once did, made the due time 0.6 ms early)
-    hub, clock = fake_clock_hub
+    hub, clock = fake_clock_hub()
     clock.advance(0.6)
     received_ns = clock.wall_ns()
     with Consumer(hub.endpoint) as c:
@@ -169,7 +161,7 @@ def test_a_delayed_message_is_not_handed_out_one_nanosecond_before_its_due_time(
         for stop_ns in (received_ns + 1_500_000_000 - 1, due_ms * 1_000_000 - 1):
             clock.advance((stop_ns - clock.wall_ns()) / 1e6)
             assert clock.wall_ns() == stop_ns
-            sub = next(s for s in _settled(hub)["subscriptions"] if s["group"] == "sender")
+            sub = subscription_stats(hub.endpoint, "mail", "sender")
             assert sub["delivered"] == 1 and sub["scheduled"] == 1
             assert c.receive(0.05) is None
         # Then at the due time it is, as its first delivery, with the due time as its header
@@ -180,18 +172,30 @@ def test_a_delayed_message_is_not_handed_out_one_nanosecond_before_its_due_time(
         assert msg.headers[protocol.DELIVER_AT_HEADER] == due_ms
 
 
-def test_deliver_at_takes_a_datetime_and_a_time_in_the_past_delivers_at_once(hub):
+def test_deliver_at_takes_a_datetime_and_a_time_in_the_past_delivers_at_once(fake_clock_hub):
+    # Given a hub whose clock stands still (at the machine's wall time when it started)
+    hub, clock = fake_clock_hub()
+    published_ms = clock.wall_ms()
     with Consumer(hub.endpoint) as c:
         c.subscribe("mail", "sender", credit=10)
+        # When one message is due at a datetime 1 s ahead of the hub, and one 60 s ago
         with Producer(hub.endpoint) as p:
-            t0 = time.monotonic()
-            soon = p.publish("mail", b"soon", deliver_at=dt.datetime.now(dt.timezone.utc)
-                             + dt.timedelta(seconds=1))
-            past = p.publish("mail", b"past", deliver_at=time.time() - 60)
-        got = _receive_all(c, 2)
-    assert [m.seq for m, _ in got] == [past, soon]
-    assert protocol.DELIVER_AT_HEADER not in got[0][0].headers
-    assert got[1][1] - t0 >= 1.0
+            soon = p.publish("mail", b"soon", deliver_at=dt.datetime.fromtimestamp(
+                published_ms / 1000, dt.timezone.utc) + dt.timedelta(seconds=1))
+            past = p.publish("mail", b"past", deliver_at=published_ms / 1000 - 60)
+        # Then the one in the past is delivered at once, as an ordinary message
+        first = c.receive(10)
+        assert first is not None and first.seq == past
+        assert protocol.DELIVER_AT_HEADER not in first.headers
+        first.ack()
+        # and the datetime one not 1 ms before its time, but at it
+        clock.advance(999)
+        assert subscription_stats(hub.endpoint, "mail", "sender")["delivered"] == 1
+        assert c.receive(0.05) is None
+        clock.advance(1)
+        second = c.receive(10)
+    assert second is not None and second.seq == soon
+    assert second.headers[protocol.DELIVER_AT_HEADER] == published_ms + 1000
 
 
 def test_bad_delays_are_refused_before_sending_and_by_the_hub(hub, raw_client):
