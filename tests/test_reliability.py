@@ -13,7 +13,7 @@ import msgpack
 import pytest
 import zmq
 
-from conftest import wait_for, zmq_mq_command
+from conftest import subscription_stats, wait_for, zmq_mq_command
 from zmq_mq.actors import Actor, Consumer, HubUnavailable, InvalidMessage, Producer
 from zmq_mq.router import protocol
 from zmq_mq.router.protocol import SIGNATURE
@@ -116,13 +116,22 @@ def test_reject_dead_letters_at_once(hub):
     assert dead.headers["x-deliveries"] == 1
 
 
-def test_an_unacked_message_is_redelivered_after_ack_wait(hub):
+def test_an_unacked_message_is_redelivered_after_ack_wait(fake_clock_hub):
+    # Given a hub whose clock stands still, and a message delivered with ack_wait 0.3 s
+    hub, clock = fake_clock_hub()
     with Producer(hub.endpoint) as p:
         p.publish("orders", b"slow")
     with Consumer(hub.endpoint) as c:
         c.subscribe("orders", "g", ack_wait=0.3)
         first = c.receive(timeout=10)
-        again = c.receive(timeout=10)  # not acked: comes back after 0.3 s
+        assert first is not None and first.deliveries == 1
+        # When it is not acked: 1 ms before ack_wait is over it is still the one delivery
+        clock.advance(299)
+        assert subscription_stats(hub.endpoint, "orders", "g")["delivered"] == 1
+        assert c.receive(timeout=0.05) is None
+        # Then once ack_wait is over it comes back
+        clock.advance(1)
+        again = c.receive(timeout=10)
         assert again is not None and again.seq == first.seq and again.deliveries == 2
         again.ack()
 
