@@ -254,13 +254,17 @@ def test_async_handlers_past_grace_are_cancelled_and_their_messages_released(hub
         again.ack()
 
 
-def test_a_redelivery_of_a_message_still_running_is_folded_into_it_not_run_twice(hub):
-    # Given a handler slower than its subscription's ack_wait, with a free worker to spare
+def test_a_redelivery_of_a_message_still_running_is_folded_into_it_not_run_twice(fake_clock_hub):
+    # Given a handler slower than its subscription's ack_wait, with a free worker to spare, on a
+    # hub whose clock stands still
+    hub, clock = fake_clock_hub()
     runs: list[int] = []
+    started = threading.Event()
     redelivered = threading.Event()
 
     def handle(msg):
         runs.append(msg.deliveries)
+        started.set()
         # the hub gives up on this delivery after 0.3 s and delivers the message again
         wait_for(lambda: _sub_state(hub.endpoint, "slowpoke", "g").get("in_flight") == 1
                  and actor.session is not None and redelivered.is_set(), timeout=10,
@@ -280,6 +284,9 @@ def test_a_redelivery_of_a_message_still_running_is_folded_into_it_not_run_twice
     try:
         with Producer(hub.endpoint) as p:
             p.publish("slowpoke", b"x")
+        # When the hub's clock passes ack_wait while the handler runs
+        assert started.wait(10), "the handler never ran"
+        clock.advance(300)
         wait_for(lambda: _sub_state(hub.endpoint, "slowpoke", "g").get("ack_floor") == 1,
                  message="acked")
     finally:
