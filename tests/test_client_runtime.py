@@ -18,7 +18,7 @@ from zmq_mq.actors.errors import HubUnavailable
 from zmq_mq.router.protocol import Command
 from zmq_mq.testing import HubThread
 
-from conftest import wait_for, zmq_mq_command
+from conftest import settled_stats, wait_for, zmq_mq_command
 
 
 def _sub_state(endpoint: str, topic: str, group: str) -> dict:
@@ -321,17 +321,35 @@ def test_a_handler_slower_than_ack_wait_that_always_fails_runs_exactly_max_deliv
     assert dead[0].headers["x-deliveries"] == 3
 
 
-def test_an_always_failing_message_of_an_actor_with_two_subscriptions_runs_max_deliver_times(hub):
-    # Given the issue's actor: two subscriptions, ack_wait 1 s, max_deliver 3, default backoff
+def test_an_always_failing_message_of_an_actor_with_two_subscriptions_runs_max_deliver_times(
+        fake_clock_hub):
+    # Given the issue's actor: two subscriptions, ack_wait 1 s, max_deliver 3, default backoff,
+    # on a hub whose clock moves only when the test says (heartbeats every 10 s, so that the
+    # seconds of backoff it moves through never take the actor for dead)
+    hub, clock = fake_clock_hub(heartbeat_ms=10_000)
     runs: list = []
     actor = _always_failing_actor(hub.endpoint, "twosubs", runs, 0.0, 1.0, Backoff(),
                                   ("first", "second"))
+    groups = ("g-first", "g-second")
+
+    def quiet_rows() -> list[dict] | None:
+        """Both subscriptions' STATS rows once no message is in flight, else None."""
+        rows = [r for r in settled_stats(hub.endpoint)["subscriptions"] if r["group"] in groups]
+        return rows if len(rows) == 2 and all(r["in_flight"] == 0 for r in rows) else None
+
     actor.start()
     try:
         with Producer(hub.endpoint) as p:
             p.publish("first", b"x")
             p.publish("second", b"y")
-        dead = _dead_letters(hub.endpoint, ["g-first", "g-second"])
+        # When the hub's clock runs through the backoffs in 100 ms steps, each taken only once
+        # no message is in flight (every try ran and was nacked: ack_wait never runs out)
+        for _ in range(100):  # 10 s of hub time: more than the 1 s + 2 s backoffs with jitter
+            rows = wait_for(quiet_rows, message="no message in flight")
+            if all(r["dead_lettered"] == 1 for r in rows):
+                break
+            clock.advance(100)
+        dead = _dead_letters(hub.endpoint, list(groups))
     finally:
         actor.stop()
     # Then each message ran exactly 3 times and was dead-lettered after 3 deliveries
