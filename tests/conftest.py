@@ -184,3 +184,24 @@ def subscription_stats(endpoint: str, topic: str, group: str) -> dict:
         if row["topic"] == topic and row["group"] == group:
             return row
     return {}
+
+
+def _idle_rows(endpoint: str, groups: tuple[str, ...]) -> list[dict] | None:
+    rows = [r for r in settled_stats(endpoint)["subscriptions"] if r["group"] in groups]
+    return rows if len(rows) == len(groups) and all(r["in_flight"] == 0 for r in rows) else None
+
+
+def step_hub_clock_while_idle(endpoint: str, clock: FakeClock, groups: tuple[str, ...], until,
+                              step_ms: int = 100, limit_ms: int = 30_000) -> list[dict]:
+    """Move a fake-clock hub through nack delays: each ``step_ms`` step is taken only once no
+    message of the subscriptions of ``groups`` is in flight (every try ran and was settled, so
+    no ack_wait runs out), until ``until(rows)`` holds for their STATS rows; returns them."""
+    moved = 0
+    while True:
+        rows = wait_for(lambda: _idle_rows(endpoint, groups),
+                        message=f"no message of {', '.join(groups)} in flight")
+        if until(rows):
+            return rows
+        assert moved < limit_ms, f"not done after {moved} ms of hub time"
+        clock.advance(step_ms)
+        moved += step_ms

@@ -19,7 +19,7 @@ from zmq_mq.router.clock import FakeClock
 from zmq_mq.router.protocol import Command
 from zmq_mq.testing import HubThread
 
-from conftest import settled_stats, wait_for, zmq_mq_command
+from conftest import settled_stats, step_hub_clock_while_idle, wait_for, zmq_mq_command
 
 
 def _sub_state(endpoint: str, topic: str, group: str) -> dict:
@@ -360,12 +360,6 @@ def test_an_always_failing_message_of_an_actor_with_two_subscriptions_runs_max_d
     actor = _always_failing_actor(hub.endpoint, "twosubs", runs, 0.0, 1.0, Backoff(),
                                   ("first", "second"))
     groups = ("g-first", "g-second")
-
-    def quiet_rows() -> list[dict] | None:
-        """Both subscriptions' STATS rows once no message is in flight, else None."""
-        rows = [r for r in settled_stats(hub.endpoint)["subscriptions"] if r["group"] in groups]
-        return rows if len(rows) == 2 and all(r["in_flight"] == 0 for r in rows) else None
-
     actor.start()
     try:
         with Producer(hub.endpoint) as p:
@@ -373,11 +367,8 @@ def test_an_always_failing_message_of_an_actor_with_two_subscriptions_runs_max_d
             p.publish("second", b"y")
         # When the hub's clock runs through the backoffs in 100 ms steps, each taken only once
         # no message is in flight (every try ran and was nacked: ack_wait never runs out)
-        for _ in range(100):  # 10 s of hub time: more than the 1 s + 2 s backoffs with jitter
-            rows = wait_for(quiet_rows, message="no message in flight")
-            if all(r["dead_lettered"] == 1 for r in rows):
-                break
-            clock.advance(100)
+        step_hub_clock_while_idle(hub.endpoint, clock, groups,
+                                  lambda rows: all(r["dead_lettered"] == 1 for r in rows))
         dead = _dead_letters(hub.endpoint, list(groups))
     finally:
         actor.stop()

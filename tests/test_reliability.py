@@ -13,7 +13,7 @@ import msgpack
 import pytest
 import zmq
 
-from conftest import subscription_stats, wait_for, zmq_mq_command
+from conftest import step_hub_clock_while_idle, subscription_stats, wait_for, zmq_mq_command
 from zmq_mq.actors import Actor, Consumer, HubUnavailable, InvalidMessage, Producer
 from zmq_mq.router import protocol
 from zmq_mq.router.protocol import SIGNATURE
@@ -66,8 +66,10 @@ def test_messages_held_by_a_killed_actor_go_to_another_actor(hub, processes):
     assert all(seen[s] == 2 for s in held)  # their second delivery
 
 
-def test_a_poison_message_is_dead_lettered_after_max_deliver_and_others_flow(hub):
-    # Given a handler that always fails on one message
+def test_a_poison_message_is_dead_lettered_after_max_deliver_and_others_flow(fake_clock_hub):
+    # Given a handler that always fails on one message (default backoff), on a hub whose clock
+    # the test moves through the retries (heartbeats every 10 s: no one is taken for dead)
+    hub, clock = fake_clock_hub(heartbeat_ms=10_000)
     processed = []
     done = threading.Event()
 
@@ -86,6 +88,8 @@ def test_a_poison_message_is_dead_lettered_after_max_deliver_and_others_flow(hub
             for i in range(10):
                 p.publish("orders", b"poison" if i == 4 else b"ok %d" % i, key="k", headers={"n": str(i)})
         assert done.wait(20)
+        step_hub_clock_while_idle(hub.endpoint, clock, ("billing",),
+                                  lambda rows: rows[0]["dead_lettered"] == 1)
         # Then the poison message lands in dlq.billing with its origin
         with Consumer(hub.endpoint) as c:
             c.subscribe("dlq.billing", "inspect")
