@@ -284,9 +284,11 @@ def test_a_dead_letter_keeps_headers_of_any_type(hub):
 
 
 @pytest.mark.slow
-def test_a_subscriber_paused_past_its_deadline_attaches_again_when_it_resumes(hub_process, processes):
-    # Given a hub with fast heartbeats and an idle subscriber
-    hub = hub_process(extra=["--heartbeat-ms", "100"])
+def test_a_subscriber_paused_past_its_deadline_attaches_again_when_it_resumes(fake_clock_hub,
+                                                                              processes):
+    # Given a hub with fast heartbeats, whose clock moves only when the test says, and an idle
+    # subscriber
+    hub, clock = fake_clock_hub(heartbeat_ms=100)
     sub = processes(subprocess.Popen(
         [*zmq_mq_command(), "subscribe", "late", "--group", "g", "--count", "1", "--timeout", "60",
          "--hub", hub.endpoint],
@@ -295,10 +297,13 @@ def test_a_subscriber_paused_past_its_deadline_attaches_again_when_it_resumes(hu
     actors = lambda: [s["actors"] for t in _topics(hub.endpoint) if t["topic"] == "late"  # noqa: E731
                       for s in t["subscriptions"]]
     wait_for(lambda: actors() == [1], message="subscriber attached")
-    # When it is paused past the hub's liveness limit, so that the hub detaches it
+    # When it is paused past the hub's liveness limit (300 ms of the hub's clock, moved in
+    # 100 ms steps: a heartbeat sent just before the pause may still arrive), so that the hub
+    # detaches it
     os.kill(sub.pid, signal.SIGSTOP)
     try:
-        wait_for(lambda: actors() == [0], message="hub detached the paused subscriber")
+        wait_for(lambda: clock.advance(100) or actors() == [0],
+                 message="hub detached the paused subscriber")
     finally:
         os.kill(sub.pid, signal.SIGCONT)
     # Then once resumed it attaches again by itself, and gets a message published afterwards
