@@ -155,12 +155,15 @@ def fake_clock_hub(tmp_path):
     """Start hubs on a thread whose clock only moves when the test advances it:
     ``hub, clock = fake_clock_hub(**config)``. The clock starts at the machine's wall time (so
     a ``deliver_at`` a client computes from ``time.time()`` means the same to the hub) and moves
-    by whole ``clock.advance(ms)`` steps; stopped at teardown."""
+    by whole ``clock.advance(ms)`` steps; stopped at teardown. ``clock`` and ``data_dir``: start
+    one again on an earlier one's clock and data (a restart)."""
     started: list[HubThread] = []
 
-    def start(**config) -> tuple[HubThread, FakeClock]:
-        clock = FakeClock(wall_ms=time.time_ns() // 1_000_000)
-        h = HubThread(tmp_path / f"fake-clock-{len(started)}", clock=clock, **config).start()
+    def start(clock: FakeClock | None = None, data_dir=None,
+              **config) -> tuple[HubThread, FakeClock]:
+        clock = clock or FakeClock(wall_ms=time.time_ns() // 1_000_000)
+        data_dir = data_dir or tmp_path / f"fake-clock-{len(started)}"
+        h = HubThread(data_dir, clock=clock, **config).start()
         started.append(h)
         return h, clock
 
