@@ -35,8 +35,8 @@ def _stop(proc: subprocess.Popen) -> int:
 
 
 @pytest.mark.slow
-def test_the_signup_example_sends_emails_and_dead_letters_the_bouncing_one(fake_clock_hub, processes,
-                                                                           tmp_path):
+def test_the_signup_example_sends_emails_and_dead_letters_the_bouncing_one(
+        fake_clock_hub, processes, tmp_path):
     # Given the email actor running under `zmq-mq run`, on a hub whose clock the test moves
     # through its retry backoff (heartbeats every 10 s: no one is taken for dead meanwhile)
     hub, clock = fake_clock_hub(heartbeat_ms=10_000)
