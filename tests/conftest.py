@@ -10,6 +10,8 @@ import time
 import pytest
 import zmq
 
+from zmq_mq.actors import Admin
+from zmq_mq.router.clock import FakeClock
 from zmq_mq.testing import LOOPBACK_ANY_PORT, HubProcess, HubThread, zmq_mq_command
 
 CONTEXT_TERM_TIMEOUT = 5.0
@@ -143,3 +145,66 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.02, message: 
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+
+
+# --- a hub whose time the test moves ------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_clock_hub(tmp_path):
+    """Start hubs on a thread whose clock only moves when the test advances it:
+    ``hub, clock = fake_clock_hub(**config)``. The clock starts at the machine's wall time (so
+    a ``deliver_at`` a client computes from ``time.time()`` means the same to the hub) and moves
+    by whole ``clock.advance(ms)`` steps; stopped at teardown. ``clock`` and ``data_dir``: start
+    one again on an earlier one's clock and data (a restart)."""
+    started: list[HubThread] = []
+
+    def start(clock: FakeClock | None = None, data_dir=None,
+              **config) -> tuple[HubThread, FakeClock]:
+        clock = clock or FakeClock(wall_ms=time.time_ns() // 1_000_000)
+        data_dir = data_dir or tmp_path / f"fake-clock-{len(started)}"
+        h = HubThread(data_dir, clock=clock, **config).start()
+        started.append(h)
+        return h, clock
+
+    yield start
+    for h in started:
+        h.stop()
+
+
+def settled_stats(endpoint: str) -> dict:
+    """The hub's STATS after at least one full loop turn that began after this call, asked over
+    the wire: the first answer may come from a turn already under way when a test moved the
+    clock (read before that turn's dispatch), the second from a later turn, which saw it."""
+    with Admin(endpoint, timeout=10) as admin:
+        admin.stats()
+        return admin.stats()
+
+
+def subscription_stats(endpoint: str, topic: str, group: str) -> dict:
+    """One subscription's row of :func:`settled_stats` ({} if it has none)."""
+    for row in settled_stats(endpoint)["subscriptions"]:
+        if row["topic"] == topic and row["group"] == group:
+            return row
+    return {}
+
+
+def _idle_rows(endpoint: str, groups: tuple[str, ...]) -> list[dict] | None:
+    rows = [r for r in settled_stats(endpoint)["subscriptions"] if r["group"] in groups]
+    return rows if len(rows) == len(groups) and all(r["in_flight"] == 0 for r in rows) else None
+
+
+def step_hub_clock_while_idle(endpoint: str, clock: FakeClock, groups: tuple[str, ...], until,
+                              step_ms: int = 100, limit_ms: int = 30_000) -> list[dict]:
+    """Move a fake-clock hub through nack delays: each ``step_ms`` step is taken only once no
+    message of the subscriptions of ``groups`` is in flight (every try ran and was settled, so
+    no ack_wait runs out), until ``until(rows)`` holds for their STATS rows; returns them."""
+    moved = 0
+    while True:
+        rows = wait_for(lambda: _idle_rows(endpoint, groups),
+                        message=f"no message of {', '.join(groups)} in flight")
+        if until(rows):
+            return rows
+        assert moved < limit_ms, f"not done after {moved} ms of hub time"
+        clock.advance(step_ms)
+        moved += step_ms

@@ -15,10 +15,11 @@ import pytest
 from zmq_mq.actors import Actor, Backoff, Consumer, Producer
 from zmq_mq.actors.connection import request
 from zmq_mq.actors.errors import HubUnavailable
+from zmq_mq.router.clock import FakeClock
 from zmq_mq.router.protocol import Command
 from zmq_mq.testing import HubThread
 
-from conftest import wait_for, zmq_mq_command
+from conftest import settled_stats, step_hub_clock_while_idle, wait_for, zmq_mq_command
 
 
 def _sub_state(endpoint: str, topic: str, group: str) -> dict:
@@ -274,10 +275,17 @@ def test_zmq_mq_run_with_hung_handlers_exits_soon_after_its_grace_on_sigterm(hub
 
 
 def _always_failing_actor(endpoint: str, name: str, runs: list, work: float, ack_wait: float,
-                          retry: Backoff | None, topics: tuple[str, ...]) -> Actor:
+                          retry: Backoff | None, topics: tuple[str, ...],
+                          clock: FakeClock | None = None) -> Actor:
+    """An actor whose handlers work ``work`` seconds, then raise. With ``clock`` (the hub's
+    FakeClock) the work lasts until that clock has moved on by ``work``: the test moves it."""
     def handle(msg):
         runs.append((msg.topic, msg.deliveries))
-        time.sleep(work)  # the work: part of the scenario, not a wait for an event
+        if clock is None:
+            time.sleep(work)  # the work: part of the scenario, not a wait for an event
+        else:
+            end = clock.monotonic_ms() + round(work * 1000)
+            wait_for(lambda: clock.monotonic_ms() >= end, interval=0.002, message="the work")
         raise RuntimeError("always fails")
 
     actor = Actor(endpoint, name=name)
@@ -285,6 +293,23 @@ def _always_failing_actor(endpoint: str, name: str, runs: list, work: float, ack
         actor.add_handler(topic, handle, group=f"g-{topic}", ack_wait=ack_wait, max_deliver=3,
                           retry=retry)
     return actor
+
+
+def _move_hub_clock_until(hub, clock: FakeClock, done, step_ms: int = 50,
+                          limit_ms: int = 30_000) -> None:
+    """Move the hub's clock on in ``step_ms`` steps, each after a full hub turn saw the last
+    one, until ``done()``: hub time passes as it would in real time, only no test waits for it."""
+    moved = 0
+    while not done():
+        assert moved < limit_ms, f"not done after {moved} ms of hub time"
+        clock.advance(step_ms)
+        moved += step_ms
+        settled_stats(hub.endpoint)
+
+
+def _dead_lettered(endpoint: str, groups: list[str]) -> int:
+    return sum(r["dead_lettered"] for r in settled_stats(endpoint)["subscriptions"]
+               if r["group"] in groups)
 
 
 def _dead_letters(endpoint: str, groups: list[str]) -> list:
@@ -302,18 +327,22 @@ def _dead_letters(endpoint: str, groups: list[str]) -> list:
 
 @pytest.mark.parametrize("retry", [Backoff(initial=0.1, jitter=0.0), None],
                          ids=["backoff", "no-retry-delay"])
-def test_a_handler_slower_than_ack_wait_that_always_fails_runs_exactly_max_deliver_times(hub,
-                                                                                       retry):
+def test_a_handler_slower_than_ack_wait_that_always_fails_runs_exactly_max_deliver_times(
+        fake_clock_hub, retry):
     # Given a handler that fails after 0.8 s of work, ack_wait 0.5 s and max_deliver 3: each
-    # delivery expires while its handler runs, and the hub delivers the message again
+    # delivery expires while its handler runs, and the hub delivers the message again (the
+    # hub's clock, which the work is measured on, moves in 50 ms steps; heartbeats every 10 s)
+    hub, clock = fake_clock_hub(heartbeat_ms=10_000)
     runs: list = []
-    actor = _always_failing_actor(hub.endpoint, "slowfail", runs, 0.8, 0.5, retry, ("slowfail",))
+    actor = _always_failing_actor(hub.endpoint, "slowfail", runs, 0.8, 0.5, retry, ("slowfail",),
+                                  clock)
     actor.start()
     try:
         with Producer(hub.endpoint) as p:
             p.publish("slowfail", b"x")
+        _move_hub_clock_until(hub, clock, lambda: _dead_lettered(hub.endpoint, ["g-slowfail"]))
         dead = _dead_letters(hub.endpoint, ["g-slowfail"])
-        wait_for(lambda: not actor._running, message="the last run to end")
+        _move_hub_clock_until(hub, clock, lambda: not actor._running)  # the last run's end
     finally:
         actor.stop()
     # Then the handler ran exactly 3 times before the message was dead-lettered after 3
@@ -321,17 +350,26 @@ def test_a_handler_slower_than_ack_wait_that_always_fails_runs_exactly_max_deliv
     assert dead[0].headers["x-deliveries"] == 3
 
 
-def test_an_always_failing_message_of_an_actor_with_two_subscriptions_runs_max_deliver_times(hub):
-    # Given the issue's actor: two subscriptions, ack_wait 1 s, max_deliver 3, default backoff
+def test_an_always_failing_message_of_an_actor_with_two_subscriptions_runs_max_deliver_times(
+        fake_clock_hub):
+    # Given the issue's actor: two subscriptions, ack_wait 1 s, max_deliver 3, default backoff,
+    # on a hub whose clock moves only when the test says (heartbeats every 10 s, so that the
+    # seconds of backoff it moves through never take the actor for dead)
+    hub, clock = fake_clock_hub(heartbeat_ms=10_000)
     runs: list = []
     actor = _always_failing_actor(hub.endpoint, "twosubs", runs, 0.0, 1.0, Backoff(),
                                   ("first", "second"))
+    groups = ("g-first", "g-second")
     actor.start()
     try:
         with Producer(hub.endpoint) as p:
             p.publish("first", b"x")
             p.publish("second", b"y")
-        dead = _dead_letters(hub.endpoint, ["g-first", "g-second"])
+        # When the hub's clock runs through the backoffs in 100 ms steps, each taken only once
+        # no message is in flight (every try ran and was nacked: ack_wait never runs out)
+        step_hub_clock_while_idle(hub.endpoint, clock, groups,
+                                  lambda rows: all(r["dead_lettered"] == 1 for r in rows))
+        dead = _dead_letters(hub.endpoint, list(groups))
     finally:
         actor.stop()
     # Then each message ran exactly 3 times and was dead-lettered after 3 deliveries
@@ -342,7 +380,9 @@ def test_an_always_failing_message_of_an_actor_with_two_subscriptions_runs_max_d
 
 def test_messages_waiting_for_a_busy_worker_are_not_charged_tries_while_they_wait(hub):
     # Given one worker and two subscriptions whose handlers fail after 0.7 s, ack_wait 0.5 s:
-    # each message waits for the worker longer than its ack_wait
+    # each message waits for the worker longer than its ack_wait. (In real time: the actor keeps
+    # a waiting message alive with PROGRESS on its own clock, so the hub's clock cannot be moved
+    # alone; this waits for a FakeClock in the client too.)
     runs: list = []
     actor = _always_failing_actor(hub.endpoint, "queued", runs, 0.7, 0.5,
                                   Backoff(initial=0.1, jitter=0.0), ("qa", "qb"))

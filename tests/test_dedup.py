@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import msgpack
 import pytest
 
@@ -125,13 +123,18 @@ def test_the_producer_refuses_a_bad_msg_id_before_sending(hub):
             p.publish_async("t", b"x", msg_id="")
 
 
-def test_a_msg_id_is_stored_again_once_the_window_has_passed(tmp_path):
-    with running_hub(tmp_path, dedup_window_ms=200) as hub:
-        with Producer(hub.endpoint) as p:
-            assert p.publish("t", b"1", msg_id="same") == 1
-            assert p.publish("t", b"1", msg_id="same") == 1
-            time.sleep(0.3)  # wall-clock window: nothing to wait on but time itself
-            assert p.publish("t", b"1", msg_id="same") == 2
+def test_a_msg_id_is_stored_again_once_the_window_has_passed(fake_clock_hub):
+    # Given a hub with a 200 ms dedup window whose clock stands still, and a stored msg_id
+    hub, clock = fake_clock_hub(dedup_window_ms=200)
+    with Producer(hub.endpoint) as p:
+        assert p.publish("t", b"1", msg_id="same") == 1
+        assert p.publish("t", b"1", msg_id="same") == 1
+        # When the window's last ms comes, it is still a duplicate
+        clock.advance(200)
+        assert p.publish("t", b"1", msg_id="same") == 1
+        # Then 1 ms later the window has passed and the id is stored again
+        clock.advance(1)
+        assert p.publish("t", b"1", msg_id="same") == 2
 
 
 def test_a_zero_window_keeps_the_id_but_does_not_deduplicate(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 
 from zmq_mq.actors import Consumer
 
-from conftest import wait_for, zmq_mq_command
+from conftest import step_hub_clock_while_idle, wait_for, zmq_mq_command
 from test_runtime import _sub_state
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -35,8 +35,11 @@ def _stop(proc: subprocess.Popen) -> int:
 
 
 @pytest.mark.slow
-def test_the_signup_example_sends_emails_and_dead_letters_the_bouncing_one(hub, processes, tmp_path):
-    # Given the email actor running under `zmq-mq run`
+def test_the_signup_example_sends_emails_and_dead_letters_the_bouncing_one(
+        fake_clock_hub, processes, tmp_path):
+    # Given the email actor running under `zmq-mq run`, on a hub whose clock the test moves
+    # through its retry backoff (heartbeats every 10 s: no one is taken for dead meanwhile)
+    hub, clock = fake_clock_hub(heartbeat_ms=10_000)
     out = tmp_path / "emails.out"
     actor = _start_actor(processes, EXAMPLES / "signup" / "email_actor.py", hub.endpoint, tmp_path, out)
     wait_for(lambda: _sub_state(hub.endpoint, "user.signup", "emails").get("actors") == 1,
@@ -57,6 +60,8 @@ def test_the_signup_example_sends_emails_and_dead_letters_the_bouncing_one(hub, 
     # Then the good addresses get their email, the bouncing one is retried and dead-lettered
     wait_for(lambda: "email sent to bob@example.com" in out.read_text()
              and "email sent to alice@example.com" in out.read_text(), message="emails sent")
+    step_hub_clock_while_idle(hub.endpoint, clock, ("emails",),
+                              lambda rows: rows[0]["dead_lettered"] == 1)
     with Consumer(hub.endpoint) as c:
         c.subscribe("dlq.emails", "inspect")
         dead = c.receive(timeout=30)

@@ -13,7 +13,7 @@ import msgpack
 import pytest
 import zmq
 
-from conftest import wait_for, zmq_mq_command
+from conftest import step_hub_clock_while_idle, subscription_stats, wait_for, zmq_mq_command
 from zmq_mq.actors import Actor, Consumer, HubUnavailable, InvalidMessage, Producer
 from zmq_mq.router import protocol
 from zmq_mq.router.protocol import SIGNATURE
@@ -66,8 +66,10 @@ def test_messages_held_by_a_killed_actor_go_to_another_actor(hub, processes):
     assert all(seen[s] == 2 for s in held)  # their second delivery
 
 
-def test_a_poison_message_is_dead_lettered_after_max_deliver_and_others_flow(hub):
-    # Given a handler that always fails on one message
+def test_a_poison_message_is_dead_lettered_after_max_deliver_and_others_flow(fake_clock_hub):
+    # Given a handler that always fails on one message (default backoff), on a hub whose clock
+    # the test moves through the retries (heartbeats every 10 s: no one is taken for dead)
+    hub, clock = fake_clock_hub(heartbeat_ms=10_000)
     processed = []
     done = threading.Event()
 
@@ -86,6 +88,8 @@ def test_a_poison_message_is_dead_lettered_after_max_deliver_and_others_flow(hub
             for i in range(10):
                 p.publish("orders", b"poison" if i == 4 else b"ok %d" % i, key="k", headers={"n": str(i)})
         assert done.wait(20)
+        step_hub_clock_while_idle(hub.endpoint, clock, ("billing",),
+                                  lambda rows: rows[0]["dead_lettered"] == 1)
         # Then the poison message lands in dlq.billing with its origin
         with Consumer(hub.endpoint) as c:
             c.subscribe("dlq.billing", "inspect")
@@ -116,13 +120,22 @@ def test_reject_dead_letters_at_once(hub):
     assert dead.headers["x-deliveries"] == 1
 
 
-def test_an_unacked_message_is_redelivered_after_ack_wait(hub):
+def test_an_unacked_message_is_redelivered_after_ack_wait(fake_clock_hub):
+    # Given a hub whose clock stands still, and a message delivered with ack_wait 0.3 s
+    hub, clock = fake_clock_hub()
     with Producer(hub.endpoint) as p:
         p.publish("orders", b"slow")
     with Consumer(hub.endpoint) as c:
         c.subscribe("orders", "g", ack_wait=0.3)
         first = c.receive(timeout=10)
-        again = c.receive(timeout=10)  # not acked: comes back after 0.3 s
+        assert first is not None and first.deliveries == 1
+        # When it is not acked: 1 ms before ack_wait is over it is still the one delivery
+        clock.advance(299)
+        assert subscription_stats(hub.endpoint, "orders", "g")["delivered"] == 1
+        assert c.receive(timeout=0.05) is None
+        # Then once ack_wait is over it comes back
+        clock.advance(1)
+        again = c.receive(timeout=10)
         assert again is not None and again.seq == first.seq and again.deliveries == 2
         again.ack()
 
@@ -271,9 +284,11 @@ def test_a_dead_letter_keeps_headers_of_any_type(hub):
 
 
 @pytest.mark.slow
-def test_a_subscriber_paused_past_its_deadline_attaches_again_when_it_resumes(hub_process, processes):
-    # Given a hub with fast heartbeats and an idle subscriber
-    hub = hub_process(extra=["--heartbeat-ms", "100"])
+def test_a_subscriber_paused_past_its_deadline_attaches_again_when_it_resumes(fake_clock_hub,
+                                                                              processes):
+    # Given a hub with fast heartbeats, whose clock moves only when the test says, and an idle
+    # subscriber
+    hub, clock = fake_clock_hub(heartbeat_ms=100)
     sub = processes(subprocess.Popen(
         [*zmq_mq_command(), "subscribe", "late", "--group", "g", "--count", "1", "--timeout", "60",
          "--hub", hub.endpoint],
@@ -282,10 +297,13 @@ def test_a_subscriber_paused_past_its_deadline_attaches_again_when_it_resumes(hu
     actors = lambda: [s["actors"] for t in _topics(hub.endpoint) if t["topic"] == "late"  # noqa: E731
                       for s in t["subscriptions"]]
     wait_for(lambda: actors() == [1], message="subscriber attached")
-    # When it is paused past the hub's liveness limit, so that the hub detaches it
+    # When it is paused past the hub's liveness limit (300 ms of the hub's clock, moved in
+    # 100 ms steps: a heartbeat sent just before the pause may still arrive), so that the hub
+    # detaches it
     os.kill(sub.pid, signal.SIGSTOP)
     try:
-        wait_for(lambda: actors() == [0], message="hub detached the paused subscriber")
+        wait_for(lambda: clock.advance(100) or actors() == [0],
+                 message="hub detached the paused subscriber")
     finally:
         os.kill(sub.pid, signal.SIGCONT)
     # Then once resumed it attaches again by itself, and gets a message published afterwards

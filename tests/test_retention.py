@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import wait_for
+from conftest import settled_stats, wait_for
 from zmq_mq.actors import Admin, Consumer, Producer
 from zmq_mq.actors.errors import HubError
 from zmq_mq.router.retention import (
@@ -104,6 +104,11 @@ def test_excess_messages_is_bounded_per_turn():
 
 
 # --- through a real hub -------------------------------------------------------------------------
+
+def _settled_messages(endpoint: str, topic: str) -> int:
+    """How many messages ``topic`` holds, after a full hub turn that saw the clock as it is."""
+    return next(t for t in settled_stats(endpoint)["topics"] if t["topic"] == topic)["messages"]
+
 
 def _stat(admin: Admin, kind: str, **match) -> dict:
     for row in admin.stats()[kind]:
@@ -207,12 +212,18 @@ def test_topic_create_and_config_on_the_command_line(hub):
     assert ok("config", "fresh") == {"max_messages": None, "discard": "old", "max_age": None, "retention": "limits", "max_bytes": None}  # defaults
 
 
-def test_max_age_removes_messages_older_than_the_age_and_keeps_younger_ones(hub):
+def test_max_age_removes_messages_older_than_the_age_and_keeps_younger_ones(fake_clock_hub):
+    # Given a topic with max_age 1 s on a hub whose clock stands still, and 20 messages
+    hub, clock = fake_clock_hub()
     with Admin(hub.endpoint) as admin:
         assert admin.create_topic("ticks", max_age=1.0)["config"]["max_age"] == 1.0
         with Producer(hub.endpoint) as p:
             old = [p.publish("ticks", b"old %d" % i) for i in range(20)]
             assert _stat(admin, "topics", topic="ticks")["messages"] == 20  # not aged yet
+            # When they are exactly 1 s old they are kept; 1 ms later they are removed
+            clock.advance(1000)
+            assert _settled_messages(hub.endpoint, "ticks") == 20
+            clock.advance(1)
             wait_for(lambda: _stat(admin, "topics", topic="ticks")["messages"] == 0,
                      message="the old ones aged out")
             young = p.publish("ticks", b"young")
@@ -288,16 +299,17 @@ def _received(endpoint: str, group: str, n: int, **kw) -> list[int]:
     return got
 
 
-def test_a_new_subscription_starts_at_a_seq_or_a_time(hub):
+def test_a_new_subscription_starts_at_a_seq_or_a_time(fake_clock_hub):
     import datetime as dt
 
+    hub, clock = fake_clock_hub()
     with Producer(hub.endpoint) as p:
         for i in range(5):
             p.publish("log", b"early %d" % i)
         with Admin(hub.endpoint) as admin:
             (msg5,) = admin.fetch("log", 5, 1)
         ts5 = msg5.timestamp
-        wait_for(lambda: int(dt.datetime.now().timestamp() * 1000) > ts5 + 5, message="clock moves on")
+        clock.advance(6)  # the late ones are stored 6 ms after the early ones
         for i in range(5):
             p.publish("log", b"late %d" % i)
     assert _received(hub.endpoint, "from-seq", 3, start=8) == [8, 9, 10]

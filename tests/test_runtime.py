@@ -13,7 +13,7 @@ from zmq_mq.actors import Actor, Backoff, Consumer, Producer, compute_backoff
 from zmq_mq.actors.connection import request
 from zmq_mq.router.protocol import Command
 
-from conftest import wait_for
+from conftest import subscription_stats, wait_for
 
 
 def _sub_state(endpoint: str, topic: str, group: str) -> dict:
@@ -116,13 +116,19 @@ def test_backoff_refuses_nonsense():
         Actor().add_handler("t", lambda m: None, group="g", retry=3)
 
 
-def test_a_failing_handler_is_retried_after_its_backoff_then_dead_lettered(hub):
-    # Given a handler that always fails, with a 0.3 s, 0.6 s backoff and 3 attempts
-    seen: list[tuple[int, float]] = []
+def test_a_failing_handler_is_retried_after_its_backoff_then_dead_lettered(fake_clock_hub):
+    # Given a handler that always fails, with a 0.3 s, 0.6 s backoff and 3 attempts, on a hub
+    # whose clock stands still
+    hub, clock = fake_clock_hub()
+    seen: list[int] = []
 
     def handle(msg):
-        seen.append((msg.deliveries, time.monotonic()))
+        seen.append(msg.deliveries)
         raise RuntimeError("smtp down")
+
+    def tried_and_nacked(tries: int) -> bool:
+        sub = subscription_stats(hub.endpoint, "mail", "mailer")
+        return len(seen) == tries and sub.get("delivered") == tries and sub["in_flight"] == 0
 
     actor = Actor(hub.endpoint, name="retrier")
     actor.add_handler("mail", handle, group="mailer", max_deliver=3,
@@ -131,6 +137,14 @@ def test_a_failing_handler_is_retried_after_its_backoff_then_dead_lettered(hub):
     try:
         with Producer(hub.endpoint) as p:
             p.publish("mail", b"to: bounce@example.com")
+        wait_for(lambda: tried_and_nacked(1), message="the first try's nack")
+        # When the hub's clock moves: each retry comes not 1 ms before its backoff, but at it
+        for backoff_ms, tries in ((300, 1), (600, 2)):
+            clock.advance(backoff_ms - 1)
+            assert subscription_stats(hub.endpoint, "mail", "mailer")["delivered"] == tries
+            clock.advance(1)
+            wait_for(lambda: tried_and_nacked(tries + 1), message=f"try {tries + 1}")
+        # Then after 3 tries it is dead-lettered
         with Consumer(hub.endpoint) as c:
             c.subscribe("dlq.mailer", "inspect")
             dead = c.receive(timeout=20)
@@ -138,10 +152,7 @@ def test_a_failing_handler_is_retried_after_its_backoff_then_dead_lettered(hub):
             dead.ack()
     finally:
         actor.stop()
-    # Then it was tried 3 times, each retry no sooner than its backoff, then dead-lettered
-    assert [d for d, _ in seen] == [1, 2, 3]
-    assert seen[1][1] - seen[0][1] >= 0.3
-    assert seen[2][1] - seen[1][1] >= 0.6
+    assert seen == [1, 2, 3]
     assert dead.headers["x-deliveries"] == 3 and dead.payload == b"to: bounce@example.com"
 
 
@@ -243,13 +254,17 @@ def test_async_handlers_past_grace_are_cancelled_and_their_messages_released(hub
         again.ack()
 
 
-def test_a_redelivery_of_a_message_still_running_is_folded_into_it_not_run_twice(hub):
-    # Given a handler slower than its subscription's ack_wait, with a free worker to spare
+def test_a_redelivery_of_a_message_still_running_is_folded_into_it_not_run_twice(fake_clock_hub):
+    # Given a handler slower than its subscription's ack_wait, with a free worker to spare, on a
+    # hub whose clock stands still
+    hub, clock = fake_clock_hub()
     runs: list[int] = []
+    started = threading.Event()
     redelivered = threading.Event()
 
     def handle(msg):
         runs.append(msg.deliveries)
+        started.set()
         # the hub gives up on this delivery after 0.3 s and delivers the message again
         wait_for(lambda: _sub_state(hub.endpoint, "slowpoke", "g").get("in_flight") == 1
                  and actor.session is not None and redelivered.is_set(), timeout=10,
@@ -269,6 +284,9 @@ def test_a_redelivery_of_a_message_still_running_is_folded_into_it_not_run_twice
     try:
         with Producer(hub.endpoint) as p:
             p.publish("slowpoke", b"x")
+        # When the hub's clock passes ack_wait while the handler runs
+        assert started.wait(10), "the handler never ran"
+        clock.advance(300)
         wait_for(lambda: _sub_state(hub.endpoint, "slowpoke", "g").get("ack_floor") == 1,
                  message="acked")
     finally:
