@@ -20,6 +20,9 @@ __all__ = [
     "RateWindow",
     "SubCounters",
     "TopicCounters",
+    "stats_document",
+    "subscription_row",
+    "topic_rows",
 ]
 
 # Publish rate is the messages appended over the last RATE_WINDOW_S seconds, per second: long
@@ -129,3 +132,98 @@ class LatencyHistogram:
             running += n
             cumulative.append([bound, running])
         return {"count": self.count, "sum": self.sum, "buckets": cumulative}
+
+
+# --- the documents: TOPICS rows and the STATS document (docs/PROTOCOL.md) -------------------
+
+
+def subscription_row(sub: Any) -> dict[str, Any]:
+    """What TOPICS and STATS both show of a subscription (the core's counters and options)."""
+    return {
+        "ack_floor": sub.ack_floor,
+        "lag": sub.pending + sub.in_flight,
+        "pending": sub.pending,
+        "in_flight": sub.in_flight,
+        "scheduled": sub.deferred,
+        "actors": sub.actors,
+        "ack_wait_ms": sub.ack_wait_ms,
+        "max_deliver": sub.max_deliver,
+        "ordering": sub.ordering,
+    }
+
+
+def topic_rows(stored: dict[str, Any], subs: dict[tuple[str, str], Any]) -> list[dict[str, Any]]:
+    """The TOPICS answer: every stored topic or topic with a subscription, with its message
+    counts (``stored``: name -> TopicInfo) and subscriptions."""
+    by_topic: dict[str, list[dict]] = {}
+    for (topic, group), sub in sorted(subs.items()):
+        by_topic.setdefault(topic, []).append({"group": group, **subscription_row(sub)})
+    out = []
+    for name in sorted(set(stored) | set(by_topic)):
+        info = stored.get(name)
+        out.append(
+            {
+                "topic": name,
+                "name": name,
+                "messages": info.count if info else 0,
+                "first_seq": info.first_seq if info else 1,
+                "last_seq": info.last_seq if info else 0,
+                "bytes": info.bytes if info else 0,
+                "subscriptions": by_topic.get(name, []),
+            }
+        )
+    return out
+
+
+def stats_document(
+    *, hub: str, version: int, now_ms: int, wall_ms: int, started_ms: int, totals: dict[str, int],
+    connections: int, latency: LatencyHistogram, stored: dict[str, Any],
+    subs: dict[tuple[str, str], Any], topic_counters: dict[str, TopicCounters],
+    sub_counters: dict[tuple[str, str], SubCounters], dlq_topic: Any,
+) -> dict[str, Any]:
+    """The STATS document: the hub's totals, and per topic and per subscription what storage
+    and the subscription cores hold plus the counters kept since the start."""
+    topics = []
+    for name in sorted(set(stored) | {t for t, _ in subs}):
+        info = stored.get(name)
+        tc = topic_counters.get(name)
+        topics.append(
+            {
+                "topic": name,
+                "messages": info.count if info else 0,
+                "bytes": info.bytes if info else 0,
+                "first_seq": info.first_seq if info else 1,
+                "last_seq": info.last_seq if info else 0,
+                "created_ms": info.created_ms if info else None,
+                "published": tc.published if tc else 0,
+                "published_bytes": tc.published_bytes if tc else 0,
+                "publish_rate": round(tc.window.rate(now_ms), 2) if tc else 0.0,
+            }
+        )
+    rows = []
+    for (topic, group), sub in sorted(subs.items()):
+        c = sub_counters.get((topic, group)) or SubCounters()
+        row = subscription_row(sub)
+        rows.append(
+            {
+                "topic": topic,
+                "group": group,
+                "ack_floor": row.pop("ack_floor"),
+                "last_seq": sub.last_seq,
+                **row,
+                "dlq_topic": dlq_topic(group),
+                **c.as_dict(),
+            }
+        )
+    return {
+        "hub": hub,
+        "version": version,
+        "time_ms": wall_ms,
+        "uptime_ms": now_ms - started_ms,
+        "rate_window_s": RATE_WINDOW_S,
+        "totals": dict(totals),
+        "connections": connections,
+        "publish_latency": latency.as_dict(),
+        "topics": topics,
+        "subscriptions": rows,
+    }
