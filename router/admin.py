@@ -14,6 +14,7 @@ import logging
 from typing import Any, Protocol
 
 from . import protocol
+from .access import Access
 from .acl import PUBLISH, SUBSCRIBE
 from .attachments import Attachments, Peer
 from .config import HubConfig
@@ -42,20 +43,24 @@ class AdminHost(Protocol):
     trimmer: Trimmer
     schedule: Schedule
     clock: Any
+    access: Access
 
     def topics(self) -> list[dict]: ...
     def stats(self) -> dict: ...
-    def visible(self, identity: bytes, topic: str) -> bool: ...
-    def require(self, identity: bytes, action: str, topic: str, ref: Any) -> None: ...
-    def permits(self, identity: bytes, action: str, topic: str) -> bool: ...
-    def forbidden(self, identity: bytes, action: str, topic: str) -> str: ...
     def commit_now(self) -> None: ...
     def forget_counters(self, key: tuple[str, str] | None, topic: str | None) -> None: ...
 
 
+def _require(hub: AdminHost, identity: bytes, topic: str, ref: Any, *actions: str) -> None:
+    """Under an ACL, refuse a command on a topic the client lacks one of these rights on."""
+    now = hub.clock.monotonic_ms()
+    for action in actions:
+        hub.access.require(identity, action, topic, ref, now)
+
+
 def on_topics(hub: AdminHost, identity: bytes, peer: Peer | None, body: Any) -> None:
     ref = parse_ref(body)
-    topics = [t for t in hub.topics() if hub.visible(identity, t["topic"])]
+    topics = [t for t in hub.topics() if hub.access.visible(identity, t["topic"])]
     hub.turn.replies.append((identity, Command.REPLY, [ref, topics]))
 
 
@@ -63,14 +68,15 @@ def on_stats(hub: AdminHost, identity: bytes, peer: Peer | None, body: Any) -> N
     ref = parse_ref(body)
     stats = hub.stats()
     # under an ACL, like TOPICS: only what this client may publish or read
-    stats["topics"] = [t for t in stats["topics"] if hub.visible(identity, t["topic"])]
-    stats["subscriptions"] = [s for s in stats["subscriptions"] if hub.visible(identity, s["topic"])]
+    stats["topics"] = [t for t in stats["topics"] if hub.access.visible(identity, t["topic"])]
+    visible = hub.access.visible
+    stats["subscriptions"] = [s for s in stats["subscriptions"] if visible(identity, s["topic"])]
     hub.turn.replies.append((identity, Command.REPLY, [ref, stats]))
 
 
 def on_fetch(hub: AdminHost, identity: bytes, peer: Peer | None, body: Any) -> None:
     ref, topic, from_seq, max_count = parse_fetch(body)
-    hub.require(identity, SUBSCRIBE, topic, ref)  # reading a log is reading the topic
+    _require(hub, identity, topic, ref, SUBSCRIBE)  # reading a log is reading the topic
     budget = hub.config.max_frame_bytes // 2
     out = []
     size = 0
@@ -85,8 +91,7 @@ def on_fetch(hub: AdminHost, identity: bytes, peer: Peer | None, body: Any) -> N
 def on_purge(hub: AdminHost, identity: bytes, peer: Peer | None, body: Any) -> None:
     req = parse_admin(body, "PURGE")
     ref, topic, seqs = req.ref, req.topic, req.arg
-    hub.require(identity, SUBSCRIBE, topic, ref)  # deleting needs both rights on the topic
-    hub.require(identity, PUBLISH, topic, ref)
+    _require(hub, identity, topic, ref, SUBSCRIBE, PUBLISH)  # deleting needs both rights
     if seqs != "all":
         seqs = parse_seqs(seqs, ref, "PURGE", MAX_SEQS_PER_COMMAND)
     deletes = hub.turn.deletes
@@ -95,7 +100,9 @@ def on_purge(hub: AdminHost, identity: bytes, peer: Peer | None, body: Any) -> N
     if info is None:
         purged: list[int] | int = 0
     elif seqs == "all":  # everything stored now; what this turn appends stays
-        already = 0 if staged is None else (info.count if isinstance(staged, range) else len(staged))
+        already = (
+            0 if staged is None else (info.count if isinstance(staged, range) else len(staged))
+        )
         purged = info.count - already
         deletes[topic] = range(info.first_seq, info.last_seq + 1)
     elif isinstance(staged, range):  # a purge of all in this turn already takes them
@@ -118,21 +125,25 @@ def on_topic(hub: AdminHost, identity: bytes, peer: Peer | None, body: Any) -> N
     ref, op, topic, config = req.ref, req.arg, req.topic, req.config
     store = hub.store
     if op == "get":
-        if not hub.visible(identity, topic):
-            raise Refusal(ErrorCode.FORBIDDEN, hub.forbidden(identity, SUBSCRIBE, topic), ref)
+        if not hub.access.visible(identity, topic):
+            why = hub.access.forbidden(identity, SUBSCRIBE, topic, hub.clock.monotonic_ms())
+            raise Refusal(ErrorCode.FORBIDDEN, why, ref)
     elif op == "delete":
-        hub.require(identity, SUBSCRIBE, topic, ref)
-        hub.require(identity, PUBLISH, topic, ref)
+        _require(hub, identity, topic, ref, SUBSCRIBE, PUBLISH)
         hub.turn.replies.append((identity, Command.REPLY, [ref, delete_topic(hub, topic, ref)]))
         return
     else:
-        hub.require(identity, SUBSCRIBE, topic, ref)  # limits delete messages: both rights
-        hub.require(identity, PUBLISH, topic, ref)
+        _require(hub, identity, topic, ref, SUBSCRIBE, PUBLISH)  # limits delete messages
         if config is None:
             config = {}
         current = store.configs.get(topic, {})
         base = parse_limits(current) if op == "config" else None
-        if op == "create" and isinstance(config, dict) and "partitions" not in config and current.get("partitions"):
+        if (
+            op == "create"
+            and isinstance(config, dict)
+            and "partitions" not in config
+            and current.get("partitions")
+        ):
             config = {**config, "partitions": current["partitions"]}  # fixed at creation: kept
         try:
             limits = parse_limits(config, base)
@@ -154,25 +165,43 @@ def on_topic(hub: AdminHost, identity: bytes, peer: Peer | None, body: Any) -> N
             hub.trimmer.set(name, lim)
     stored = store.configs.get(topic)
     limits = parse_limits(stored) if stored is not None else TopicLimits()
-    hub.turn.replies.append((identity, Command.REPLY, [ref, {"topic": topic, "config": limits.as_dict()}]))
+    hub.turn.replies.append(
+        (identity, Command.REPLY, [ref, {"topic": topic, "config": limits.as_dict()}])
+    )
 
 
-def check_partitioning(hub: AdminHost, topic: str, op: str, now: int | None, wanted: int | None,
-                       ref: Any) -> None:
+def check_partitioning(
+    hub: AdminHost, topic: str, op: str, now: int | None, wanted: int | None, ref: Any
+) -> None:
     """Partitions are set when a topic is created, before it holds anything."""
     topics = hub.store.topics
     if op == "config" or now is not None:
-        raise Refusal(ErrorCode.INVALID, f"topic {topic!r} has {now or 'no'} partitions: "
-                      "partitions are set at creation (delete the topic to change them)", ref)
+        raise Refusal(
+            ErrorCode.INVALID,
+            f"topic {topic!r} has {now or 'no'} partitions: "
+            "partitions are set at creation (delete the topic to change them)",
+            ref,
+        )
     if topic in topics:
-        raise Refusal(ErrorCode.INVALID, f"topic {topic!r} already holds messages: partitions "
-                      "are set at creation (delete the topic first)", ref)
+        raise Refusal(
+            ErrorCode.INVALID,
+            f"topic {topic!r} already holds messages: partitions "
+            "are set at creation (delete the topic first)",
+            ref,
+        )
     if any(t in topics for t in protocol.partition_topics(topic, wanted)):
-        raise Refusal(ErrorCode.INVALID, f"a topic named like a partition of {topic!r} "
-                      f"({topic}.N) already exists", ref)
+        raise Refusal(
+            ErrorCode.INVALID,
+            f"a topic named like a partition of {topic!r} ({topic}.N) already exists",
+            ref,
+        )
     if any(t == topic for t, _ in hub.subs):
-        raise Refusal(ErrorCode.INVALID, f"topic {topic!r} already has subscriptions: "
-                      "partitions are set at creation (delete the topic first)", ref)
+        raise Refusal(
+            ErrorCode.INVALID,
+            f"topic {topic!r} already has subscriptions: "
+            "partitions are set at creation (delete the topic first)",
+            ref,
+        )
 
 
 def delete_topic(hub: AdminHost, topic: str, ref: Any) -> dict:
@@ -182,7 +211,9 @@ def delete_topic(hub: AdminHost, topic: str, ref: Any) -> dict:
     store, subs, attachments = hub.store, hub.subs, hub.attachments
     parts = attachments.partitions.get(topic)
     names = [topic, *(protocol.partition_topics(topic, parts) if parts else [])]
-    if not any(n in store.topics or n in store.configs or any(t == n for t, _ in subs) for n in names):
+    if not any(
+        n in store.topics or n in store.configs or any(t == n for t, _ in subs) for n in names
+    ):
         raise Refusal(ErrorCode.INVALID, f"no topic {topic!r}", ref)
     if any(n in hub.turn.appends or n in hub.turn.deletes for n in names):
         # this turn stages publishes or deletes of it: commit them first, then delete
@@ -193,7 +224,9 @@ def delete_topic(hub: AdminHost, topic: str, ref: Any) -> dict:
         try:
             messages += store.delete_topic(name)
         except StorageError as exc:
-            raise Refusal(storage_error_code(exc), f"topic {name!r} not deleted: {exc}", ref) from None
+            raise Refusal(
+                storage_error_code(exc), f"topic {name!r} not deleted: {exc}", ref
+            ) from None
         for key in [k for k in subs if k[0] == name]:
             groups.add(key[1])
             sub = subs.pop(key)
@@ -206,15 +239,19 @@ def delete_topic(hub: AdminHost, topic: str, ref: Any) -> dict:
         hub.schedule.forget(name)
     attachments.forget_partitioned(topic)
     log.info("topic %s deleted: %d messages, subscriptions %s", topic, messages, sorted(groups))
-    return {"topic": topic, "deleted": True, "messages": messages, "subscriptions": sorted(groups),
-            "partitions": parts or 0}
+    return {
+        "topic": topic,
+        "deleted": True,
+        "messages": messages,
+        "subscriptions": sorted(groups),
+        "partitions": parts or 0,
+    }
 
 
 def on_redrive(hub: AdminHost, identity: bytes, peer: Peer | None, body: Any) -> None:
     req = parse_admin(body, "REDRIVE")
     ref, topic = req.ref, req.topic
-    hub.require(identity, SUBSCRIBE, topic, ref)  # takes dead letters out of their topic
-    hub.require(identity, PUBLISH, topic, ref)
+    _require(hub, identity, topic, ref, SUBSCRIBE, PUBLISH)  # takes dead letters out of their topic
     seqs = parse_seqs(req.arg, ref, "REDRIVE", hub.config.max_batch_messages)
     turn = hub.turn
     staged = turn.deletes.get(topic)
@@ -231,8 +268,9 @@ def on_redrive(hub: AdminHost, identity: bytes, peer: Peer | None, body: Any) ->
         except NotRedrivable as exc:
             results.append({"seq": seq, "error": str(exc)})
             continue
-        if not hub.permits(identity, PUBLISH, origin):
-            results.append({"seq": seq, "error": f"forbidden: {hub.forbidden(identity, PUBLISH, origin)}"})
+        if not hub.access.permits(identity, PUBLISH, origin):
+            why = hub.access.forbidden(identity, PUBLISH, origin, hub.clock.monotonic_ms())
+            results.append({"seq": seq, "error": f"forbidden: {why}"})
             continue
         lst = appends.get(origin)
         if lst is None:
@@ -246,8 +284,11 @@ def on_redrive(hub: AdminHost, identity: bytes, peer: Peer | None, body: Any) ->
     turn.admin.append((identity, Command.REDRIVE, ref, {"topic": topic, "results": results}))
 
 
-def answer_admin(admin: list[tuple[bytes, bytes, Any, Any]], firsts: dict[str, int],
-                 out: list[tuple[bytes, bytes, Any]]) -> None:
+def answer_admin(
+    admin: list[tuple[bytes, bytes, Any, Any]],
+    firsts: dict[str, int],
+    out: list[tuple[bytes, bytes, Any]],
+) -> None:
     """Answer PURGE and REDRIVE (into ``out``) once the commit that carried them out is durable."""
     for identity, command, ref, result in admin:
         if command == Command.REDRIVE:

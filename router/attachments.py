@@ -25,7 +25,9 @@ class Attachment:
 
     __slots__ = ("name", "group", "credit", "subs", "multi")
 
-    def __init__(self, name: str, group: str, credit: int, subs: dict[str, Subscription], multi: bool) -> None:
+    def __init__(
+        self, name: str, group: str, credit: int, subs: dict[str, Subscription], multi: bool
+    ) -> None:
         self.name = name  # the topic, pattern or partitioned topic as subscribed
         self.group = group
         self.credit = credit  # per subscription
@@ -54,8 +56,9 @@ class Attachments:
 
     __slots__ = ("peers", "patterns", "partitions", "round_robin", "multi", "dead")
 
-    def __init__(self, patterns: dict[tuple[str, str], dict], partitions: dict[str, int],
-                 dead: DeadSink) -> None:
+    def __init__(
+        self, patterns: dict[tuple[str, str], dict], partitions: dict[str, int], dead: DeadSink
+    ) -> None:
         self.peers: dict[bytes, Peer] = {}
         self.patterns = patterns
         self.partitions = partitions
@@ -63,7 +66,9 @@ class Attachments:
         self.multi: dict[tuple[str, str], dict[tuple[bytes, int], Attachment]] = {}
         self.dead = dead  # where what a detach dead-letters goes (the turn's dead letters)
 
-    def attach(self, identity: bytes, peer: Peer | None, sid: int, att: Attachment, now: int) -> Peer:
+    def attach(
+        self, identity: bytes, peer: Peer | None, sid: int, att: Attachment, now: int
+    ) -> Peer:
         """Attach ``att`` as ``sid`` of a connection (replacing an earlier one of that sid)."""
         if peer is None:
             peer = self.peers[identity] = Peer(identity, now)
@@ -77,7 +82,9 @@ class Attachments:
             sub.attach((identity, sid), att.credit)
         return peer
 
-    def release(self, identity: bytes, sid: int, att: Attachment, now: int, *, failed: bool) -> None:
+    def release(
+        self, identity: bytes, sid: int, att: Attachment, now: int, *, failed: bool
+    ) -> None:
         """Detach an attachment from every subscription it reads."""
         for sub in att.subs.values():
             self.dead(sub, sub.detach((identity, sid), now, failed=failed))

@@ -115,8 +115,13 @@ class Admin:
 # --- PUBLISH ----------------------------------------------------------------------------------
 
 
-def parse_publish(body: Any, limits: PublishLimits, valid_topics: Container[str], wall_ns: int,
-                  partitioned: Container[str]) -> Publish:
+def parse_publish(
+    body: Any,
+    limits: PublishLimits,
+    valid_topics: Container[str],
+    wall_ns: int,
+    partitioned: Container[str],
+) -> Publish:
     """A PUBLISH body: every message checked and packed into its stored record, stamped with
     the wall clock at receipt (``wall_ns``). ``valid_topics`` are names known to be valid (a
     cache: others are checked); ``partitioned`` the names of partitioned topics."""
@@ -152,16 +157,21 @@ def parse_publish(body: Any, limits: PublishLimits, valid_topics: Container[str]
             if problem:
                 raise Refusal(ErrorCode.BAD_TOPIC, f"message {index}: {problem}", batch_id, index)
         if type(payload) is not bytes:
-            raise Refusal(ErrorCode.BAD_BODY, f"message {index}: payload must be bytes", batch_id, index)
+            raise Refusal(
+                ErrorCode.BAD_BODY, f"message {index}: payload must be bytes", batch_id, index
+            )
         if len(payload) > max_payload:
             raise Refusal(
                 ErrorCode.TOO_LARGE,
-                f"message {index}: payload of {len(payload)} bytes is over the limit of {max_payload}",
+                f"message {index}: payload of {len(payload)} bytes is over the limit of "
+                f"{max_payload}",
                 batch_id,
                 index,
             )
         if key is not None and type(key) is not str:
-            raise Refusal(ErrorCode.BAD_BODY, f"message {index}: key must be a string or nil", batch_id, index)
+            raise Refusal(
+                ErrorCode.BAD_BODY, f"message {index}: key must be a string or nil", batch_id, index
+            )
         if headers:
             problem = protocol.check_headers(headers)
             if problem:
@@ -170,7 +180,12 @@ def parse_publish(body: Any, limits: PublishLimits, valid_topics: Container[str]
             if problem:
                 raise Refusal(ErrorCode.INVALID, f"message {index}: {problem}", batch_id, index)
         elif headers is not None and type(headers) is not dict:
-            raise Refusal(ErrorCode.BAD_BODY, f"message {index}: headers must be a map or nil", batch_id, index)
+            raise Refusal(
+                ErrorCode.BAD_BODY,
+                f"message {index}: headers must be a map or nil",
+                batch_id,
+                index,
+            )
         msg_id = None
         if opts is not None:
             msg_id = _msg_id_of(opts, index, batch_id)
@@ -200,7 +215,9 @@ def parse_publish(body: Any, limits: PublishLimits, valid_topics: Container[str]
                 delays[index] = due
             if msg_id is not None:
                 headers = (
-                    {**headers, protocol.MSG_ID_HEADER: msg_id} if headers else {protocol.MSG_ID_HEADER: msg_id}
+                    {**headers, protocol.MSG_ID_HEADER: msg_id}
+                    if headers
+                    else {protocol.MSG_ID_HEADER: msg_id}
                 )
                 if ids is None:
                     ids = {}
@@ -234,8 +251,12 @@ def _due_of(opts: dict, ts: int, ts_ceil: int, index: int, batch_id: Any) -> int
     if delay is None and at is None:
         return None
     if delay is not None and at is not None:
-        raise Refusal(ErrorCode.INVALID, f"message {index}: give delay_ms or deliver_at_ms, not both",
-                      batch_id, index)
+        raise Refusal(
+            ErrorCode.INVALID,
+            f"message {index}: give delay_ms or deliver_at_ms, not both",
+            batch_id,
+            index,
+        )
     if delay is not None:
         problem = protocol.check_delay_ms(delay)
         if problem:
@@ -245,11 +266,20 @@ def _due_of(opts: dict, ts: int, ts_ceil: int, index: int, batch_id: Any) -> int
         due = ts_ceil + delay
     else:
         if type(at) is not int or at < 0:
-            raise Refusal(ErrorCode.INVALID, f"message {index}: deliver_at_ms must be an integer "
-                          f">= 0 (ms since the epoch), got {at!r}", batch_id, index)
+            raise Refusal(
+                ErrorCode.INVALID,
+                f"message {index}: deliver_at_ms must be an integer "
+                f">= 0 (ms since the epoch), got {at!r}",
+                batch_id,
+                index,
+            )
         if at - ts > protocol.MAX_DELAY_MS:
-            raise Refusal(ErrorCode.INVALID, f"message {index}: deliver_at_ms is more than 366 days "
-                          "ahead", batch_id, index)
+            raise Refusal(
+                ErrorCode.INVALID,
+                f"message {index}: deliver_at_ms is more than 366 days ahead",
+                batch_id,
+                index,
+            )
         due = at
     return due if due > ts else None
 
@@ -257,7 +287,9 @@ def _due_of(opts: dict, ts: int, ts_ceil: int, index: int, batch_id: Any) -> int
 def _msg_id_of(opts: Any, index: int, batch_id: Any) -> str | None:
     """The msg_id of a PUBLISH message's options map (unknown option keys are ignored)."""
     if type(opts) is not dict:
-        raise Refusal(ErrorCode.BAD_BODY, f"message {index}: options must be a map", batch_id, index)
+        raise Refusal(
+            ErrorCode.BAD_BODY, f"message {index}: options must be a map", batch_id, index
+        )
     msg_id = opts.get("msg_id")
     if msg_id is None:
         return None
@@ -290,17 +322,24 @@ def parse_subscribe(body: Any) -> Subscribe:
     max_deliver = _int_field(body, "max_deliver", 0, 1_000_000, sid)
     ordering = body.get("ordering")
     if ordering is not None and ordering not in protocol.ORDERINGS:
-        raise Refusal(ErrorCode.INVALID, f"ordering must be one of {', '.join(protocol.ORDERINGS)}", sid)
+        raise Refusal(
+            ErrorCode.INVALID, f"ordering must be one of {', '.join(protocol.ORDERINGS)}", sid
+        )
     start = body.get("start", "first")
     if start not in ("first", "new") and not (
-        isinstance(start, dict) and len(start) == 1 and type(next(iter(start.values()))) is int
-        and next(iter(start)) in ("seq", "time_ms") and next(iter(start.values())) >= 0
+        isinstance(start, dict)
+        and len(start) == 1
+        and type(next(iter(start.values()))) is int
+        and next(iter(start)) in ("seq", "time_ms")
+        and next(iter(start.values())) >= 0
     ):
         raise Refusal(ErrorCode.INVALID, START_HELP, sid)
     return Subscribe(sid, topic, group, pattern, credit, ack_wait_ms, max_deliver, ordering, start)
 
 
-def _int_field(body: dict, name: str, lo: int, hi: int, ref: Any, default: int | None = None) -> int | None:
+def _int_field(
+    body: dict, name: str, lo: int, hi: int, ref: Any, default: int | None = None
+) -> int | None:
     value = body.get(name, default)
     if value is None:
         return None
@@ -313,7 +352,9 @@ def parse_settle(body: Any, command: str, size: int) -> int:
     """The sid of ``[sid, ...]`` bodies (CREDIT, ACK, NACK, RELEASE, REJECT, PROGRESS) of
     ``size`` items; the rest is checked once the attachment is found (its error comes first)."""
     if not isinstance(body, list) or len(body) != size or type(body[0]) is not int:
-        raise Refusal(ErrorCode.BAD_BODY, f"{command} body must be an array of {size} starting with sid")
+        raise Refusal(
+            ErrorCode.BAD_BODY, f"{command} body must be an array of {size} starting with sid"
+        )
     return body[0]
 
 
@@ -325,7 +366,9 @@ def parse_by_topic(by_topic: Any, reads: Container[str], name: str, sid: int, co
     out = []
     for topic, seqs in by_topic.items():
         if type(topic) is not str or topic not in reads:
-            raise Refusal(ErrorCode.INVALID, f"{command}: subscription {name!r} does not read {topic!r}", sid)
+            raise Refusal(
+                ErrorCode.INVALID, f"{command}: subscription {name!r} does not read {topic!r}", sid
+            )
         if not isinstance(seqs, list) or len(seqs) > MAX_SEQS_PER_COMMAND:
             raise Refusal(ErrorCode.BAD_BODY, f"{command}: sequences must be a list", sid)
         for s in seqs:
@@ -365,8 +408,11 @@ def parse_admin(body: Any, command: str) -> Admin:
     """PURGE / REDRIVE ``[ref, topic, seqs]`` or TOPIC ``[ref, op, topic, config]``."""
     size = 4 if command == "TOPIC" else 3
     if not isinstance(body, list) or len(body) != size:
-        raise Refusal(ErrorCode.BAD_BODY, f"{command} body must be an array of {size}: [ref, ...]",
-                      parse_ref(body))
+        raise Refusal(
+            ErrorCode.BAD_BODY,
+            f"{command} body must be an array of {size}: [ref, ...]",
+            parse_ref(body),
+        )
     if size == 4:
         ref, op, topic, config = body
         topic = _admin_topic(topic, ref)
@@ -380,7 +426,9 @@ def parse_admin(body: Any, command: str) -> Admin:
 def parse_fetch(body: Any) -> tuple[Any, str, int, int]:
     """FETCH ``[ref, topic, from_seq, max_count]``."""
     if not isinstance(body, list) or len(body) != 4:
-        raise Refusal(ErrorCode.BAD_BODY, "FETCH body must be an array of 4: [ref, ...]", parse_ref(body))
+        raise Refusal(
+            ErrorCode.BAD_BODY, "FETCH body must be an array of 4: [ref, ...]", parse_ref(body)
+        )
     ref, topic, from_seq, max_count = body
     topic = _admin_topic(topic, ref)
     if type(from_seq) is not int or not 0 <= from_seq < 1 << 63:
@@ -400,7 +448,9 @@ def _admin_topic(topic: Any, ref: Any) -> str:
 def parse_seqs(seqs: Any, ref: Any, command: str, limit: int) -> list[int]:
     """The sequences of PURGE / REDRIVE: at most ``limit`` integers, duplicates dropped."""
     if not isinstance(seqs, list) or len(seqs) > limit:
-        raise Refusal(ErrorCode.BAD_BODY, f"{command}: sequences must be a list of at most {limit}", ref)
+        raise Refusal(
+            ErrorCode.BAD_BODY, f"{command}: sequences must be a list of at most {limit}", ref
+        )
     for s in seqs:
         if type(s) is not int:
             raise Refusal(ErrorCode.BAD_BODY, f"{command}: sequences must be integers", ref)

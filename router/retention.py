@@ -7,8 +7,8 @@ applies them: it reads the oldest records of the store it is given and stages th
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from . import protocol

@@ -43,8 +43,9 @@ class Schedule:
         heapq.heapify(self.heap)
         return past
 
-    def hold_back(self, entries: list[tuple[str, int, int]],
-                  subs_of: Callable[[str], list[Subscription]]) -> None:
+    def hold_back(
+        self, entries: list[tuple[str, int, int]], subs_of: Callable[[str], list[Subscription]]
+    ) -> None:
         """Committed messages ``(topic, seq, due)`` to deliver only at their due time: remember
         them and have every subscription of their topic hold them back."""
         by_topic: dict[str, list[tuple[int, int]]] = {}

@@ -16,8 +16,9 @@ from .turn import Turn
 __all__ = ["partition_of", "route", "stage"]
 
 
-def partition_of(topic: str, n: int, key: str | None, msg_id: str | None,
-                 round_robin: dict[str, int]) -> str:
+def partition_of(
+    topic: str, n: int, key: str | None, msg_id: str | None, round_robin: dict[str, int]
+) -> str:
     """The partition topic of a message to a partitioned topic of ``n`` partitions: by its key,
     else by its msg_id (so a retried publish lands where the first did), else round-robin."""
     if key is not None:
@@ -29,8 +30,12 @@ def partition_of(topic: str, n: int, key: str | None, msg_id: str | None,
     return f"{topic}.{i}"
 
 
-def route(staged: list[tuple[str, bytes]], routes: dict[int, tuple[str | None, str | None]],
-          partitions: dict[str, int], round_robin: dict[str, int]) -> dict[int, str]:
+def route(
+    staged: list[tuple[str, bytes]],
+    routes: dict[int, tuple[str | None, str | None]],
+    partitions: dict[str, int],
+    round_robin: dict[str, int],
+) -> dict[int, str]:
     """Send the messages of ``routes`` (index -> (key, msg_id)) to their partition in place;
     returns index -> the partitioned topic's name (the ACL right is on that name)."""
     names = {}
@@ -41,9 +46,17 @@ def route(staged: list[tuple[str, bytes]], routes: dict[int, tuple[str | None, s
     return names
 
 
-def stage(turn: Turn, identity: bytes, batch_id: Any, staged: list[tuple[str, bytes]],
-          ids: dict[int, str] | None, delays: dict[int, int] | None, received_ns: int,
-          dedup_window_ms: int, dedup_lookup: Callable[[list[tuple[str, str]]], dict]) -> None:
+def stage(
+    turn: Turn,
+    identity: bytes,
+    batch_id: Any,
+    staged: list[tuple[str, bytes]],
+    ids: dict[int, str] | None,
+    delays: dict[int, int] | None,
+    received_ns: int,
+    dedup_window_ms: int,
+    dedup_lookup: Callable[[list[tuple[str, str]]], dict],
+) -> None:
     """Stage an accepted batch in ``turn`` and its confirm. A message whose msg_id was stored
     within the dedup window (``dedup_lookup`` of ``[(topic, msg_id)]``), or staged earlier in
     this turn, is not staged again: its position points at the original (``(None, seq)`` for
@@ -68,8 +81,13 @@ def stage(turn: Turn, identity: bytes, batch_id: Any, staged: list[tuple[str, by
                 sched_new[positions[index]] = due
 
 
-def _stage_with_ids(turn: Turn, staged: list[tuple[str, bytes]], ids: dict[int, str],
-                    window: int, dedup_lookup: Callable[[list[tuple[str, str]]], dict]) -> list:
+def _stage_with_ids(
+    turn: Turn,
+    staged: list[tuple[str, bytes]],
+    ids: dict[int, str],
+    window: int,
+    dedup_lookup: Callable[[list[tuple[str, str]]], dict],
+) -> list:
     appends = turn.appends
     in_turn = turn.dedup_staged
     known: dict[tuple[str, str], int] = {}

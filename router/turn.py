@@ -18,8 +18,20 @@ class Turn:
     """The staged work of one loop turn (slots: it is touched per command on the hot path)."""
 
     __slots__ = (
-        "appends", "confirms", "replies", "dead_letters", "deletes", "admin", "dedup_staged",
-        "dedup_new", "dedup_hits", "staged", "prio_topics", "sched_new", "unsched", "fresh",
+        "appends",
+        "confirms",
+        "replies",
+        "dead_letters",
+        "deletes",
+        "admin",
+        "dedup_staged",
+        "dedup_new",
+        "dedup_hits",
+        "staged",
+        "prio_topics",
+        "sched_new",
+        "unsched",
+        "fresh",
     )
 
     def __init__(self) -> None:
@@ -34,7 +46,8 @@ class Turn:
         self.dead_letters: list[tuple[Subscription, DeadLetter]] = []
         # PURGE / REDRIVE / retention: records to delete in the commit
         self.deletes: dict[str, set[int] | range] = {}
-        # PURGE / REDRIVE answers to send once the commit is durable: (identity, command, ref, result)
+        # PURGE / REDRIVE answers to send once the commit is durable:
+        # (identity, command, ref, result)
         self.admin: list[tuple[bytes, bytes, Any, Any]] = []
         # producer message ids of this turn: (topic, msg_id) -> staged position, and what the
         # commit stores in the dedup index; dedup_hits: some confirm repeats a stored seq

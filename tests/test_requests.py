@@ -11,7 +11,6 @@ import dataclasses
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from zmq_mq.router import protocol, requests
 from zmq_mq.router.protocol import ErrorCode
 from zmq_mq.router.requests import (
@@ -35,10 +34,16 @@ LIMITS = PublishLimits(max_batch_messages=10, max_message_bytes=64, max_headers_
 WALL_NS = 1_700_000_000_123_456_789  # a receipt time that is not a whole millisecond
 
 bodies = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False)
-    | st.text(max_size=12) | st.binary(max_size=12),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=10) | st.integers(0, 5), children, max_size=5),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=12)
+    | st.binary(max_size=12),
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.dictionaries(st.text(max_size=10) | st.integers(0, 5), children, max_size=5)
+    ),
     max_leaves=20,
 )
 
@@ -63,11 +68,18 @@ def test_a_publish_body_becomes_a_batch_of_stored_records_stamped_at_receipt():
     ts, key, headers, payload = protocol.unpack_record(req.staged[1][1])
     assert (ts, key, payload) == (WALL_NS // 1_000_000, "k", b"b")
     assert headers == {"h": "v", protocol.MSG_ID_HEADER: "m-1"}
-    assert req.ids == {1: "m-1"} and req.delays is None and req.routes is None and req.prioritised is None
+    assert (
+        req.ids == {1: "m-1"}
+        and req.delays is None
+        and req.routes is None
+        and req.prioritised is None
+    )
 
 
 def test_a_delay_counts_from_the_receipt_rounded_up_so_a_message_is_never_due_early():
-    req = parse_publish([1, [["t", b"x", None, None, {"delay_ms": 1500}]]], LIMITS, set(), WALL_NS, {})
+    req = parse_publish(
+        [1, [["t", b"x", None, None, {"delay_ms": 1500}]]], LIMITS, set(), WALL_NS, {}
+    )
     # the receipt was at ...123.456789 ms: due no earlier than 1500 ms after it
     assert req.delays == {0: WALL_NS // 1_000_000 + 1 + 1500}
     assert req.delays[0] * 1_000_000 >= WALL_NS + 1500 * 1_000_000
@@ -95,10 +107,23 @@ def test_messages_to_a_partitioned_topic_carry_their_route_and_priorities_are_no
         ([1, [["t", b"x", None, None, {"priority": 99}]]], ErrorCode.INVALID, 0),
         ([1, [["t", b"x", "k" * 300, None]]], ErrorCode.TOO_LARGE, 0),
     ],
-    ids=["not-a-list", "batch", "topic", "payload-type", "payload-size", "key", "reserved-header",
-         "both-delays", "options", "priority", "headers-size"],
+    ids=[
+        "not-a-list",
+        "batch",
+        "topic",
+        "payload-type",
+        "payload-size",
+        "key",
+        "reserved-header",
+        "both-delays",
+        "options",
+        "priority",
+        "headers-size",
+    ],
 )
-def test_a_bad_publish_is_refused_with_the_code_and_index_of_the_message_at_fault(body, code, index):
+def test_a_bad_publish_is_refused_with_the_code_and_index_of_the_message_at_fault(
+    body, code, index
+):
     refusal = _refused(parse_publish, body, LIMITS, set(), WALL_NS, {})
     assert (refusal.code, refusal.index) == (code, index)
     if isinstance(body, list):
@@ -140,7 +165,10 @@ def test_a_subscribe_map_becomes_a_frozen_request_with_the_defaults_filled_in():
         ({"topic": "t", "group": "g"}, ErrorCode.BAD_BODY),
         ({"sid": 1, "topic": "bad topic", "group": "g"}, ErrorCode.BAD_TOPIC),
         ({"sid": 1, "topic": "t", "group": "g."}, ErrorCode.BAD_GROUP),
-        ({"sid": 1, "topic": "t", "group": "g", "credit": protocol.MAX_CREDIT + 1}, ErrorCode.INVALID),
+        (
+            {"sid": 1, "topic": "t", "group": "g", "credit": protocol.MAX_CREDIT + 1},
+            ErrorCode.INVALID,
+        ),
         ({"sid": 1, "topic": "t", "group": "g", "ack_wait_ms": 0}, ErrorCode.INVALID),
         ({"sid": 1, "topic": "t", "group": "g", "ordering": "random"}, ErrorCode.INVALID),
         ({"sid": 1, "topic": "t", "group": "g", "start": "middle"}, ErrorCode.INVALID),
