@@ -322,7 +322,10 @@ class Hub:
         socket, then tick, commit, answer and dispatch as :meth:`run` does on each wake-up."""
         if self.router is None:
             raise RuntimeError("serve_once needs a bound hub (bind() first)")
-        self._read_curve() if self._monitor is not None else self._read_commands()
+        if self._monitor is not None:
+            self._read_curve()
+        else:
+            self._read_commands()
         self._turn()
 
     def step(self, commands: Iterable[list[bytes]] = ()) -> list[tuple[bytes, bytes, Any]]:
@@ -445,13 +448,8 @@ class Hub:
         if self.trimmer.limits:
             self.trimmer.trim(turn.appends, turn.deletes, self._ack_floors, self.clock.wall_ms())
         self.turn = Turn()
-        appends, confirms, deletes, admin_done = (
-            turn.appends,
-            turn.confirms,
-            turn.deletes,
-            turn.admin,
-        )
-        sched_new, unsched = turn.sched_new, turn.unsched
+        appends, confirms, deletes = turn.appends, turn.confirms, turn.deletes
+        admin_done, sched_new, unsched = turn.admin, turn.sched_new, turn.unsched
         outbox = self._outbox
         outbox.extend(turn.replies)
         dlq, dead_by_sub = dead_letter_records(
@@ -495,9 +493,8 @@ class Hub:
                 self._error(identity, code, f"nothing changed: {exc}", command, ref, out=outbox)
             admin_done = []
             firsts = None
-            if (
-                appends or deletes
-            ):  # again without publishes and deletes: acks, dead letters persist
+            if appends or deletes:
+                # again without publishes and deletes: acks and dead letters persist
                 try:
                     firsts = self.store.commit(dlq, subs, now_ms=self.clock.wall_ms())
                 except StorageError as exc2:
