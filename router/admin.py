@@ -75,8 +75,10 @@ def on_stats(hub: AdminHost, identity: bytes, peer: Peer | None, body: Any) -> N
 
 
 def on_fetch(hub: AdminHost, identity: bytes, peer: Peer | None, body: Any) -> None:
-    ref, topic, from_seq, max_count = parse_fetch(body)
-    _require(hub, identity, topic, ref, SUBSCRIBE)  # reading a log is reading the topic
+    # reading a log is reading the topic
+    ref, topic, from_seq, max_count = parse_fetch(
+        body, lambda topic, ref: _require(hub, identity, topic, ref, SUBSCRIBE)
+    )
     budget = hub.config.max_frame_bytes // 2
     out = []
     size = 0

@@ -149,11 +149,18 @@ def _check_publish_rights(
 
 
 def on_subscribe(hub: ClientHost, identity: bytes, peer: Peer | None, body: Any) -> None:
-    req = parse_subscribe(body)
+    access = hub.access
+    if access.acl is None:
+        req = parse_subscribe(body)
+    else:
+        req = parse_subscribe(
+            body,
+            lambda topic, sid: access.require(
+                identity, SUBSCRIBE, topic, sid, hub.clock.monotonic_ms()
+            ),
+        )
     sid, topic, group, pattern = req.sid, req.topic, req.group, req.pattern
     now = hub.clock.monotonic_ms()
-    if not pattern:
-        hub.access.require(identity, SUBSCRIBE, topic, sid, now)
     options = {
         "ack_wait_ms": req.ack_wait_ms,
         "max_deliver": req.max_deliver,

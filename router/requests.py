@@ -12,7 +12,7 @@ that exist only when some message has them, as the hub did inline before.
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,11 @@ MAX_FETCH = 1000
 MAX_NACK_DELAY_MS = 365 * 24 * 3600 * 1000
 MAX_ACK_WAIT_MS = 7 * 24 * 3600 * 1000
 START_HELP = 'start must be "first", "new", {"seq": N} or {"time_ms": T}'
+
+
+# An ACL check a parser runs at the point the hub always checked it: (topic, ref) -> None, or
+# raises a Refusal (forbidden)
+Authorize = Callable[[str, Any], None]
 
 
 class Refusal(Exception):
@@ -302,8 +307,10 @@ def _msg_id_of(opts: Any, index: int, batch_id: Any) -> str | None:
 # --- SUBSCRIBE and settlements ------------------------------------------------------------
 
 
-def parse_subscribe(body: Any) -> Subscribe:
-    """A SUBSCRIBE map (docs/PROTOCOL.md); the ACL is the handler's to check."""
+def parse_subscribe(body: Any, authorize: Authorize | None = None) -> Subscribe:
+    """A SUBSCRIBE map (docs/PROTOCOL.md). ``authorize(topic, sid)``, the caller's ACL check of
+    a plain topic, runs once topic and group are known good, before the options are checked
+    (a client without the right hears that first)."""
     if not isinstance(body, dict):
         raise Refusal(ErrorCode.BAD_BODY, "SUBSCRIBE body must be a map")
     sid = body.get("sid")
@@ -317,6 +324,8 @@ def parse_subscribe(body: Any) -> Subscribe:
     problem = protocol.check_group(group)
     if problem:
         raise Refusal(ErrorCode.BAD_GROUP, problem, sid)
+    if authorize is not None and not pattern:
+        authorize(topic, sid)
     credit = _int_field(body, "credit", 0, protocol.MAX_CREDIT, sid, default=10)
     ack_wait_ms = _int_field(body, "ack_wait_ms", 1, MAX_ACK_WAIT_MS, sid)
     max_deliver = _int_field(body, "max_deliver", 0, 1_000_000, sid)
@@ -423,14 +432,17 @@ def parse_admin(body: Any, command: str) -> Admin:
     return Admin(ref, _admin_topic(topic, ref), seqs)
 
 
-def parse_fetch(body: Any) -> tuple[Any, str, int, int]:
-    """FETCH ``[ref, topic, from_seq, max_count]``."""
+def parse_fetch(body: Any, authorize: Authorize | None = None) -> tuple[Any, str, int, int]:
+    """FETCH ``[ref, topic, from_seq, max_count]``; ``authorize(topic, ref)`` (the caller's ACL
+    check) runs once the topic is known good, before the range is checked."""
     if not isinstance(body, list) or len(body) != 4:
         raise Refusal(
             ErrorCode.BAD_BODY, "FETCH body must be an array of 4: [ref, ...]", parse_ref(body)
         )
     ref, topic, from_seq, max_count = body
     topic = _admin_topic(topic, ref)
+    if authorize is not None:
+        authorize(topic, ref)
     if type(from_seq) is not int or not 0 <= from_seq < 1 << 63:
         raise Refusal(ErrorCode.INVALID, "FETCH from_seq must be a non-negative integer", ref)
     if type(max_count) is not int or not 1 <= max_count <= MAX_FETCH:

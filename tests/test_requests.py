@@ -220,3 +220,21 @@ def test_admin_bodies_are_parsed_and_their_ref_is_kept_on_a_refusal():
     assert (refusal.code, refusal.ref) == (ErrorCode.INVALID, "r")
     assert _refused(parse_fetch, ["r", "t", 0, requests.MAX_FETCH + 1]).code == ErrorCode.INVALID
     assert _refused(parse_admin, ["r", "bad topic", []], "PURGE").code == ErrorCode.BAD_TOPIC
+
+
+def _forbid(topic, ref):
+    raise Refusal(ErrorCode.FORBIDDEN, f"may not read {topic}", ref)
+
+
+def test_a_client_without_the_right_hears_forbidden_before_any_complaint_about_its_options():
+    # Given a subscribe and a fetch whose options are wrong, on a topic the ACL forbids
+    bad_subscribe = {"sid": 1, "topic": "secret", "group": "g", "credit": -1}
+    bad_fetch = ["r", "secret", -5, 0]
+    # Then the refusal is the ACL's, as the hub always answered (rights first, then options)
+    assert _refused(parse_subscribe, bad_subscribe, _forbid).code == ErrorCode.FORBIDDEN
+    assert _refused(parse_fetch, bad_fetch, _forbid).code == ErrorCode.FORBIDDEN
+    # And a malformed topic or group is still refused as such first; a pattern's topics are
+    # checked one by one by the hub, not here
+    bad_group = {"sid": 1, "topic": "secret", "group": "g.", "credit": -1}
+    assert _refused(parse_subscribe, bad_group, _forbid).code == ErrorCode.BAD_GROUP
+    assert parse_subscribe({"sid": 1, "topic": "sec.*", "group": "g"}, _forbid).pattern
