@@ -24,6 +24,7 @@ from .protocol import Command, ErrorCode
 from .requests import MAX_SEQS_PER_COMMAND, Refusal, parse_admin, parse_fetch, parse_ref, parse_seqs
 from .retention import TopicLimits, Trimmer, parse_limits
 from .schedule import Schedule
+from .stats import HubStats
 from .subscription import Subscription
 from .turn import Turn
 
@@ -43,12 +44,12 @@ class AdminHost(Protocol):
     trimmer: Trimmer
     schedule: Schedule
     clock: Any
+    statistics: HubStats
     access: Access
 
     def topics(self) -> list[dict]: ...
     def stats(self) -> dict: ...
     def commit_now(self) -> None: ...
-    def forget_counters(self, key: tuple[str, str] | None, topic: str | None) -> None: ...
 
 
 def _require(hub: AdminHost, identity: bytes, topic: str, ref: Any, *actions: str) -> None:
@@ -233,11 +234,11 @@ def delete_topic(hub: AdminHost, topic: str, ref: Any) -> dict:
             groups.add(key[1])
             sub = subs.pop(key)
             attachments.drop_subscription(name, sub, hub.clock.monotonic_ms())
-            hub.forget_counters(key, None)
+            hub.statistics.forget(key=key)
             turn = hub.turn
             turn.dead_letters = [(s, d) for s, d in turn.dead_letters if s is not sub]
         hub.trimmer.forget(name)
-        hub.forget_counters(None, name)
+        hub.statistics.forget(topic=name)
         hub.schedule.forget(name)
     attachments.forget_partitioned(topic)
     log.info("topic %s deleted: %d messages, subscriptions %s", topic, messages, sorted(groups))

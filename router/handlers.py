@@ -35,7 +35,7 @@ from .requests import (
 )
 from .retention import Trimmer
 from .staging import route, stage
-from .stats import SubCounters
+from .stats import HubStats
 from .subscription import DEFAULT_ACK_WAIT_MS, DEFAULT_MAX_DELIVER, DeadLetter, Subscription
 from .turn import Turn
 
@@ -60,9 +60,10 @@ class ClientHost(Protocol):
     trimmer: Trimmer
     publish_limits: PublishLimits
     valid_topics: set[str]
+    statistics: HubStats
 
     def dead(self, sub: Subscription, dead: list[DeadLetter]) -> None: ...
-    def sub_stats(self, key: tuple[str, str]) -> SubCounters: ...
+
     def dedup_lookup(self, wanted: list[tuple[str, str]]) -> dict[tuple[str, str], int]: ...
 
 
@@ -261,7 +262,7 @@ def on_ack(hub: ClientHost, identity: bytes, peer: Peer | None, body: Any) -> No
         done = sub.last_seq - sub.pending - sub.in_flight - before
         if done:
             hub.counters["acked"] += done
-            hub.sub_stats((sub.topic, sub.group)).acked += done
+            hub.statistics.sub((sub.topic, sub.group)).acked += done
         if unknown:
             unknown_all.append(f"{sub.topic}: {unknown[:10]}")
     if unknown_all:

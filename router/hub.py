@@ -60,7 +60,7 @@ from .security import (
     LogLimiter,
     make_curve_server,
 )
-from .stats import LatencyHistogram, SubCounters, TopicCounters, stats_document, topic_rows
+from .stats import HubStats, topic_rows
 from .subscription import DeadLetter, Subscription
 from .turn import Turn
 from .wire import NOBLOCK, recv_frames, send_frames
@@ -161,23 +161,14 @@ class Hub:
         self.pub_endpoint: str | None = None
         self._next_liveness_check = 0
         # Operator statistics (router/stats.py), updated per batch or per turn
-        self._started_ms = self.clock.monotonic_ms()
-        self._topic_counters: dict[str, TopicCounters] = {}
-        self._sub_counters: dict[tuple[str, str], SubCounters] = {}
-        self.publish_latency = LatencyHistogram()
+        self.statistics = HubStats(self.clock.monotonic_ms())
+        self.counters = self.statistics.totals  # hub-wide totals (STATS "totals")
+        self.publish_latency = self.statistics.latency
         # Stats for other threads (the metrics endpoint): taken by the loop at the end of a turn
         self._snapshot_wanted = False
         self._snapshot: dict | None = None
         self._snapshot_ready = threading.Event()
         self._snapshot_lock = threading.Lock()
-        self.counters = {
-            "published": 0,
-            "delivered": 0,
-            "redelivered": 0,
-            "acked": 0,
-            "dead_lettered": 0,
-            "errors": 0,
-        }
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -510,7 +501,7 @@ class Hub:
             self.groups.new_topics([t for t in new_topics if t in combined])
         self.counters["dead_lettered"] += sum(len(v) for v in dlq.values())
         for key, n in dead_by_sub.items():
-            self.sub_stats(key).dead_lettered += n
+            self.statistics.sub(key).dead_lettered += n
         if turn.dedup_hits and confirms:
             firsts = {**firsts, None: 0}  # (None, seq): a msg_id stored before, at seq
         confirmed_at = self._confirmed_at
@@ -523,16 +514,13 @@ class Hub:
             admin.answer_admin(admin_done, firsts, outbox)
         stored: dict[str, tuple[int, list[bytes]]] = {}
         now = self.clock.monotonic_ms()
-        topic_counters = self._topic_counters
+        topic_counters = self.statistics.topic
         prio_topics = turn.prio_topics
         for topic, records in combined.items():
             self.valid_topics.add(topic)
             stored[topic] = (firsts[topic], records)
             self.counters["published"] += len(records)
-            tc = topic_counters.get(topic)
-            if tc is None:
-                tc = topic_counters[topic] = TopicCounters(self._started_ms)
-            tc.add(now, len(records), sum(map(len, records)))
+            topic_counters(topic).add(now, len(records), sum(map(len, records)))
             last = firsts[topic] + len(records) - 1
             prio = topic in prio_topics
             for sub in self.groups.of(topic):
@@ -589,7 +577,7 @@ class Hub:
             deliveries = sub.dispatch(now, limit)
             if not deliveries:
                 continue
-            counters = self.sub_stats(key)
+            counters = self.statistics.sub(key)
             for delivery in deliveries:
                 identity, sid = delivery.actor
                 seqs = delivery.seqs
@@ -710,34 +698,16 @@ class Hub:
     def stats(self) -> dict:
         """The STATS document (router/stats.py, docs/PROTOCOL.md); call on the hub's thread
         (else snapshot_stats)."""
-        return stats_document(
+        return self.statistics.document(
             hub=self.instance,
             version=protocol.VERSION,
             now_ms=self.clock.monotonic_ms(),
             wall_ms=self.clock.wall_ms(),
-            started_ms=self._started_ms,
-            totals=self.counters,
             connections=len(self._peers),
-            latency=self.publish_latency,
             stored=self.store.topics,
             subs=self.subs,
-            topic_counters=self._topic_counters,
-            sub_counters=self._sub_counters,
             dlq_topic=protocol.dlq_topic,
         )
-
-    def sub_stats(self, key: tuple[str, str]) -> SubCounters:
-        c = self._sub_counters.get(key)
-        if c is None:
-            c = self._sub_counters[key] = SubCounters()
-        return c
-
-    def forget_counters(self, key: tuple[str, str] | None, topic: str | None) -> None:
-        """Statistics of a deleted subscription or topic."""
-        if key is not None:
-            self._sub_counters.pop(key, None)
-        if topic is not None:
-            self._topic_counters.pop(topic, None)
 
     def snapshot_stats(self, timeout: float = 2.0) -> dict | None:
         """:meth:`stats`, safe from any thread: the loop takes it at the end of its next turn

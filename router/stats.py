@@ -14,6 +14,7 @@ from collections import deque
 from typing import Any
 
 __all__ = [
+    "HubStats",
     "LATENCY_BUCKETS_S",
     "RATE_WINDOW_S",
     "LatencyHistogram",
@@ -31,7 +32,19 @@ RATE_WINDOW_S = 10
 # Publish latency (PUBLISH received to CONFIRM sent, the commit included), in seconds. The low
 # buckets resolve a group commit without fsync; the high ones a stalled disk.
 LATENCY_BUCKETS_S = (
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
 )
 
 
@@ -175,11 +188,93 @@ def topic_rows(stored: dict[str, Any], subs: dict[tuple[str, str], Any]) -> list
     return out
 
 
+class HubStats:
+    """What the hub counts since its start: totals, per topic, per subscription, and the publish
+    latency; and the STATS document built from them with what storage and the subscription
+    cores hold (``document``)."""
+
+    __slots__ = ("started_ms", "totals", "topics", "subs", "latency")
+
+    def __init__(self, started_ms: int) -> None:
+        self.started_ms = started_ms
+        self.totals = {
+            "published": 0,
+            "delivered": 0,
+            "redelivered": 0,
+            "acked": 0,
+            "dead_lettered": 0,
+            "errors": 0,
+        }
+        self.topics: dict[str, TopicCounters] = {}
+        self.subs: dict[tuple[str, str], SubCounters] = {}
+        self.latency = LatencyHistogram()
+
+    def sub(self, key: tuple[str, str]) -> SubCounters:
+        """The counters of subscription ``key`` (topic, group), made on first use."""
+        c = self.subs.get(key)
+        if c is None:
+            c = self.subs[key] = SubCounters()
+        return c
+
+    def topic(self, name: str) -> TopicCounters:
+        """The counters of topic ``name``, made on first use."""
+        c = self.topics.get(name)
+        if c is None:
+            c = self.topics[name] = TopicCounters(self.started_ms)
+        return c
+
+    def forget(self, key: tuple[str, str] | None = None, topic: str | None = None) -> None:
+        """The counters of a deleted subscription or topic."""
+        if key is not None:
+            self.subs.pop(key, None)
+        if topic is not None:
+            self.topics.pop(topic, None)
+
+    def document(
+        self,
+        *,
+        hub: str,
+        version: int,
+        now_ms: int,
+        wall_ms: int,
+        connections: int,
+        stored: dict[str, Any],
+        subs: dict[tuple[str, str], Any],
+        dlq_topic: Any,
+    ) -> dict[str, Any]:
+        """The STATS document (docs/PROTOCOL.md)."""
+        return stats_document(
+            hub=hub,
+            version=version,
+            now_ms=now_ms,
+            wall_ms=wall_ms,
+            started_ms=self.started_ms,
+            totals=self.totals,
+            connections=connections,
+            latency=self.latency,
+            stored=stored,
+            subs=subs,
+            topic_counters=self.topics,
+            sub_counters=self.subs,
+            dlq_topic=dlq_topic,
+        )
+
+
 def stats_document(
-    *, hub: str, version: int, now_ms: int, wall_ms: int, started_ms: int, totals: dict[str, int],
-    connections: int, latency: LatencyHistogram, stored: dict[str, Any],
-    subs: dict[tuple[str, str], Any], topic_counters: dict[str, TopicCounters],
-    sub_counters: dict[tuple[str, str], SubCounters], dlq_topic: Any,
+    *,
+    hub: str,
+    version: int,
+    now_ms: int,
+    wall_ms: int,
+    started_ms: int,
+    totals: dict[str, int],
+    connections: int,
+    latency: LatencyHistogram,
+    stored: dict[str, Any],
+    subs: dict[tuple[str, str], Any],
+    topic_counters: dict[str, TopicCounters],
+    sub_counters: dict[tuple[str, str], SubCounters],
+    dlq_topic: Any,
 ) -> dict[str, Any]:
     """The STATS document: the hub's totals, and per topic and per subscription what storage
     and the subscription cores hold plus the counters kept since the start."""
