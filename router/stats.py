@@ -32,19 +32,7 @@ RATE_WINDOW_S = 10
 # Publish latency (PUBLISH received to CONFIRM sent, the commit included), in seconds. The low
 # buckets resolve a group commit without fsync; the high ones a stalled disk.
 LATENCY_BUCKETS_S = (
-    0.0005,
-    0.001,
-    0.002,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )
 
 
