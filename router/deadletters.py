@@ -7,9 +7,14 @@ removes the dead letter, so a redrive never loses nor duplicates a message.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 from . import protocol
+from .subscription import DeadLetter, Subscription
+
+log = logging.getLogger("zmq_mq.hub")
 
 # Headers the hub adds to a dead letter: their one home is router/protocol.py (these short
 # names are kept for this module's readers and callers).
@@ -89,3 +94,30 @@ def describe(seq: int, record: bytes) -> dict[str, Any]:
         "headers": {k: v for k, v in headers.items() if k not in DEAD_LETTER_HEADERS},
         "payload": payload,
     }
+
+
+def dead_letter_records(
+    dead: list[tuple[Subscription, DeadLetter]],
+    read: Callable[[str, list[int]], list[bytes | None]],
+    wall_ms: Callable[[], int],
+) -> tuple[dict[str, list[bytes]], dict[tuple[str, str], int]]:
+    """Records for the ``dlq.<group>`` topics of a turn's dead letters: the original message
+    (``read`` from the log) plus origin headers; and how many each subscription dead-lettered."""
+    out: dict[str, list[bytes]] = {}
+    by_sub: dict[tuple[str, str], int] = {}
+    for sub, dl in dead:
+        (record,) = read(sub.topic, [dl.seq])
+        if record is None:  # removed from the log meanwhile: nothing left to keep
+            continue
+        try:
+            dead_record = dead_letter_record(
+                record, sub.topic, dl.seq, sub.group, dl.deliveries, dl.reason, wall_ms(),
+            )
+        except Exception:  # a record this hub cannot re-pack: keep it as stored, never lose it
+            log.exception("dead letter %s/%s: record kept unchanged", sub.topic, dl.seq)
+            dead_record = record
+        topic = protocol.dlq_topic(sub.group)
+        out.setdefault(topic, []).append(dead_record)
+        key = (sub.topic, sub.group)
+        by_sub[key] = by_sub.get(key, 0) + 1
+    return out, by_sub

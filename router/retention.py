@@ -1,15 +1,19 @@
 """Per-topic retention limits: validation and the pure decisions the hub applies.
 
-No sockets, no storage: the hub asks these functions what to refuse (``discard="new"``) and
-which oldest sequences to delete in its group commit (``discard="old"``), in bounded batches.
+No sockets: the hub asks these functions what to refuse (``discard="new"``) and which oldest
+sequences to delete in its group commit (``discard="old"``), in bounded batches. ``Trimmer``
+applies them: it reads the oldest records of the store it is given and stages the deletions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["TRIM_BATCH", "TopicLimits", "acked_upto", "start_after", "aged_prefix", "bytes_upto", "excess_messages", "parse_limits", "refuse_new"]
+from . import protocol
+
+__all__ = ["TRIM_BATCH", "TopicLimits", "Trimmer", "acked_upto", "start_after", "aged_prefix", "bytes_upto", "excess_messages", "parse_limits", "refuse_new"]
 
 # Oldest records deleted per topic per hub turn: bounds the work one commit adds.
 TRIM_BATCH = 1000
@@ -170,3 +174,92 @@ def start_after(start: Any, first_seq: int, last_seq: int, probe: Any) -> int:
                         lo = found[0] + 1
                 return lo - 1
     raise ValueError('start must be "first", "new", {"seq": N} or {"time_ms": T}')
+
+
+class Trimmer:
+    """The limits of every topic that has some, and the trimming they ask for each turn.
+
+    A publish to a topic without limits costs one dict truthiness check (``limits``)."""
+
+    __slots__ = ("store", "limits", "age_check")
+
+    def __init__(self, store: Any, configs: dict[str, dict]) -> None:
+        self.store = store
+        self.limits: dict[str, TopicLimits] = {}
+        self.age_check: dict[str, int] = {}  # max_age topics: wall ms before which none expires
+        for topic, stored_config in configs.items():
+            limits = parse_limits(stored_config)
+            if not limits.unlimited:
+                self.limits[topic] = limits
+
+    def set(self, topic: str, limits: TopicLimits) -> None:
+        self.age_check.pop(topic, None)
+        if limits.unlimited:
+            self.limits.pop(topic, None)
+        else:
+            self.limits[topic] = limits
+
+    def forget(self, topic: str) -> None:
+        self.limits.pop(topic, None)
+        self.age_check.pop(topic, None)
+
+    def trim(self, appends: dict[str, list[bytes]], deletes: dict[str, set[int] | range],
+             ack_floors: Callable[[str], list[int]], wall_ms: int) -> None:
+        """discard=old: stage in ``deletes`` the oldest messages over a topic's limits, at most
+        TRIM_BATCH per topic per turn (deletes apply after this turn's ``appends``)."""
+        store = self.store
+        for topic, limits in self.limits.items():
+            if topic in deletes:  # a PURGE or REDRIVE of this turn; trim next turn
+                continue
+            info = store.topics.get(topic)
+            stored = info.count if info else 0
+            first = info.first_seq if info else 1
+            upto = first + excess_messages(limits, stored, len(appends.get(topic, ())))
+            if limits.max_age_ms and stored:
+                upto = max(upto, self._aged_upto(topic, info, limits.max_age_ms, wall_ms))
+            if limits.max_bytes is not None and limits.discard == "old" and stored:
+                over = info.bytes + sum(map(len, appends.get(topic, ()))) - limits.max_bytes
+                if over > 0:
+                    oldest = store.read_range(topic, first, TRIM_BATCH)
+                    last = bytes_upto([(seq, len(rec)) for seq, rec in oldest], over)
+                    if last is not None:
+                        upto = max(upto, last + 1)
+            if limits.retention == "workqueue" and stored:
+                upto = max(upto, acked_upto(first, ack_floors(topic)))
+            if upto > first:
+                deletes[topic] = range(first, upto)
+
+    def _aged_upto(self, topic: str, info: Any, max_age_ms: int, wall: int) -> int:
+        """max_age: the seq bound (exclusive) of the oldest messages past their age, reading at
+        most TRIM_BATCH records, and only once the oldest one can have aged."""
+        if wall < self.age_check.get(topic, 0):
+            return 0
+        oldest = self.store.read_range(topic, info.first_seq, TRIM_BATCH)
+        stamped = [(seq, protocol.unpack_record(rec)[0]) for seq, rec in oldest]
+        last, next_ts = aged_prefix(stamped, wall - max_age_ms)
+        # none left to age in this batch: look again when the first kept one ages
+        self.age_check[topic] = next_ts + max_age_ms if next_ts is not None else 0
+        return 0 if last is None else last + 1
+
+    def refuse_if_full(self, staged: list[tuple[str, bytes]], appends: dict[str, list[bytes]]) -> str | None:
+        """discard=new: why the whole batch ``staged`` is refused (a topic would go over its
+        max_messages or max_bytes), or None."""
+        adding: dict[str, list[int]] = {}
+        for topic, record in staged:
+            a = adding.get(topic)
+            if a is None:
+                a = adding[topic] = [0, 0]
+            a[0] += 1
+            a[1] += len(record)
+        for topic, (n, nbytes) in adding.items():
+            limits = self.limits.get(topic)
+            if limits is None or limits.discard != "new":
+                continue
+            info = self.store.topics.get(topic)
+            appended = appends.get(topic, ())
+            staged_bytes = sum(map(len, appended)) if limits.max_bytes is not None else 0
+            why = refuse_new(limits, info.count if info else 0, len(appended), n,
+                             info.bytes if info else 0, staged_bytes, nbytes)
+            if why:
+                return f"{topic}: {why}; nothing of this batch was stored"
+        return None

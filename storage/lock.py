@@ -21,13 +21,11 @@ import socket
 import time
 from pathlib import Path
 
+from .errors import DataDirInUse
+
 __all__ = ["DataDirLock", "DataDirInUse", "LOCK_FILE"]
 
 LOCK_FILE = "zmq-mq.lock"
-
-
-class DataDirInUse(Exception):
-    """Another process (a running hub) holds the data directory's lock."""
 
 
 class DataDirLock:

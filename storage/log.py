@@ -32,7 +32,8 @@ from typing import Any, Iterable
 import lmdb
 import msgpack
 
-from .lock import DataDirInUse, DataDirLock
+from .errors import DataDirInUse, StorageError, StorageFull
+from .lock import DataDirLock
 
 __all__ = ["Store", "StorageError", "StorageFull", "TopicInfo", "DataDirInUse"]
 
@@ -73,14 +74,6 @@ _ENOSPC_TEXTS = ("no space left", "enospc")
 # commit needed plus this much for the pages LMDB rewrites around it (B-tree branches, free list,
 # meta pages): a real I/O error with that much room left stays a storage_error.
 _DISK_SLACK = 1 << 20
-
-
-class StorageError(Exception):
-    """A storage failure: nothing was written. The base of every storage error."""
-
-
-class StorageFull(StorageError):
-    """The LMDB map reached its maximum size or the disk is full: nothing was written."""
 
 
 @dataclass(slots=True)

@@ -161,32 +161,30 @@ def test_msg_ids_survive_a_hub_kill_9(hub_process):
 
 
 def test_in_one_hub_turn_a_repeated_msg_id_is_staged_once_across_batches(tmp_path):
-    # Driven without sockets: two PUBLISH bodies handled in the same turn, then one commit
+    # Driven without sockets: two PUBLISH commands handled in the same turn (Hub.step), one commit
     from zmq_mq.router.config import HubConfig
     from zmq_mq.router.hub import Hub
 
+    def publish(who: bytes, body: list) -> list[bytes]:
+        return [who, *protocol.encode(Command.PUBLISH, body)]
+
     hub = Hub(HubConfig(data_dir=str(tmp_path)))
     try:
-        hub._on_publish(b"p1", None, [1, [["t", b"a", None, None, {"msg_id": "A"}],
-                                          ["t", b"b", None, None]]])
-        hub._on_publish(b"p2", None, [2, [["t", b"a", None, None, {"msg_id": "A"}],
-                                          ["u", b"a", None, None, {"msg_id": "A"}]]])
-        assert [len(v) for v in hub._appends.values()] == [2, 1]  # t: a, b; u: a
-        hub._commit()
-        confirms = [(who, body) for who, cmd, body in hub._outbox if cmd == Command.CONFIRM]
-        assert confirms == [(b"p1", [1, [1, 2]]), (b"p2", [2, [1, 1]])]
+        sent = hub.step([
+            publish(b"p1", [1, [["t", b"a", None, None, {"msg_id": "A"}], ["t", b"b", None, None]]]),
+            publish(b"p2", [2, [["t", b"a", None, None, {"msg_id": "A"}],
+                                ["u", b"a", None, None, {"msg_id": "A"}]]]),
+        ])
+        assert [hub.store.topics[t].count for t in ("t", "u")] == [2, 1]  # t: a, b; u: a
+        assert sent == [(b"p1", Command.CONFIRM, [1, [1, 2]]), (b"p2", Command.CONFIRM, [2, [1, 1]])]
         # next turn: the stored id is found in LMDB, nothing is staged
-        hub._outbox.clear()
-        hub._on_publish(b"p3", None, [3, [["t", b"a", None, None, {"msg_id": "A"}]]])
-        assert hub._appends == {}
-        hub._commit()
-        assert hub._outbox == [(b"p3", Command.CONFIRM, [3, [1]])]
+        sent = hub.step([publish(b"p3", [3, [["t", b"a", None, None, {"msg_id": "A"}]]])])
+        assert sent == [(b"p3", Command.CONFIRM, [3, [1]])]
         assert hub.store.topics["t"].count == 2
         # a batch mixing a stored id and a new message
-        hub._outbox.clear()
-        hub._on_publish(b"p4", None, [4, [["t", b"a", None, None, {"msg_id": "A"}], ["t", b"c", None, None]]])
-        hub._commit()
-        assert hub._outbox == [(b"p4", Command.CONFIRM, [4, [1, 3]])]
+        sent = hub.step([publish(b"p4", [4, [["t", b"a", None, None, {"msg_id": "A"}],
+                                             ["t", b"c", None, None]]])])
+        assert sent == [(b"p4", Command.CONFIRM, [4, [1, 3]])]
         assert hub.store.topics["t"].count == 3
     finally:
         hub.close()

@@ -47,8 +47,7 @@ def test_a_flooding_producer_cannot_make_a_small_publish_wait_for_its_whole_back
             flood.send_multipart(protocol.encode(Command.PUBLISH, [batch, messages]))
         # When another client publishes one message
         small.send_multipart(protocol.encode(Command.PUBLISH, [7, [["small", b"hi", None, None]]]))
-        hub._read_commands()
-        hub._turn()
+        hub.serve_once()
         # Then it is confirmed by the first turn, which committed only a bounded share of the flood
         assert _replies(small) == [(Command.CONFIRM, [7, [1]])]
         assert hub.store.topics["flood"].count <= 3000
@@ -57,8 +56,7 @@ def test_a_flooding_producer_cannot_make_a_small_publish_wait_for_its_whole_back
         for _ in range(100):
             if confirmed == 20:
                 break
-            hub._read_commands()
-            hub._turn()
+            hub.serve_once()
             confirmed += len(_replies(flood))
         assert confirmed == 20
         assert hub.store.topics["flood"].count == 20_000
@@ -85,14 +83,12 @@ def test_credit_freed_by_acks_is_handed_out_before_the_commit_and_a_new_attachme
         # Given two stored messages
         producer.send_multipart(protocol.encode(
             Command.PUBLISH, [1, [["jobs", b"a", None, None], ["jobs", b"b", None, None]]]))
-        hub._read_commands()
-        hub._turn()
+        hub.serve_once()
         # When a consumer with credit 1 attaches
         consumer.send_multipart(protocol.encode(
             Command.SUBSCRIBE, {"sid": 1, "topic": "jobs", "group": "g", "credit": 1}))
-        hub._read_commands()
         seen_at_commit.clear()
-        hub._turn()
+        hub.serve_once()
         # Then nothing reaches it before the commit, and SUBSCRIBED comes before the first DELIVER
         assert seen_at_commit == [[]]
         first = _replies(consumer)
@@ -100,9 +96,8 @@ def test_credit_freed_by_acks_is_handed_out_before_the_commit_and_a_new_attachme
         assert [seq for seq, _, _ in first[1][1][2]] == [1]
         # When it acks seq 1 (a turn without publishes)
         consumer.send_multipart(protocol.encode(Command.ACK, [1, {"jobs": [1]}]))
-        hub._read_commands()
         seen_at_commit.clear()
-        hub._turn()
+        hub.serve_once()
         # Then seq 2 was on its way before the commit that makes the ack durable
         (before,) = seen_at_commit
         assert [c for c, _ in before] == [Command.DELIVER]

@@ -1,8 +1,8 @@
 """Fuzzing the hub: its command handling without sockets, then a running hub over the wire.
 
-Invariant: whatever frames arrive, ``Hub._handle`` returns normally (never raises) and the hub
-either answers the sender or, for commands without an answer, stays consistent; an ``internal``
-error code (a bug) is never the answer.
+Invariant: whatever frames arrive, a hub turn (``Hub.step``: commands in, what it would send
+out) returns normally (never raises) and the hub either answers the sender or, for commands
+without an answer, stays consistent; an ``internal`` error code (a bug) is never the answer.
 """
 
 from __future__ import annotations
@@ -33,17 +33,10 @@ def hub(tmp_path_factory):
     h.close()
 
 
-def _answers(hub: Hub) -> list:
-    out, hub._outbox = hub._outbox, []
-    return out
-
-
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(command=st.sampled_from(sorted(CLIENT_COMMANDS)), body=msgpack_values)
 def test_any_msgpack_body_for_any_command_is_answered_without_a_crash(hub, command, body):
-    hub._handle([b"fuzzer", SIGNATURE, command, msgpack.packb(body)])
-    hub._commit()
-    for _, reply, reply_body in _answers(hub):
+    for _, reply, reply_body in hub.step([[b"fuzzer", SIGNATURE, command, msgpack.packb(body)]]):
         if reply == Command.ERROR:
             assert reply_body["code"] != "internal", reply_body
 
@@ -51,10 +44,7 @@ def test_any_msgpack_body_for_any_command_is_answered_without_a_crash(hub, comma
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(frames=st.lists(st.binary(max_size=40), min_size=0, max_size=6))
 def test_any_frames_get_an_error_or_a_reply(hub, frames):
-    hub._handle([b"fuzzer", *frames])
-    replies = _answers(hub)
-    hub._commit()
-    replies += _answers(hub)
+    replies = hub.step([[b"fuzzer", *frames]])
     assert replies, "every malformed or valid-with-answer command gets something back"
 
 
@@ -66,15 +56,15 @@ def test_any_frames_get_an_error_or_a_reply(hub, frames):
     credit=st.integers(-3, 200_000),
 )
 def test_semantically_wrong_settlements_never_crash_the_hub(hub, sid, seqs, kind, credit):
-    hub._handle([b"fz2", *protocol.encode(Command.SUBSCRIBE, {"sid": 1, "topic": "fz", "group": "g", "credit": 5})])
-    hub._handle([b"fz2", *protocol.encode(Command.CREDIT, [sid, credit])])
     body = {Command.NACK: [sid, {"fz": seqs}, 10], Command.REJECT: [sid, {"fz": seqs}, "why"]}.get(
         kind, [sid, {"fz": seqs}]
     )
-    hub._handle([b"fz2", *protocol.encode(kind, body)])
-    hub._commit()
-    hub._dispatch(0)
-    for _, reply, reply_body in _answers(hub):
+    sent = hub.step([
+        [b"fz2", *protocol.encode(Command.SUBSCRIBE, {"sid": 1, "topic": "fz", "group": "g", "credit": 5})],
+        [b"fz2", *protocol.encode(Command.CREDIT, [sid, credit])],
+        [b"fz2", *protocol.encode(kind, body)],
+    ])
+    for _, reply, reply_body in sent:
         if reply == Command.ERROR:
             assert reply_body["code"] != "internal", reply_body
 

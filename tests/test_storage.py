@@ -273,3 +273,16 @@ def test_storage_errors_are_one_hierarchy_and_map_to_one_error_code_each() -> No
     assert isinstance(full, StorageError)
     assert storage_error_code(full) is ErrorCode.STORAGE_FULL
     assert storage_error_code(other) is ErrorCode.STORAGE_ERROR
+
+
+def test_a_data_directory_in_use_is_a_storage_error_from_the_one_errors_module() -> None:
+    # Given the storage errors, as the package, the store and the lock export them
+    from zmq_mq.storage import DataDirInUse as from_package
+    from zmq_mq.storage import errors, lock
+    from zmq_mq.storage import log as store_log
+
+    # Then each name is one class, defined in storage/errors.py, and all are StorageErrors
+    assert from_package is errors.DataDirInUse is lock.DataDirInUse is store_log.DataDirInUse
+    assert store_log.StorageFull is errors.StorageFull and store_log.StorageError is errors.StorageError
+    assert issubclass(errors.DataDirInUse, errors.StorageError)
+    assert issubclass(errors.StorageFull, errors.StorageError)
