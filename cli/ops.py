@@ -21,7 +21,6 @@ import typer
 from ..actors.admin import Admin
 from ..actors.errors import HubError, HubUnavailable, ZmqMqError
 from ..router import protocol
-from ..router.deadletters import describe
 from .common import HubOption, TimeoutOption, check_hub_option, console, fail, payload_fields
 
 # Dead letters per REDRIVE / PURGE request: one hub commit each, small enough that a large redrive
@@ -191,7 +190,7 @@ def dlq_show(
         fail(str(exc))
     if not page or page[0].seq != seq:
         fail(f"no dead letter {seq} in {topic}")
-    data = letter_json(describe(page[0].seq, page[0].record), group)
+    data = letter_json(protocol.describe_dead_letter(page[0].seq, page[0].record), group)
     if as_json:
         typer.echo(json.dumps(data, indent=2, default=str))
         return

@@ -77,23 +77,8 @@ def redrive_record(dlq_topic: str, seq: int, record: bytes, now_ms: int) -> tupl
     return origin, protocol.pack_record(now_ms, key, out, payload)
 
 
-def describe(seq: int, record: bytes) -> dict[str, Any]:
-    """A dead letter as a plain map for people and JSON (what ``zmq-mq dlq`` shows)."""
-    ts, key, headers, payload = protocol.unpack_record(record)
-    headers = headers if isinstance(headers, dict) else {}
-    return {
-        "seq": seq,
-        "timestamp": ts,
-        "key": key,
-        "origin_topic": headers.get(ORIGIN_TOPIC),
-        "origin_seq": headers.get(ORIGIN_SEQ),
-        "origin_timestamp": headers.get(ORIGIN_TIMESTAMP),
-        "subscription": headers.get(SUBSCRIPTION),
-        "deliveries": headers.get(DELIVERIES),
-        "reason": headers.get(REASON),
-        "headers": {k: v for k, v in headers.items() if k not in DEAD_LETTER_HEADERS},
-        "payload": payload,
-    }
+# A dead letter as a plain map for people and JSON: the codec owns it, the client reads it too.
+describe = protocol.describe_dead_letter
 
 
 def dead_letter_records(

@@ -79,9 +79,9 @@ from typing import Any
 
 # The orderings and the priority bounds are part of the protocol (SUBSCRIBE "ordering", PUBLISH
 # "priority"); their one home is router/protocol.py.
-from .protocol import DEFAULT_PRIORITY, MAX_PRIORITY, ORDERINGS
+from .protocol import DEFAULT_ACK_WAIT_MS, DEFAULT_PRIORITY, MAX_PRIORITY, ORDERINGS
 
-DEFAULT_ACK_WAIT_MS = 30_000  # long enough for ordinary work; progress() extends it
+# DEFAULT_ACK_WAIT_MS (protocol): long enough for ordinary work; progress() extends it
 DEFAULT_MAX_DELIVER = 5  # attempts before a message is a poison message; 0 = unlimited
 SNAPSHOT_VERSION = 1
 # How many never-handed-out seqs the key/priority dispatch looks at (and looks up) at once. It
