@@ -303,7 +303,9 @@ class ClusterMember(ClusterClient):
 
     @property
     def is_controller(self) -> bool:
-        return self._is_controller
+        """Whether this member holds the controller role now (not while its connection is
+        lost: it could not write, and another member may be taking over)."""
+        return self._is_controller and not self._fenced
 
     def view(self) -> dict[str, PartitionState | Fenced | None]:
         """The last state delivered to ``on_change`` for each partition."""
