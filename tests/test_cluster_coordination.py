@@ -14,11 +14,13 @@ import threading
 
 import pytest
 from kazoo.client import KazooClient
-
-from zmq_mq.router.cluster import (NotEnoughHubsError, PartitionState, StaleEpochError,
-                                   TopicExistsError)
+from zmq_mq.router.cluster import (
+    NotEnoughHubsError,
+    PartitionState,
+    StaleEpochError,
+    TopicExistsError,
+)
 from zmq_mq.router.cluster.coordinator import FENCED, ClusterClient, ClusterMember
-from zmq_mq.testing import ZooKeeperServer
 
 SESSION_TIMEOUT = 2.0  # s: ZooKeeper ends a silent member's session this fast (tickTime 500 ms)
 WAIT = 30.0  # s: the longest any cluster change may take on a loaded machine
@@ -300,6 +302,7 @@ def test_members_reconnect_and_the_state_survives_a_zookeeper_restart(own_zookee
 
 def test_a_member_that_cannot_reach_zookeeper_fails_to_start_with_the_reason(tmp_path):
     from zmq_mq.router.cluster import ClusterTimeout
+
     from zmq_mq.testing import free_loopback_port
 
     member = ClusterMember(f"zk://127.0.0.1:{free_loopback_port()}/x", "h1", "tcp://x:1")
@@ -307,29 +310,82 @@ def test_a_member_that_cannot_reach_zookeeper_fails_to_start_with_the_reason(tmp
         member.start(timeout=1.0)
 
 
-def test_the_zookeeper_harness_restarts_on_the_same_port_and_data(tmp_path):
-    # (uses the own server directly: this is the harness's own test)
-    from zmq_mq.testing import zookeeper_classpath
+def test_the_zookeeper_harness_restarts_on_the_same_port_and_data_after_kill_9(own_zookeeper):
+    server = own_zookeeper
+    port = server.port
+    zk = KazooClient(hosts=server.hosts)
+    zk.start(10)
+    try:
+        zk.create("/kept", b"yes")
+    finally:
+        zk.stop()
+        zk.close()
+    server.kill9()
+    assert not server.serving()
+    server.start()
+    assert server.port == port and server.url("/c") == f"zk://127.0.0.1:{port}/c"
+    zk = KazooClient(hosts=server.hosts)
+    zk.start(10)
+    try:
+        assert zk.get("/kept")[0] == b"yes"
+    finally:
+        zk.stop()
+        zk.close()
 
-    if zookeeper_classpath() is None:
-        pytest.skip("ZooKeeper is not installed")  # the other tests here fail in CI for it
-    with ZooKeeperServer(tmp_path / "zk") as server:
-        port = server.port
-        zk = KazooClient(hosts=server.hosts)
-        zk.start(10)
-        try:
-            zk.create("/kept", b"yes")
-        finally:
-            zk.stop()
-            zk.close()
-        server.kill9()
-        assert not server.serving()
-        server.start()
-        assert server.port == port and server.url("/c") == f"zk://127.0.0.1:{port}/c"
-        zk = KazooClient(hosts=server.hosts)
-        zk.start(10)
-        try:
-            assert zk.get("/kept")[0] == b"yes"
-        finally:
-            zk.stop()
-            zk.close()
+
+def test_a_follower_that_is_not_live_cannot_join_the_isr(cluster):
+    for node in ("h1", "h2"):
+        cluster.start(node)
+    admin = cluster.client()
+    admin.create_topic("pairs", 1, 2)
+    state = admin.partition("pairs.0")
+    leader, follower = state.leader, state.followers()[0]
+    cluster.wait(lambda: cluster.everyone_sees("pairs.0", lambda s: s == state), "placement")
+    # When the follower leaves, and the controller takes it out of the in-sync set
+    cluster.members.pop(follower).close()
+    cluster.wait(lambda: cluster.everyone_sees("pairs.0", lambda s: s.isr == (leader,),
+                                               [leader]), "the ISR shrunk")
+    # Then its leader cannot put it back: it is not live
+    with pytest.raises(ValueError, match="not live"):
+        cluster.members[leader].update_isr("pairs.0", state.epoch, [leader, follower])
+    assert admin.partition("pairs.0").isr == (leader,)
+
+
+def test_a_hub_restarted_before_its_old_session_expired_joins_once_that_session_ends(cluster):
+    # Given the node h1 still held by a previous run's session (as after kill -9 of a hub)
+    previous = KazooClient(hosts=ClusterClient(cluster.url).address.hosts)
+    previous.start(10)
+    try:
+        admin = cluster.client()  # (makes the cluster's paths)
+        previous.create(admin.paths.hub("h1"), b'{"v":1}', ephemeral=True)
+        old_czxid = previous.exists(admin.paths.hub("h1")).czxid
+        started = threading.Event()
+        errors: list[BaseException] = []
+
+        def start():
+            try:
+                cluster.start("h1")
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+            started.set()
+
+        # When the new run starts, and then the previous session ends
+        t = threading.Thread(target=start)
+        t.start()
+    finally:
+        previous.stop()
+        previous.close()
+    # Then the new run joins, on a node of its own session
+    assert started.wait(WAIT) and not errors, errors
+    t.join()
+    member = cluster.members["h1"]
+    stat = member.zk.exists(member.paths.hub("h1"))
+    assert stat.ephemeralOwner == member.zk.client_id[0] and stat.czxid > old_czxid
+    assert admin.hubs()["h1"].endpoint.startswith("tcp://")
+
+
+def test_bad_member_settings_are_value_errors():
+    with pytest.raises(ValueError, match="bad node name"):
+        ClusterMember("zk://127.0.0.1:2181/x", "a/b", "tcp://x:1")
+    with pytest.raises(ValueError, match="bad cluster address"):
+        ClusterMember("127.0.0.1:2181", "h1", "tcp://x:1")

@@ -14,14 +14,31 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-
-from zmq_mq.router.cluster import (ClusterPaths, HubInfo, LayoutError, NotEnoughHubsError,
-                                   PartitionState, StaleEpochError, TopicSpec, assign,
-                                   change_isr, elect, initial_state, make_topic,
-                                   parse_cluster_address)
-from zmq_mq.router.cluster.layout import (check_node_name, decode_hub, decode_partition,
-                                          decode_topic, encode_hub, encode_partition,
-                                          encode_topic, split_partition_name)
+from zmq_mq.router.cluster import (
+    ClusterPaths,
+    HubInfo,
+    LayoutError,
+    NotEnoughHubsError,
+    PartitionState,
+    StaleEpochError,
+    TopicSpec,
+    assign,
+    change_isr,
+    elect,
+    initial_state,
+    make_topic,
+    parse_cluster_address,
+)
+from zmq_mq.router.cluster.layout import (
+    check_node_name,
+    decode_hub,
+    decode_partition,
+    decode_topic,
+    encode_hub,
+    encode_partition,
+    encode_topic,
+    split_partition_name,
+)
 
 # --- the address ---------------------------------------------------------------------------------
 

@@ -7,14 +7,22 @@ The pure parts import nothing beyond the standard library: ``address`` (the ``zk
 """
 
 from .address import ClusterAddress, parse_cluster_address
-from .errors import (ClusterError, ClusterTimeout, FencedError, LayoutError, NoSuchPartitionError,
-                     NotEnoughHubsError, StaleEpochError, TopicExistsError)
+from .errors import (
+    ClusterError,
+    ClusterTimeout,
+    FencedError,
+    LayoutError,
+    NoSuchPartitionError,
+    NotEnoughHubsError,
+    StaleEpochError,
+    TopicExistsError,
+)
 from .layout import ClusterPaths, HubInfo, PartitionState, TopicSpec
 from .placement import assign, change_isr, default_min_insync, elect, initial_state, make_topic
 
 __all__ = [
-    "ClusterAddress", "parse_cluster_address", "ClusterError", "ClusterTimeout", "FencedError",
-    "LayoutError", "NoSuchPartitionError", "NotEnoughHubsError", "StaleEpochError",
-    "TopicExistsError", "ClusterPaths", "HubInfo", "PartitionState", "TopicSpec", "assign",
-    "change_isr", "default_min_insync", "elect", "initial_state", "make_topic",
+    "ClusterAddress", "ClusterError", "ClusterPaths", "ClusterTimeout", "FencedError", "HubInfo",
+    "LayoutError", "NoSuchPartitionError", "NotEnoughHubsError", "PartitionState",
+    "StaleEpochError", "TopicExistsError", "TopicSpec", "assign", "change_isr",
+    "default_min_insync", "elect", "initial_state", "make_topic", "parse_cluster_address",
 ]

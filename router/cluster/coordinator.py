@@ -22,12 +22,19 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 try:
     from kazoo.client import KazooClient, KazooState
-    from kazoo.exceptions import (BadVersionError, ConnectionClosedError, KazooException,
-                                  NodeExistsError, NoNodeError, RolledBackError)
+    from kazoo.exceptions import (
+        BadVersionError,
+        ConnectionClosedError,
+        KazooException,
+        NodeExistsError,
+        NoNodeError,
+        RolledBackError,
+    )
     from kazoo.handlers.threading import KazooTimeoutError
     from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 except ImportError as exc:  # pragma: no cover - depends on the install
@@ -35,12 +42,30 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 from ..protocol import check_topic
 from .address import ClusterAddress, parse_cluster_address
-from .errors import (ClusterError, ClusterTimeout, FencedError, LayoutError,
-                     NoSuchPartitionError, TopicExistsError)
-from .layout import (ClusterPaths, HubInfo, PartitionState, TopicSpec, check_node_name,
-                     decode_controller_epoch, decode_hub, decode_partition, decode_topic,
-                     encode_controller_epoch, encode_hub, encode_partition, encode_topic,
-                     partition_name)
+from .errors import (
+    ClusterError,
+    ClusterTimeout,
+    FencedError,
+    LayoutError,
+    NoSuchPartitionError,
+    TopicExistsError,
+)
+from .layout import (
+    ClusterPaths,
+    HubInfo,
+    PartitionState,
+    TopicSpec,
+    check_node_name,
+    decode_controller_epoch,
+    decode_hub,
+    decode_partition,
+    decode_topic,
+    encode_controller_epoch,
+    encode_hub,
+    encode_partition,
+    encode_topic,
+    partition_name,
+)
 from .placement import change_isr, elect, initial_state, make_topic, with_controller_epoch
 
 log = logging.getLogger("zmq_mq.cluster")

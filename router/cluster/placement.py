@@ -25,8 +25,8 @@ leaders.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Collection, Iterable
 from dataclasses import replace
-from typing import Collection, Iterable
 
 from .errors import NotEnoughHubsError, StaleEpochError
 from .layout import MAX_PARTITIONS, PartitionState, TopicSpec, in_replica_order
