@@ -172,6 +172,16 @@ def test_a_created_topic_spreads_its_partition_leaders_over_distinct_hubs(cluste
         admin.create_topic("orders", 1, 1)
     with pytest.raises(NotEnoughHubsError):
         admin.create_topic("wide", 1, 4)
+    with pytest.raises(ValueError, match="bad topic name"):
+        admin.create_topic("bad name", 1, 1)
+    # and the status an operator sees says the same
+    status = admin.status()
+    assert status["controller"] in ("h1", "h2", "h3") and sorted(status["hubs"]) == [
+        "h1", "h2", "h3"]
+    assert status["topics"]["orders"] == {"partitions": 6, "replicas": 2, "min_insync": 2}
+    assert status["partitions"]["orders.0"] == {
+        "leader": states["orders.0"].leader, "epoch": 0,
+        "replicas": list(states["orders.0"].replicas), "isr": list(states["orders.0"].isr)}
 
 
 def test_when_a_leaders_session_ends_its_partitions_move_to_an_in_sync_replica(cluster):
