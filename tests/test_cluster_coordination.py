@@ -413,3 +413,30 @@ def test_bad_member_settings_are_value_errors():
         ClusterMember("zk://127.0.0.1:2181/x", "a/b", "tcp://x:1")
     with pytest.raises(ValueError, match="bad cluster address"):
         ClusterMember("127.0.0.1:2181", "h1", "tcp://x:1")
+
+
+def test_a_controller_deposed_by_a_newer_controller_epoch_writes_nothing(cluster):
+    for node in ("h1", "h2", "h3"):
+        cluster.start(node)
+    admin = cluster.client()
+    admin.create_topic("orders", 3, 2)
+    cluster.wait(lambda: len(cluster.controllers()) == 1, "a controller")
+    controller = cluster.controllers()[0]
+    # Given a newer controller epoch taken behind the controller's back (as by a controller
+    # elected while this one was cut off from ZooKeeper)
+    data, stat = admin.zk.get(admin.paths.controller_epoch)
+    stolen = admin.controller_epoch() + 1
+    admin.zk.set(admin.paths.controller_epoch,
+                 b'{"v":1,"epoch":%d,"node":"elsewhere"}' % stolen, version=stat.version)
+    # When a hub that leads a partition leaves
+    victim = next(n for n in cluster.members if n != controller)
+    led = [n for n, s in admin.partitions("orders").items() if s.leader == victim]
+    assert led
+    cluster.members.pop(victim).close()
+    # Then the old controller's term cannot write the failover: a controller elected after
+    # the stolen epoch does
+    for name in led:
+        cluster.wait(lambda: cluster.everyone_sees(name, lambda s: s.leader != victim),
+                     f"{name} failed over")
+        state = admin.partition(name)
+        assert state.controller_epoch > stolen, state
