@@ -208,3 +208,54 @@ def step_hub_clock_while_idle(endpoint: str, clock: FakeClock, groups: tuple[str
         assert moved < limit_ms, f"not done after {moved} ms of hub time"
         clock.advance(step_ms)
         moved += step_ms
+
+
+# --- a real ZooKeeper for the cluster tests (Debian's `zookeeper` package) ----------------------
+
+
+def _require_zookeeper() -> None:
+    """Fail in CI (CI set: .ci/run installs ZooKeeper, so its absence is a broken setup), skip
+    only on a developer's machine without it."""
+    from zmq_mq.testing import ZOOKEEPER_INSTALL_HINT, zookeeper_classpath
+
+    if zookeeper_classpath() is not None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{ZOOKEEPER_INSTALL_HINT} (CI is set, so this fails instead of skipping)")
+    pytest.skip(f"{ZOOKEEPER_INSTALL_HINT} (skipped only because CI is not set; in CI this "
+                "fails)")
+
+
+@pytest.fixture(scope="session")
+def zookeeper_server(tmp_path_factory):
+    """One ZooKeeper server for the whole session (starting one costs 1-2 s), on a free port;
+    tests share it through fresh chroots (``zookeeper``)."""
+    from zmq_mq.testing import ZooKeeperServer
+
+    _require_zookeeper()
+    server = ZooKeeperServer(tmp_path_factory.mktemp("zookeeper"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def zookeeper(zookeeper_server):
+    """A cluster address (``zk://127.0.0.1:PORT/<fresh chroot>``) of its own for the test, on
+    the session's ZooKeeper."""
+    import uuid
+
+    return zookeeper_server.url(f"/test-{uuid.uuid4().hex}")
+
+
+@pytest.fixture
+def own_zookeeper(tmp_path):
+    """A ZooKeeper server of the test's own (for tests that stop or restart it), stopped at
+    the end."""
+    from zmq_mq.testing import ZooKeeperServer
+
+    _require_zookeeper()
+    server = ZooKeeperServer(tmp_path / "zookeeper")
+    server.start()
+    yield server
+    server.kill9()

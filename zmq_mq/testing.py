@@ -264,3 +264,199 @@ class HubProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
+
+
+# --- a real ZooKeeper for the cluster tests -----------------------------------------------------
+
+# Debian's ``zookeeper`` package: zookeeper.jar names its dependencies in its manifest
+# (Class-Path), so the server needs only it plus one slf4j binding; '/usr/share/java/*' would
+# also put every other slf4j binding on the class path, and slf4j would pick one at random.
+ZOOKEEPER_CLASSPATH_ENV = "ZMQ_MQ_ZOOKEEPER_CLASSPATH"
+DEBIAN_ZOOKEEPER_JAR = "/usr/share/java/zookeeper.jar"
+DEBIAN_SLF4J_SIMPLE_JAR = "/usr/share/java/slf4j-simple.jar"
+ZOOKEEPER_MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
+ZOOKEEPER_START_TIMEOUT = 30.0
+ZOOKEEPER_INSTALL_HINT = (
+    "ZooKeeper is not installed: on Debian/Ubuntu run `apt-get install zookeeper` (it needs a "
+    f"Java runtime), or set {ZOOKEEPER_CLASSPATH_ENV} to the class path of a ZooKeeper 3.5+ "
+    "server"
+)
+
+
+def zookeeper_classpath() -> str | None:
+    """The class path of an installed ZooKeeper server (``$ZMQ_MQ_ZOOKEEPER_CLASSPATH``, else
+    Debian's package), or None when there is none (or no ``java`` to run it)."""
+    if shutil.which("java") is None:
+        return None
+    explicit = os.environ.get(ZOOKEEPER_CLASSPATH_ENV)
+    if explicit:
+        return explicit
+    if not os.path.exists(DEBIAN_ZOOKEEPER_JAR):
+        return None
+    jars = [DEBIAN_ZOOKEEPER_JAR]
+    if os.path.exists(DEBIAN_SLF4J_SIMPLE_JAR):
+        jars.append(DEBIAN_SLF4J_SIMPLE_JAR)
+    return os.pathsep.join(jars)
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (the kernel picks it)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def zookeeper_four_letter(port: int, command: str, timeout: float = 1.0) -> str:
+    """Send one of ZooKeeper's four-letter commands (``ruok``, ``srvr``) and return its answer
+    ("" when nothing listens or it closes without one)."""
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(command.encode())
+            chunks = []
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    except OSError:
+        return ""
+    return b"".join(chunks).decode(errors="replace")
+
+
+class ZooKeeperServer:
+    """A standalone ZooKeeper server as a subprocess, on a free loopback port and a data
+    directory of its own (``data_dir``), for tests of cluster mode.
+
+    It writes its own ``zoo.cfg`` there (short ``tick_ms`` so sessions of a test expire within
+    seconds, no admin HTTP server, only the ``ruok``/``srvr`` four-letter commands), is ready
+    once ``ruok`` answers ``imok`` and ``srvr`` says it serves, and can be stopped, killed -9 and
+    restarted on the same port and data (what ZooKeeper stored survives). ``forceSync=no``: a
+    write reaches the OS, not the disk, before ZooKeeper answers; enough for tests, where the
+    machine does not crash, and much faster on a loaded one.
+    """
+
+    def __init__(self, data_dir: str | Path, *, port: int | None = None, tick_ms: int = 500,
+                 min_session_ms: int | None = None, max_session_ms: int | None = None,
+                 log_level: str = "warn", heap_mb: int = 256) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port
+        self.tick_ms = tick_ms
+        self.min_session_ms = min_session_ms if min_session_ms is not None else 2 * tick_ms
+        self.max_session_ms = max_session_ms if max_session_ms is not None else 40 * tick_ms
+        self.log_level = log_level
+        self.heap_mb = heap_mb
+        self.proc: subprocess.Popen | None = None
+        self.log_path: Path | None = None
+        self.starts = 0
+
+    @property
+    def hosts(self) -> str:
+        """``127.0.0.1:PORT``: the connect string of this server (kazoo's ``hosts``)."""
+        return f"127.0.0.1:{self.port}"
+
+    def url(self, chroot: str = "/zmq-mq") -> str:
+        """The cluster address of a cluster living under ``chroot`` on this server."""
+        if not chroot.startswith("/"):
+            chroot = "/" + chroot
+        return f"zk://{self.hosts}{chroot}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / "zoo.cfg"
+
+    def write_config(self) -> Path:
+        store = self.data_dir / "store"
+        store.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text("\n".join([
+            f"tickTime={self.tick_ms}",
+            f"dataDir={store}",
+            f"clientPort={self.port}",
+            "clientPortAddress=127.0.0.1",
+            "admin.enableServer=false",
+            "4lw.commands.whitelist=ruok,srvr",
+            f"minSessionTimeout={self.min_session_ms}",
+            f"maxSessionTimeout={self.max_session_ms}",
+            "maxClientCnxns=0",
+            "maxCnxns=1000",
+            "forceSync=no",
+            "",
+        ]))
+        return self.config_path
+
+    def command(self) -> list[str]:
+        classpath = zookeeper_classpath()
+        if classpath is None:
+            raise RuntimeError(ZOOKEEPER_INSTALL_HINT)
+        return ["java", f"-Xmx{self.heap_mb}m", "-XX:+UseSerialGC",
+                f"-Dorg.slf4j.simpleLogger.defaultLogLevel={self.log_level}",
+                "-Dzookeeper.jmx.log4j.disable=true", "-cp", classpath, ZOOKEEPER_MAIN,
+                str(self.config_path)]
+
+    def start(self, timeout: float = ZOOKEEPER_START_TIMEOUT) -> "ZooKeeperServer":
+        """Start it (on a free port the first time, on the same port after) and wait until it
+        serves; raises with its log if it exits or does not serve within ``timeout``."""
+        if self.running():
+            return self
+        if self.port is None:
+            self.port = free_loopback_port()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.write_config()
+        self.log_path = self.data_dir / f"zookeeper.{time.monotonic_ns()}.log"
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, cwd=self.data_dir)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ZooKeeper exited with {self.proc.returncode} before it "
+                                   f"served: {self.log()}")
+            if self.serving():
+                self.starts += 1
+                return self
+            time.sleep(0.05)
+        self.kill9()
+        raise RuntimeError(f"ZooKeeper did not serve on {self.hosts} within {timeout:g} s: "
+                           f"{self.log()}")
+
+    def serving(self) -> bool:
+        """Whether it answers ``imok`` and serves requests (``srvr`` shows its mode)."""
+        return (zookeeper_four_letter(self.port, "ruok") == "imok"
+                and "Mode:" in zookeeper_four_letter(self.port, "srvr"))
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, SIGKILL after ``timeout``."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def kill9(self) -> None:
+        """``kill -9``: what it had written to its log files stays (they are in the OS)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def restart(self, timeout: float = ZOOKEEPER_START_TIMEOUT) -> "ZooKeeperServer":
+        """Stop it and start it again on the same port and data."""
+        self.stop()
+        return self.start(timeout)
+
+    def __enter__(self) -> "ZooKeeperServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
