@@ -248,12 +248,9 @@ class _Proc:
                 os.kill(self.proc.pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            from zmq_mq.testing import terminate
+
+            terminate(self.proc, timeout)
 
 
 class FaultRun:

@@ -146,6 +146,16 @@ def zmq_mq_command() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "zmq_mq.cli.main"]
 
 
+def terminate(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM ``proc`` and wait for it; SIGKILL if it has not exited within ``timeout``."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 class HubProcess:
     """``zmq-mq hub`` as a subprocess on ``data_dir``: started on free loopback ports (or the
     given ``bind``), ready once its ready line is printed, stopped with SIGTERM (SIGKILL if it
@@ -258,12 +268,7 @@ class HubProcess:
         return self.proc.returncode
 
     def _terminate(self, timeout: float) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        terminate(self.proc, timeout)
 
 
 # --- a real ZooKeeper for the cluster tests -----------------------------------------------------
@@ -437,12 +442,7 @@ class ZooKeeperServer:
         """SIGTERM, SIGKILL after ``timeout``."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        terminate(self.proc, timeout)
 
     def kill9(self) -> None:
         """``kill -9``: what it had written to its log files stays (they are in the OS)."""
