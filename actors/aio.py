@@ -59,12 +59,14 @@ class _Entry:
     """A message waiting in ``AsyncProducer`` for the connection or for room (max_pending): its
     arguments, the PublishFuture it will resolve, and the timer that fails it after timeout."""
 
-    __slots__ = ("args", "future", "timer")
+    __slots__ = ("args", "future", "timer", "report")
 
-    def __init__(self, args: tuple, future: PublishFuture) -> None:
+    def __init__(self, args: tuple, future: PublishFuture, report: bool) -> None:
         self.args = args
         self.future = future
         self.timer: asyncio.TimerHandle | None = None
+        # publish_async: a failure here is flush()'s to report; publish(): its caller's only
+        self.report = report
 
 
 class AsyncProducer:
@@ -215,7 +217,7 @@ class AsyncProducer:
                 and producer._last_submitted - producer._resolved < producer._max_pending):
             pf = producer._submit(*args, limit)
         else:
-            pf = self._wait_in_backlog(args, limit)
+            pf = self._wait_in_backlog(args, limit, report=False)
         if not pf._done:
             loop = self._loop
             waiter = pf._waiter = loop.create_future()  # resolved with its batch (_resolved)
@@ -255,9 +257,9 @@ class AsyncProducer:
 
     # --- inside --------------------------------------------------------------------------------
 
-    def _wait_in_backlog(self, args: tuple, timeout: float) -> PublishFuture:
+    def _wait_in_backlog(self, args: tuple, timeout: float, report: bool = True) -> PublishFuture:
         """The message waits here for the connection or for room; HubUnavailable after timeout."""
-        entry = _Entry(args, PublishFuture(self._producer))
+        entry = _Entry(args, PublishFuture(self._producer), report)
         if not self._connected:
             self._start_connect()  # binds the loop
         entry.timer = self._loop.call_later(timeout, self._expire, entry, timeout)
@@ -274,13 +276,13 @@ class AsyncProducer:
             try:
                 producer._submit(*entry.args, self.timeout, future=entry.future)
             except Exception as exc:  # InvalidMessage, ClosedError: this message's own error
-                self._fail(entry.future, exc)
+                self._fail(entry.future, exc, entry.report)
 
     def _fail_backlog(self, exc: Exception) -> None:
         while self._backlog:
             entry = self._backlog.popleft()
             entry.timer.cancel()
-            self._fail(entry.future, exc)
+            self._fail(entry.future, exc, entry.report)
         self._wake_progress()
 
     def _expire(self, entry: _Entry, timeout: float) -> None:
@@ -290,7 +292,7 @@ class AsyncProducer:
             return
         self._fail(entry.future, HubUnavailable(
             f"{timeout:g} s without room or connection: the hub at {self.endpoint} is not "
-            f"confirming"))
+            f"confirming"), entry.report)
         self._wake_progress()
 
     def _fail(self, pf: PublishFuture, exc: Exception, report: bool = True) -> None:

@@ -76,8 +76,9 @@ def create_app(hub: str | None = None, *, publish_timeout: float | None = None,
             seq = await state["producer"].publish(TOPIC, event, key=email, msg_id=msg_id)
         except HubUnavailable:
             return _error(503, "hub_unavailable",
-                          f"the message hub did not confirm within {publish_timeout:g} s; "
-                          "nothing was lost, try again", {"Retry-After": str(RETRY_AFTER_S)})
+                          f"the message hub did not confirm the sign-up within "
+                          f"{publish_timeout:g} s; try again (a retried sign-up is stored once)",
+                          {"Retry-After": str(RETRY_AFTER_S)})
         except InvalidMessage as exc:
             return _error(400, "invalid_message", str(exc))
         return JSONResponse({"status": "accepted", "seq": seq, "msg_id": msg_id}, 202)
