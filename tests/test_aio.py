@@ -250,6 +250,31 @@ def test_async_nack_reject_and_progress_settle_as_the_sync_ones_do(hub):
     asyncio.run(main())
 
 
+def test_an_async_consumer_keeps_heartbeating_while_the_application_awaits_something_else(tmp_path):
+    # Given a hub that takes a client silent for 3 x 100 ms as gone
+    from zmq_mq.testing import running_hub
+    from test_runtime import _sub_state
+
+    with running_hub(tmp_path / "data", heartbeat_ms=100) as hub:
+        _publish(hub.endpoint, "slow", 2)
+
+        async def main() -> None:
+            async with AsyncConsumer(hub.endpoint) as c:
+                await c.subscribe("slow", "g")
+                first = await c.receive(timeout=10)
+                # When the application awaits other work for 10 heartbeat intervals
+                await asyncio.sleep(1.0)
+                # Then the hub still counts it attached, and nothing was re-attached or redelivered
+                assert _sub_state(hub.endpoint, "slow", "g").get("actors") == 1
+                assert c._session.reattached == 0
+                await first.ack()
+                second = await c.receive(timeout=10)
+                assert (second.seq, second.deliveries) == (2, 1)
+                await second.ack()
+
+        asyncio.run(main())
+
+
 @pytest.mark.slow
 def test_an_async_consumer_reattaches_after_a_hub_restart_without_blocking_its_loop(hub_process):
     hub = hub_process(extra=["--heartbeat-ms", "200"])

@@ -198,3 +198,33 @@ def test_with_the_hub_killed_under_load_the_api_answers_503_in_time_and_loses_no
     accepted = {r[2]: r[4]["seq"] for r in results if r[3] == 202}
     stored = _signup_events(hub.endpoint, "audit", set(accepted))
     assert {e: stored.get(e) for e in accepted} == accepted
+
+
+@pytest.mark.slow
+def test_the_api_answers_other_requests_while_a_signup_waits_for_the_hub_to_commit(hub_process,
+                                                                                   signup_api):
+    # Given the API, and a hub that cannot commit for now (SIGSTOP)
+    hub = hub_process()
+    url = signup_api(hub.endpoint)
+
+    async def main() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            assert (await client.post("/signup", json={"email": "warm@example.com"})).status_code == 202
+            os.kill(hub.pid, signal.SIGSTOP)
+            try:
+                # When a sign-up is waiting for its commit
+                signup = asyncio.ensure_future(client.post("/signup", json={"email": "a@example.com"}))
+                await asyncio.sleep(0.2)
+                # Then the same event loop answers other requests meanwhile
+                for _ in range(5):
+                    t0 = time.monotonic()
+                    assert (await client.get("/health")).status_code == 200
+                    assert time.monotonic() - t0 < PUBLISH_TIMEOUT / 2
+                assert not signup.done()
+            finally:
+                os.kill(hub.pid, signal.SIGCONT)
+            # and the sign-up is answered: 202 if the hub came back in time, else a clear 503
+            answer = await signup
+            assert answer.status_code in (202, 503), answer.text
+
+    asyncio.run(main())
