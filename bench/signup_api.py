@@ -106,7 +106,8 @@ def _w2(kind: str, endpoint: str, n: int, topic: str) -> dict:
 
 
 def _child(workload: str, kind: str, endpoint: str, n: int, topic: str) -> dict:
-    code = (f"import sys, json; sys.path.insert(0, {str(ROOT / 'bench')!r}); import signup_api as b; "
+    code = (f"import sys, json; sys.path.insert(0, {str(ROOT / 'bench')!r}); "
+            f"import signup_api as b; "
             f"print(json.dumps(b._{workload}({kind!r}, {endpoint!r}, {n}, {topic!r})))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
@@ -314,8 +315,9 @@ def table(report: dict) -> str:
                  f"{'max ms':>8}  statuses")
     for r in report["http"]:
         mode = f"{r['rate_target']:g}/s" if r["mode"] == "steady" else f"full x{r['connections']}"
-        lines.append(f"{r['app']:<12} {mode:<14} {r['req_per_s']:>9,.0f} {r.get('p50_ms', 0):>8.2f} "
-                     f"{r.get('p99_ms', 0):>8.2f} {r.get('max_ms', 0):>8.2f}  {r['statuses']}")
+        lines.append(f"{r['app']:<12} {mode:<14} {r['req_per_s']:>9,.0f} "
+                     f"{r.get('p50_ms', 0):>8.2f} {r.get('p99_ms', 0):>8.2f} "
+                     f"{r.get('max_ms', 0):>8.2f}  {r['statuses']}")
     return "\n".join(lines)
 
 

@@ -209,11 +209,13 @@ def test_the_api_answers_other_requests_while_a_signup_waits_for_the_hub_to_comm
 
     async def main() -> None:
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            assert (await client.post("/signup", json={"email": "warm@example.com"})).status_code == 202
+            warm = await client.post("/signup", json={"email": "warm@example.com"})
+            assert warm.status_code == 202
             os.kill(hub.pid, signal.SIGSTOP)
             try:
                 # When a sign-up is waiting for its commit
-                signup = asyncio.ensure_future(client.post("/signup", json={"email": "a@example.com"}))
+                signup = asyncio.ensure_future(
+                    client.post("/signup", json={"email": "a@example.com"}))
                 await asyncio.sleep(0.2)
                 # Then the same event loop answers other requests meanwhile
                 for _ in range(5):
