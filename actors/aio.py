@@ -15,12 +15,13 @@ Same options, errors and guarantees as ``Producer`` and ``Consumer``; neither ev
 event loop on the hub: a publish that waits for its commit, a hub that is down, a reconnect,
 all leave the loop serving other coroutines.
 
-How, chosen by measurement (bench/signup_api.py prints both, README "asyncio and web
-frameworks"): ``AsyncProducer`` bridges from the ``Producer``'s own I/O thread, which keeps its
+How, chosen by measurement (bench/RESULTS.md, "asyncio clients"; bench/signup_api.py puts
+each next to its sync twin): ``AsyncProducer`` bridges from the ``Producer``'s own I/O thread, which keeps its
 batching, resending after a hub restart and reconnecting. The I/O thread hands each resolved
 CONFIRM batch to the event loop with *one* ``call_soon_threadsafe``, where the batch's asyncio
 futures are resolved together; one wake-up per message would cost the loop more than the
-publish itself. ``AsyncConsumer`` drives the consumer ``Session`` on the event loop itself: the
+publish itself. Driving the producer on the loop instead (no I/O thread) measured about 0.1 ms
+less per round trip but a quarter less throughput: the I/O thread sends while callers queue. ``AsyncConsumer`` drives the consumer ``Session`` on the event loop itself: the
 socket's file descriptor is watched with ``loop.add_reader`` (no thread hop per delivery or
 ack), heartbeats run on a loop timer, and only a reconnect, which waits for the hub's
 handshake, runs on a worker thread while the loop goes on.
