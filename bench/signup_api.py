@@ -332,6 +332,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sync", default="full", help="the hub's --sync mode")
     parser.add_argument("--json-out", default="bench/results/signup_api.json")
     args = parser.parse_args(argv)
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        print(f"error: {exc.name} is not installed: pip install -e '.[examples]'", file=sys.stderr)
+        return 2
     sys.path.insert(0, str(ROOT))
     from zmq_mq.bench.measure import background_cpu
     from zmq_mq.testing import HubProcess

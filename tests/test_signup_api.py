@@ -230,3 +230,30 @@ def test_the_api_answers_other_requests_while_a_signup_waits_for_the_hub_to_comm
             assert answer.status_code in (202, 503), answer.text
 
     asyncio.run(main())
+
+
+@pytest.mark.slow
+def test_the_api_started_before_the_hub_answers_503_in_time_then_202_once_the_hub_is_up(
+        hub_process, signup_api):
+    # Given the API started while nothing listens at its hub endpoint yet
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    url = signup_api(endpoint)
+
+    with httpx.Client(base_url=url, timeout=30) as client:
+        # When a sign-up comes in, it is answered 503 within the publish timeout
+        t0 = time.monotonic()
+        first = client.post("/signup", json={"email": "early@example.com"})
+        assert time.monotonic() - t0 <= PUBLISH_TIMEOUT + ANSWER_SLACK
+        assert first.status_code == 503 and first.json()["error"] == "hub_unavailable"
+        assert first.headers["retry-after"] == "1"
+        # Then once the hub is up there, sign-ups are accepted without restarting the API
+        hub = hub_process(bind=endpoint)
+
+        def accepted() -> httpx.Response | None:
+            r = client.post("/signup", json={"email": "early@example.com"})
+            return r if r.status_code == 202 else None
+
+        answer = wait_for(accepted, timeout=30, interval=0.2, message="a 202 after the hub started")
+        assert client.get("/health").json()["hub_connected"] is True
+    assert _signup_events(hub.endpoint, "audit", {"early@example.com"}) == {
+        "early@example.com": answer.json()["seq"]}
