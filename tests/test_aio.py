@@ -250,6 +250,28 @@ def test_async_nack_reject_and_progress_settle_as_the_sync_ones_do(hub):
     asyncio.run(main())
 
 
+def test_receive_returns_none_after_its_timeout_and_close_ends_an_async_for(hub):
+    async def main() -> None:
+        c = AsyncConsumer(hub.endpoint)
+        await c.subscribe("quiet", "g")
+        t0 = time.monotonic()
+        assert await c.receive(timeout=0.3) is None
+        assert 0.25 < time.monotonic() - t0 < 3.0
+
+        async def iterate() -> int:
+            return len([msg async for msg in c])
+
+        reader = asyncio.ensure_future(iterate())
+        await asyncio.sleep(0.1)
+        assert not reader.done()  # waiting for a message, without blocking the loop
+        await c.close()
+        assert await asyncio.wait_for(reader, 5) == 0
+        with pytest.raises(ClosedError):
+            await c.subscribe("quiet", "g2")
+
+    asyncio.run(main())
+
+
 def test_an_async_consumer_keeps_heartbeating_while_the_application_awaits_something_else(tmp_path):
     # Given a hub that takes a client silent for 3 x 100 ms as gone
     from zmq_mq.testing import running_hub
