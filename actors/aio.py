@@ -513,7 +513,7 @@ class AsyncConsumer:
                 session.detach_all, self.timeout if timeout is None else timeout
             ):
                 log.warning("hub did not confirm detach; unsettled messages return after "
-                               "ack_wait")
+                            "ack_wait")
         finally:
             session.close()
 
@@ -642,7 +642,10 @@ class AsyncConsumer:
         if self._reconnecting is not None or not self._session.open:
             return
         # pump(0, 0): read all that arrived, heartbeat if due, never wait, never reconnect here
-        self._session.pump(0, 0)
+        try:
+            self._session.pump(0, 0)
+        except Exception:  # e.g. a frame that does not decode: logged, the next one is read
+            log.exception("async consumer: reading from the hub")
         if self._readers:
             self._wake_readers()
         self._kick()  # a heartbeat sent in pump may have taken the edge
@@ -673,8 +676,11 @@ class AsyncConsumer:
         self._ticker = self._loop.call_later(interval, self._tick)
         if self._reconnecting is not None or not session.open:
             return
-        session.flush_acks()
-        session.pump(0, 0)
+        try:
+            session.flush_acks()
+            session.pump(0, 0)
+        except Exception:  # never let the heartbeat timer die on a transient error
+            log.exception("async consumer: heartbeat")
         conn = session.conn
         if session.inbox or session._waiting:
             self._wake_readers()
