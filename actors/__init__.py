@@ -1,6 +1,7 @@
 """The zmq-mq client library: producers, consumers, actors and live listeners."""
 
 from .actor import Actor
+from .aio import AsyncConsumer, AsyncMessage, AsyncProducer
 from .admin import Admin
 from .connection import CurveKeys
 from .consumer import Consumer
@@ -14,6 +15,9 @@ from .retry import Backoff, compute_backoff
 __all__ = [
     "Actor",
     "Admin",
+    "AsyncConsumer",
+    "AsyncMessage",
+    "AsyncProducer",
     "Backoff",
     "ClosedError",
     "Consumer",

@@ -12,6 +12,7 @@ again, so a message whose confirm was lost may be stored twice.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import datetime as _dt
 import itertools
@@ -43,9 +44,11 @@ class PublishFuture:
     A light stand-in for ``concurrent.futures.Future`` (``result``, ``exception``, ``done``,
     ``add_done_callback``): the producer resolves them a batch at a time under one condition
     variable, which is several times cheaper per message than a Future with its own lock.
+    It is awaitable too: ``seq = await future`` in a coroutine waits without blocking the
+    event loop (``AsyncProducer`` in ``actors/aio.py`` is the asyncio-native client).
     """
 
-    __slots__ = ("_producer", "_done", "_result", "_error", "_callbacks", "_abandoned")
+    __slots__ = ("_producer", "_done", "_result", "_error", "_callbacks", "_abandoned", "_waiter")
 
     def __init__(self, producer: "Producer") -> None:
         self._producer = producer
@@ -55,6 +58,8 @@ class PublishFuture:
         self._result: int | None = None
         self._error: BaseException | None = None
         self._callbacks: list | None = None
+        # the asyncio future an AsyncProducer resolves with a whole batch (actors/aio.py)
+        self._waiter: Any = None
 
     def done(self) -> bool:
         return self._done
@@ -85,6 +90,31 @@ class PublishFuture:
                 self._callbacks.append(fn)
                 return
         fn(self)
+
+    def __await__(self):
+        """``await future``: the sequence number once durable, or the publish error; the event
+        loop keeps running meanwhile."""
+        if not self._done:
+            loop = asyncio.get_running_loop()
+            waiter = loop.create_future()
+            if self._producer._async_loop is loop and self._waiter is None:
+                # an AsyncProducer's loop: woken with the whole batch, one call per CONFIRM
+                self._waiter = waiter
+            else:
+                def wake(_: "PublishFuture") -> None:
+                    try:
+                        loop.call_soon_threadsafe(_set_none, waiter)
+                    except RuntimeError:  # the loop is closed: nobody waits any more
+                        pass
+
+                self.add_done_callback(wake)
+            yield from waiter.__await__()
+        return self.result(0)
+
+
+def _set_none(waiter: "asyncio.Future") -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class Producer:
@@ -130,6 +160,10 @@ class Producer:
         self._abandoned = 0
         self._first_error: BaseException | None = None
         self._open_timeout = timeout
+        # called with each resolved batch's futures, from the I/O thread, after the waiters
+        # are woken: AsyncProducer hands the batch to its event loop in one call (actors/aio.py)
+        self._on_resolved: Any = None
+        self._async_loop: Any = None  # that AsyncProducer's event loop
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -217,8 +251,9 @@ class Producer:
 
     def _submit(self, topic: str, payload: bytes, key: str | None, headers: dict[str, Any] | None,
                 msg_id: str | None, priority: int | None, delay: float | None, deliver_at: Any,
-                timeout: float) -> PublishFuture:
-        """publish_async, waiting at most ``timeout`` s to connect or for room."""
+                timeout: float, future: PublishFuture | None = None) -> PublishFuture:
+        """publish_async, waiting at most ``timeout`` s to connect or for room; ``future``: the
+        PublishFuture to resolve (an AsyncProducer made it while the message waited)."""
         if self._thread is None:
             self._connect(timeout)
         if self._closing or self._closed:
@@ -250,7 +285,8 @@ class Producer:
                 raise ClosedError("producer is closed")
         with self._number_lock:  # numbers and _last_submitted move together, in order
             self._last_submitted = next(self._submitted)
-        future = PublishFuture(self)
+        if future is None:
+            future = PublishFuture(self)
         opts: dict[str, Any] | None = None
         if msg_id is not None or priority or hold is not None:
             opts = {}
@@ -504,6 +540,12 @@ class Producer:
                     fn(fut)
                 except Exception:
                     log.exception("publish callback failed")
+        on_resolved = self._on_resolved
+        if on_resolved is not None:
+            try:
+                on_resolved(futures)
+            except Exception:
+                log.exception("publish batch hook failed")
 
 
 def _hold_option(delay: float | None, deliver_at: Any) -> tuple[str, int] | None:

@@ -106,6 +106,7 @@ class Session:
         self._detached: set[int] = set()
         self._detaching = False
         self.settler: Any = self  # who Message.ack() reports to (the Actor swaps in its own)
+        self.message_type: type[Message] = Message  # what DELIVER becomes (AsyncConsumer's own)
         self.lock = threading.RLock()
         self.open = False
         self.reattached = 0  # times this session re-attached after losing the hub
@@ -291,11 +292,12 @@ class Session:
             return
         group = spec.group
         settler = self.settler
+        make = self.message_type
         append = self.inbox.append
         unpack_record = protocol.unpack_record
         for seq, deliveries, record in entries:
             ts, key, headers, payload = unpack_record(record)
-            append(Message(topic, seq, key, headers, payload, deliveries, ts, group, sid, settler))
+            append(make(topic, seq, key, headers, payload, deliveries, ts, group, sid, settler))
 
     # --- settling --------------------------------------------------------------------------
 

@@ -22,6 +22,9 @@ SCRIPTS = {
     "soak.py": ["--minutes", "0.05", "--producers", "1", "--actors", "1", "--rate", "50",
                 "--gap", "0.5", "1", "--json-out", "report.json"],
     "faults.py": None,
+    "signup_api.py": ["--w1-messages", "500", "--w2-messages", "300", "--rounds", "1",
+                      "--rate", "100", "--seconds", "0.3", "--connections", "2",
+                      "--json-out", "report.json"],
 }
 
 
@@ -40,6 +43,11 @@ def test_the_bench_script_runs_to_the_end_with_its_smallest_options(script, tmp_
         assert [(w["workload"], w["ok"]) for w in report["workloads"]] == [
             ("W1", True), ("W2", True), ("W3", True), ("W4", True), ("W2A", True),
             ("W5", True), ("W6", True)]
+    elif script == "signup_api.py":
+        assert report["ok"] and report["w1"]["ratio"] > 0 and report["w2"]["ratio"] > 0
+        assert {(r["app"], r["mode"]) for r in report["http"]} == {
+            ("durable", "steady"), ("durable", "full"), ("no-publish", "steady"),
+            ("no-publish", "full")}
     elif script == "fairness.py":
         assert report["quiet"]["round_trips"] > 0 and report["flood"]["errors"] == 0
     else:
