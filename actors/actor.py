@@ -157,7 +157,8 @@ class Actor:
         self._closing = False  # worker threads: exit
         self._aq: collections.deque[Message] = collections.deque()
         self._akick_due = False  # a kick of the asyncio side is scheduled
-        self._achains = 0  # async chains running (asyncio thread only)
+        self._achains = 0  # async chains running or parked (asyncio thread only)
+        self._aparked: list[asyncio.Future] = []  # parked chains, waiting for messages
         # Loop-thread state: messages handed to the workers (queued or running), by (sid, seq);
         # a redelivery of a running message is folded into it, never run twice.
         self._running: dict[tuple[int, int], Message] = {}
@@ -363,7 +364,7 @@ class Actor:
     def _adapt(self, session: Session, now: int) -> None:
         """Once per turn: let each window follow how fast its messages are finished."""
         starved_t = self._tidle > 0 and not self._tq
-        starved_a = self._achains < self.concurrency and not self._aq
+        starved_a = (bool(self._aparked) or self._achains < self.concurrency) and not self._aq
         oldest: dict[int, int] = {}
         for q in (self._tq, self._aq):
             try:
@@ -588,23 +589,40 @@ class Actor:
         return thread
 
     def _akick(self) -> None:
-        """On the asyncio loop, once per batch handed out: start chains for the queued async
-        messages, up to ``concurrency`` chains (each runs queued messages one after another
-        until none is left: no task per message while the queue is full)."""
+        """On the asyncio loop, once per batch handed out: wake parked chains for the queued
+        async messages, and start new ones up to ``concurrency`` chains. A chain runs queued
+        messages one after another and parks (a future) when there are none: no task per
+        message."""
         self._akick_due = False
         aq = self._aq
-        stop = self._stop
-        while aq and self._achains < self.concurrency and not stop.is_set():
+        if self._stop.is_set():
+            return
+        parked = self._aparked
+        want = len(aq)
+        while want and parked:
+            fut = parked.pop()
+            if not fut.done():
+                fut.set_result(None)
+                want -= 1
+        while want and self._achains < self.concurrency:
             self._achains += 1
+            want -= 1
             task = self._aloop.create_task(self._achain())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _achain(self) -> None:
-        aq, stop, by_sid = self._aq, self._stop, self._by_sid
+        aq, stop, by_sid, parked = self._aq, self._stop, self._by_sid, self._aparked
+        loop = self._aloop
         try:
-            while aq and not stop.is_set():
-                msg = aq.popleft()
+            while not stop.is_set():
+                try:
+                    msg = aq.popleft()
+                except IndexError:
+                    fut = loop.create_future()
+                    parked.append(fut)
+                    await fut  # woken by _akick (or cancelled when stopping)
+                    continue
                 msg._queued_at = None
                 if not await self._run_async(msg, by_sid[msg.sid]):
                     return
