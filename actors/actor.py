@@ -435,8 +435,8 @@ class Actor:
             if held is not None:  # delivered again while we hold it
                 if held._queued_at is not None:
                     # not started: this delivery is the one in flight, with the hub's count
+                    # (its next PROGRESS stays due as before: early, never late)
                     held.deliveries = msg.deliveries
-                    held._queued_at = now
                 else:  # running: its outcome covers both
                     self._folded.setdefault(key, []).append(msg)
                     self._folded_at[key] = now
