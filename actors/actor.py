@@ -16,15 +16,21 @@
     actor.run()   # blocks until actor.stop(), SIGINT or SIGTERM
 
 The loop thread owns the connection (heartbeats keep going however long a handler runs). Plain
-handlers run on ``concurrency`` worker threads, ``async def`` handlers as tasks on one asyncio
-loop thread; at most ``concurrency`` messages run at once in all. Credit follows the workers:
-each subscription grants the hub ``min(credit, concurrency * prefetch)``. With ``prefetch=1``
-(the default) an actor holds no more messages of a subscription than it can start at once, and
-a message waiting locally is one that another of its subscriptions is keeping the workers
-from. A higher ``prefetch`` keeps the next messages at hand (fewer round trips to the hub: more
-throughput for short handlers) at the price of messages waiting here that another actor of the
-group could have taken. A message waiting here for a worker is kept alive with PROGRESS, so
-the wait never counts as a try against ``max_deliver``.
+handlers run on ``concurrency`` worker threads, ``async def`` handlers on one asyncio loop
+thread, at most ``concurrency`` at once (of each kind). Everything is batched: a DELIVER frame
+becomes one hand-off to the workers (they pull from a local queue; one wake-up per batch), the
+messages finished in a loop turn become one ACK frame, and the window of messages held changes
+at most once per turn (one CREDIT).
+
+The window each subscription grants the hub adapts (``actors/window.py``): it starts at
+``concurrency``, doubles while the workers run dry with the window full (the hub, not the
+handlers, set the pace), and shrinks to what the workers finish in a few tens of ms once a
+message waits here longer than that. ``credit`` (default 1000) is its cap. A fast actor ends
+at the cap; a slow one in a work queue holds about ``concurrency`` plus what it finishes in
+50 ms, and leaves the rest to the other actors of the group. ``prefetch=N`` opts out: a fixed
+window of ``min(credit, concurrency * N)``. A message waiting here for a worker longer than
+half ``ack_wait`` (several subscriptions sharing the workers, or a large fixed window) is kept
+alive with PROGRESS, so the wait never counts as a try against ``max_deliver``.
 """
 
 from __future__ import annotations
@@ -35,7 +41,6 @@ import inspect
 import itertools
 import logging
 import os
-import queue
 import random
 import signal
 import threading
@@ -51,8 +56,9 @@ from .errors import ClosedError
 from .idempotency import DEFAULT_TTL, IdempotencyStore, message_key
 from .message import Message
 from .retry import DEFAULT_RETRY, Backoff
-from .session import DEFAULT_ACK_WAIT_MS, DEFAULT_CREDIT, Session
+from .session import DEFAULT_ACK_WAIT_MS, Session
 from .wake import Waker
+from .window import CreditWindow
 
 log = logging.getLogger("zmq_mq.actor")
 
@@ -68,6 +74,10 @@ CANCEL_WAIT_MS = 500
 # A thread still inside a handler (hung, or past grace) is not waited for: it is a daemon
 # thread, abandoned, and whatever it settles later goes nowhere.
 THREADS_EXIT_MS = 200
+# An Actor subscription's default credit: the cap of its adaptive window (see module docstring).
+DEFAULT_CREDIT = 1000
+# A finished message's result, when the runtime acked it on return (one entry instead of two).
+_DONE_ACK = "done+ack"
 
 
 def _is_async(handler: Handler) -> bool:
@@ -98,7 +108,8 @@ class Actor:
     ``state_dir``: where the idempotency store of ``idempotent=True`` handlers lives (default
     ``./zmq-mq-actor-state/<name>``); ``idempotency_ttl``: seconds a processed id is remembered.
     ``rng``: the random source of retry jitter (tests pass a seeded one).
-    ``prefetch``: messages per worker an actor may hold per subscription (see module docstring).
+    ``prefetch``: None (default) for the adaptive window; N for a fixed window of
+    ``concurrency * N`` messages per subscription (see module docstring).
     ``clock``: what heartbeats and hub-silence detection read (tests move it; default the
     system clock); timeouts, grace and the PROGRESS of queued messages are real time.
     """
@@ -108,11 +119,12 @@ class Actor:
                  context: zmq.Context | None = None, curve: CurveKeys | None = None,
                  state_dir: str | os.PathLike | None = None,
                  idempotency_ttl: float = DEFAULT_TTL, rng: random.Random | None = None,
-                 prefetch: int = 1, clock: Clock | None = None) -> None:
+                 prefetch: int | None = None, clock: Clock | None = None) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
-            raise ValueError("prefetch must be an integer of at least 1")
+        if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, int)
+                                     or prefetch < 1):
+            raise ValueError("prefetch must be None (adaptive) or an integer of at least 1")
         resolve_endpoint(endpoint)  # a malformed endpoint fails here, not in the actor's thread
         self.name = name or f"actor-{next(_counter)}"
         self.endpoint = endpoint
@@ -132,23 +144,31 @@ class Actor:
         self._started = threading.Event()
         self._finished = threading.Event()
         self._thread: threading.Thread | None = None
-        self._work: queue.SimpleQueue = queue.SimpleQueue()
         self._results: collections.deque = collections.deque()
         # the loop thread's wake-up pipe (actors/wake.py), made by run(): workers and settling
         # threads wake the loop after queueing a result
         self._waker: Waker | None = None
-        # Loop-thread state: messages waiting for a free worker, and those running, by
-        # (sid, seq); a redelivery of a running message is folded into it, never run twice.
-        # _pending_keys: key -> when to send the queued message's next PROGRESS (see _enqueue)
-        self._pending: collections.deque[Message] = collections.deque()
-        self._pending_keys: dict[tuple[int, int], int] = {}
-        self._next_keepalive: int | None = None  # no PROGRESS due before this (a lower bound)
+        # Handed to the workers, not started yet: plain handlers' messages (worker threads pull
+        # them, waiting on _tcond when there are none) and async ones (pulled by up to
+        # `concurrency` chains on the asyncio loop, kicked once per batch).
+        self._tq: collections.deque[Message] = collections.deque()
+        self._tcond = threading.Condition()
+        self._tidle = 0  # worker threads waiting for messages
+        self._closing = False  # worker threads: exit
+        self._aq: collections.deque[Message] = collections.deque()
+        self._akick_due = False  # a kick of the asyncio side is scheduled
+        self._achains = 0  # async chains running or parked (asyncio thread only)
+        self._aparked: list[asyncio.Future] = []  # parked chains, waiting for messages
+        # Loop-thread state: messages handed to the workers (queued or running), by (sid, seq);
+        # a redelivery of a running message is folded into it, never run twice.
         self._running: dict[tuple[int, int], Message] = {}
         self._folded: dict[tuple[int, int], list[Message]] = {}
         self._folded_at: dict[tuple[int, int], int] = {}  # when the newest folded copy came
         # NACKs of running messages, held until the handler is done: if the hub delivered the
         # message again meanwhile, that delivery is the next try and runs instead (see "done")
         self._nacks: dict[tuple[int, int], int] = {}
+        self._windows: dict[int, CreditWindow] = {}  # sid -> its window (adaptive or fixed)
+        self._next_keepalive = 0  # no PROGRESS of queued messages due before this
         self._by_sid: dict[int, _Route] = {}
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._tasks: set = set()
@@ -164,6 +184,8 @@ class Actor:
                   ordering: str | None = None) -> Callable[[Handler], Handler]:
         """Decorator: run the function on every message of subscription ``group`` on ``topic``.
 
+        ``credit``: the most messages this actor holds of the subscription (the cap of its
+        adaptive window; with ``prefetch`` set, ``min(credit, concurrency * prefetch)``).
         ``retry``: the delay before redelivering a message whose handler raised (``None``: at
         once). ``idempotent=True``: a message already processed (same ``msg.msg_id``) is acked
         without running the handler again. ``ordering``: ``"none"``, ``"key"`` (messages of one
@@ -256,14 +278,20 @@ class Actor:
                 aloop_thread = self._start_async_loop()
             session.connect()
             for route in self._routes:
+                cap = max(1, route.credit)
+                if self.prefetch is not None:  # fixed window
+                    cap = max(1, min(cap, self.concurrency * self.prefetch))
+                window = CreditWindow(self.concurrency, cap, monotonic_ms(),
+                                      start=cap if self.prefetch is not None else None)
                 spec = session.subscribe(
                     route.topic, route.group,
-                    credit=max(1, min(route.credit, self.concurrency * self.prefetch)),
+                    credit=window.window,
                     ack_wait_ms=None if route.ack_wait is None else int(route.ack_wait * 1000),
                     max_deliver=route.max_deliver, start=route.start, ordering=route.ordering,
                 )
                 route.sid = spec.sid
                 self._by_sid[spec.sid] = route
+                self._windows[spec.sid] = window
             for w in workers:
                 w.start()
             self._started.set()
@@ -272,8 +300,9 @@ class Actor:
             self._loop(session, waker)
             self._drain(session, waker)
         finally:
-            for _ in workers:
-                self._work.put(None)
+            with self._tcond:
+                self._closing = True
+                self._tcond.notify_all()
             if aloop_thread is not None:
                 self._aloop.call_soon_threadsafe(self._aloop.stop)
             # one budget for all: hung handlers must not hold the stop past grace
@@ -304,14 +333,16 @@ class Actor:
         poller.register(wake_rx, zmq.POLLIN)
         sock = session.conn.socket
         poller.register(sock, zmq.POLLIN)
+        adaptive = self.prefetch is None
         while not self._stop.is_set():
             if session.conn.socket is not sock:  # reconnected: a new socket to watch
                 poller.unregister(sock)
                 sock = session.conn.socket
                 poller.register(sock, zmq.POLLIN)
             timeout = session.conn.heartbeat_ms
-            if self._next_keepalive is not None:
-                timeout = max(0, min(timeout, self._next_keepalive - monotonic_ms()))
+            if self._tq or self._aq:  # PROGRESS of queued messages, window shrinking
+                timeout = min(timeout, max(1, self._next_keepalive - monotonic_ms()),
+                              self._windows_hold_ms())
             events = dict(poller.poll(timeout))
             if wake_rx in events:
                 waker.drain()  # before reading _results (see actors/wake.py)
@@ -321,46 +352,66 @@ class Actor:
                 session.keepalive()
             self._apply_results(session)
             self._take_inbox(session)
-            self._start_pending()
-            self._keep_queued_alive(session)
+            now = monotonic_ms()
+            if adaptive:
+                self._adapt(session, now)
+            if now >= self._next_keepalive:
+                self._keep_queued_alive(session, now)
 
-    def _enqueue(self, msg: Message, since: int | None = None) -> None:
-        """Queue a delivered message for the next free worker.
+    def _windows_hold_ms(self) -> int:
+        return min(w.hold_ms for w in self._windows.values()) if self.prefetch is None else 1 << 30
 
-        While it waits, the actor sends PROGRESS for it every half ``ack_wait``: its wait for a
-        worker (busy with another subscription's messages, or with ``prefetch`` > 1) is not a
-        try, and an expiry would charge one (``max_deliver``) without running the handler.
-        ``since``: when the message arrived, if it waited elsewhere first (folded).
-        """
-        self._pending.append(msg)
-        due = (monotonic_ms() if since is None else since) + self._keepalive_ms(msg.sid)
-        self._pending_keys[(msg.sid, msg.seq)] = due
-        if self._next_keepalive is None or due < self._next_keepalive:
-            self._next_keepalive = due
+    def _adapt(self, session: Session, now: int) -> None:
+        """Once per turn: let each window follow how fast its messages are finished."""
+        starved_t = self._tidle > 0 and not self._tq
+        starved_a = (bool(self._aparked) or self._achains < self.concurrency) and not self._aq
+        oldest: dict[int, int] = {}
+        for q in (self._tq, self._aq):
+            try:
+                head = q[0]
+            except IndexError:
+                continue
+            since = head._queued_at
+            if since is not None:
+                oldest[head.sid] = now - since
+        by_sid = self._by_sid
+        for sid, window in self._windows.items():
+            starved = starved_a if by_sid[sid].is_async else starved_t
+            new = window.update(now, starved=starved, oldest_wait_ms=oldest.get(sid))
+            if new is not None and sid in session.specs:
+                session.set_credit(sid, new)
 
-    def _keepalive_ms(self, sid: int) -> int:
-        spec = self.session.specs.get(sid) if self.session is not None else None
-        ack_wait = spec.granted_ack_wait_ms if spec is not None else None
-        return max(1, (ack_wait or DEFAULT_ACK_WAIT_MS) // 2)
+    def _keep_queued_alive(self, session: Session, now: int) -> None:
+        """PROGRESS for messages that have waited for a worker half their ``ack_wait``: the wait
+        (for a worker busy with another subscription's messages, or with a large fixed window)
+        is not a try, and an expiry would charge one (``max_deliver``) without running it."""
+        half = self._keepalive_ms()
+        due_next = now + half
+        for q in (self._tq, self._aq):
+            try:
+                waiting = list(q)
+            except RuntimeError:  # changed while copied (workers pull): look again soon
+                due_next = now + 1
+                continue
+            for msg in waiting:
+                since = msg._queued_at
+                if since is None or msg.settled is not None:
+                    continue
+                if now - since >= half:
+                    msg._queued_at = now
+                    session.settle(msg, "progress")
+                    since = now
+                due_next = min(due_next, since + half)
+        self._next_keepalive = due_next
 
-    def _keep_queued_alive(self, session: Session) -> None:
-        """PROGRESS for queued messages whose time has come (see ``_enqueue``)."""
-        if self._next_keepalive is None:
-            return
-        now = monotonic_ms()
-        if now < self._next_keepalive:
-            return
-        dues = self._pending_keys
-        for msg in self._pending:
-            key = (msg.sid, msg.seq)
-            due = dues.get(key)
-            if due is not None and due <= now:
-                session.settle(msg, "progress")
-                dues[key] = now + self._keepalive_ms(msg.sid)
-        self._next_keepalive = min(dues.values()) if dues else None
+    def _keepalive_ms(self) -> int:
+        specs = self.session.specs if self.session is not None else {}
+        waits = [s.granted_ack_wait_ms or DEFAULT_ACK_WAIT_MS for s in specs.values()]
+        return max(1, min(waits, default=DEFAULT_ACK_WAIT_MS) // 2)
 
     def _take_inbox(self, session: Session) -> None:
-        """Move delivered messages to the pending queue; ack at once those already processed."""
+        """Hand delivered messages to the workers (one hand-off per batch); ack at once those
+        already processed."""
         inbox = session.inbox
         if not inbox:
             return
@@ -368,68 +419,68 @@ class Actor:
         inbox.clear()
         done: set[bytes] = set()
         store = self.idempotency
+        by_sid = self._by_sid
         if store is not None:
-            keys = [message_key(m) for m in msgs if self._by_sid[m.sid].idempotent]
+            keys = [message_key(m) for m in msgs if by_sid[m.sid].idempotent]
             if keys:
                 done = store.seen(keys)
-        by_sid = self._by_sid
+        running = self._running
+        windows = self._windows
+        now = monotonic_ms()
+        plain: list[Message] = []
+        coros: list[Message] = []
         for msg in msgs:
             key = (msg.sid, msg.seq)
-            if key in self._running:  # delivered again while it runs: its outcome covers both
-                self._folded.setdefault(key, []).append(msg)
-                self._folded_at[key] = monotonic_ms()
-            elif key in self._pending_keys:
-                # the queued copy's delivery expired meanwhile (its PROGRESS came too late, or
-                # the hub restarted): this one is in flight now, with the hub's count of
-                # deliveries; it runs in the queued copy's place
-                pending = self._pending
-                for i, queued in enumerate(pending):
-                    if (queued.sid, queued.seq) == key:
-                        pending[i] = msg
-                        break
+            held = running.get(key)
+            if held is not None:  # delivered again while we hold it
+                if held._queued_at is not None:
+                    # not started: this delivery is the one in flight, with the hub's count
+                    # (its next PROGRESS stays due as before: early, never late)
+                    held.deliveries = msg.deliveries
+                else:  # running: its outcome covers both
+                    self._folded.setdefault(key, []).append(msg)
+                    self._folded_at[key] = now
             elif done and by_sid[msg.sid].idempotent and message_key(msg) in done:
                 log.info("%s/%s seq %d (%s) already processed: acked without running",
                          msg.topic, msg.group, msg.seq, msg.msg_id)
                 msg.settled = "ack"
                 session.settle(msg, "ack")
             else:
-                self._enqueue(msg)
+                running[key] = msg
+                msg._queued_at = now
+                windows[msg.sid].delivered()
+                (coros if by_sid[msg.sid].is_async else plain).append(msg)
         session.flush_acks()
+        if plain or coros:
+            self._hand_out(plain, coros)
 
-    def _start_pending(self) -> None:
-        """Hand waiting messages to free workers: never more than ``concurrency`` at once."""
-        pending = self._pending
-        while pending and len(self._running) < self.concurrency:
-            msg = pending.popleft()
-            key = (msg.sid, msg.seq)
-            self._pending_keys.pop(key, None)
-            if key in self._running:
-                self._folded.setdefault(key, []).append(msg)
-                self._folded_at[key] = monotonic_ms()
-                continue
-            self._running[key] = msg
-            route = self._by_sid[msg.sid]
-            if route.is_async:
-                self._aloop.call_soon_threadsafe(self._spawn, msg, route)
-            else:
-                self._work.put((msg, route))
+    def _hand_out(self, plain: list[Message], coros: list[Message]) -> None:
+        # the first PROGRESS due among them (see _keep_queued_alive), read before the workers
+        # may start them
+        since = min(m._queued_at for m in (plain[:1] + coros[:1] + plain[-1:] + coros[-1:]))
+        due = since + self._keepalive_ms()
+        if due < self._next_keepalive:
+            self._next_keepalive = due
+        if plain:
+            self._tq.extend(plain)
+            if self._tidle:
+                with self._tcond:
+                    self._tcond.notify(len(plain))
+        if coros:
+            self._aq.extend(coros)
+            if not self._akick_due:
+                self._akick_due = True
+                self._aloop.call_soon_threadsafe(self._akick)
 
     def _drain(self, session: Session, waker: Waker) -> None:
         """Stopping: let running handlers finish within the grace period, then detach."""
-        # Messages not started yet: give them back.
-        for msg in self._pending:
-            msg.settled = "release"
-            session.settle(msg, "release")
-        self._pending.clear()
-        self._pending_keys.clear()
-        self._next_keepalive = None
-        while True:
-            try:
-                item = self._work.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                msg = item[0]
+        # Messages not started yet: give them back (workers take no more once _stop is set).
+        for q in (self._tq, self._aq):
+            while True:
+                try:
+                    msg = q.popleft()
+                except IndexError:
+                    break
                 self._running.pop((msg.sid, msg.seq), None)
                 msg.settled = "release"
                 session.settle(msg, "release")
@@ -473,16 +524,34 @@ class Actor:
             msg.release()  # another actor takes it
         self._stop.set()
 
-    def _finished_one(self, msg: Message) -> None:
-        self._results.append((msg, "done", None))
-        self._waker.wake()  # only workers and tasks of a running actor get here
+    def _finished_one(self, msg: Message, kind: str = "done") -> None:
+        self._results.append((msg, kind, None))
+        waker = self._waker  # only workers and tasks of a running actor get here
+        if not waker.sent:
+            waker.wake()
 
     def _worker(self) -> None:
+        """A worker thread: pull queued messages and run them until the actor closes."""
+        tq, cond, stop, by_sid = self._tq, self._tcond, self._stop, self._by_sid
+        finished = self._finished_one
         while True:
-            item = self._work.get()
-            if item is None:
-                return
-            msg, route = item
+            try:
+                if stop.is_set():
+                    raise IndexError  # stopping: take no more (the loop gives them back)
+                msg = tq.popleft()
+            except IndexError:
+                with cond:
+                    if self._closing:
+                        return
+                    if tq and not stop.is_set():
+                        continue
+                    self._tidle += 1
+                    cond.wait(1.0 if stop.is_set() else None)
+                    self._tidle -= 1
+                continue
+            msg._queued_at = None
+            route = by_sid[msg.sid]
+            kind = "done"
             try:
                 route.handler(msg)
             except Exception as exc:
@@ -491,9 +560,10 @@ class Actor:
                 self._wants_out(msg, exc)
             else:
                 if msg.settled is None:
-                    msg.ack()
+                    msg.settled = "ack"  # acked on return: sent with the "done"
+                    kind = _DONE_ACK
             finally:  # whatever happened, the worker is free again and keeps serving
-                self._finished_one(msg)
+                finished(msg, kind)
 
     # --- async side ------------------------------------------------------------------------
 
@@ -518,30 +588,71 @@ class Actor:
         ready.wait()
         return thread
 
-    def _spawn(self, msg: Message, route: _Route) -> None:
-        task = self._aloop.create_task(self._run_async(msg, route))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _akick(self) -> None:
+        """On the asyncio loop, once per batch handed out: wake parked chains for the queued
+        async messages, and start new ones up to ``concurrency`` chains. A chain runs queued
+        messages one after another and parks (a future) when there are none: no task per
+        message."""
+        self._akick_due = False
+        aq = self._aq
+        if self._stop.is_set():
+            return
+        parked = self._aparked
+        want = len(aq)
+        while want and parked:
+            fut = parked.pop()
+            if not fut.done():
+                fut.set_result(None)
+                want -= 1
+        while want and self._achains < self.concurrency:
+            self._achains += 1
+            want -= 1
+            task = self._aloop.create_task(self._achain())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _achain(self) -> None:
+        aq, stop, by_sid, parked = self._aq, self._stop, self._by_sid, self._aparked
+        loop = self._aloop
+        try:
+            while not stop.is_set():
+                try:
+                    msg = aq.popleft()
+                except IndexError:
+                    fut = loop.create_future()
+                    parked.append(fut)
+                    await fut  # woken by _akick (or cancelled when stopping)
+                    continue
+                msg._queued_at = None
+                if not await self._run_async(msg, by_sid[msg.sid]):
+                    return
+        finally:
+            self._achains -= 1
 
     def _cancel_tasks(self) -> None:
         for task in list(self._tasks):
             task.cancel()
 
-    async def _run_async(self, msg: Message, route: _Route) -> None:
+    async def _run_async(self, msg: Message, route: _Route) -> bool:
+        """Run one message's handler; False when cancelled (the chain ends)."""
+        kind = "done"
         try:
             await route.handler(msg)
         except asyncio.CancelledError:
             if msg.settled is None:
                 msg.release()  # stopped past the grace period: not processed, not failed
+            return False
         except Exception as exc:
             self._failed(msg, route, exc)
         except BaseException as exc:
             self._wants_out(msg, exc)
         else:
             if msg.settled is None:
-                msg.ack()
+                msg.settled = "ack"
+                kind = _DONE_ACK
         finally:
-            self._finished_one(msg)
+            self._finished_one(msg, kind)
+        return True
 
     # --- settling (any thread in, loop thread out) -------------------------------------------
 
@@ -564,34 +675,52 @@ class Actor:
             session.flush_acks()
             return
         batch = []
+        pop = results.popleft
         while results:
-            batch.append(results.popleft())
+            batch.append(pop())
         store = self.idempotency
         if store is not None:
             # Processed ids are recorded before their acks leave: an ack the hub has means the
             # id is durable here, so a redelivery is recognised.
             keys = [message_key(m) for m, kind, _ in batch
-                    if kind == "ack" and self._by_sid[m.sid].idempotent]
+                    if (kind == "ack" or kind == _DONE_ACK) and self._by_sid[m.sid].idempotent]
             if keys:
                 try:
                     store.record(keys)
                 except Exception:
                     log.exception("could not record %d processed ids; acking anyway", len(keys))
         running = self._running
+        folded = self._folded
+        nacks = self._nacks
+        windows = self._windows
+        acks: list[Message] = []
+        redo: list[Message] = []
         for msg, kind, arg in batch:
-            if kind == "done":
+            if kind == _DONE_ACK or kind == "done":
                 key = (msg.sid, msg.seq)
                 running.pop(key, None)
-                dups = self._folded.pop(key, ())
+                window = windows.get(msg.sid)
+                if window is not None:
+                    window.finished()
+                if kind == _DONE_ACK:
+                    acks.append(msg)
+                if not folded and not nacks:
+                    continue
+                dups = folded.pop(key, ())
                 since = self._folded_at.pop(key, None)
-                nack = self._nacks.pop(key, None)
+                nack = nacks.pop(key, None)
                 if nack is not None:
                     if dups:
                         # Delivered again while it ran (its ack_wait expired, or the hub
                         # restarted): the hub counted this run's failure then, and the newest
                         # delivery is the next try, in flight here. Run it now; a NACK would
                         # charge it as a second failure without running it.
-                        self._enqueue(dups[-1], since)
+                        dup = dups[-1]
+                        running[key] = dup
+                        dup._queued_at = since if since is not None else monotonic_ms()
+                        if window is not None:
+                            window.delivered()
+                        redo.append(dup)
                     else:
                         session.settle(msg, "nack", nack)
                 elif msg.settled == "ack":
@@ -599,9 +728,16 @@ class Actor:
                     # that then restarted; a reject or release covers the seq as it is
                     for dup in dups:
                         dup.settled = "ack"
-                        session.settle(dup, "ack")
+                        acks.append(dup)
             elif kind == "nack" and running.get((msg.sid, msg.seq)) is msg:
-                self._nacks[(msg.sid, msg.seq)] = arg  # sent when the handler is done
+                nacks[(msg.sid, msg.seq)] = arg  # sent when the handler is done
             else:
                 session.settle(msg, kind, arg)
+        if acks:
+            session.ack_many(acks)
         session.flush_acks()
+        if redo:
+            due = min(m._queued_at for m in redo) + self._keepalive_ms()
+            self._next_keepalive = min(self._next_keepalive, due)  # before the workers see them
+            self._hand_out([m for m in redo if not self._by_sid[m.sid].is_async],
+                           [m for m in redo if self._by_sid[m.sid].is_async])

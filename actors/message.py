@@ -34,6 +34,7 @@ class Message:
         "sid",
         "settled",
         "_settler",
+        "_queued_at",  # an Actor's: when it was handed to its workers (ms); None once started
     )
 
     def __init__(
@@ -60,6 +61,7 @@ class Message:
         self.sid = sid
         self.settled: str | None = None
         self._settler = settler
+        self._queued_at: int | None = None
 
     @property
     def msg_id(self) -> str:

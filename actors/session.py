@@ -332,6 +332,23 @@ class Session:
         elif kind == "progress":
             self.conn.send(Command.PROGRESS, [msg.sid, by_topic])
 
+    def ack_many(self, msgs: Any) -> None:
+        """Record acks of many messages at once (an Actor's finished batch); sent with the next
+        ``flush_acks`` (the caller flushes once per loop turn)."""
+        with self.lock:
+            acks = self._acks
+            n = 0
+            for msg in msgs:
+                by_topic = acks.get(msg.sid)
+                if by_topic is None:
+                    by_topic = acks[msg.sid] = {}
+                seqs = by_topic.get(msg.topic)
+                if seqs is None:
+                    seqs = by_topic[msg.topic] = []
+                seqs.append(msg.seq)
+                n += 1
+            self._ack_count += n
+
     def flush_acks(self) -> None:
         if not self._ack_count:
             return

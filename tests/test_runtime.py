@@ -30,7 +30,7 @@ def _sub_state(endpoint: str, topic: str, group: str) -> dict:
 
 @pytest.mark.parametrize("prefetch, held", [(1, 2), (3, 6)])
 def test_an_actor_holds_workers_times_prefetch_messages_and_runs_only_its_workers(hub, prefetch, held):
-    # Given an actor with 2 workers (and the default credit of 100) whose handlers block
+    # Given an actor with 2 workers and a fixed window (prefetch given) whose handlers block
     gate = threading.Event()
     started = []
     running = [0, 0]  # now, most at once
