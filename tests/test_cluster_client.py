@@ -1,0 +1,388 @@
+"""Cluster mode, the client side (actors/cluster.py): addresses, routing, following leaders.
+
+Three layers, as the hub side (METADATA, not_leader, replication) is built elsewhere:
+- pure routing: metadata parsing, partition choice, addresses (no sockets);
+- metadata from a real ZooKeeper, where each "hub" of the cluster is a ClusterMember whose
+  advertised endpoint is an ordinary single hub (HubThread): it takes ``NAME.i`` as a plain
+  topic, so a message for ``NAME.i`` must land on the hub ZooKeeper says leads it;
+- a fake hub (a raw ROUTER) that refuses with ``not_leader`` as the contract says.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import pytest
+import zmq
+
+from zmq_mq.actors import Actor, Admin, Consumer, Producer
+from zmq_mq.actors.cluster import (
+    ClusterAdmin,
+    ClusterConsumer,
+    ClusterProducer,
+    Metadata,
+    choose_partition,
+)
+from zmq_mq.actors.errors import InvalidMessage, ZmqMqError
+from zmq_mq.router import protocol
+from zmq_mq.router.endpoint import endpoint_problem, hub_address_problem, is_cluster_address
+from zmq_mq.router.protocol import Command
+from zmq_mq.testing import HubThread
+
+from conftest import run_cli, wait_for
+
+SESSION_TIMEOUT = 2.0
+WAIT = 30.0
+
+# --- pure: addresses, metadata, partition choice ----------------------------------------------
+
+STATUS = {
+    "cluster": True,
+    "node": "a",
+    "hubs": {"a": {"endpoint": "tcp://127.0.0.1:1001", "pub": None},
+             "b": {"endpoint": "tcp://127.0.0.1:1002", "pub": None}},
+    "topics": {"orders": {"partitions": 3, "replicas": 2, "min_insync": 2}},
+    "partitions": {"orders.0": {"leader": "a", "epoch": 1, "isr": ["a", "b"], "replicas": ["a", "b"]},
+                   "orders.1": {"leader": "b", "epoch": 3, "isr": ["b"], "replicas": ["b", "a"]},
+                   "orders.2": {"leader": None, "epoch": 2, "isr": ["c"], "replicas": ["c", "a"]}},
+}
+
+
+def test_metadata_maps_each_partition_to_its_leaders_endpoint_and_none_when_it_has_no_live_leader():
+    meta = Metadata.parse(STATUS)
+    assert meta.partitions_of("orders") == ["orders.0", "orders.1", "orders.2"]
+    assert meta.leader_map() == {"orders.0": "tcp://127.0.0.1:1001",
+                                 "orders.1": "tcp://127.0.0.1:1002", "orders.2": None}
+    assert meta.epochs["orders.1"] == 3
+    assert meta.partitions_of("orders.1") == ["orders.1"]  # a partition named directly
+    assert meta.partitions_of("nope") == []
+    assert Metadata.parse({"cluster": False}).cluster is False
+
+
+def test_a_keyed_message_goes_to_the_partition_the_single_hub_would_choose_and_keyless_ones_take_turns():
+    parts = protocol.partition_topics("orders", 6)
+    for key in ("alice", "bob", "", "ünïcode"):
+        assert choose_partition(parts, key, 99) == parts[protocol.partition_of(key, 6)]
+    assert [choose_partition(parts, None, t) for t in range(7)] == [*parts, parts[0]]
+
+
+@pytest.mark.parametrize("address", ["zk://127.0.0.1:2181/zmq-mq", "zk://a:1,b:2/prod/mq",
+                                     "tcp://127.0.0.1:5555,tcp://127.0.0.1:5556"])
+def test_a_client_accepts_a_cluster_address_but_the_hubs_bind_does_not(address):
+    assert is_cluster_address(address)
+    assert hub_address_problem(address) is None
+    assert endpoint_problem(address, bind=True)  # the hub binds one endpoint
+
+
+@pytest.mark.parametrize("address, words", [
+    ("zk://127.0.0.1:2181", "chroot"), ("zk://127.0.0.1/x", "no port"),
+    ("tcp://127.0.0.1:5555,localhost:5556", "did you mean tcp://localhost:5556?"),
+])
+def test_a_malformed_cluster_address_gets_one_sentence_naming_the_problem(address, words):
+    problem = hub_address_problem(address)
+    assert problem and words in problem and "\n" not in problem
+
+
+def test_a_plain_endpoint_makes_the_single_hub_classes_exactly():
+    # the single-hub path is untouched: the same classes, nothing of the cluster layer
+    assert type(Producer("tcp://127.0.0.1:5555")) is Producer
+    assert type(Consumer("tcp://127.0.0.1:5555")) is Consumer
+    assert type(Admin("tcp://127.0.0.1:5555")) is Admin
+    assert not is_cluster_address("tcp://127.0.0.1:5555")
+
+
+def test_a_zk_address_without_kazoo_says_which_extra_to_install_in_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "kazoo.client", None)  # importing it raises ImportError
+    monkeypatch.delitem(sys.modules, "zmq_mq.router.cluster.coordinator", raising=False)
+    for make in (Producer, Consumer, Admin):
+        with pytest.raises(ZmqMqError, match=r"^a zk:// address needs kazoo: pip install 'zmq-mq\[cluster\]'$"):
+            make("zk://127.0.0.1:2181/zmq-mq")
+
+
+def test_the_cli_refuses_a_bad_cluster_address_with_one_line_and_exit_2():
+    result = run_cli("publish", "orders", "x", "--hub", "zk://127.0.0.1:2181")
+    assert result.returncode == 2
+    assert result.stderr.decode().count("\n") == 1 and "chroot" in result.stderr.decode()
+
+
+# --- a cluster in ZooKeeper whose "hubs" are ordinary single hubs --------------------------------
+
+
+class FakeCluster:
+    """ClusterMembers in ZooKeeper, each advertising the endpoint of a real single hub."""
+
+    def __init__(self, url: str, tmp_path) -> None:
+        self.url = url
+        self.tmp_path = tmp_path
+        self.hubs: dict[str, HubThread] = {}
+        self.members: dict[str, object] = {}
+
+    def add(self, node: str, endpoint: str | None = None):
+        from zmq_mq.router.cluster.coordinator import ClusterMember
+
+        if endpoint is None:
+            hub = self.hubs[node] = HubThread(self.tmp_path / node).start()
+            endpoint = hub.endpoint
+        member = ClusterMember(self.url, node, endpoint, session_timeout=SESSION_TIMEOUT)
+        self.members[node] = member.start()
+        return endpoint
+
+    def leave(self, node: str) -> None:
+        self.members.pop(node).close()
+
+    def client(self):
+        from zmq_mq.router.cluster.coordinator import ClusterClient
+
+        return ClusterClient(self.url, session_timeout=SESSION_TIMEOUT).start()
+
+    def leaders(self, topic: str) -> dict[str, str | None]:
+        c = self.client()
+        try:
+            return {name: s.leader for name, s in c.partitions(topic).items()}
+        finally:
+            c.close()
+
+    def endpoint_of(self, node: str) -> str:
+        return self.hubs[node].endpoint
+
+    def close(self) -> None:
+        for member in self.members.values():
+            member.close()
+        for hub in self.hubs.values():
+            hub.stop()
+
+
+@pytest.fixture
+def cluster(zookeeper, tmp_path):
+    c = FakeCluster(zookeeper, tmp_path)
+    yield c
+    c.close()
+
+
+def _stored(endpoint: str, topic: str) -> list:
+    with Admin(endpoint) as admin:
+        return admin.fetch(topic)
+
+
+def test_admin_creates_a_cluster_topic_through_zookeeper_and_lists_every_hubs_topics(cluster):
+    cluster.add("a")
+    cluster.add("b")
+    with Admin(cluster.url) as admin:
+        assert isinstance(admin, ClusterAdmin)
+        created = admin.create_topic("orders", partitions=4, replicas=2)
+        assert created["partitions"] == 4 and created["replicas"] == 2
+        assert len(created["assignment"]) == 4
+        assert set(admin.metadata().leaders) == {f"orders.{i}" for i in range(4)}
+        assert set(admin.stats()["hubs"]) == {"a", "b"}
+        with Producer(cluster.url) as producer:
+            producer.publish("orders", b"x", key="k")
+        rows = admin.topics()
+        assert [r for r in rows if r["messages"]] and {r["node"] for r in rows} <= {"a", "b"}
+
+
+def test_each_message_lands_on_the_hub_zookeeper_names_leader_of_its_partition(cluster):
+    cluster.add("a")
+    cluster.add("b")
+    with Admin(cluster.url) as admin:
+        admin.create_topic("orders", partitions=4, replicas=1)
+    leaders = cluster.leaders("orders")
+    assert set(leaders.values()) == {"a", "b"}  # spread over both
+    keys = [f"customer-{i}" for i in range(40)]
+    with Producer(cluster.url) as producer:
+        assert isinstance(producer, ClusterProducer)
+        for key in keys:
+            producer.publish("orders", key.encode(), key=key)
+        futures = [producer.publish_async("orders", b"keyless") for _ in range(8)]
+        producer.flush()
+    assert all(f.result() >= 1 for f in futures)
+    for partition, node in leaders.items():
+        stored = _stored(cluster.endpoint_of(node), partition)
+        expected = [k for k in keys if f"orders.{protocol.partition_of(k, 4)}" == partition]
+        assert [m.key for m in stored if m.key] == expected
+        assert sum(1 for m in stored if m.key is None) == 2  # keyless: round robin
+        # every cluster publish carries a msg_id (a resend is stored once)
+        assert all(m.headers.get(protocol.MSG_ID_HEADER) for m in stored)
+        other = "b" if node == "a" else "a"
+        assert _stored(cluster.endpoint_of(other), partition) == []
+
+
+def test_publishing_to_a_topic_the_cluster_does_not_have_says_how_to_create_it(cluster):
+    cluster.add("a")
+    with Producer(cluster.url, timeout=5) as producer:
+        with pytest.raises(InvalidMessage, match="zmq-mq topic create nope --partitions N"):
+            producer.publish("nope", b"x")
+
+
+def test_unconfirmed_messages_go_to_the_new_leader_when_the_old_one_dies_and_are_stored_once(cluster):
+    # Given a topic whose partitions each live on both hubs
+    cluster.add("a")
+    cluster.add("b")
+    with Admin(cluster.url) as admin:
+        admin.create_topic("orders", partitions=2, replicas=2)
+    leaders = cluster.leaders("orders")
+    victim = leaders["orders.0"]
+    survivor = "b" if victim == "a" else "a"
+    key = next(k for k in (f"k{i}" for i in range(100)) if protocol.partition_of(k, 2) == 0)
+    with Producer(cluster.url, timeout=WAIT) as producer:
+        producer.publish("orders", b"before", key=key)  # connected to the victim
+        # When the leader's hub dies (nothing confirmed any more), messages are published,
+        cluster.hubs[victim].stop()
+        futures = [producer.publish_async("orders", f"m{i}".encode(), key=key) for i in range(5)]
+        # and ZooKeeper then moves the partition to the other hub
+        cluster.leave(victim)
+        wait_for(lambda: cluster.leaders("orders")["orders.0"] == survivor, WAIT, message="failover")
+        # Then every message is confirmed by the new leader, once each
+        seqs = [f.result(WAIT) for f in futures]
+    stored = _stored(cluster.endpoint_of(survivor), "orders.0")
+    assert [m.payload for m in stored] == [f"m{i}".encode() for i in range(5)]
+    assert seqs == [m.seq for m in stored]
+    assert producer.resent >= 5
+
+
+# --- not_leader from a (fake) hub -------------------------------------------------------------
+
+
+class NotLeaderHub:
+    """A raw ROUTER that welcomes clients and refuses every PUBLISH and SUBSCRIBE with
+    not_leader, naming ``leader_endpoint`` as the contract says."""
+
+    def __init__(self, sock: zmq.Socket, leader_endpoint: str | None) -> None:
+        self.sock = sock
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.leader_endpoint = leader_endpoint
+        self.refused: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> "NotLeaderHub":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            if not self.sock.poll(50):
+                continue
+            peer, *frames = self.sock.recv_multipart()
+            command, body = protocol.decode(frames)
+            if command == Command.HELLO:
+                reply = (Command.WELCOME, {"hub": "fake", "heartbeat_ms": 1000, "liveness": 3,
+                                           "limits": {}, "pub": None})
+            elif command in (Command.PUBLISH, Command.SUBSCRIBE):
+                self.refused.append(command)
+                ref = body[0] if command == Command.PUBLISH else body["sid"]
+                reply = (Command.ERROR, {"code": "not_leader", "message": "not the leader",
+                                         "command": command.decode(), "ref": ref,
+                                         "leader": "real", "leader_endpoint": self.leader_endpoint,
+                                         "epoch": 2})
+            elif command == Command.HEARTBEAT:
+                reply = (Command.HEARTBEAT, ["fake", []])
+            else:
+                continue
+            self.sock.send_multipart([peer, *protocol.encode(*reply)])
+
+
+def test_a_not_leader_refusal_sends_the_batch_to_the_leader_it_names_and_it_is_stored_once(
+        cluster, socket, tmp_path):
+    # Given ZooKeeper naming a hub as leader that refuses with not_leader pointing at the real one
+    real = HubThread(tmp_path / "real").start()
+    try:
+        router = socket(zmq.ROUTER)
+        router.bind("tcp://127.0.0.1:*")
+        with NotLeaderHub(router, real.endpoint) as fake:
+            cluster.add("fake", fake.endpoint)
+            with Admin(cluster.url) as admin:
+                admin.create_topic("orders", partitions=1, replicas=1)
+            # When a message is published
+            with Producer(cluster.url, timeout=WAIT) as producer:
+                seq = producer.publish("orders", b"hello", msg_id="m-1")
+                # Then the refused batch went to the named leader, which stored it
+                assert fake.refused == [Command.PUBLISH]
+            stored = _stored(real.endpoint, "orders.0")
+            assert [(m.seq, m.payload, m.msg_id) for m in stored] == [(seq, b"hello", "m-1")]
+    finally:
+        real.stop()
+
+
+# --- consuming ------------------------------------------------------------------------------------
+
+
+def test_a_consumer_of_a_cluster_topic_reads_every_partition_from_its_leader_and_acks_there(cluster):
+    cluster.add("a")
+    cluster.add("b")
+    with Admin(cluster.url) as admin:
+        admin.create_topic("orders", partitions=4, replicas=1)
+    sent = {f"m{i}".encode() for i in range(20)}
+    with Producer(cluster.url) as producer:
+        for payload in sorted(sent):
+            producer.publish("orders", payload, key=payload.decode())
+    got = set()
+    with Consumer(cluster.url, timeout=WAIT) as consumer:
+        assert isinstance(consumer, ClusterConsumer)
+        consumer.subscribe("orders", group="audit")
+        while got != sent:
+            msg = consumer.receive(timeout=WAIT)
+            assert msg is not None, f"missing {sent - got}"
+            assert msg.topic.startswith("orders.")
+            got.add(msg.payload)
+            msg.ack()
+    # acked on the leaders: nothing left for the group
+    leaders = cluster.leaders("orders")
+    for partition, node in leaders.items():
+        with Admin(cluster.endpoint_of(node)) as admin:
+            rows = {r["topic"]: r for r in admin.topics()}
+        subs = {s["group"]: s for s in rows[partition]["subscriptions"]}
+        assert subs["audit"]["lag"] == 0 and subs["audit"]["in_flight"] == 0
+
+
+def test_a_consumer_re_attaches_to_the_new_leader_when_a_partition_moves(cluster):
+    cluster.add("a")
+    cluster.add("b")
+    with Admin(cluster.url) as admin:
+        admin.create_topic("orders", partitions=2, replicas=2)
+    leaders = cluster.leaders("orders")
+    victim = leaders["orders.0"]
+    survivor = "b" if victim == "a" else "a"
+    key = next(k for k in (f"k{i}" for i in range(100)) if protocol.partition_of(k, 2) == 0)
+    with Consumer(cluster.url, timeout=WAIT) as consumer:
+        consumer.subscribe("orders", group="g")
+        # When the leader of orders.0 leaves the cluster and the other hub leads it
+        cluster.leave(victim)
+        wait_for(lambda: cluster.leaders("orders")["orders.0"] == survivor, WAIT, message="failover")
+        with Producer(cluster.url) as producer:
+            producer.publish("orders", b"after", key=key)
+        # Then the consumer gets what the new leader holds
+        msg = consumer.receive(timeout=WAIT)
+        assert msg is not None and msg.payload == b"after" and msg.topic == "orders.0"
+        msg.ack()
+
+
+def test_an_actor_on_a_cluster_handles_the_messages_of_every_partition(cluster):
+    cluster.add("a")
+    cluster.add("b")
+    with Admin(cluster.url) as admin:
+        admin.create_topic("jobs", partitions=3, replicas=1)
+    done = []
+    all_done = threading.Event()
+
+    actor = Actor(cluster.url, name="cluster-actor", timeout=WAIT)
+
+    @actor.subscribe("jobs", group="workers")
+    def handle(msg):
+        done.append(msg.payload)
+        if len(done) == 12:
+            all_done.set()
+
+    actor.start()
+    try:
+        with Producer(cluster.url) as producer:
+            for i in range(12):
+                producer.publish("jobs", f"j{i}".encode())
+        assert all_done.wait(WAIT)
+    finally:
+        actor.stop()
+    assert sorted(done) == sorted(f"j{i}".encode() for i in range(12))
