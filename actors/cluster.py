@@ -175,10 +175,9 @@ class ZooKeeperSource:
             return self._client
 
     def fetch(self) -> Metadata:
+        client = self.client()  # ClusterUnavailable, or ZmqMqError without kazoo
         try:
-            return Metadata.parse(self.client().status())
-        except ClusterUnavailable:
-            raise
+            return Metadata.parse(client.status())
         except Exception as exc:  # kazoo's errors: connection loss, session expiry
             raise ClusterUnavailable(f"cannot read the cluster from ZooKeeper at "
                                      f"{self.address}: {exc}") from None
@@ -253,8 +252,7 @@ def metadata_request(endpoint: str, timeout: float, *, context: zmq.Context | No
 def make_source(address: str, timeout: float, *, context: zmq.Context | None = None,
                 curve: Any = None):
     if address.startswith(ZK_SCHEME):
-        _cluster_client_class()  # no kazoo: say so now, in the caller's thread
-        return ZooKeeperSource(address, timeout)
+        return ZooKeeperSource(address, timeout)  # kazoo is looked for when first read
     return BootstrapSource(split_hub_list(address), timeout, context=context, curve=curve)
 
 
@@ -1159,13 +1157,13 @@ class ClusterAdmin(Admin):
         if not isinstance(source, ZooKeeperSource):
             raise ValueError("creating a cluster topic needs the cluster's zk:// address, "
                              "not a list of hubs")
-        from ..router.cluster.errors import ClusterTimeout, TopicExistsError
+        from ..router.cluster.errors import ClusterTimeout, NotEnoughHubsError, TopicExistsError
 
         try:
             spec = source.client().create_topic(name, partitions=partitions or 1,
                                                 replicas=replicas, min_insync=min_insync,
                                                 wait=self.timeout)
-        except TopicExistsError as exc:
+        except (TopicExistsError, NotEnoughHubsError) as exc:
             raise HubError("invalid", str(exc)) from None
         except ClusterTimeout as exc:
             raise ClusterUnavailable(str(exc)) from None

@@ -92,12 +92,29 @@ def test_a_plain_endpoint_makes_the_single_hub_classes_exactly():
     assert not is_cluster_address("tcp://127.0.0.1:5555")
 
 
+NO_KAZOO = r"^a zk:// address needs kazoo: pip install 'zmq-mq\[cluster\]'$"
+
+
 def test_a_zk_address_without_kazoo_says_which_extra_to_install_in_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "kazoo.client", None)  # importing it raises ImportError
     monkeypatch.delitem(sys.modules, "zmq_mq.router.cluster.coordinator", raising=False)
-    for make in (Producer, Consumer, Admin):
-        with pytest.raises(ZmqMqError, match=r"^a zk:// address needs kazoo: pip install 'zmq-mq\[cluster\]'$"):
-            make("zk://127.0.0.1:2181/zmq-mq")
+    address = "zk://127.0.0.1:2181/zmq-mq"
+    for use in (lambda: Producer(address).connect(), lambda: Consumer(address).connect(),
+                lambda: Admin(address).stats()):
+        with pytest.raises(ZmqMqError, match=NO_KAZOO):
+            use()
+
+
+def test_the_cli_without_kazoo_says_which_extra_to_install_in_one_line(tmp_path, monkeypatch):
+    fake = tmp_path / "nokazoo" / "kazoo"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('kazoo is not installed')\n")
+    monkeypatch.setenv("PYTHONPATH", str(fake.parent))
+    for args in (["publish", "orders", "x"], ["topics"], ["subscribe", "orders", "--group", "g"]):
+        result = run_cli(*args, "--hub", "zk://127.0.0.1:1/zmq-mq", timeout=60)
+        err = result.stderr.decode()
+        assert result.returncode == 1, (args, err)
+        assert err.count("\n") == 1 and "pip install 'zmq-mq[cluster]'" in err, (args, err)
 
 
 def test_the_cli_refuses_a_bad_cluster_address_with_one_line_and_exit_2():
@@ -386,3 +403,33 @@ def test_an_actor_on_a_cluster_handles_the_messages_of_every_partition(cluster):
     finally:
         actor.stop()
     assert sorted(done) == sorted(f"j{i}".encode() for i in range(12))
+
+
+# --- the command line on a cluster ------------------------------------------------------------
+
+
+def test_the_cli_creates_a_cluster_topic_publishes_to_it_and_lists_and_stats_every_hub(cluster):
+    cluster.add("a")
+    cluster.add("b")
+    created = run_cli("topic", "create", "orders", "--partitions", "4", "--replicas", "2",
+                      "--hub", cluster.url)
+    assert created.returncode == 0, created.stderr
+    assert '"replicas": 2' in created.stdout.decode()
+    published = run_cli("publish", "orders", "hello", "--key", "k1", "--hub", cluster.url)
+    assert published.returncode == 0, published.stderr
+    listed = run_cli("topics", "--json", "--hub", cluster.url)
+    assert listed.returncode == 0, listed.stderr
+    partition = f"orders.{protocol.partition_of('k1', 4)}"
+    leader = cluster.leaders("orders")[partition]
+    rows = [r for r in __import__("json").loads(listed.stdout) if r["topic"] == partition]
+    assert [(r["node"], r["messages"]) for r in rows] == [(leader, 1)]
+    stats = run_cli("stats", "--hub", cluster.url)
+    assert stats.returncode == 0 and partition in stats.stdout.decode(), stats.stderr
+    got = run_cli("subscribe", "orders", "--group", "g", "--count", "1", "--timeout", "20",
+                  "--hub", cluster.url)
+    assert got.returncode == 0 and got.stdout == b"hello\n", got.stderr
+
+
+def test_replicas_without_a_cluster_is_a_usage_error(hub):
+    result = run_cli("topic", "create", "orders", "--replicas", "2", "--hub", hub.endpoint)
+    assert result.returncode == 2 and b"--hub zk://" in result.stderr
