@@ -347,6 +347,7 @@ class ClusterProducer(Producer):
         self.timeout = timeout
         self._ctx = context or zmq.Context.instance()
         self._name = name or "cluster-producer"
+        self._max_pending = max_pending
         self._opts = dict(max_batch=max_batch, max_pending=max_pending, context=self._ctx,
                           curve=curve, clock=clock)
         self._cache = MetadataCache(source or make_source(address, timeout, context=self._ctx,
@@ -445,6 +446,12 @@ class ClusterProducer(Producer):
             if not partitions:
                 raise unknown_topic(topic)
         partition = choose_partition(partitions, key, next(self._turn))
+        if self._last_submitted - self._resolved >= self._max_pending:
+            with self._cond:  # room first, as Producer: bounded memory while a leader is away
+                if not self._cond.wait_for(
+                    lambda: self._last_submitted - self._resolved < self._max_pending, timeout
+                ):
+                    raise HubUnavailable(f"{timeout:g} s without room: the cluster is not confirming")
         with self._route_lock:
             with self._number_lock:
                 self._last_submitted = number = next(self._submitted)

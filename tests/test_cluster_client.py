@@ -261,13 +261,17 @@ def test_unconfirmed_messages_go_to_the_new_leader_when_the_old_one_dies_and_are
 
 
 class NotLeaderHub:
-    """A raw ROUTER that welcomes clients and refuses every PUBLISH and SUBSCRIBE with
-    not_leader, naming ``leader_endpoint`` as the contract says."""
+    """A raw ROUTER that welcomes clients, answers METADATA with ``metadata`` (if given) and
+    refuses every PUBLISH and SUBSCRIBE with ``code`` (not_leader), naming ``leader_endpoint``
+    as the contract says."""
 
-    def __init__(self, sock: zmq.Socket, leader_endpoint: str | None) -> None:
+    def __init__(self, sock: zmq.Socket, leader_endpoint: str | None, *, code: str = "not_leader",
+                 metadata: dict | None = None) -> None:
         self.sock = sock
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.leader_endpoint = leader_endpoint
+        self.code = code
+        self.metadata = metadata
         self.refused: list[bytes] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -285,14 +289,16 @@ class NotLeaderHub:
             if not self.sock.poll(50):
                 continue
             peer, *frames = self.sock.recv_multipart()
-            command, body = protocol.decode(frames)
+            command, body = protocol.decode(frames, protocol.CLIENT_COMMANDS | {b"METADATA"})
             if command == Command.HELLO:
                 reply = (Command.WELCOME, {"hub": "fake", "heartbeat_ms": 1000, "liveness": 3,
                                            "limits": {}, "pub": None})
+            elif command == b"METADATA" and self.metadata is not None:
+                reply = (b"METADATA", self.metadata)
             elif command in (Command.PUBLISH, Command.SUBSCRIBE):
                 self.refused.append(command)
                 ref = body[0] if command == Command.PUBLISH else body["sid"]
-                reply = (Command.ERROR, {"code": "not_leader", "message": "not the leader",
+                reply = (Command.ERROR, {"code": self.code, "message": "not the leader",
                                          "command": command.decode(), "ref": ref,
                                          "leader": "real", "leader_endpoint": self.leader_endpoint,
                                          "epoch": 2})
@@ -433,3 +439,72 @@ def test_the_cli_creates_a_cluster_topic_publishes_to_it_and_lists_and_stats_eve
 def test_replicas_without_a_cluster_is_a_usage_error(hub):
     result = run_cli("topic", "create", "orders", "--replicas", "2", "--hub", hub.endpoint)
     assert result.returncode == 2 and b"--hub zk://" in result.stderr
+
+
+def test_a_consumer_refused_with_not_leader_attaches_on_the_leader_the_refusal_names(
+        cluster, socket, tmp_path):
+    real = HubThread(tmp_path / "real").start()
+    try:
+        router = socket(zmq.ROUTER)
+        router.bind("tcp://127.0.0.1:*")
+        with NotLeaderHub(router, real.endpoint) as fake:
+            cluster.add("fake", fake.endpoint)
+            with Admin(cluster.url) as admin:
+                admin.create_topic("orders", partitions=1, replicas=1)
+            with Producer(real.endpoint) as producer:  # straight to the real leader
+                producer.publish("orders.0", b"hello")
+            with Consumer(cluster.url, timeout=WAIT) as consumer:
+                consumer.subscribe("orders", group="g")
+                msg = consumer.receive(timeout=WAIT)
+                assert msg is not None and msg.payload == b"hello"
+                msg.ack()
+            assert fake.refused == [Command.SUBSCRIBE]
+    finally:
+        real.stop()
+
+
+# --- bootstrapping from a list of hubs (METADATA) ---------------------------------------------
+
+
+def _free_endpoint(socket) -> str:
+    probe = socket(zmq.ROUTER)
+    probe.bind("tcp://127.0.0.1:*")
+    endpoint = probe.getsockopt_string(zmq.LAST_ENDPOINT)
+    probe.unbind(endpoint)
+    return endpoint
+
+
+def test_a_hub_list_bootstraps_from_the_first_hub_that_answers_metadata_and_routes_by_it(
+        socket, tmp_path):
+    # Given two real hubs, and a hub that answers METADATA saying they lead orders.0 / orders.1
+    a = HubThread(tmp_path / "a").start()
+    b = HubThread(tmp_path / "b").start()
+    try:
+        router = socket(zmq.ROUTER)
+        router.bind("tcp://127.0.0.1:*")
+        metadata = {"cluster": True, "node": "meta",
+                    "hubs": {"a": {"endpoint": a.endpoint, "pub": None},
+                             "b": {"endpoint": b.endpoint, "pub": None}},
+                    "topics": {"orders": {"partitions": 2, "replicas": 1, "min_insync": 1}},
+                    "partitions": {"orders.0": {"leader": "a", "epoch": 1, "isr": ["a"], "replicas": ["a"]},
+                                   "orders.1": {"leader": "b", "epoch": 1, "isr": ["b"], "replicas": ["b"]}}}
+        with NotLeaderHub(router, None, metadata=metadata) as meta_hub:
+            # When a producer is given a list whose first hub is down
+            address = f"{_free_endpoint(socket)},{meta_hub.endpoint}"
+            keys = {p: next(k for k in (f"k{i}" for i in range(100)) if protocol.partition_of(k, 2) == p)
+                    for p in (0, 1)}
+            with Producer(address, timeout=4) as producer:
+                assert isinstance(producer, ClusterProducer)
+                for p, key in keys.items():
+                    producer.publish("orders", f"to {p}".encode(), key=key)
+        # Then each message is on the hub METADATA named leader of its partition
+        assert [m.payload for m in _stored(a.endpoint, "orders.0")] == [b"to 0"]
+        assert [m.payload for m in _stored(b.endpoint, "orders.1")] == [b"to 1"]
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_hub_list_of_hubs_not_in_a_cluster_says_to_give_the_endpoint_alone(hub):
+    with pytest.raises(ZmqMqError, match="not in a cluster .* give its endpoint alone"):
+        Producer(f"{hub.endpoint},{hub.endpoint}", timeout=5).connect()
