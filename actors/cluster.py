@@ -60,6 +60,13 @@ MIN_REFRESH_MS = 100
 # ... and at least this often while something waits (a leader that died silently is replaced
 # in ZooKeeper after its session timeout: this is how soon the client notices).
 REFRESH_MS = 500
+# The longest a producer waits to connect to a leader it has not used yet (ZooKeeper may
+# still list a hub that just died): then it reads the placement again.
+INNER_CONNECT_S = 3.0
+# A refused message is sent again no sooner than this.
+RETRY_BACKOFF_MS = 100
+# A message is given up this long before its publish() stops waiting, so the error says why.
+DEADLINE_MARGIN_MS = 50
 # Consumers and actors look at the placement this often even when all is well.
 IDLE_REFRESH_MS = 2000
 # The longest a cluster session's poll waits (its sockets change as leaders move).
@@ -298,7 +305,7 @@ class _Pending:
 
     __slots__ = ("number", "topic", "partition", "payload", "key", "headers", "msg_id",
                  "priority", "deliver_at", "future", "deadline", "inner", "endpoint", "error",
-                 "hint", "resolved")
+                 "hint", "resolved", "not_before")
 
     def __init__(self, number, topic, partition, payload, key, headers, msg_id, priority,
                  deliver_at, future, deadline) -> None:
@@ -318,6 +325,7 @@ class _Pending:
         self.error: BaseException | None = None  # the last refusal, reported at the deadline
         self.hint: str | None = None  # the leader a not_leader named
         self.resolved = False
+        self.not_before = 0  # after a refusal: not sent again before this (monotonic ms)
 
 
 def resend_order(items: list[_Pending]) -> list[_Pending]:
@@ -456,8 +464,10 @@ class ClusterProducer(Producer):
             with self._number_lock:
                 self._last_submitted = number = next(self._submitted)
             future = PublishFuture(self)
+            # resolved a little before publish() stops waiting, so that it raises the reason
+            deadline = monotonic_ms() + max(0, int(timeout * 1000) - DEADLINE_MARGIN_MS)
             item = _Pending(number, topic, partition, bytes(payload), key, headers, msg_id,
-                            priority, at, future, monotonic_ms() + int(timeout * 1000))
+                            priority, at, future, deadline)
             with self._lock:
                 self._pending.add(item)
                 behind = self._unresolved[partition] and (
@@ -485,9 +495,18 @@ class ClusterProducer(Producer):
             if self._closing:
                 return True
             producer = self._inner.get(endpoint)
-            if producer is None:
-                producer = self._inner[endpoint] = Producer(
-                    endpoint, name=f"{self._name}@{endpoint}", timeout=self.timeout, **self._opts)
+        if producer is None:
+            producer = Producer(endpoint, name=f"{self._name}@{endpoint}", timeout=self.timeout,
+                                **self._opts)
+            try:  # a leader ZooKeeper still lists may be dead: do not wait the whole timeout
+                producer._connect(min(self.timeout, INNER_CONNECT_S))
+            except HubUnavailable as exc:
+                item.error = exc
+                self._cache.wanted = True
+                return False
+            with self._lock:
+                self._inner[endpoint] = producer
+        with self._lock:
             self._routed[item.partition] = endpoint
         if not first:
             self.resent += 1
@@ -520,6 +539,7 @@ class ClusterProducer(Producer):
     def _want_retry(self, item: _Pending) -> None:
         with self._lock:
             item.inner = None
+            item.not_before = monotonic_ms() + RETRY_BACKOFF_MS  # no storm of refusals
             self._retry.append(item)
         self._cache.wanted = True
         self._kick.set()
@@ -547,8 +567,9 @@ class ClusterProducer(Producer):
     # --- the maintenance thread ---
 
     def _maintain(self) -> None:
+        wait_ms = REFRESH_MS
         while not self._closing:
-            self._kick.wait(REFRESH_MS / 1000)
+            self._kick.wait(wait_ms / 1000)
             self._kick.clear()
             if self._closing:
                 return
@@ -556,6 +577,9 @@ class ClusterProducer(Producer):
                 self._maintain_once()
             except Exception:
                 log.exception("cluster producer maintenance")
+            with self._lock:  # wake for the next retry or deadline, or the next look
+                times = [min(i.not_before, i.deadline) for i in self._retry]
+            wait_ms = max(5, min([REFRESH_MS, *(t - monotonic_ms() for t in times)]))
 
     def _maintain_once(self) -> None:
         with self._lock:
@@ -583,6 +607,10 @@ class ClusterProducer(Producer):
             for item in resend_order(retry):
                 if item.resolved:
                     continue
+                if now < item.not_before and now < item.deadline:
+                    again.append(item)
+                    blocked.add(item.partition)
+                    continue
                 if now >= item.deadline:
                     error = item.error
                     self._finish(item, error=error if isinstance(error, HubError) else HubUnavailable(
@@ -590,11 +618,11 @@ class ClusterProducer(Producer):
                         + (f" ({error})" if error else "")))
                     continue
                 try:
-                    if item.partition in blocked or not self._dispatch(item):
-                        again.append(item)
-                        blocked.add(item.partition)
+                    sent = item.partition not in blocked and self._dispatch(item)
                 except ZmqMqError as exc:
-                    item.error = exc
+                    item.error, sent = exc, False
+                if not sent:  # no leader now, or behind one that waits: look again shortly
+                    item.not_before = max(item.not_before, now + RETRY_BACKOFF_MS)
                     again.append(item)
                     blocked.add(item.partition)
             if again:
@@ -606,6 +634,24 @@ class ClusterProducer(Producer):
             if not item.resolved and now >= item.deadline + int(self.timeout * 1000):
                 self._finish(item, error=HubUnavailable(
                     f"no confirm from {item.endpoint} for partition {item.partition}"))
+        self._close_unused()
+
+    def _close_unused(self) -> None:
+        """Stop the producers of hubs that lead nothing now and hold nothing of ours in flight
+        (a dead leader's would try to reconnect forever)."""
+        meta = self._cache.meta
+        if meta is None:
+            return
+        leading = set(meta.leader_map().values())
+        with self._lock:
+            busy = {i.endpoint for i in self._pending if i.inner is not None and not i.resolved}
+            unused = [e for e in self._inner if e not in leading and e not in busy]
+            producers = [self._inner.pop(e) for e in unused]
+        for producer in producers:
+            try:
+                producer.close(0)
+            except HubUnavailable:
+                pass
 
 
 # --- consuming ---------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from zmq_mq.actors.cluster import (
     Metadata,
     choose_partition,
 )
-from zmq_mq.actors.errors import InvalidMessage, ZmqMqError
+from zmq_mq.actors.errors import HubError, InvalidMessage, ZmqMqError
 from zmq_mq.router import protocol
 from zmq_mq.router.endpoint import endpoint_problem, hub_address_problem, is_cluster_address
 from zmq_mq.router.protocol import Command
@@ -508,3 +508,44 @@ def test_a_hub_list_bootstraps_from_the_first_hub_that_answers_metadata_and_rout
 def test_a_hub_list_of_hubs_not_in_a_cluster_says_to_give_the_endpoint_alone(hub):
     with pytest.raises(ZmqMqError, match="not in a cluster .* give its endpoint alone"):
         Producer(f"{hub.endpoint},{hub.endpoint}", timeout=5).connect()
+
+
+def _topic_led_by(cluster, node: str, partitions: int = 1, replicas: int = 2) -> str:
+    """A new cluster topic whose partition 0 ``node`` leads (placement starts at a hash of the
+    name, so try names until one starts there)."""
+    with Admin(cluster.url) as admin:
+        for i in range(50):
+            name = f"t{i}"
+            admin.create_topic(name, partitions=partitions, replicas=replicas)
+            if cluster.leaders(name)[f"{name}.0"] == node:
+                return name
+    raise AssertionError(f"no topic led by {node}")
+
+
+def test_an_unavailable_partition_is_retried_until_zookeeper_names_a_leader_that_takes_it(
+        cluster, socket):
+    router = socket(zmq.ROUTER)
+    router.bind("tcp://127.0.0.1:*")
+    with NotLeaderHub(router, None, code="unavailable") as fake:
+        cluster.add("fake", fake.endpoint)
+        cluster.add("real")
+        topic = _topic_led_by(cluster, "fake")
+        with Producer(cluster.url, timeout=WAIT) as producer:
+            future = producer.publish_async(topic, b"hello")
+            wait_for(lambda: len(fake.refused) >= 2, WAIT, message="refusals")  # retried
+            assert not future.done()
+            cluster.leave("fake")  # ZooKeeper moves the partition to the real hub
+            seq = future.result(WAIT)
+    assert [(m.seq, m.payload) for m in _stored(cluster.endpoint_of("real"), f"{topic}.0")] == [(seq, b"hello")]
+
+
+def test_a_partition_refused_until_the_timeout_raises_the_hubs_error(cluster, socket):
+    router = socket(zmq.ROUTER)
+    router.bind("tcp://127.0.0.1:*")
+    with NotLeaderHub(router, None, code="unavailable") as fake:
+        cluster.add("fake", fake.endpoint)
+        with Admin(cluster.url) as admin:
+            admin.create_topic("orders", partitions=1, replicas=1)
+        with Producer(cluster.url, timeout=1.5) as producer:
+            with pytest.raises(HubError, match="^unavailable"):
+                producer.publish("orders", b"x")
