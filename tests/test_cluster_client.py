@@ -549,3 +549,50 @@ def test_a_partition_refused_until_the_timeout_raises_the_hubs_error(cluster, so
         with Producer(cluster.url, timeout=1.5) as producer:
             with pytest.raises(HubError, match="^unavailable"):
                 producer.publish("orders", b"x")
+
+
+def test_a_message_settled_after_its_partition_moved_is_acked_on_the_new_leader(cluster):
+    from conftest import subscription_stats
+
+    # Given a partition on two hubs that both hold its message as seq 1 (as replication would)
+    cluster.add("a")
+    cluster.add("b")
+    with Admin(cluster.url) as admin:
+        admin.create_topic("orders", partitions=1, replicas=2)
+    old = cluster.leaders("orders")["orders.0"]
+    new = "b" if old == "a" else "a"
+    for node in (old, new):
+        with Producer(cluster.endpoint_of(node)) as producer:
+            assert producer.publish("orders.0", b"m") == 1
+    with Consumer(cluster.url, timeout=WAIT) as consumer:
+        consumer.subscribe("orders", group="g")
+        msg = consumer.receive(timeout=WAIT)  # delivered by the old leader
+        assert msg is not None and msg.seq == 1
+        # When the partition moves and the consumer re-attaches to the new leader
+        cluster.leave(old)
+        wait_for(lambda: cluster.leaders("orders")["orders.0"] == new, WAIT, message="failover")
+        again = consumer.receive(timeout=WAIT)  # the new leader delivers it (in flight: again)
+        assert again is not None and again.seq == 1
+        # Then settling the first delivery acks it on the new leader
+        msg.ack()
+        consumer.flush()
+        wait_for(lambda: subscription_stats(cluster.endpoint_of(new), "orders.0", "g")
+                 .get("ack_floor") == 1, WAIT, message="ack on the new leader")
+    assert subscription_stats(cluster.endpoint_of(old), "orders.0", "g").get("ack_floor") == 0
+
+
+def test_resends_keep_publish_order_and_wait_while_their_partition_has_no_leader():
+    from zmq_mq.actors.cluster import _Pending, moved, resend_order
+
+    meta = Metadata.parse(STATUS)
+
+    def item(number, partition, endpoint):
+        p = _Pending(number, "orders", partition, b"", None, None, "id", None, None, None, 0)
+        p.endpoint = endpoint
+        return p
+
+    a, b = "tcp://127.0.0.1:1001", "tcp://127.0.0.1:1002"
+    items = [item(3, "orders.0", b), item(1, "orders.0", b), item(2, "orders.1", b),
+             item(4, "orders.2", a)]
+    # orders.0 moved to a: resent, oldest first; orders.1 stays on b; orders.2 has no leader now
+    assert [i.number for i in resend_order(moved(items, meta))] == [1, 3]
