@@ -46,7 +46,8 @@ import zmq
 
 from ..router import protocol
 from ..router.clock import Clock
-from .cluster import new_session, resolve_hub_address  # Session, or a cluster's
+from .cluster import resolve_hub_address
+from .cluster_session import new_session  # a Session, or a cluster's
 from .connection import CurveKeys, monotonic_ms
 from .errors import ClosedError
 from .idempotency import DEFAULT_TTL, IdempotencyStore, message_key

@@ -33,11 +33,11 @@ FETCH_PAGE = 1000  # records per FETCH (the hub's maximum)
 class Admin:
     """Operator requests to one hub. Not thread-safe; ``close()`` (or ``with``) when done.
 
-    Given a cluster address it is a :class:`~zmq_mq.actors.cluster.ClusterAdmin`."""
+    Given a cluster address it is a :class:`~zmq_mq.actors.cluster_admin.ClusterAdmin`."""
 
     def __new__(cls, endpoint: str | None = None, *args: Any, **kwargs: Any) -> "Admin":
         if cls is Admin and is_cluster_address(endpoint or os.environ.get(ENV_HUB)):
-            from .cluster import ClusterAdmin
+            from .cluster_admin import ClusterAdmin
 
             return super().__new__(ClusterAdmin)
         return super().__new__(cls)

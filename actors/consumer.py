@@ -52,13 +52,13 @@ class Consumer:
     every message received but not settled, and returns once the hub has committed that.
     """
 
-    # What a consumer's session is; a ClusterConsumer's is a ClusterSession (actors/cluster.py).
+    # What a consumer's session is; a ClusterConsumer's is a ClusterSession (actors/cluster_session.py).
     _session_class: Any = Session
 
     def __new__(cls, endpoint: str | None = None, *args: Any, **kwargs: Any) -> "Consumer":
         # the one cluster hook: decided once, here; a plain endpoint's path is unchanged
         if cls is Consumer and is_cluster_address(endpoint or os.environ.get(ENV_HUB)):
-            from .cluster import ClusterConsumer
+            from .cluster_session import ClusterConsumer
 
             return super().__new__(ClusterConsumer)
         return super().__new__(cls)

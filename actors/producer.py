@@ -93,12 +93,12 @@ class Producer:
     """Publishes to a zmq-mq hub. Thread-safe: any thread may publish.
 
     Given a cluster address (``zk://...`` or ``tcp://a,tcp://b``) it is a
-    :class:`~zmq_mq.actors.cluster.ClusterProducer` (actors/cluster.py)."""
+    :class:`~zmq_mq.actors.cluster_producer.ClusterProducer`."""
 
     def __new__(cls, endpoint: str | None = None, *args: Any, **kwargs: Any) -> "Producer":
         # the one cluster hook: decided once, here; a plain endpoint's path is unchanged
         if cls is Producer and is_cluster_address(endpoint or os.environ.get(ENV_HUB)):
-            from .cluster import ClusterProducer
+            from .cluster_producer import ClusterProducer
 
             return super().__new__(ClusterProducer)
         return super().__new__(cls)

@@ -97,7 +97,8 @@ def _cluster_imports(path: Path) -> tuple[set[str], set[str], bool]:
                 else:
                     modules.update(alias.name for alias in node.names)
         if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) in top_level:
-            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                    else [node.module or ""])
             eager |= any(m.split(".")[0] == "kazoo" for m in mods)
     return modules, names, eager
 
@@ -106,7 +107,7 @@ def _cluster_imports(path: Path) -> tuple[set[str], set[str], bool]:
 def test_the_client_takes_only_the_pure_cluster_modules_and_cluster_client_and_kazoo_lazily(path):
     modules, names, eager = _cluster_imports(path)
     assert modules <= CLIENT_CLUSTER_MODULES, f"actors/{path.name} imports router.cluster {modules}"
-    assert names <= CLIENT_COORDINATOR_NAMES, f"actors/{path.name} takes {names} from the coordinator"
+    assert names <= CLIENT_COORDINATOR_NAMES, f"actors/{path.name} takes {names} from coordinator"
     assert not eager, f"actors/{path.name} imports kazoo or the coordinator at import time"
 
 

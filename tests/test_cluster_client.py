@@ -17,13 +17,10 @@ import pytest
 import zmq
 
 from zmq_mq.actors import Actor, Admin, Consumer, Producer
-from zmq_mq.actors.cluster import (
-    ClusterAdmin,
-    ClusterConsumer,
-    ClusterProducer,
-    Metadata,
-    choose_partition,
-)
+from zmq_mq.actors.cluster import Metadata, choose_partition
+from zmq_mq.actors.cluster_admin import ClusterAdmin
+from zmq_mq.actors.cluster_producer import ClusterProducer
+from zmq_mq.actors.cluster_session import ClusterConsumer
 from zmq_mq.actors.errors import HubError, InvalidMessage, ZmqMqError
 from zmq_mq.router import protocol
 from zmq_mq.router.endpoint import endpoint_problem, hub_address_problem, is_cluster_address
@@ -43,7 +40,8 @@ STATUS = {
     "hubs": {"a": {"endpoint": "tcp://127.0.0.1:1001", "pub": None},
              "b": {"endpoint": "tcp://127.0.0.1:1002", "pub": None}},
     "topics": {"orders": {"partitions": 3, "replicas": 2, "min_insync": 2}},
-    "partitions": {"orders.0": {"leader": "a", "epoch": 1, "isr": ["a", "b"], "replicas": ["a", "b"]},
+    "partitions": {"orders.0": {"leader": "a", "epoch": 1, "isr": ["a", "b"],
+                                "replicas": ["a", "b"]},
                    "orders.1": {"leader": "b", "epoch": 3, "isr": ["b"], "replicas": ["b", "a"]},
                    "orders.2": {"leader": None, "epoch": 2, "isr": ["c"], "replicas": ["c", "a"]}},
 }
@@ -60,7 +58,7 @@ def test_metadata_maps_each_partition_to_its_leaders_endpoint_and_none_when_it_h
     assert Metadata.parse({"cluster": False}).cluster is False
 
 
-def test_a_keyed_message_goes_to_the_partition_the_single_hub_would_choose_and_keyless_ones_take_turns():
+def test_a_keyed_message_goes_where_the_single_hub_would_put_it_and_keyless_ones_take_turns():
     parts = protocol.partition_topics("orders", 6)
     for key in ("alice", "bob", "", "ünïcode"):
         assert choose_partition(parts, key, 99) == parts[protocol.partition_of(key, 6)]
@@ -177,6 +175,16 @@ def cluster(zookeeper, tmp_path):
     c.close()
 
 
+def _key_of(partition: int, partitions: int) -> str:
+    """A key that goes to ``partition``."""
+    return next(k for k in (f"k{i}" for i in range(1000))
+                if protocol.partition_of(k, partitions) == partition)
+
+
+def _moved_to(cluster, topic: str, partition: str, node: str) -> None:
+    wait_for(lambda: cluster.leaders(topic)[partition] == node, WAIT, message="failover")
+
+
 def _stored(endpoint: str, topic: str) -> list:
     with Admin(endpoint) as admin:
         return admin.fetch(topic)
@@ -231,7 +239,7 @@ def test_publishing_to_a_topic_the_cluster_does_not_have_says_how_to_create_it(c
             producer.publish("nope", b"x")
 
 
-def test_unconfirmed_messages_go_to_the_new_leader_when_the_old_one_dies_and_are_stored_once(cluster):
+def test_unconfirmed_messages_go_to_the_new_leader_when_the_old_one_dies_stored_once(cluster):
     # Given a topic whose partitions each live on both hubs
     cluster.add("a")
     cluster.add("b")
@@ -240,7 +248,7 @@ def test_unconfirmed_messages_go_to_the_new_leader_when_the_old_one_dies_and_are
     leaders = cluster.leaders("orders")
     victim = leaders["orders.0"]
     survivor = "b" if victim == "a" else "a"
-    key = next(k for k in (f"k{i}" for i in range(100)) if protocol.partition_of(k, 2) == 0)
+    key = _key_of(0, 2)
     with Producer(cluster.url, timeout=WAIT) as producer:
         producer.publish("orders", b"before", key=key)  # connected to the victim
         # When the leader's hub dies (nothing confirmed any more), messages are published,
@@ -248,7 +256,7 @@ def test_unconfirmed_messages_go_to_the_new_leader_when_the_old_one_dies_and_are
         futures = [producer.publish_async("orders", f"m{i}".encode(), key=key) for i in range(5)]
         # and ZooKeeper then moves the partition to the other hub
         cluster.leave(victim)
-        wait_for(lambda: cluster.leaders("orders")["orders.0"] == survivor, WAIT, message="failover")
+        _moved_to(cluster, "orders", "orders.0", survivor)
         # Then every message is confirmed by the new leader, once each
         seqs = [f.result(WAIT) for f in futures]
     stored = _stored(cluster.endpoint_of(survivor), "orders.0")
@@ -334,7 +342,7 @@ def test_a_not_leader_refusal_sends_the_batch_to_the_leader_it_names_and_it_is_s
 # --- consuming ------------------------------------------------------------------------------------
 
 
-def test_a_consumer_of_a_cluster_topic_reads_every_partition_from_its_leader_and_acks_there(cluster):
+def test_a_consumer_of_a_cluster_topic_reads_each_partition_from_its_leader_and_acks_there(cluster):
     cluster.add("a")
     cluster.add("b")
     with Admin(cluster.url) as admin:
@@ -370,12 +378,12 @@ def test_a_consumer_re_attaches_to_the_new_leader_when_a_partition_moves(cluster
     leaders = cluster.leaders("orders")
     victim = leaders["orders.0"]
     survivor = "b" if victim == "a" else "a"
-    key = next(k for k in (f"k{i}" for i in range(100)) if protocol.partition_of(k, 2) == 0)
+    key = _key_of(0, 2)
     with Consumer(cluster.url, timeout=WAIT) as consumer:
         consumer.subscribe("orders", group="g")
         # When the leader of orders.0 leaves the cluster and the other hub leads it
         cluster.leave(victim)
-        wait_for(lambda: cluster.leaders("orders")["orders.0"] == survivor, WAIT, message="failover")
+        _moved_to(cluster, "orders", "orders.0", survivor)
         with Producer(cluster.url) as producer:
             producer.publish("orders", b"after", key=key)
         # Then the consumer gets what the new leader holds
@@ -486,13 +494,13 @@ def test_a_hub_list_bootstraps_from_the_first_hub_that_answers_metadata_and_rout
                     "hubs": {"a": {"endpoint": a.endpoint, "pub": None},
                              "b": {"endpoint": b.endpoint, "pub": None}},
                     "topics": {"orders": {"partitions": 2, "replicas": 1, "min_insync": 1}},
-                    "partitions": {"orders.0": {"leader": "a", "epoch": 1, "isr": ["a"], "replicas": ["a"]},
-                                   "orders.1": {"leader": "b", "epoch": 1, "isr": ["b"], "replicas": ["b"]}}}
+                    "partitions": {
+                        "orders.0": {"leader": "a", "epoch": 1, "isr": ["a"], "replicas": ["a"]},
+                        "orders.1": {"leader": "b", "epoch": 1, "isr": ["b"], "replicas": ["b"]}}}
         with NotLeaderHub(router, None, metadata=metadata) as meta_hub:
             # When a producer is given a list whose first hub is down
             address = f"{_free_endpoint(socket)},{meta_hub.endpoint}"
-            keys = {p: next(k for k in (f"k{i}" for i in range(100)) if protocol.partition_of(k, 2) == p)
-                    for p in (0, 1)}
+            keys = {p: _key_of(p, 2) for p in (0, 1)}
             with Producer(address, timeout=4) as producer:
                 assert isinstance(producer, ClusterProducer)
                 for p, key in keys.items():
@@ -536,7 +544,8 @@ def test_an_unavailable_partition_is_retried_until_zookeeper_names_a_leader_that
             assert not future.done()
             cluster.leave("fake")  # ZooKeeper moves the partition to the real hub
             seq = future.result(WAIT)
-    assert [(m.seq, m.payload) for m in _stored(cluster.endpoint_of("real"), f"{topic}.0")] == [(seq, b"hello")]
+    stored = _stored(cluster.endpoint_of("real"), f"{topic}.0")
+    assert [(m.seq, m.payload) for m in stored] == [(seq, b"hello")]
 
 
 def test_a_partition_refused_until_the_timeout_raises_the_hubs_error(cluster, socket):
@@ -570,7 +579,7 @@ def test_a_message_settled_after_its_partition_moved_is_acked_on_the_new_leader(
         assert msg is not None and msg.seq == 1
         # When the partition moves and the consumer re-attaches to the new leader
         cluster.leave(old)
-        wait_for(lambda: cluster.leaders("orders")["orders.0"] == new, WAIT, message="failover")
+        _moved_to(cluster, "orders", "orders.0", new)
         again = consumer.receive(timeout=WAIT)  # the new leader delivers it (in flight: again)
         assert again is not None and again.seq == 1
         # Then settling the first delivery acks it on the new leader
@@ -582,7 +591,7 @@ def test_a_message_settled_after_its_partition_moved_is_acked_on_the_new_leader(
 
 
 def test_resends_keep_publish_order_and_wait_while_their_partition_has_no_leader():
-    from zmq_mq.actors.cluster import _Pending, moved, resend_order
+    from zmq_mq.actors.cluster_producer import _Pending, moved, resend_order
 
     meta = Metadata.parse(STATUS)
 
