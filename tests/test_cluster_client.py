@@ -605,3 +605,34 @@ def test_resends_keep_publish_order_and_wait_while_their_partition_has_no_leader
              item(4, "orders.2", a)]
     # orders.0 moved to a: resent, oldest first; orders.1 stays on b; orders.2 has no leader now
     assert [i.number for i in resend_order(moved(items, meta))] == [1, 3]
+
+
+def test_an_actor_follows_a_partition_to_its_new_leader_when_the_old_leaders_hub_dies(cluster):
+    cluster.add("a")
+    cluster.add("b")
+    with Admin(cluster.url) as admin:
+        admin.create_topic("jobs", partitions=2, replicas=2)
+    victim = cluster.leaders("jobs")["jobs.0"]
+    survivor = "b" if victim == "a" else "a"
+    handled = []
+    got = threading.Event()
+    actor = Actor(cluster.url, name="follower", timeout=WAIT)
+
+    @actor.subscribe("jobs", group="workers")
+    def handle(msg):
+        handled.append((msg.topic, msg.payload))
+        got.set()
+
+    actor.start()
+    try:
+        # When the hub leading jobs.0 dies and ZooKeeper moves jobs.0 to the other hub
+        cluster.hubs[victim].stop()
+        cluster.leave(victim)
+        _moved_to(cluster, "jobs", "jobs.0", survivor)
+        with Producer(cluster.url, timeout=WAIT) as producer:
+            producer.publish("jobs", b"after", key=_key_of(0, 2))
+        # Then the actor handles what the new leader holds
+        assert got.wait(WAIT), "the actor did not follow jobs.0 to its new leader"
+    finally:
+        actor.stop()
+    assert handled == [("jobs.0", b"after")]
