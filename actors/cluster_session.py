@@ -100,17 +100,18 @@ class _AnyReadable:
         return self._ep.fileno()
 
     def watch(self, sockets: list[zmq.Socket]) -> None:
+        """Watch exactly these sockets (all registered again: a closed socket's descriptor
+        number may already belong to a new one)."""
         if self._ep is None:
             return
-        fds = {s.getsockopt(zmq.FD) for s in sockets}
-        for fd in self._fds - fds:
+        for fd in self._fds:
             try:
                 self._ep.unregister(fd)
             except OSError:
-                pass
-        for fd in fds - self._fds:
+                pass  # closed: the kernel dropped it already
+        self._fds = {s.getsockopt(zmq.FD) for s in sockets}
+        for fd in self._fds:
             self._ep.register(fd, select.EPOLLIN)
-        self._fds = fds
 
     def poll(self, timeout: int = 0, flags: int = zmq.POLLIN) -> int:
         if self._ep is None:
