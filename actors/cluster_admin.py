@@ -15,7 +15,7 @@ from .cluster import (
     cluster_address,
     make_source,
 )
-from .errors import HubError, InvalidMessage
+from .errors import HubError, InvalidMessage, ZmqMqError
 
 
 class ClusterAdmin(Admin):
@@ -43,7 +43,9 @@ class ClusterAdmin(Admin):
 
     @property
     def welcome(self) -> dict:
-        return self._any().welcome
+        """Per hub (its live feed, its limits): a cluster has no one WELCOME."""
+        raise ZmqMqError("a cluster has no one WELCOME (live feed, limits): ask one hub, "
+                         "by its endpoint (`zmq-mq topics --hub zk://...` names the hubs)")
 
     def metadata(self) -> Metadata:
         """The cluster's hubs, topics and partition leaders, read now."""

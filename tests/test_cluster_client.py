@@ -444,6 +444,13 @@ def test_the_cli_creates_a_cluster_topic_publishes_to_it_and_lists_and_stats_eve
     assert got.returncode == 0 and got.stdout == b"hello\n", got.stderr
 
 
+def test_listening_to_a_cluster_says_the_live_feed_is_one_hubs_in_one_line():
+    result = run_cli("listen", "--hub", "zk://127.0.0.1:1/zmq-mq", "--timeout", "5")
+    assert result.returncode == 1
+    err = result.stderr.decode()
+    assert err.count("\n") == 1 and "ask one hub, by its endpoint" in err
+
+
 def test_replicas_without_a_cluster_is_a_usage_error(hub):
     result = run_cli("topic", "create", "orders", "--replicas", "2", "--hub", hub.endpoint)
     assert result.returncode == 2 and b"--hub zk://" in result.stderr
