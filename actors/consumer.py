@@ -52,7 +52,8 @@ class Consumer:
     every message received but not settled, and returns once the hub has committed that.
     """
 
-    # What a consumer's session is; a ClusterConsumer's is a ClusterSession (actors/cluster_session.py).
+    # What a consumer's session is; a ClusterConsumer's is a ClusterSession
+    # (actors/cluster_session.py).
     _session_class: Any = Session
 
     def __new__(cls, endpoint: str | None = None, *args: Any, **kwargs: Any) -> "Consumer":
