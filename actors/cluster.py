@@ -159,8 +159,13 @@ class ZooKeeperSource:
 
     def fetch(self) -> Metadata:
         client = self.client()  # ClusterUnavailable, or ZmqMqError without kazoo
-        try:
-            return Metadata.parse(client.status())
+        try:  # what routing needs (not the controller's nodes): a read per hub and partition
+            return Metadata.parse({
+                "hubs": {n: {"endpoint": h.endpoint} for n, h in client.hubs().items()},
+                "topics": {n: {"partitions": t.partitions} for n, t in client.topics().items()},
+                "partitions": {n: {"leader": p.leader, "epoch": p.epoch}
+                               for n, p in client.partitions().items()},
+            })
         except Exception as exc:  # kazoo's errors: connection loss, session expiry
             raise ClusterUnavailable(f"cannot read the cluster from ZooKeeper at "
                                      f"{self.address}: {exc}") from None

@@ -50,7 +50,7 @@ class _Pending:
 
     __slots__ = ("number", "topic", "partition", "payload", "key", "headers", "msg_id",
                  "priority", "deliver_at", "future", "deadline", "inner", "endpoint", "error",
-                 "hint", "resolved", "not_before")
+                 "hint", "resolved", "not_before", "sent_at")
 
     def __init__(self, number, topic, partition, payload, key, headers, msg_id, priority,
                  deliver_at, future, deadline) -> None:
@@ -71,6 +71,7 @@ class _Pending:
         self.hint: str | None = None  # the leader a not_leader named
         self.resolved = False
         self.not_before = 0  # after a refusal: not sent again before this (monotonic ms)
+        self.sent_at = 0  # when the attempt that counts was sent (monotonic ms)
 
 
 def resend_order(items: list[_Pending]) -> list[_Pending]:
@@ -257,6 +258,7 @@ class ClusterProducer(Producer):
         if not first:
             self.resent += 1
         item.endpoint = endpoint
+        item.sent_at = monotonic_ms()
         inner = producer.publish_async(item.partition, item.payload, key=item.key,
                                        headers=item.headers, msg_id=item.msg_id,
                                        priority=item.priority, deliver_at=item.deliver_at)
@@ -328,12 +330,16 @@ class ClusterProducer(Producer):
             wait_ms = max(5, min([REFRESH_MS, *(t - monotonic_ms() for t in times)]))
 
     def _maintain_once(self) -> None:
+        now = monotonic_ms()
         with self._lock:
             waiting = bool(self._pending)
+            # unconfirmed for a while: its leader may be gone (a refusal sets `wanted` itself)
+            slow = any(i.inner is not None and now - i.sent_at >= REFRESH_MS
+                       for i in self._pending)
         if not waiting:
             return
         fresh = None
-        if self._cache.due(REFRESH_MS):
+        if (slow or self._cache.wanted or self._retry) and self._cache.due(REFRESH_MS):
             try:
                 fresh = self._cache.source.fetch()  # outside the route lock: it may be slow
             except ZmqMqError as exc:
