@@ -643,3 +643,68 @@ def test_an_actor_follows_a_partition_to_its_new_leader_when_the_old_leaders_hub
     finally:
         actor.stop()
     assert handled == [("jobs.0", b"after")]
+
+
+class ConfirmLosingHub(NotLeaderHub):
+    """A hub that passes each PUBLISH on to the real leader, which stores it, then loses the
+    confirm: it answers not_leader naming that leader, as a deposed leader would have."""
+
+    def __init__(self, sock: zmq.Socket, leader_endpoint: str) -> None:
+        super().__init__(sock, leader_endpoint)
+        self.forwarded: list = []
+
+    def _serve(self) -> None:
+        from zmq_mq.actors.connection import Connection
+
+        upstream = Connection(self.leader_endpoint, name="confirm-loser")
+        upstream.open(WAIT)
+        try:
+            while not self._stop.is_set():
+                if not self.sock.poll(50):
+                    continue
+                peer, *frames = self.sock.recv_multipart()
+                command, body = protocol.decode(frames)
+                if command == Command.PUBLISH:
+                    upstream.send(Command.PUBLISH, body)
+                    while True:  # stored upstream: its CONFIRM is what this hub loses
+                        assert upstream.socket.poll(int(WAIT * 1000))
+                        reply, answer = upstream.recv()
+                        if reply == Command.CONFIRM:
+                            self.forwarded.append(answer)
+                            break
+                    self.refused.append(command)
+                    error = {"code": "not_leader", "message": "deposed", "command": "PUBLISH",
+                             "ref": body[0], "leader": "real",
+                             "leader_endpoint": self.leader_endpoint, "epoch": 2}
+                    self.sock.send_multipart([peer, *protocol.encode(Command.ERROR, error)])
+                elif command == Command.HELLO:
+                    welcome = {"hub": "fake", "heartbeat_ms": 1000, "liveness": 3, "limits": {},
+                               "pub": None}
+                    self.sock.send_multipart([peer, *protocol.encode(Command.WELCOME, welcome)])
+                elif command == Command.HEARTBEAT:
+                    self.sock.send_multipart(
+                        [peer, *protocol.encode(Command.HEARTBEAT, ["fake", []])])
+        finally:
+            upstream.close()
+
+
+def test_a_message_resent_after_a_lost_confirm_is_stored_once_thanks_to_its_automatic_msg_id(
+        cluster, socket, tmp_path):
+    # Given a leader that stored a batch but lost its confirm and said not_leader
+    real = HubThread(tmp_path / "real").start()
+    try:
+        router = socket(zmq.ROUTER)
+        router.bind("tcp://127.0.0.1:*")
+        with ConfirmLosingHub(router, real.endpoint) as loser:
+            cluster.add("loser", loser.endpoint)
+            with Admin(cluster.url) as admin:
+                admin.create_topic("orders", partitions=1, replicas=1)
+            # When a message without a msg_id is published
+            with Producer(cluster.url, timeout=WAIT) as producer:
+                seq = producer.publish("orders", b"once")
+            assert loser.forwarded == [[1, [seq]]]  # stored by the first attempt
+        # Then the resend to the named leader was recognised: one copy, the first sequence
+        stored = _stored(real.endpoint, "orders.0")
+        assert [(m.seq, m.payload) for m in stored] == [(seq, b"once")]
+    finally:
+        real.stop()
