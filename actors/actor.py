@@ -51,7 +51,9 @@ import zmq
 
 from ..router import protocol
 from ..router.clock import Clock
-from .connection import CurveKeys, monotonic_ms, resolve_endpoint
+from .cluster import resolve_hub_address
+from .cluster_session import new_session  # a Session, or a cluster's
+from .connection import CurveKeys, monotonic_ms
 from .errors import ClosedError
 from .idempotency import DEFAULT_TTL, IdempotencyStore, message_key
 from .message import Message
@@ -125,7 +127,7 @@ class Actor:
         if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, int)
                                      or prefetch < 1):
             raise ValueError("prefetch must be None (adaptive) or an integer of at least 1")
-        resolve_endpoint(endpoint)  # a malformed endpoint fails here, not in the actor's thread
+        resolve_hub_address(endpoint)  # a malformed address fails here, not in the actor's thread
         self.name = name or f"actor-{next(_counter)}"
         self.endpoint = endpoint
         self.concurrency = concurrency
@@ -266,8 +268,8 @@ class Actor:
         self._open_state()
         previous = self._install_signals() if install_signals else {}
         waker = self._waker = Waker(self._ctx, "actor")
-        session = self.session = Session(self.endpoint, name=self.name, timeout=self.timeout,
-                                         context=self._ctx, curve=self.curve, clock=self.clock)
+        session = self.session = new_session(self.endpoint, name=self.name, timeout=self.timeout,
+                                             context=self._ctx, curve=self.curve, clock=self.clock)
         session.settler = self
         n_workers = self.concurrency if any(not r.is_async for r in self._routes) else 0
         workers = [threading.Thread(target=self._worker, name=f"{self.name}-worker-{i}", daemon=True)

@@ -12,14 +12,16 @@ One connection, one request at a time; what ``zmq-mq stats`` and ``zmq-mq dlq`` 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import zmq
 
 from ..router import protocol
+from ..router.endpoint import is_cluster_address
 from ..router.protocol import Command, DecodeError
-from .connection import Connection, CurveKeys, monotonic_ms
+from .connection import ENV_HUB, Connection, CurveKeys, monotonic_ms
 from .errors import HubError, HubUnavailable
 from .message import StoredMessage
 
@@ -29,7 +31,16 @@ FETCH_PAGE = 1000  # records per FETCH (the hub's maximum)
 
 
 class Admin:
-    """Operator requests to one hub. Not thread-safe; ``close()`` (or ``with``) when done."""
+    """Operator requests to one hub. Not thread-safe; ``close()`` (or ``with``) when done.
+
+    Given a cluster address it is a :class:`~zmq_mq.actors.cluster_admin.ClusterAdmin`."""
+
+    def __new__(cls, endpoint: str | None = None, *args: Any, **kwargs: Any) -> "Admin":
+        if cls is Admin and is_cluster_address(endpoint or os.environ.get(ENV_HUB)):
+            from .cluster_admin import ClusterAdmin
+
+            return super().__new__(ClusterAdmin)
+        return super().__new__(cls)
 
     def __init__(self, endpoint: str | None = None, *, timeout: float = 10.0,
                  context: zmq.Context | None = None, curve: CurveKeys | None = None) -> None:

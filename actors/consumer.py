@@ -8,13 +8,15 @@ heartbeats while the application is away from ``receive``.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
 import zmq
 
 from ..router.clock import Clock
-from .connection import CurveKeys, monotonic_ms
+from ..router.endpoint import is_cluster_address
+from .connection import ENV_HUB, CurveKeys, monotonic_ms
 from .errors import ClosedError
 from .message import Message
 # The session moved to its own module; these names stay importable from here.
@@ -50,12 +52,24 @@ class Consumer:
     every message received but not settled, and returns once the hub has committed that.
     """
 
+    # What a consumer's session is; a ClusterConsumer's is a ClusterSession
+    # (actors/cluster_session.py).
+    _session_class: Any = Session
+
+    def __new__(cls, endpoint: str | None = None, *args: Any, **kwargs: Any) -> "Consumer":
+        # the one cluster hook: decided once, here; a plain endpoint's path is unchanged
+        if cls is Consumer and is_cluster_address(endpoint or os.environ.get(ENV_HUB)):
+            from .cluster_session import ClusterConsumer
+
+            return super().__new__(ClusterConsumer)
+        return super().__new__(cls)
+
     def __init__(self, endpoint: str | None = None, *, name: str = "consumer", timeout: float = 10.0,
                  context: zmq.Context | None = None, curve: CurveKeys | None = None,
                  clock: Clock | None = None) -> None:
         # clock: heartbeats and hub-silence detection (tests move it); timeouts are real time
-        self._session = Session(endpoint, name=name, timeout=timeout, context=context, curve=curve,
-                                clock=clock)
+        self._session = self._session_class(endpoint, name=name, timeout=timeout, context=context,
+                                            curve=curve, clock=clock)
         self.timeout = timeout
         self._closed = False
         self._keeper: threading.Thread | None = None

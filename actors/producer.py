@@ -17,6 +17,7 @@ import collections
 import datetime as _dt
 import itertools
 import logging
+import os
 import threading
 from typing import Any
 
@@ -24,8 +25,9 @@ import zmq
 
 from ..router import protocol
 from ..router.clock import Clock
+from ..router.endpoint import is_cluster_address
 from ..router.protocol import Command, publish_body, publish_message
-from .connection import Connection, CurveKeys, monotonic_ms
+from .connection import ENV_HUB, Connection, CurveKeys, monotonic_ms
 from .errors import ClosedError, HubError, HubUnavailable, InvalidMessage
 from .wake import Waker
 
@@ -118,7 +120,18 @@ def _set_none(waiter: "asyncio.Future") -> None:
 
 
 class Producer:
-    """Publishes to a zmq-mq hub. Thread-safe: any thread may publish."""
+    """Publishes to a zmq-mq hub. Thread-safe: any thread may publish.
+
+    Given a cluster address (``zk://...`` or ``tcp://a,tcp://b``) it is a
+    :class:`~zmq_mq.actors.cluster_producer.ClusterProducer`."""
+
+    def __new__(cls, endpoint: str | None = None, *args: Any, **kwargs: Any) -> "Producer":
+        # the one cluster hook: decided once, here; a plain endpoint's path is unchanged
+        if cls is Producer and is_cluster_address(endpoint or os.environ.get(ENV_HUB)):
+            from .cluster_producer import ClusterProducer
+
+            return super().__new__(ClusterProducer)
+        return super().__new__(cls)
 
     def __init__(
         self,

@@ -13,7 +13,7 @@ from typing import NoReturn
 import typer
 
 from ..actors.connection import ENV_CURVE_KEY, ENV_HUB, ENV_SERVER_KEY, CurveKeys
-from ..router.endpoint import endpoint_problem
+from ..router.endpoint import hub_address_problem
 from ..router.protocol import DEFAULT_BIND
 
 CONNECT_TIMEOUT = 10.0  # seconds to wait for the hub when a command has no --timeout of its own
@@ -49,7 +49,7 @@ def check_hub_option(ctx: typer.Context, param: typer.CallbackParam, value: str 
     """--hub (or $ZMQ_MQ_HUB) checked before anything connects: one line and exit 2 if malformed."""
     if value is None or ctx.resilient_parsing:
         return value
-    problem = endpoint_problem(value)
+    problem = hub_address_problem(value)
     if problem:
         source = ctx.get_parameter_source(param.name)
         # compared by name: typer vendors click, so its ParameterSource is not importable
@@ -59,7 +59,7 @@ def check_hub_option(ctx: typer.Context, param: typer.CallbackParam, value: str 
 
 
 HubOption = typer.Option(None, "--hub", envvar=ENV_HUB, callback=check_hub_option,
-                         help=f"Hub endpoint (default {DEFAULT_BIND}).")
+                         help=f"Hub endpoint (default {DEFAULT_BIND}), or a cluster: zk://HOST:PORT/CHROOT or tcp://A,tcp://B.")
 TimeoutOption = typer.Option(10.0, "--timeout", help="Seconds to wait for the hub.")
 
 CurveKeyOption = typer.Option(

@@ -51,9 +51,13 @@ def _size(n: int) -> str:
 
 
 def stats_tables(stats: dict):
-    """Two rich tables (topics; subscriptions) for one STATS document."""
+    """Two rich tables (topics; subscriptions) for one STATS document; for a cluster's
+    (``{"cluster": true, "hubs": {node: STATS}}``), the two of each hub."""
     from rich.console import Group
     from rich.table import Table
+
+    if stats.get("cluster") and "hubs" in stats:
+        return Group(*(stats_tables(one) for one in stats["hubs"].values()))
 
     topics = Table(title=f"topics (hub {stats.get('hub')}, up {stats.get('uptime_ms', 0) // 1000} s)")
     for col in ("topic", "messages", "bytes", "first", "last", "published", "rate/s"):

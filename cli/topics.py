@@ -15,6 +15,7 @@ import typer
 from ..actors.admin import Admin
 from ..actors.connection import request
 from ..actors.errors import HubError, HubUnavailable, ZmqMqError
+from ..router.endpoint import is_cluster_address
 from ..router.protocol import Command
 from .common import (
     CurveKeyOption,
@@ -39,8 +40,12 @@ def topics(
     """Topics with their message counts and subscriptions (with an ACL: those you may use)."""
     keys = curve_keys(curve_key, server_key)
     try:
-        data = request(hub, Command.TOPICS, timeout=timeout, curve=keys)
-    except (HubUnavailable, HubError) as exc:
+        if is_cluster_address(hub):  # every hub's topics, each row naming its hub ("node")
+            with Admin(hub, timeout=timeout, curve=keys) as admin:
+                data = admin.topics()
+        else:
+            data = request(hub, Command.TOPICS, timeout=timeout, curve=keys)
+    except (HubUnavailable, HubError, ZmqMqError) as exc:
         fail(str(exc))
     if as_json:
         typer.echo(json.dumps(data, indent=2))
@@ -52,8 +57,9 @@ def topics(
         table.add_column(col, justify="left" if col in ("topic", "subscription") else "right")
     for t in data:
         subs = t["subscriptions"] or [None]
+        name = f"{t['topic']}@{t['node']}" if "node" in t else t["topic"]
         for i, s in enumerate(subs):
-            head = [t["topic"], str(t["messages"]), str(t["first_seq"]), str(t["last_seq"]), str(t["bytes"])] if i == 0 else [""] * 5
+            head = [name, str(t["messages"]), str(t["first_seq"]), str(t["last_seq"]), str(t["bytes"])] if i == 0 else [""] * 5
             tail = [s["group"], str(s["ack_floor"]), str(s["lag"]), str(s["in_flight"]), str(s["actors"])] if s else ["-", "", "", "", ""]
             table.add_row(*head, *tail)
     console().print(table)
@@ -95,16 +101,30 @@ def create(
     partitions: int | None = typer.Option(None, "--partitions", min=1, max=1024, help="Store the topic as N "
                                           "partitions (only for a new topic): a keyed message goes to "
                                           "partition hash(key) mod N, subscribers read all of them."),
+    replicas: int | None = typer.Option(None, "--replicas", min=1, max=16, help="Cluster only (--hub "
+                                        "zk://...): hubs holding each partition (default 1)."),
     hub: str | None = HubOption,
     timeout: float = TimeoutOption,
 ) -> None:
-    """Set a topic's limits (fields not given take their defaults); prints the config as JSON."""
+    """Set a topic's limits (fields not given take their defaults); prints the config as JSON.
+    With --hub zk://...: place a cluster topic of --partitions over the hubs, --replicas each."""
     _check_discard(discard, retention)
+    cluster = is_cluster_address(hub)
+    if replicas is not None and not cluster:
+        fail("--replicas places a topic in a cluster: give --hub zk://HOST:PORT/CHROOT", 2)
     try:
         with Admin(hub, timeout=timeout) as admin:
-            result = admin.create_topic(name, max_messages=max_messages, discard=discard or "old",
-                                        max_age=max_age, retention=retention or "limits",
-                                        max_bytes=max_bytes, partitions=partitions)
+            if cluster:
+                result = admin.create_topic(name, partitions=partitions, replicas=replicas or 1,
+                                            max_messages=max_messages, discard=discard,
+                                            max_age=max_age, retention=retention,
+                                            max_bytes=max_bytes)
+            else:
+                result = admin.create_topic(name, max_messages=max_messages, discard=discard or "old",
+                                            max_age=max_age, retention=retention or "limits",
+                                            max_bytes=max_bytes, partitions=partitions)
+    except ValueError as exc:
+        fail(str(exc), 2)
     except (HubUnavailable, HubError, ZmqMqError) as exc:
         fail(str(exc))
     _show(result)

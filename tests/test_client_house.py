@@ -18,7 +18,11 @@ from zmq_mq.router.protocol import Command
 ACTORS = Path(__file__).resolve().parent.parent / "actors"
 # The common ground of hub and clients: the codec, the clock, the endpoint check and frame
 # transport. Everything else under router/ is the hub's (config, hub, subscription, acl, ...).
-CLIENT_ROUTER_MODULES = {"protocol", "clock", "endpoint", "wire"}
+CLIENT_ROUTER_MODULES = {"protocol", "clock", "endpoint", "wire", "cluster"}
+# Of router/cluster (cluster mode's coordination), the client may use the pure modules and the
+# coordinator's ClusterClient (reads ZooKeeper, creates topics), never ClusterMember (a hub's).
+CLIENT_CLUSTER_MODULES = {"address", "layout", "placement", "errors", "coordinator"}
+CLIENT_COORDINATOR_NAMES = {"ClusterClient"}
 
 
 def _router_imports(path: Path) -> set[str]:
@@ -70,6 +74,48 @@ def test_no_module_of_the_client_library_imports_a_hub_side_module(path):
         f"actors/{path.name} imports router module(s) {sorted(hub_side)}: the client builds on "
         f"{sorted(CLIENT_ROUTER_MODULES)} only (move what it needs into router/protocol.py)"
     )
+
+
+def _cluster_imports(path: Path) -> tuple[set[str], set[str], bool]:
+    """What a module of actors/ takes from router/cluster: the submodules, the names it takes
+    from the coordinator, and whether it imports kazoo (or the coordinator) at module level."""
+    modules: set[str] = set()
+    names: set[str] = set()
+    eager = False
+    tree = ast.parse(path.read_text(), str(path))
+    top_level = set(map(id, tree.body))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            parts = (node.module or "").split(".")
+            if "router" in parts and parts[parts.index("router") + 1:][:1] == ["cluster"]:
+                rest = parts[parts.index("router") + 2:]
+                if rest:
+                    modules.add(rest[0])
+                    if rest[0] == "coordinator":
+                        names.update(alias.name for alias in node.names)
+                        eager |= id(node) in top_level
+                else:
+                    modules.update(alias.name for alias in node.names)
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) in top_level:
+            mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                    else [node.module or ""])
+            eager |= any(m.split(".")[0] == "kazoo" for m in mods)
+    return modules, names, eager
+
+
+@pytest.mark.parametrize("path", sorted(ACTORS.glob("*.py")), ids=lambda p: p.name)
+def test_the_client_takes_only_the_pure_cluster_modules_and_cluster_client_and_kazoo_lazily(path):
+    modules, names, eager = _cluster_imports(path)
+    assert modules <= CLIENT_CLUSTER_MODULES, f"actors/{path.name} imports router.cluster {modules}"
+    assert names <= CLIENT_COORDINATOR_NAMES, f"actors/{path.name} takes {names} from coordinator"
+    assert not eager, f"actors/{path.name} imports kazoo or the coordinator at import time"
+
+
+def test_the_cluster_import_rule_sees_a_hub_side_cluster_import(tmp_path):
+    module = tmp_path / "sample.py"
+    module.write_text("from ..router.cluster.coordinator import ClusterMember\n"
+                      "from ..router.cluster import hubside\nimport kazoo.client\n")
+    assert _cluster_imports(module) == ({"coordinator", "hubside"}, {"ClusterMember"}, True)
 
 
 @pytest.mark.parametrize("path", sorted(ACTORS.glob("*.py")), ids=lambda p: p.name)
