@@ -107,13 +107,7 @@ class ClusterProducer(Producer):
         self._cache = MetadataCache(source or make_source(address, timeout, context=self._ctx,
                                                           curve=curve))
         # what Producer.flush / _resolve_batch / _abandon / publish use
-        self._cond = threading.Condition()
-        self._submitted = itertools.count(1)
-        self._number_lock = threading.Lock()
-        self._last_submitted = 0
-        self._resolved = 0
-        self._abandoned = 0
-        self._first_error: BaseException | None = None
+        self._init_accounting()
         self._closing = False
         self._closed = False
         self._thread: threading.Thread | None = None

@@ -439,6 +439,13 @@ class ClusterSession:
             finally:
                 msg.sid = sid
 
+    def ack_many(self, msgs: Any) -> None:
+        """Session.ack_many: acks of an Actor's finished batch, each to its partition's leader
+        (sent with the next ``flush_acks``)."""
+        with self.lock:
+            for msg in msgs:
+                self.settle(msg, "ack")
+
     def flush_acks(self) -> None:
         with self.lock:
             for hub in self.hubs.values():

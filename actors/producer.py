@@ -160,6 +160,12 @@ class Producer:
         self._start_error: BaseException | None = None
         self._closing = False
         self._closed = False
+        self._open_timeout = timeout
+        self._init_accounting()
+
+    def _init_accounting(self) -> None:
+        """The counters and hooks that publish, flush, close and _resolve_batch share (a
+        ClusterProducer, which routes to inner producers, keeps them too)."""
         # Accounting: user threads draw numbers under _number_lock (uncontended, cheap), so
         # _last_submitted only grows; only the I/O thread adds to _resolved, and it notifies
         # _cond once per batch.
@@ -172,7 +178,6 @@ class Producer:
         # to their caller, so flush() and close() neither wait for them nor raise for them
         self._abandoned = 0
         self._first_error: BaseException | None = None
-        self._open_timeout = timeout
         # called with each resolved batch's futures, from the I/O thread, after the waiters
         # are woken: AsyncProducer hands the batch to its event loop in one call (actors/aio.py)
         self._on_resolved: Any = None
