@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from zmq_mq.actors import Consumer, Producer
+from zmq_mq.storage import StorageError, Store
 from zmq_mq.testing import HubThread
 
 
@@ -93,3 +94,45 @@ def test_with_sync_none_a_confirm_waits_for_no_fsync(tmp_path):
     finally:
         disk.release()
         h.stop()
+
+
+def test_a_failed_fsync_holds_the_confirm_until_an_fsync_succeeds(slow_disk_hub):
+    h, hold = slow_disk_hub
+    with Producer(h.endpoint) as p:
+        p.publish("jobs", b"before")
+        # Given a disk whose next fsync fails, and whose retry is held until we let it go
+        disk = hold()
+        failed, retried, retry_gate = threading.Event(), threading.Event(), threading.Event()
+        real = disk.real_sync
+
+        def failing_once() -> int:
+            if not failed.is_set():
+                failed.set()
+                raise StorageError("sync failed: [Errno 5] Input/output error")
+            retried.set()
+            retry_gate.wait(60)
+            return real()
+
+        disk.real_sync = failing_once
+        disk.release()
+        try:
+            # When a message is published and the fsync that would cover it fails
+            future = p.publish_async("jobs", b"a")
+            assert failed.wait(10), "the writer never tried the fsync"
+            # Then the writer tries again, and the publish is not confirmed meanwhile
+            assert retried.wait(10), "the writer never retried the failed fsync"
+            assert not future.done()
+            # ... it is confirmed once the retried fsync succeeded
+            retry_gate.set()
+            assert future.result(timeout=10) == 2
+        finally:
+            retry_gate.set()
+
+
+def test_the_store_numbers_its_commits_and_sync_says_which_it_covered(tmp_path):
+    with Store(tmp_path / "s", group_sync=True) as store:
+        before = store.last_commit()
+        store.commit({"t": [b"a"]})
+        store.set_topic_config("t", {"max_messages": 5})
+        assert store.last_commit() == before + 2
+        assert store.sync() == before + 2
