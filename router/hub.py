@@ -128,7 +128,7 @@ class Hub:
         )
         # The writer stage: flushes commits off the loop; its ``durable`` watermark releases
         # the replies held in ``_held`` (with --sync none every commit counts as durable).
-        self.writer = Writer(self.store, self.wake, threaded=self.config.sync)
+        self.writer = Writer(self.store, self._durable, threaded=self.config.sync)
         # Replies waiting for their commit to be durable, in turn order:
         # (commit number, [(identity, command, body)], receipt times of the confirmed
         # batches (ns), (topic, group) of attachments whose SUBSCRIBED is among them)
@@ -452,11 +452,25 @@ class Hub:
         self.writer.want(commit)
         return commit
 
+    def _durable(self, commit: int) -> None:
+        """The writer's fsync made ``commit`` durable (its thread): wake the loop if replies
+        wait for it. The watermark moved before this call, so a reply the loop holds after
+        this check is released by that same turn."""
+        held = self._held
+        if held and held[0][0] <= commit:
+            self.wake()
+
     def _release(self) -> set:
         """Send the held replies whose commit is durable, in turn order; returns the
         (topic, group) of attachments that may now be dispatched to."""
         held = self._held
-        durable = self.writer.durable
+        if not held:
+            return set()
+        writer = self.writer
+        if self.config.sync:
+            # the last commit's own fsync flushed the one before it (router/writer.py)
+            writer.covered(self.store.last_commit() - 1)
+        durable = writer.durable
         ready: set = set()
         while held and held[0][0] <= durable:
             _, outbox, confirmed, fresh = held.popleft()

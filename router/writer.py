@@ -8,7 +8,12 @@ the highest commit number (``Store.last_commit``) known to be on disk. The hub h
 turn's replies (confirms, admin answers, SUBSCRIBED, ...) until the watermark reaches the
 commit that made them true. A later condition (replicas holding a batch) is one more
 watermark the hub takes the minimum of; the hub asks :meth:`Writer.want` and is woken by
-``notify`` when the watermark moves.
+``notify(commit)`` when its fsync moved the watermark to ``commit``.
+
+Each commit of the store fsyncs its own data pages before it writes its meta page, and that
+fsync also flushes the meta page of the commit before it: so once commit ``k`` is made, commit
+``k - 1`` is durable too. The hub tells the writer (:meth:`Writer.covered`), so under a stream
+of commits a turn's replies leave after the next commit, without waiting for the thread.
 
 With ``--sync none`` nothing waits: every commit counts as durable as soon as it is made (the
 OS flushes it when it likes, as before).
@@ -33,7 +38,7 @@ RETRY_DELAY = 0.1
 class Writer:
     """Flushes commits on its own thread; ``durable`` is the last commit known on disk."""
 
-    def __init__(self, store: Store, notify: Callable[[], None], *, threaded: bool) -> None:
+    def __init__(self, store: Store, notify: Callable[[int], None], *, threaded: bool) -> None:
         self._store = store
         self._notify = notify
         self._threaded = threaded
@@ -60,6 +65,15 @@ class Writer:
                     target=self._run, name="zmq-mq-writer", daemon=True
                 )
                 self._thread.start()
+
+    def covered(self, commit: int) -> None:
+        """Commit number ``commit`` is known durable without this thread (the fsync of a
+        later commit's data pages flushed it): move the watermark there."""
+        if commit > self.durable:
+            with self._cond:
+                if commit > self.durable:
+                    self.durable = commit
+                    self._cond.notify_all()
 
     def wait(self, commit: int, timeout: float | None = None) -> bool:
         """Block until ``durable >= commit`` (the hub driven by hand, and its exit)."""
@@ -96,4 +110,4 @@ class Writer:
                 if covered > self.durable:
                     self.durable = covered
                 cond.notify_all()
-            self._notify()
+            self._notify(covered)
