@@ -428,8 +428,8 @@ class Hub:
             self._dispatch(now, skip=fresh | self._held_keys() if self._held else fresh)
         published = self._commit()
         commit = self._hold(fresh)
-        if settle and commit is not None:
-            self.writer.wait(commit)
+        if commit is not None:
+            self._make_durable(commit, settle)
         ready = self._release()
         if published and self.pub is not None:
             self._broadcast(published)
@@ -449,8 +449,31 @@ class Hub:
             return None
         commit = self.store.last_commit()
         self._held.append((commit, outbox, confirmed, fresh))
-        self.writer.want(commit)
         return commit
+
+    def _make_durable(self, commit: int, settle: bool) -> None:
+        """Have ``commit`` made durable: by the writer thread while the loop goes on; on the
+        loop when nothing waits to be read (``Writer.inline_when_idle``: a lone publish is
+        then confirmed without a hop between threads); at once when driven by hand."""
+        writer = self.writer
+        if commit <= writer.durable:
+            return
+        if settle:
+            writer.wait(commit)
+            return
+        router = self.router
+        if (
+            writer.inline_when_idle
+            and self.config.sync
+            and router is not None
+            and not router.getsockopt(zmq.EVENTS) & zmq.POLLIN
+        ):
+            try:
+                writer.covered(self.store.sync())
+                return
+            except StorageError as exc:  # the writer thread retries it
+                log.error("fsync failed, replies held: %s", exc)
+        writer.want(commit)
 
     def _durable(self, commit: int) -> None:
         """The writer's fsync made ``commit`` durable (its thread): wake the loop if replies

@@ -43,6 +43,9 @@ class Writer:
         self._notify = notify
         self._threaded = threaded
         self.durable = 0  # highest commit number known durable (read by the loop, no lock)
+        # The hub fsyncs on its loop instead when nothing waits to be read there (no hop
+        # between threads for a lone publish); False: always this thread (tests of a stall).
+        self.inline_when_idle = True
         self._wanted = 0
         self._cond = threading.Condition()
         self._stopping = False

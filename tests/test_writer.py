@@ -40,6 +40,7 @@ def slow_disk_hub(tmp_path):
 
     def hold() -> SlowDisk:
         nonlocal disk
+        h.hub.writer.inline_when_idle = False  # every fsync on the writer thread
         disk = SlowDisk(h.hub.store)
         return disk
 
