@@ -15,13 +15,11 @@ This module is the loop and nothing else; each step hands its work to the module
 4. ONE LMDB write transaction (group commit, storage/log.py) consumes the Turn: staged
    publishes, dead letters (router/deadletters.py), retention trimming (router/retention.py),
    changed cursors; a new Turn starts;
-5. only then answer: confirms, errors and other replies, in arrival order, once the commit is
-   durable (``--sync full``: the writer thread, router/writer.py, runs the fsync off the loop
-   and the replies are held until it covers their commit; the loop goes on meanwhile);
+5. only then answer: confirms, errors and other replies, in arrival order;
 6. broadcast the new messages on the PUB socket (live, at-most-once);
 7. hand out deliveries within each actor's credit, read from the log, send DELIVER frames.
 
-No reply leaves before the commit that makes it true is durable, so a confirmed publish survives
+No reply leaves before the commit that makes it true, so a confirmed publish survives
 ``kill -9``; the hub never buffers past an actor's credit, so memory stays flat with any backlog.
 The STATS document is built by router/stats.py; docs/ARCHITECTURE.md follows one message
 through all of it. Without sockets, :meth:`Hub.step` runs one turn on given commands and
@@ -35,7 +33,6 @@ import logging
 import os
 import threading
 import uuid
-from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -67,7 +64,6 @@ from .stats import HubStats, topic_rows
 from .subscription import DeadLetter, Subscription
 from .turn import Turn
 from .wire import NOBLOCK, recv_frames, send_frames
-from .writer import Writer
 
 __all__ = ["HARD_FRAME_LIMIT", "MAX_FETCH", "MAX_SEQS_PER_COMMAND", "Hub", "Refusal"]
 
@@ -124,15 +120,7 @@ class Hub:
             map_size=self.config.map_size,
             max_map_size=self.config.max_map_size,
             sync=self.config.sync,
-            group_sync=True,  # the meta page's fsync is the writer's (router/writer.py)
         )
-        # The writer stage: flushes commits off the loop; its ``durable`` watermark releases
-        # the replies held in ``_held`` (with --sync none every commit counts as durable).
-        self.writer = Writer(self.store, self._durable, threaded=self.config.sync)
-        # Replies waiting for their commit to be durable, in turn order:
-        # (commit number, [(identity, command, body)], receipt times of the confirmed
-        # batches (ns), (topic, group) of attachments whose SUBSCRIBED is among them)
-        self._held: deque[tuple[int, list, list[int], set]] = deque()
         # What this loop turn stages for its group commit (router/turn.py); the commit
         # consumes it and a new one starts.
         self.turn = Turn()
@@ -258,7 +246,6 @@ class Hub:
                 if fd is not None:
                     os.close(fd)
             self._wake_r = self._wake_w = None
-        self.writer.close()
         self.store.close()
 
     def run(self) -> None:
@@ -330,7 +317,7 @@ class Hub:
             self._read_curve()
         else:
             self._read_commands()
-        self._turn(settle=True)
+        self._turn()
 
     def step(self, commands: Iterable[list[bytes]] = ()) -> list[tuple[bytes, bytes, Any]]:
         """One loop turn of a hub without sockets (never bound): handle each command (its
@@ -341,7 +328,7 @@ class Hub:
             raise RuntimeError("step drives a hub without sockets; a bound hub uses serve_once")
         for frames in commands:
             self.handle(frames)
-        self._turn(settle=True)
+        self._turn()
         sent, self._unsent = self._unsent, []
         return sent
 
@@ -403,10 +390,7 @@ class Hub:
             if self.turn.staged >= max_messages:  # fairness, as in _read_commands
                 return
 
-    def _turn(self, settle: bool = False) -> None:
-        """One turn after the reads: tick, commit, answer (what is durable), dispatch.
-        ``settle``: wait for this turn's commit to be durable before answering (the hub
-        driven by hand, so that a step's output holds its replies)."""
+    def _turn(self) -> None:
         now = self.clock.monotonic_ms()
         for sub in self.subs.values():
             deadline = sub.next_deadline()
@@ -424,92 +408,23 @@ class Hub:
             # now, not after the commit's fsync; a consumer's next message then costs a round
             # trip, not a round trip plus a sync. The acks become durable in the commit below
             # (a crash in between redelivers them: at least once holds). Not to attachments
-            # whose SUBSCRIBED has not left yet (this turn's, or held): it must come first.
-            self._dispatch(now, skip=fresh | self._held_keys() if self._held else fresh)
+            # made this turn: their SUBSCRIBED goes out after the commit and must come first.
+            self._dispatch(now, skip=fresh)
         published = self._commit()
-        commit = self._hold(fresh)
-        if commit is not None:
-            self._make_durable(commit, settle)
-        ready = self._release()
+        self._flush_outbox()
+        if self._confirmed_at:
+            sent = self.clock.monotonic_ns()
+            observe = self.publish_latency.observe
+            for received in self._confirmed_at:
+                observe((sent - received) / 1e9)
+            self._confirmed_at = []
         if published and self.pub is not None:
             self._broadcast(published)
         if not early or published:  # new records (dead letters, redrives): any may take them
-            self._dispatch(now, skip=self._held_keys() if self._held else None)
-        elif ready:  # the others were served before the commit, and the commit added nothing
-            self._dispatch(now, keys=ready)
-
-    def _hold(self, fresh: set) -> int | None:
-        """Hold this turn's replies (and the first dispatch of its new attachments) until the
-        commit that made them true is durable; returns that commit's number (None: nothing
-        to hold). They wait on the last commit made, whichever wrote it: a reply may state
-        what an earlier commit of this store did (a dedup hit's seq, a topic's config)."""
-        outbox, self._outbox = self._outbox, []
-        confirmed, self._confirmed_at = self._confirmed_at, []
-        if not outbox and not fresh:
-            return None
-        commit = self.store.last_commit()
-        self._held.append((commit, outbox, confirmed, fresh))
-        return commit
-
-    def _make_durable(self, commit: int, settle: bool) -> None:
-        """Have ``commit`` made durable: by the writer thread while the loop goes on; on the
-        loop when nothing waits to be read (``Writer.inline_when_idle``: a lone publish is
-        then confirmed without a hop between threads); at once when driven by hand."""
-        writer = self.writer
-        if commit <= writer.durable:
-            return
-        if settle:
-            writer.wait(commit)
-            return
-        router = self.router
-        if (
-            writer.inline_when_idle
-            and self.config.sync
-            and router is not None
-            and not router.getsockopt(zmq.EVENTS) & zmq.POLLIN
-        ):
-            try:
-                writer.covered(self.store.sync())
-                return
-            except StorageError as exc:  # the writer thread retries it
-                log.error("fsync failed, replies held: %s", exc)
-        writer.want(commit)
-
-    def _durable(self, commit: int) -> None:
-        """The writer's fsync made ``commit`` durable (its thread): wake the loop if replies
-        wait for it. The watermark moved before this call, so a reply the loop holds after
-        this check is released by that same turn."""
-        held = self._held
-        if held and held[0][0] <= commit:
-            self.wake()
-
-    def _release(self) -> set:
-        """Send the held replies whose commit is durable, in turn order; returns the
-        (topic, group) of attachments that may now be dispatched to."""
-        held = self._held
-        if not held:
-            return set()
-        writer = self.writer
-        if self.config.sync:
-            # the last commit's own fsync flushed the one before it (router/writer.py)
-            writer.covered(self.store.last_commit() - 1)
-        durable = writer.durable
-        ready: set = set()
-        while held and held[0][0] <= durable:
-            _, outbox, confirmed, fresh = held.popleft()
-            for identity, command, body in outbox:
-                self._send(identity, command, body)
-            if confirmed:
-                sent = self.clock.monotonic_ns()
-                observe = self.publish_latency.observe
-                for received in confirmed:
-                    observe((sent - received) / 1e9)
-            ready |= fresh
-        return ready
-
-    def _held_keys(self) -> set:
-        """(topic, group) of attachments whose SUBSCRIBED is still held."""
-        return set().union(*(entry[3] for entry in self._held))
+            self._dispatch(now)
+        elif fresh:  # the others were served before the commit, and the commit added nothing
+            self._dispatch(now, keys=fresh)
+        self._flush_outbox()
 
     def _commit(self) -> dict[str, tuple[int, list[bytes]]]:
         """Group commit: consume this turn's :class:`Turn` (staged publishes, dead letters,
@@ -714,6 +629,11 @@ class Hub:
                 raise
             log.debug("cannot send %s to %s: %s", command, identity.hex(), exc)
             return False
+
+    def _flush_outbox(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        for identity, command, body in outbox:
+            self._send(identity, command, body)
 
     def _error(
         self,

@@ -138,13 +138,6 @@ class Store:
       Much faster. A process crash (even ``kill -9``) loses nothing committed, but a machine
       crash or power loss may lose the last commits (those not yet flushed); the database stays
       consistent (LMDB never exposes a torn transaction), it just goes back in time.
-    * ``sync=True, group_sync=True`` (the hub's ``--sync full``): a :meth:`commit` flushes its
-      data pages before it returns but not the page that makes it the current state (LMDB's
-      ``MDB_NOMETASYNC``); :meth:`sync` flushes that, for every commit so far at once (a group
-      fsync, run by the hub's writer thread while the loop goes on). A process crash loses
-      nothing committed; a machine crash may undo the commits after the last :meth:`sync`, and
-      the database stays consistent. What a commit makes true is confirmed only once
-      :meth:`sync` has covered it (:meth:`last_commit` numbers the commits).
 
     The map (``map_size``) is address space, not disk: it starts at ``map_size`` and doubles on
     demand up to ``max_map_size`` (``None``: no cap). Reaching the cap, or a full disk, raises
@@ -164,13 +157,11 @@ class Store:
         map_size: int = 1 << 30,
         max_map_size: int | None = None,
         sync: bool = True,
-        group_sync: bool = False,
     ) -> None:
         if max_map_size is not None and max_map_size < map_size:
             raise ValueError(f"max_map_size ({max_map_size}) < map_size ({map_size})")
         self.path = Path(path)
         self.max_map_size = max_map_size
-        self._group_sync = sync and group_sync
         self.topics: dict[str, TopicInfo] = {}
         self.configs: dict[str, dict] = {}  # topic -> its stored config map (topic_config)
         self.last_deleted: dict[str, int] = {}  # records removed per topic by the last commit
@@ -187,7 +178,7 @@ class Store:
                 map_size=map_size,
                 max_dbs=_MAX_DBS,
                 sync=sync,
-                metasync=sync and not group_sync,
+                metasync=sync,
                 writemap=False,
                 max_readers=_MAX_READERS,
             )
@@ -241,35 +232,12 @@ class Store:
         """Close the environment; idempotent. Further calls raise :class:`StorageError`."""
         if not self._closed:
             self._closed = True
-            if self._group_sync:  # the last commits' meta page too, before the files close
-                try:
-                    self._env.sync(True)
-                except lmdb.Error:
-                    pass  # nothing committed after the last sync() was confirmed
             self._env.close()
             self.lock.release()
 
     def _check_open(self) -> None:
         if self._closed:
             raise StorageError("store is closed")
-
-    def last_commit(self) -> int:
-        """The number of the last committed write transaction (LMDB's transaction id: every
-        write transaction of this store, a :meth:`commit` or another, adds one)."""
-        self._check_open()
-        return int(self._env.info()["last_txnid"])
-
-    def sync(self) -> int:
-        """Flush every commit so far to disk (fsync) and return the :meth:`last_commit` it
-        covers. Safe from another thread than the writer's (the writer thread of the hub);
-        needed only with ``group_sync`` (else each commit is flushed already)."""
-        self._check_open()
-        covered = int(self._env.info()["last_txnid"])
-        try:
-            self._env.sync(True)
-        except lmdb.Error as exc:
-            raise StorageError(f"sync failed: {exc}") from exc
-        return covered
 
     def map_size(self) -> int:
         """The current LMDB map size in bytes."""
