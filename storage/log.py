@@ -528,6 +528,82 @@ class Store:
                 return int.from_bytes(key[_ID_BYTES:], "big")
         return info.last_seq + 1
 
+    # -- cluster followers (router/replication.py) ------------------------------------------
+
+    def replicate(
+        self,
+        topic: str,
+        records: list[tuple[int, bytes]],
+        last_seq: int,
+        subs: dict[tuple[str, str], bytes | None] | None = None,
+        dedup: list[tuple[str, int]] | None = None,
+        now_ms: int = 0,
+    ) -> TopicInfo:
+        """A follower's copy of its leader's log: store ``records`` (``(seq, record)``, seqs
+        increasing, every one above this topic's ``last_seq``) at the leader's sequences, raise
+        ``last_seq`` to the leader's (sequences never repeat, even where the leader trimmed), put
+        the replicated subscription states ``subs`` and dedup entries ``dedup`` (``(msg_id,
+        seq)``), all in one write transaction. The ordinary :meth:`commit` (the hub's hot path)
+        is untouched by this path. Returns the topic's new info."""
+        self._check_open()
+        info = self.topics.get(topic)
+        last = info.last_seq if info else 0
+        if records and records[0][0] <= last:
+            raise StorageError(f"topic {topic!r}: replicated seq {records[0][0]} is not above the "
+                               f"stored last seq {last}")
+        for (a, _), (b, _) in zip(records, records[1:]):
+            if b <= a:
+                raise StorageError(f"topic {topic!r}: replicated seqs must increase")
+        new_last = max(last, last_seq, records[-1][0] if records else 0)
+        tid = info.id if info else self._next_id
+        prefix_pack = _LOG_KEY.pack
+        nbytes = sum(len(r) for _, r in records)
+        try:
+            with self._env.begin(write=True) as txn:
+                cursor = txn.cursor(db=self._log_db)
+                if records:
+                    items = [(prefix_pack(tid, seq), rec) for seq, rec in records]
+                    _, added = cursor.putmulti(items, overwrite=False)
+                    if added != len(records):
+                        raise StorageError(f"topic {topic!r}: replicated seqs already stored")
+                if info is None:
+                    first = records[0][0] if records else new_last + 1
+                    new = TopicInfo(topic, tid, first, new_last, len(records), nbytes, now_ms)
+                else:
+                    first = info.first_seq
+                    if info.count == 0 and records:
+                        first = records[0][0]
+                    new = TopicInfo(topic, tid, first, new_last, info.count + len(records),
+                                    info.bytes + nbytes, info.created_ms)
+                txn.put(topic.encode(), new._pack(), db=self._topics_db)
+                for (t, group), value in (subs or {}).items():
+                    key = _sub_key(t, group)
+                    if value is None:
+                        txn.delete(key, db=self._subs_db)
+                    else:
+                        txn.put(key, value, db=self._subs_db)
+                if dedup:
+                    self._put_dedup(txn, [(topic, m, s) for m, s in dedup], {topic: 0}, now_ms)
+        except lmdb.MapFullError:
+            self._grow(lmdb.MapFullError("map full"))
+            return self.replicate(topic, records, last_seq, subs, dedup, now_ms)
+        except lmdb.Error as exc:
+            if _is_disk_full(exc):
+                raise StorageFull(f"disk full: {exc}") from exc
+            raise StorageError(f"replicated commit failed: {exc}") from exc
+        if dedup:
+            self._dedup_oldest = now_ms if self._dedup_oldest is None else min(
+                self._dedup_oldest, now_ms)
+        if info is None:
+            self._next_id = tid + 1
+            self.topics[topic] = new
+        else:
+            info.first_seq, info.last_seq = new.first_seq, new.last_seq
+            info.count, info.bytes = new.count, new.bytes
+        if records:
+            self._tail_id = max(self._tail_id, tid)
+        return self.topics[topic]
+
     def delete(self, topic: str, seqs: Iterable[int]) -> int:
         """Remove the stored records of ``seqs`` (a list or a ``range``); returns how many."""
         self.commit({}, None, deletes={topic: seqs})
