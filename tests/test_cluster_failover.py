@@ -1,0 +1,218 @@
+"""Failover with real processes: a real ZooKeeper and three ``zmq-mq hub --cluster`` processes
+on loopback. A leader killed -9 under a steady publish load: the controller promotes its
+follower (a higher epoch), publishing resumes there, and every message confirmed before the
+kill is readable on the new leader. A leader paused (SIGSTOP) past its session timeout and
+resumed after its partition moved: its late publishes are refused, never confirmed.
+
+The publisher here is a small raw-protocol router (METADATA, then each batch to the leader,
+resent with the same msg_ids to the new leader on not_leader / unavailable / silence): the
+client library's routing Producer is built by the client side of issue 13.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import zmq
+from conftest import wait_for
+from zmq_mq.actors.admin import Admin
+from zmq_mq.router import protocol
+from zmq_mq.router.cluster.coordinator import ClusterClient
+from zmq_mq.router.protocol import Command
+from zmq_mq.testing import HubProcess
+
+SESSION = "2"  # s: ZooKeeper session timeout of the hubs (the failure detector)
+WAIT = 40.0
+
+
+@pytest.fixture
+def cluster(tmp_path, zookeeper):
+    hubs: dict[str, HubProcess] = {}
+
+    def start(*nodes: str) -> dict[str, HubProcess]:
+        for node in nodes:
+            h = HubProcess(tmp_path / node / "data",
+                           ["--cluster", zookeeper, "--node", node, "--zk-session-timeout",
+                            SESSION, "--sync", "none"], log_dir=tmp_path / node)
+            hubs[node] = h.start()
+        return hubs
+
+    start.url = zookeeper
+    yield start
+    for h in hubs.values():
+        if h.running():
+            try:
+                os.kill(h.pid, signal.SIGCONT)
+            except OSError:
+                pass
+            h.stop()
+
+
+def ask(ctx: zmq.Context, endpoint: str, command: bytes, body, timeout: float = 2.0):
+    """One request on a fresh DEALER: (command, body), or None without an answer in time."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint)
+        sock.send_multipart(protocol.encode(command, body))
+        if not sock.poll(int(timeout * 1000)):
+            return None
+        return protocol.decode(sock.recv_multipart(), protocol.HUB_COMMANDS)
+    finally:
+        sock.close(linger=0)
+
+
+def metadata(ctx, endpoints) -> dict | None:
+    for endpoint in endpoints:
+        reply = ask(ctx, endpoint, Command.METADATA, {}, 1.0)
+        if reply is not None and reply[0] == Command.METADATA:
+            return reply[1]
+    return None
+
+
+def leader_of(ctx, endpoints, partition: str) -> tuple[str | None, int, str | None]:
+    """(leader, epoch, its endpoint) of ``partition`` as a live hub sees it."""
+    meta = metadata(ctx, endpoints)
+    if meta is None or partition not in meta["partitions"]:
+        return None, -1, None
+    state = meta["partitions"][partition]
+    hub = meta["hubs"].get(state["leader"]) if state["leader"] else None
+    return state["leader"], state["epoch"], hub["endpoint"] if hub else None
+
+
+class Publisher(threading.Thread):
+    """Publishes batches of 5 messages (each with a msg_id) to the leader of one partition,
+    one batch at a time, following leader changes; records what was confirmed."""
+
+    def __init__(self, ctx, endpoints: list[str], partition: str) -> None:
+        super().__init__(daemon=True)
+        self.ctx = ctx
+        self.endpoints = endpoints  # live hubs to ask METADATA (the test updates it)
+        self.partition = partition
+        self.confirmed: dict[str, int] = {}  # msg_id -> seq
+        self.refusals: list[str] = []
+        self.stop_event = threading.Event()
+        self.batches = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:
+            self.error = exc
+
+    def _run(self) -> None:
+        endpoint = None
+        i = 0
+        while not self.stop_event.is_set():
+            ids = [f"m{i}-{j}" for j in range(5)]
+            msgs = [[self.partition, mid.encode(), None, None, {"msg_id": mid}] for mid in ids]
+            while not self.stop_event.is_set():
+                if endpoint is None:
+                    _, _, endpoint = leader_of(self.ctx, list(self.endpoints), self.partition)
+                    if endpoint is None:
+                        time.sleep(0.05)
+                        continue
+                reply = ask(self.ctx, endpoint, Command.PUBLISH, [f"b{i}", msgs], 2.0)
+                if reply is not None and reply[0] == Command.CONFIRM:
+                    assert reply[1][0] == f"b{i}"
+                    for mid, seq in zip(ids, reply[1][1]):
+                        self.confirmed[mid] = seq
+                    self.batches += 1
+                    break
+                if reply is not None:
+                    self.refusals.append(reply[1].get("code"))
+                endpoint = None  # not_leader, unavailable, silence: ask who leads now
+                time.sleep(0.05)
+            i += 1
+
+
+def settled(ctx, endpoints, topic: str, partitions: int) -> bool:
+    meta = metadata(ctx, endpoints)
+    return meta is not None and all(
+        meta["partitions"].get(f"{topic}.{i}", {}).get("leader") for i in range(partitions))
+
+
+def test_a_killed_leaders_partition_moves_to_its_follower_and_no_confirmed_message_is_lost(
+        cluster, context):
+    hubs = cluster("a", "b", "c")
+    with ClusterClient(cluster.url) as client:
+        client.create_topic("orders", 6, 2, min_insync=1, wait=WAIT)
+    endpoints = [h.endpoint for h in hubs.values()]
+    wait_for(lambda: settled(context, endpoints, "orders", 6), WAIT)
+    partition = "orders.0"
+    old_leader, old_epoch, _ = leader_of(context, endpoints, partition)
+    publisher = Publisher(context, endpoints, partition)
+    publisher.start()
+    try:
+        wait_for(lambda: publisher.batches >= 20, WAIT, message="20 batches confirmed")
+        hubs[old_leader].kill9()
+        confirmed_at_kill = dict(publisher.confirmed)
+        publisher.endpoints = [h.endpoint for n, h in hubs.items() if n != old_leader]
+        live = publisher.endpoints
+
+        def moved():
+            leader, epoch, _ = leader_of(context, live, partition)
+            return leader not in (None, old_leader) and epoch > old_epoch
+
+        wait_for(moved, WAIT, message="the follower promoted")
+        after = publisher.batches
+        wait_for(lambda: publisher.batches >= after + 10, WAIT,
+                 message="publishing resumed on the new leader")
+    finally:
+        publisher.stop_event.set()
+        publisher.join(10)
+    assert publisher.error is None, publisher.error
+    new_leader, _, endpoint = leader_of(context, live, partition)
+    with Admin(endpoint, timeout=10) as admin:
+        stored = {m.payload.decode(): m.seq for m in admin.scan(partition)}
+    lost = [mid for mid in confirmed_at_kill if mid not in stored]
+    assert lost == [], f"{len(lost)} confirmed messages lost: {lost[:10]}"
+    # same sequences on the new leader as the old leader confirmed
+    assert all(stored[mid] == seq for mid, seq in confirmed_at_kill.items())
+    # and every message confirmed after the kill too, each stored once (msg_id dedup)
+    assert all(mid in stored for mid in publisher.confirmed)
+    assert len(set(stored.values())) == len(stored)
+
+
+def test_a_paused_leader_deposed_meanwhile_never_confirms_its_late_publishes(cluster, context):
+    hubs = cluster("a", "b", "c")
+    with ClusterClient(cluster.url) as client:
+        client.create_topic("t", 3, 2, min_insync=1, wait=WAIT)
+    endpoints = [h.endpoint for h in hubs.values()]
+    wait_for(lambda: settled(context, endpoints, "t", 3), WAIT)
+    partition = "t.0"
+    leader, epoch, endpoint = leader_of(context, endpoints, partition)
+    assert ask(context, endpoint, Command.PUBLISH, ["before", [[partition, b"x", None, None]]],
+               10)[0] == Command.CONFIRM
+    others = [h.endpoint for n, h in hubs.items() if n != leader]
+    # a client already connected to the leader, ready to send while it is paused
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    os.kill(hubs[leader].pid, signal.SIGSTOP)
+    try:
+        def moved():
+            new, new_epoch, _ = leader_of(context, others, partition)
+            return new not in (None, leader) and new_epoch > epoch
+
+        wait_for(moved, WAIT, message="the partition moved off the paused leader")
+        # sent while it is paused: read by the stale leader the moment it runs again
+        sock.send_multipart(protocol.encode(
+            Command.PUBLISH, ["late", [[partition, b"late", None, None, {"msg_id": "late"}]]]))
+    finally:
+        os.kill(hubs[leader].pid, signal.SIGCONT)
+    assert sock.poll(int(WAIT * 1000)), "the resumed leader never answered the late publish"
+    command, body = protocol.decode(sock.recv_multipart(), protocol.HUB_COMMANDS)
+    sock.close(linger=0)
+    assert command == Command.ERROR, f"a deposed leader confirmed: {body}"
+    assert body["code"] in ("not_leader", "unavailable")
+    # and the partition's new leader never got it
+    new, _, new_endpoint = leader_of(context, others, partition)
+    with Admin(new_endpoint, timeout=10) as admin:
+        payloads = [m.payload for m in admin.scan(partition)]
+    assert b"late" not in payloads and b"x" in payloads
