@@ -16,6 +16,8 @@ from ..actors.admin import Admin
 from ..actors.connection import request
 from ..actors.errors import HubError, HubUnavailable, ZmqMqError
 from ..router.protocol import Command
+from .cluster import HubOrClusterOption
+from .cluster import create_topic as cluster_create
 from .common import (
     CurveKeyOption,
     HubOption,
@@ -95,11 +97,27 @@ def create(
     partitions: int | None = typer.Option(None, "--partitions", min=1, max=1024, help="Store the topic as N "
                                           "partitions (only for a new topic): a keyed message goes to "
                                           "partition hash(key) mod N, subscribers read all of them."),
-    hub: str | None = HubOption,
+    replicas: int | None = typer.Option(None, "--replicas", min=1, help="Cluster mode (--hub "
+                                        "zk://...): copies of each partition, on distinct hubs."),
+    min_insync: int | None = typer.Option(None, "--min-insync", min=1, help="Cluster mode: "
+                                          "in-sync replicas a publish needs before it is "
+                                          "confirmed (default min(2, replicas))."),
+    hub: str | None = HubOrClusterOption,
     timeout: float = TimeoutOption,
 ) -> None:
-    """Set a topic's limits (fields not given take their defaults); prints the config as JSON."""
+    """Set a topic's limits (fields not given take their defaults); prints the config as JSON.
+    With --hub zk://... (a cluster): place its --partitions x --replicas over the live hubs."""
     _check_discard(discard, retention)
+    if hub is not None and hub.startswith("zk://"):
+        limits = (max_messages, max_bytes, max_age, discard, retention)
+        if any(v is not None for v in limits):
+            fail("a cluster topic takes --partitions, --replicas and --min-insync only (limits "
+                 "are not replicated yet)", 2)
+        result = cluster_create(hub, name, partitions or 1, replicas or 1, min_insync, timeout)
+        typer.echo(json.dumps(result, sort_keys=True))
+        return
+    if replicas is not None or min_insync is not None:
+        fail("--replicas and --min-insync need a cluster: --hub zk://HOST:PORT/CHROOT", 2)
     try:
         with Admin(hub, timeout=timeout) as admin:
             result = admin.create_topic(name, max_messages=max_messages, discard=discard or "old",

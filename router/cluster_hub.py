@@ -562,7 +562,18 @@ def _metadata(hub: ClusterHub, identity: bytes, peer: Peer | None, body: Any) ->
         "topics": {n: {"partitions": s.partitions, "replicas": s.replicas,
                        "min_insync": s.min_insync} for n, s in specs.items()},
         "partitions": partitions,
+        # what this hub leads: its log end and each follower's durable position (`cluster
+        # status` shows the difference as replication lag)
+        "replication": {
+            name: {"epoch": lead.epoch, "last_seq": _last_seq(hub, name),
+                   "followers": {f: lead.pos.get(f) for f in lead.replicas if f != hub.node}}
+            for name, lead in sorted(hub.leading.items())},
     }))
+
+
+def _last_seq(hub: ClusterHub, name: str) -> int:
+    info = hub.store.topics.get(name)
+    return info.last_seq if info else 0
 
 
 def _replicate(hub: ClusterHub, identity: bytes, peer: Peer | None, body: Any) -> None:

@@ -7,52 +7,16 @@ The kill -9 / SIGSTOP failover tests with hub processes are in test_cluster_fail
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import zmq
 from conftest import wait_for
 from zmq_mq.router import protocol
 from zmq_mq.router.cluster.coordinator import ClusterClient
-from zmq_mq.router.cluster_hub import ClusterHub
-from zmq_mq.router.config import HubConfig
 from zmq_mq.router.protocol import Command
-from zmq_mq.testing import LOOPBACK_ANY_PORT
+from zmq_mq.testing import ClusterHubThread
 
 SESSION_TIMEOUT = 2.0
 WAIT = 30.0
-
-
-class ClusterHubThread:
-    """A ClusterHub on a thread of the test."""
-
-    def __init__(self, data_dir, url: str, node: str, **kwargs) -> None:
-        config = HubConfig(data_dir=str(data_dir), bind=LOOPBACK_ANY_PORT, pub=None, sync=False)
-        self.hub = ClusterHub(config, cluster=url, node=node, session_timeout=SESSION_TIMEOUT,
-                              **kwargs)
-        self.node = node
-        self.thread: threading.Thread | None = None
-
-    def start(self) -> "ClusterHubThread":
-        try:
-            self.hub.bind()
-        except BaseException:
-            self.hub.close()
-            raise
-        self.thread = threading.Thread(target=self.hub.run, daemon=True, name=self.node)
-        self.thread.start()
-        assert self.hub.running.wait(10)
-        return self
-
-    @property
-    def endpoint(self) -> str:
-        return self.hub.endpoint
-
-    def stop(self) -> None:
-        self.hub.stop()
-        if self.thread is not None:
-            self.thread.join(10)
-        self.hub.close()
 
 
 @pytest.fixture
@@ -62,7 +26,8 @@ def cluster_hubs(tmp_path, zookeeper):
     def start(*nodes: str, **kwargs) -> dict[str, ClusterHubThread]:
         out = {}
         for node in nodes:
-            h = ClusterHubThread(tmp_path / node, zookeeper, node, **kwargs).start()
+            h = ClusterHubThread(tmp_path / node, zookeeper, node,
+                                 session_timeout=SESSION_TIMEOUT, **kwargs).start()
             started.append(h)
             out[node] = h
         return out

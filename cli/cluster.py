@@ -1,0 +1,168 @@
+"""Cluster mode on the command line: ``zmq-mq cluster status`` (hubs, partitions, leaders,
+in-sync replicas, replication lag) and the cluster form of ``zmq-mq topic create``
+(``--hub zk://...`` with ``--replicas``), both through ZooKeeper (router/cluster/coordinator's
+ClusterClient; kazoo, the ``cluster`` extra).
+
+Registered on the main typer app by cli/main.py; cli/topics.py calls :func:`create_topic`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+import typer
+
+from ..actors.connection import ENV_HUB
+from ..router.endpoint import endpoint_problem
+from .common import fail
+
+cluster_app = typer.Typer(no_args_is_help=True, help="Cluster mode (hubs coordinated by ZooKeeper).")
+
+# Seconds to wait for each hub's METADATA (its replication positions) in `cluster status`.
+HUB_ANSWER_TIMEOUT = 2.0
+
+
+def check_hub_or_cluster(ctx: typer.Context, param: typer.CallbackParam,
+                         value: str | None) -> str | None:
+    """--hub as a hub endpoint or a cluster address (zk://...): one line and exit 2 if
+    malformed."""
+    if value is None or ctx.resilient_parsing:
+        return value
+    if value.startswith("zk://"):
+        from ..router.cluster.address import parse_cluster_address
+
+        try:
+            parse_cluster_address(value)
+        except ValueError as exc:
+            fail(f"--hub: {exc}", 2)
+        return value
+    problem = endpoint_problem(value)
+    if problem:
+        fail(f"--hub: {problem}", 2)
+    return value
+
+
+HubOrClusterOption = typer.Option(
+    None, "--hub", envvar=ENV_HUB, callback=check_hub_or_cluster,
+    help="Hub endpoint, or a cluster's ZooKeeper address zk://HOST:PORT[,...]/CHROOT.")
+
+
+def _client(address: str, timeout: float):
+    try:
+        from ..router.cluster.coordinator import ClusterClient
+    except ImportError as exc:
+        fail(str(exc), 2)
+    from ..router.cluster.errors import ClusterError
+
+    try:
+        return ClusterClient(address).start(timeout)
+    except ClusterError as exc:
+        fail(str(exc))
+
+
+def create_topic(address: str, name: str, partitions: int, replicas: int,
+                 min_insync: int | None, timeout: float) -> dict:
+    """``topic create`` against a cluster: placed by the controller (ClusterClient)."""
+    from ..router.cluster.errors import ClusterError
+
+    client = _client(address, timeout)
+    try:
+        spec = client.create_topic(name, partitions, replicas, min_insync, wait=timeout)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    except ClusterError as exc:
+        fail(str(exc))
+    finally:
+        client.close()
+    return {"topic": spec.name, "partitions": spec.partitions, "replicas": spec.replicas,
+            "min_insync": spec.min_insync, "assignment": [list(r) for r in spec.assignment]}
+
+
+def _replication(hubs: dict[str, dict]) -> dict[str, dict]:
+    """Each live hub's METADATA ``replication`` (what it leads: log end, followers' positions)."""
+    import zmq
+
+    from ..router import protocol
+    from ..router.protocol import Command
+
+    out: dict[str, dict] = {}
+    ctx = zmq.Context.instance()
+    for node, hub in hubs.items():
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.connect(hub["endpoint"])
+            sock.send_multipart(protocol.encode(Command.METADATA, {}))
+            if sock.poll(int(HUB_ANSWER_TIMEOUT * 1000)):
+                command, body = protocol.decode(sock.recv_multipart(), protocol.HUB_COMMANDS)
+                if command == Command.METADATA and isinstance(body, dict):
+                    out.update(body.get("replication") or {})
+        except (zmq.ZMQError, protocol.DecodeError):
+            continue
+        finally:
+            sock.close(linger=0)
+    return out
+
+
+def status_document(address: str, timeout: float) -> dict[str, Any]:
+    """ClusterClient.status() plus, per partition, its leader's log end and each follower's
+    lag (records it does not hold yet; None: not fetched since the leader took over)."""
+    from ..router.cluster.errors import ClusterError
+
+    client = _client(address, timeout)
+    try:
+        doc = client.status()
+    except ClusterError as exc:
+        fail(str(exc))
+    finally:
+        client.close()
+    replication = _replication(doc["hubs"])
+    for name, part in doc["partitions"].items():
+        rep = replication.get(name)
+        if rep is None or rep.get("epoch") != part["epoch"]:
+            part["last_seq"] = None
+            part["lag"] = {}
+            continue
+        last = rep["last_seq"]
+        part["last_seq"] = last
+        part["lag"] = {f: (None if pos is None else max(0, last - pos))
+                       for f, pos in rep["followers"].items()}
+    return doc
+
+
+@cluster_app.command("status")
+def status(
+    hub: Optional[str] = HubOrClusterOption,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for ZooKeeper."),
+) -> None:
+    """Hubs, controller, topics, and each partition's leader, epoch, in-sync replicas and
+    replication lag (from the cluster's ZooKeeper: --hub zk://HOST:PORT/CHROOT)."""
+    if not hub or not hub.startswith("zk://"):
+        fail("cluster status needs the cluster's address: --hub zk://HOST:PORT[,...]/CHROOT", 2)
+    doc = status_document(hub, timeout)
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2, sort_keys=True))
+        return
+    from rich.table import Table
+
+    from .common import console
+
+    out = console()
+    out.print(f"controller: {doc['controller']} (epoch {doc['controller_epoch']})")
+    hubs = Table(title="hubs")
+    for col in ("node", "endpoint", "pub"):
+        hubs.add_column(col)
+    for node, h in doc["hubs"].items():
+        hubs.add_row(node, h["endpoint"], h["pub"] or "-")
+    out.print(hubs)
+    parts = Table(title="partitions")
+    for col in ("partition", "leader", "epoch", "replicas", "in sync", "last seq", "lag"):
+        parts.add_column(col)
+    for name, p in doc["partitions"].items():
+        lag = ", ".join(f"{f}: {'?' if n is None else n}" for f, n in p["lag"].items()) or "-"
+        parts.add_row(name, p["leader"] or "UNAVAILABLE", str(p["epoch"]),
+                      ",".join(p["replicas"]), ",".join(p["isr"]),
+                      "-" if p["last_seq"] is None else str(p["last_seq"]), lag)
+    out.print(parts)
