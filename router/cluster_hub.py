@@ -46,7 +46,7 @@ from .config import HubConfig
 from .handlers import HANDLERS as CLIENT_HANDLERS
 from .hub import Hub
 from .protocol import Command, ErrorCode
-from .replication import ConfirmGate, Fetcher, Following, Leadership, Verdict
+from .replication import ConfirmGate, Fetcher, Following, Leadership, Verdict, end_of_epoch
 from .requests import Refusal
 from .subscription import Subscription
 
@@ -220,7 +220,9 @@ class ClusterHub(Hub):
         if me in state.replicas and state.leader is not None:
             f = self.following.get(name)
             if f is None or f.epoch != state.epoch or f.leader != state.leader:
-                self.following[name] = Following(state.leader, state.epoch)
+                history = self.store.epochs(name)
+                self.following[name] = Following(state.leader, state.epoch,
+                                                 history[-1][0] if history else -1)
                 self._drop_local_subs(name)
         else:
             self.following.pop(name, None)
@@ -234,11 +236,16 @@ class ClusterHub(Hub):
                  list(state.isr))
         self.following.pop(name, None)
         now = self.clock.monotonic_ms()
-        self.leading[name] = Leadership(state.epoch, state.isr, state.replicas,
-                                        self._min_insync(state), now)
+        lead = self.leading[name] = Leadership(state.epoch, state.isr, state.replicas,
+                                               self._min_insync(state), now)
         # the subscription state replicated from the previous leader becomes live
         info = self.store.topics.get(name)
         last = info.last_seq if info else 0
+        history = self.store.epochs(name)
+        if not history or history[-1][0] != state.epoch:
+            history.append([state.epoch, last + 1])
+            self.store.set_epochs(name, history)
+        lead.history = history
         for (topic, group), blob in self.store.load_subs().items():
             if topic != name or (topic, group) in self.subs:
                 continue
@@ -320,17 +327,24 @@ class ClusterHub(Hub):
 
     def _commit(self) -> dict[str, tuple[int, list[bytes]]]:
         leading = self.leading
-        if not leading:
+        states = self.states
+        if not states:
             return super()._commit()
         turn = self.turn
-        touched = [t for t in turn.appends if t in leading]
+        # Every cluster partition this turn wrote, led or not: a publish accepted while this
+        # hub led may meet a deposition (applied at the start of the turn) before its commit;
+        # its confirm must then fail, never go out ungated.
+        touched = [t for t in turn.appends if t in states]
         if turn.dedup_hits:
-            touched = list(leading)  # a repeat confirms a seq stored earlier: wait for all
+            # a repeat confirms a seq stored earlier, of a partition not named here: wait for
+            # every partition led (none led: fail)
+            touched = list(leading) or [""]
         mark = len(self._outbox)
         stored = super()._commit()
         if touched:
             topics = self.store.topics
-            need = {t: (leading[t].epoch, topics[t].last_seq) for t in touched if t in topics}
+            need = {t: (leading[t].epoch if t in leading else -1,
+                        topics[t].last_seq if t in topics else 0) for t in touched}
             outbox = self._outbox
             held = [e for e in outbox[mark:] if e[1] == Command.CONFIRM]
             if held and need:
@@ -380,7 +394,7 @@ class ClusterHub(Hub):
         subs = {g: protocol.pack(s.snapshot()) for (t, g), s in self.subs.items() if t == name}
         self._send(identity, Command.REPLICA, {
             "partition": name, "epoch": lead.epoch, "records": [[s, r] for s, r in records],
-            "last_seq": info.last_seq if info else 0, "subs": subs})
+            "last_seq": info.last_seq if info else 0, "subs": subs, "epochs": lead.history})
 
     def _after_turn(self) -> None:
         now = self.clock.monotonic_ms()
@@ -397,6 +411,7 @@ class ClusterHub(Hub):
             local = self.store.topics.get(name)
             fetcher.fetch(info.endpoint, {
                 "partition": name, "epoch": f.epoch, "node": self.node,
+                "last_epoch": f.last_epoch,
                 "from_seq": (local.last_seq if local else 0) + 1, "max": MAX_REPLICA_RECORDS})
             f.inflight_at = now
         # leader side: parked fetches that waited long enough, the in-sync set, the gate
@@ -469,6 +484,14 @@ class ClusterHub(Hub):
         if f is None or body.get("epoch") != f.epoch:
             return  # a stale leader's answer, or a partition no longer followed: dropped
         f.inflight_at = None
+        history = body.get("epochs")
+        truncate = body.get("truncate")
+        if type(truncate) is int:  # this copy diverged from the leader's log after `truncate`
+            self._truncate(name, truncate)
+            if isinstance(history, list):
+                self.store.set_epochs(name, history)
+                f.last_epoch = history[-1][0] if history else -1
+            return
         local = self.store.topics.get(name)
         last = local.last_seq if local else 0
         records = [(int(s), r) for s, r in body.get("records", ()) if int(s) > last]
@@ -483,14 +506,38 @@ class ClusterHub(Hub):
                 dedup.append((msg_id, seq))
         subs = {(name, g): v for g, v in (body.get("subs") or {}).items()}
         leader_last = int(body.get("last_seq", 0))
-        if not records and not subs and leader_last <= last:
+        epochs = history if isinstance(history, list) and history else None
+        if epochs is not None and epochs[-1][0] != f.last_epoch:
+            pass  # the leader's history is stored with the records below
+        elif not records and not subs and leader_last <= last:
             return
         try:
             self.store.replicate(name, records, leader_last, subs, dedup,
-                                 now_ms=self.clock.wall_ms())
+                                 now_ms=self.clock.wall_ms(), epochs=epochs)
+            if epochs is not None:
+                f.last_epoch = epochs[-1][0]
         except Exception as exc:
             log.error("cluster hub %s: replicating %s failed: %s", self.node, name, exc)
             f.retry_at = self.clock.monotonic_ms() + RETRY_MS
+
+    def _truncate(self, name: str, after: int) -> None:
+        """Drop this copy's records above ``after``: a former leader's tail that was never
+        confirmed (the leader's log differs from there)."""
+        info = self.store.topics.get(name)
+        if info is None or info.last_seq <= after:
+            return
+        ids = []
+        for _, rec in self.store.read_range(name, after + 1, info.last_seq - after):
+            try:
+                headers = protocol.unpack_record(rec)[2]
+            except protocol.DecodeError:
+                continue
+            msg_id = headers.get(protocol.MSG_ID_HEADER) if isinstance(headers, dict) else None
+            if isinstance(msg_id, str):
+                ids.append(msg_id)
+        n = self.store.truncate(name, after, ids)
+        log.warning("cluster hub %s: %s diverged from its leader after seq %d: %d unconfirmed "
+                    "records dropped", self.node, name, after, n)
 
 
 def _publish(hub: ClusterHub, identity: bytes, peer: Peer | None, body: Any) -> None:
@@ -596,11 +643,15 @@ def _replicate(hub: ClusterHub, identity: bytes, peer: Peer | None, body: Any) -
         raise Refusal(ErrorCode.INVALID, f"{node} is not a follower of {name}", name)
     info = hub.store.topics.get(name)
     last = info.last_seq if info else 0
-    if from_seq - 1 > last:
-        # the follower holds records this leader never had (an old leader's unconfirmed
-        # tail); truncating them is not built yet: it stays out of the in-sync set
-        raise Refusal(ErrorCode.INVALID, f"{node} is ahead of the leader of {name} ({from_seq - 1}"
-                      f" > {last}): diverged log, not replicated", name)
+    last_epoch = body.get("last_epoch", -1)
+    end = end_of_epoch(lead.history, last_epoch if type(last_epoch) is int else -1, last)
+    if from_seq - 1 > end:
+        # the follower holds records this leader's log does not have there (a former leader's
+        # unconfirmed tail): it drops them, then fetches again from `end + 1`
+        hub._send(identity, Command.REPLICA, {
+            "partition": name, "epoch": lead.epoch, "records": [], "last_seq": last,
+            "subs": {}, "epochs": lead.history, "truncate": end})
+        return
     now = hub.clock.monotonic_ms()
     lead.pos[node] = from_seq - 1
     lead.seen[node] = now

@@ -30,7 +30,7 @@ import zmq
 from . import protocol
 from .protocol import Command
 
-__all__ = ["ConfirmGate", "Fetcher", "Following", "Leadership", "Verdict"]
+__all__ = ["ConfirmGate", "Fetcher", "Following", "Leadership", "Verdict", "end_of_epoch"]
 
 log = logging.getLogger("zmq_mq.replication")
 
@@ -125,6 +125,7 @@ class Following:
 
     leader: str
     epoch: int
+    last_epoch: int = -1  # the latest leader epoch of this hub's copy (divergence check)
     inflight_at: int | None = None  # monotonic ms the REPLICATE in flight was sent
     retry_at: int = 0  # after an error: not before this
 
@@ -144,11 +145,22 @@ class Leadership:
     parked: list[tuple[bytes, str, int, int, int]] = field(default_factory=list)
     # (identity, node, from_seq, max, deadline ms) of fetches waiting for new records
     next_isr_try: int = 0
+    history: list[list[int]] = field(default_factory=list)  # [[epoch, first seq], ...]
 
     def committed(self, me: str) -> int | None:
         """The highest seq every in-sync follower holds (None: no in-sync follower)."""
         held = [self.pos.get(f, 0) for f in self.isr if f != me]
         return min(held) if held else None
+
+
+def end_of_epoch(history: list[list[int]], epoch: int, last_seq: int) -> int:
+    """The last seq of the leader's log written at ``epoch`` or before (Kafka's
+    OffsetsForLeaderEpoch): a follower whose last epoch is ``epoch`` agrees with the leader up
+    to there and must drop what it holds beyond."""
+    for e, start in history:
+        if e > epoch:
+            return start - 1
+    return last_seq
 
 
 class Verdict:

@@ -216,3 +216,20 @@ def test_a_paused_leader_deposed_meanwhile_never_confirms_its_late_publishes(clu
     with Admin(new_endpoint, timeout=10) as admin:
         payloads = [m.payload for m in admin.scan(partition)]
     assert b"late" not in payloads and b"x" in payloads
+    # the resumed hub follows the new leader: any unconfirmed tail it stored is dropped, it
+    # catches up and rejoins the in-sync replicas, holding the new leader's records at the
+    # same sequences
+    reply = ask(context, new_endpoint, Command.PUBLISH,
+                ["after", [[partition, b"after", None, None]]], 10)
+    assert reply[0] == Command.CONFIRM, reply
+
+    def rejoined():
+        meta = metadata(context, others)
+        return meta is not None and leader in meta["partitions"][partition]["isr"]
+
+    wait_for(rejoined, WAIT, message="the former leader back in the in-sync replicas")
+    with Admin(new_endpoint, timeout=10) as admin:
+        on_leader = [(m.seq, m.payload) for m in admin.scan(partition)]
+    with Admin(hubs[leader].endpoint, timeout=10) as admin:
+        on_former = [(m.seq, m.payload) for m in admin.scan(partition)]
+    assert on_former == on_leader
