@@ -63,6 +63,8 @@ FETCH_TIMEOUT_MS = 1000
 # Records per REPLICA at most.
 MAX_REPLICA_RECORDS = 2000
 RETRY_MS = 200
+# A leader sends every subscription snapshot again this often (changes go at once).
+FULL_SUBS_MS = 5000
 
 
 class NotLeader(Refusal):
@@ -297,12 +299,12 @@ class ClusterHub(Hub):
         return {"leader": leader, "leader_endpoint": info.endpoint if info else None,
                 "epoch": state.epoch if state is not None else None}
 
-    def _refusal(self, name: str, ref: Any) -> NotLeader | None:
-        """Why this hub may not take a publish / subscribe / settlement of partition ``name``
-        now (None: it may)."""
+    def _refusal(self, name: str, ref: Any, publish: bool = True) -> NotLeader | None:
+        """Why this hub may not take a publish (or subscribe, ``publish`` False) of partition
+        ``name`` now (None: it may)."""
         lead = self.leading.get(name)
         if lead is not None and not self.member.fenced:
-            if len(lead.isr) < lead.min_insync:
+            if publish and len(lead.isr) < lead.min_insync:
                 return NotLeader(ErrorCode.NOT_ENOUGH_REPLICAS,
                                  f"{name} has {len(lead.isr)} in-sync replicas, fewer than its "
                                  f"min_insync {lead.min_insync}: nothing stored", ref,
@@ -316,9 +318,9 @@ class ClusterHub(Hub):
         return NotLeader(ErrorCode.NOT_LEADER, f"{self.node} does not lead {name} (leader: "
                          f"{hint['leader']}): nothing stored", ref, hint)
 
-    def _check_topic(self, topic: Any, ref: Any) -> None:
+    def _check_topic(self, topic: Any, ref: Any, publish: bool = True) -> None:
         if topic in self.states:
-            why = self._refusal(topic, ref)
+            why = self._refusal(topic, ref, publish)
             if why is not None:
                 raise why
         elif topic in self.topic_specs:
@@ -356,7 +358,7 @@ class ClusterHub(Hub):
             if lead is not None and lead.parked:
                 parked, lead.parked = lead.parked, []
                 for identity, node, from_seq, limit, _ in parked:
-                    self._answer_fetch(identity, topic, lead, from_seq, limit)
+                    self._answer_fetch(identity, topic, lead, from_seq, limit, node)
         return stored
 
     def _check_gate(self, need: dict[str, tuple[int, int]]) -> str:
@@ -388,10 +390,18 @@ class ClusterHub(Hub):
                 "leader": None, "leader_endpoint": None, "epoch": None})
 
     def _answer_fetch(self, identity: bytes, name: str, lead: Leadership, from_seq: int,
-                      limit: int) -> None:
+                      limit: int, node: str) -> None:
         info = self.store.topics.get(name)
         records = self.store.read_range(name, from_seq, limit) if info else []
-        subs = {g: protocol.pack(s.snapshot()) for (t, g), s in self.subs.items() if t == name}
+        current = {g: protocol.pack(s.snapshot()) for (t, g), s in self.subs.items() if t == name}
+        now = self.clock.monotonic_ms()
+        sent = lead.sent_subs.get(node, {})
+        if now - lead.full_subs_at.get(node, -FULL_SUBS_MS) >= FULL_SUBS_MS:
+            subs = current
+            lead.full_subs_at[node] = now
+        else:
+            subs = {g: v for g, v in current.items() if sent.get(g) != v}  # what changed
+        lead.sent_subs[node] = current
         self._send(identity, Command.REPLICA, {
             "partition": name, "epoch": lead.epoch, "records": [[s, r] for s, r in records],
             "last_seq": info.last_seq if info else 0, "subs": subs, "epochs": lead.history})
@@ -420,7 +430,7 @@ class ClusterHub(Hub):
                 keep = []
                 for item in lead.parked:
                     if item[4] <= now:
-                        self._answer_fetch(item[0], name, lead, item[2], item[3])
+                        self._answer_fetch(item[0], name, lead, item[2], item[3], item[1])
                     else:
                         keep.append(item)
                 lead.parked = keep
@@ -553,13 +563,14 @@ def _publish(hub: ClusterHub, identity: bytes, peer: Peer | None, body: Any) -> 
 
 def _subscribe(hub: ClusterHub, identity: bytes, peer: Peer | None, body: Any) -> None:
     if isinstance(body, dict):
-        _guard(hub, identity, Command.SUBSCRIBE, body.get("topic"), body.get("sid"))
+        _guard(hub, identity, Command.SUBSCRIBE, body.get("topic"), body.get("sid"), False)
     CLIENT_HANDLERS[Command.SUBSCRIBE](hub, identity, peer, body)
 
 
-def _guard(hub: ClusterHub, identity: bytes, command: bytes, topic: Any, ref: Any) -> None:
+def _guard(hub: ClusterHub, identity: bytes, command: bytes, topic: Any, ref: Any,
+           publish: bool = True) -> None:
     try:
-        hub._check_topic(topic, ref)
+        hub._check_topic(topic, ref, publish)
     except NotLeader as exc:
         hub._error(identity, exc.code, exc.message, command, ref, **exc.extra)
         raise _Answered() from None
@@ -658,7 +669,7 @@ def _replicate(hub: ClusterHub, identity: bytes, peer: Peer | None, body: Any) -
     if from_seq - 1 >= last:
         lead.caught_up[node] = now
     if from_seq <= last:
-        hub._answer_fetch(identity, name, lead, from_seq, min(limit, MAX_REPLICA_RECORDS))
+        hub._answer_fetch(identity, name, lead, from_seq, min(limit, MAX_REPLICA_RECORDS), node)
     else:
         lead.parked = [p for p in lead.parked if p[1] != node]
         lead.parked.append((identity, node, from_seq, min(limit, MAX_REPLICA_RECORDS),

@@ -146,6 +146,10 @@ class Leadership:
     # (identity, node, from_seq, max, deadline ms) of fetches waiting for new records
     next_isr_try: int = 0
     history: list[list[int]] = field(default_factory=list)  # [[epoch, first seq], ...]
+    sent_subs: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    # follower -> the subscription snapshots last sent to it (only changes are sent again,
+    # and all of them every FULL_SUBS_MS, in case an answer was lost)
+    full_subs_at: dict[str, int] = field(default_factory=dict)
 
     def committed(self, me: str) -> int | None:
         """The highest seq every in-sync follower holds (None: no in-sync follower)."""

@@ -198,3 +198,62 @@ def test_subscription_cursors_reach_the_follower(cluster_hubs, raw):
 
     wait_for(lambda: floor() == 2, WAIT, message="the follower's cursor")
 
+
+
+def leader_and_follower(hubs, meta, name):
+    state = meta["partitions"][name]
+    leader = hubs[state["leader"]]
+    follower = hubs[next(n for n in state["replicas"] if n != state["leader"])]
+    wait_for(lambda: name in leader.hub.leading, WAIT)
+    return leader, follower
+
+
+def test_a_subscription_resumes_on_the_new_leader_from_the_replicated_cursor(cluster_hubs, raw):
+    hubs = cluster_hubs("a", "b", "c")
+    create_topic(cluster_hubs.url, "t", 1, 2)
+    meta = metadata_when(raw(hubs["a"].endpoint), lambda m: settled(m, "t", 1, 2))
+    leader, follower = leader_and_follower(hubs, meta, "t.0")
+    client = raw(leader.endpoint)
+    batch = [["t.0", f"m{i}".encode(), None, None] for i in range(1, 21)]
+    assert client.ask(Command.PUBLISH, ["b", batch]) == (Command.CONFIRM, ["b", list(range(1, 21))])
+    assert client.ask(Command.SUBSCRIBE, {"sid": 1, "topic": "t.0", "group": "g",
+                                          "credit": 10})[0] == Command.SUBSCRIBED
+    command, body = client.recv()
+    assert command == Command.DELIVER
+    client.send(Command.ACK, [1, {"t.0": list(range(1, 11))}])
+
+    def floor() -> int:
+        blob = follower.hub.store.load_subs().get(("t.0", "g"))
+        return protocol.unpack(blob)["floor"] if blob else -1
+
+    wait_for(lambda: floor() == 10, WAIT, message="the ack replicated")
+    leader.stop()  # leaves the cluster at once: the controller promotes the follower
+    again = raw(follower.endpoint)
+    metadata_when(again, lambda m: m["partitions"]["t.0"]["leader"] == follower.node)
+    wait_for(lambda: "t.0" in follower.hub.leading, WAIT)
+    command, body = again.ask(Command.SUBSCRIBE, {"sid": 1, "topic": "t.0", "group": "g",
+                                                  "credit": 100})
+    assert command == Command.SUBSCRIBED, body
+    assert body["ack_floor"] == 10
+    seqs = []
+    while len(seqs) < 10:
+        command, body = again.recv()
+        assert command == Command.DELIVER
+        seqs += [entry[0] for entry in body[2]] if isinstance(body, list) else []
+    assert seqs == list(range(11, 21))  # nothing acked comes again, nothing confirmed is lost
+
+
+def test_a_leader_below_min_insync_refuses_publishes_and_takes_them_again_when_back(
+        cluster_hubs, raw):
+    hubs = cluster_hubs("a", "b")
+    create_topic(cluster_hubs.url, "t", 1, 2)  # min_insync 2
+    meta = metadata_when(raw(hubs["a"].endpoint), lambda m: settled(m, "t", 1, 2))
+    leader, follower = leader_and_follower(hubs, meta, "t.0")
+    client = raw(leader.endpoint)
+    assert client.ask(Command.PUBLISH, ["b1", [["t.0", b"1", None, None]]])[0] == Command.CONFIRM
+    follower.stop()
+    wait_for(lambda: leader.hub.leading["t.0"].isr == (leader.node,), WAIT,
+             message="the follower out of the in-sync set")
+    command, body = client.ask(Command.PUBLISH, ["b2", [["t.0", b"2", None, None]]])
+    assert command == Command.ERROR and body["code"] == "not_enough_replicas"
+    assert leader.hub.store.topics["t.0"].last_seq == 1  # nothing stored
