@@ -17,7 +17,8 @@ from ..actors.connection import ENV_HUB
 from ..router.endpoint import endpoint_problem
 from .common import fail
 
-cluster_app = typer.Typer(no_args_is_help=True, help="Cluster mode (hubs coordinated by ZooKeeper).")
+cluster_app = typer.Typer(no_args_is_help=True,
+                          help="Cluster mode (hubs coordinated by ZooKeeper).")
 
 # Seconds to wait for each hub's METADATA (its replication positions) in `cluster status`.
 HUB_ANSWER_TIMEOUT = 2.0

@@ -29,7 +29,7 @@ from typing import Any
 from . import protocol
 from .attachments import Peer
 from .cluster.address import parse_cluster_address
-from .cluster.errors import ClusterError, FencedError, StaleEpochError
+from .cluster.errors import FencedError, StaleEpochError
 from .cluster.layout import (
     ClusterPaths,
     HubInfo,
@@ -39,14 +39,21 @@ from .cluster.layout import (
     decode_hub,
     decode_topic,
     in_replica_order,
-    split_partition_name,
 )
 from .cluster.placement import default_min_insync
 from .config import HubConfig
 from .handlers import HANDLERS as CLIENT_HANDLERS
 from .hub import Hub
 from .protocol import Command, ErrorCode
-from .replication import ConfirmGate, Fetcher, Following, Leadership, Verdict, end_of_epoch
+from .replication import (
+    ConfirmGate,
+    Fetcher,
+    Following,
+    IsrWriter,
+    Leadership,
+    Verdict,
+    end_of_epoch,
+)
 from .requests import Refusal
 from .subscription import Subscription
 
@@ -105,6 +112,7 @@ class ClusterHub(Hub):
         self._deposed_sids: set[tuple[bytes, int]] = set()
         self.member = None
         self.fetcher: Fetcher | None = None
+        self.isr_writer: IsrWriter | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -122,10 +130,14 @@ class ClusterHub(Hub):
             self.pub_endpoint, on_change=self._on_change,
             session_timeout=self._session_timeout or DEFAULT_SESSION_TIMEOUT)
         self.member.start()
+        self.isr_writer = IsrWriter(self.member, self.inbox, self.wake)
         ChildrenWatch(self.member.zk, self.paths.hubs, self._on_hubs)
         ChildrenWatch(self.member.zk, self.paths.topics, self._on_topics)
 
     def close(self) -> None:
+        if self.isr_writer is not None:
+            self.isr_writer.stop()
+            self.isr_writer = None
         if self.member is not None:
             try:
                 self.member.close()
@@ -193,6 +205,8 @@ class ClusterHub(Hub):
                     self._apply_state(item[1], item[2])
                 elif kind == "replica":
                     self._on_replica(item[1], item[2])
+                elif kind == "isr":
+                    self._isr_written(item[1], item[2], item[3])
             except Exception:
                 log.exception("cluster hub %s: handling %s failed", self.node, kind)
 
@@ -439,7 +453,8 @@ class ClusterHub(Hub):
             self._release()
 
     def _maintain_isr(self, name: str, lead: Leadership, now: int) -> None:
-        if now < lead.next_isr_try or self.member is None or self.member.fenced:
+        if (lead.isr_pending or now < lead.next_isr_try or self.member is None
+                or self.member.fenced):
             return
         info = self.store.topics.get(name)
         last = info.last_seq if info else 0
@@ -457,22 +472,25 @@ class ClusterHub(Hub):
                 isr.discard(f)
             elif f not in isr and in_sync and lead.pos.get(f, -1) >= last:
                 isr.add(f)
-        if isr == set(lead.isr):
+        if isr == set(lead.isr) or self.isr_writer is None:
             return
-        wanted = in_replica_order(lead.replicas, isr)
-        try:
-            new = self.member.update_isr(name, lead.epoch, wanted)
-        except (StaleEpochError, FencedError) as exc:
-            self._depose(name, str(exc))
-            return
-        except (ClusterError, ValueError, Exception) as exc:  # ZooKeeper busy, hub left...
-            log.info("cluster hub %s: in-sync set of %s not changed: %s", self.node, name, exc)
-            lead.next_isr_try = now + RETRY_MS * 5
-            return
-        log.info("cluster hub %s: %s in-sync replicas %s -> %s", self.node, name,
-                 list(lead.isr), list(new.isr))
-        lead.isr = new.isr
-        self.states[name] = new
+        lead.isr_pending = True
+        self.isr_writer.submit(name, lead.epoch, in_replica_order(lead.replicas, isr))
+
+    def _isr_written(self, name: str, epoch: int, result: Any) -> None:
+        lead = self.leading.get(name)
+        if lead is None or lead.epoch != epoch:
+            return  # no longer leading at that epoch: the deposition was handled
+        lead.isr_pending = False
+        if isinstance(result, PartitionState):
+            log.info("cluster hub %s: %s in-sync replicas %s -> %s", self.node, name,
+                     list(lead.isr), list(result.isr))
+            lead.isr = result.isr
+        elif isinstance(result, (StaleEpochError, FencedError)):
+            self._depose(name, str(result))
+        else:  # ZooKeeper busy, a follower that left meanwhile...: again a little later
+            log.info("cluster hub %s: in-sync set of %s not changed: %s", self.node, name, result)
+            lead.next_isr_try = self.clock.monotonic_ms() + RETRY_MS * 5
 
     # --- follower side ----------------------------------------------------------------------
 

@@ -30,7 +30,8 @@ import zmq
 from . import protocol
 from .protocol import Command
 
-__all__ = ["ConfirmGate", "Fetcher", "Following", "Leadership", "Verdict", "end_of_epoch"]
+__all__ = ["ConfirmGate", "Fetcher", "Following", "IsrWriter", "Leadership", "Verdict",
+           "end_of_epoch"]
 
 log = logging.getLogger("zmq_mq.replication")
 
@@ -119,6 +120,41 @@ class Fetcher:
             ctrl.close(linger=0)
 
 
+class IsrWriter:
+    """The leader's in-sync set writes (``member.update_isr``: ZooKeeper round trips, retried
+    while ZooKeeper is away) on a thread of their own, so the loop never waits for them; each
+    result goes back through the hub's inbox as ``("isr", partition, epoch, state or
+    exception)``."""
+
+    def __init__(self, member: Any, inbox: queue.SimpleQueue, wake: Callable[[], None]) -> None:
+        self._member = member
+        self._inbox = inbox
+        self._wake = wake
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="zmq-mq-isr")
+        self._thread.start()
+
+    def submit(self, partition: str, epoch: int, isr: tuple[str, ...]) -> None:
+        self._jobs.put((partition, epoch, isr))
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            partition, epoch, isr = job
+            try:
+                result: Any = self._member.update_isr(partition, epoch, isr)
+            except Exception as exc:  # handed to the loop, which decides
+                result = exc
+            self._inbox.put(("isr", partition, epoch, result))
+            self._wake()
+
+
 @dataclass
 class Following:
     """A partition this hub follows: whom, at which epoch, and the fetch in flight."""
@@ -145,6 +181,7 @@ class Leadership:
     parked: list[tuple[bytes, str, int, int, int]] = field(default_factory=list)
     # (identity, node, from_seq, max, deadline ms) of fetches waiting for new records
     next_isr_try: int = 0
+    isr_pending: bool = False  # an in-sync set write is on its way (IsrWriter)
     history: list[list[int]] = field(default_factory=list)  # [[epoch, first seq], ...]
     sent_subs: dict[str, dict[str, bytes]] = field(default_factory=dict)
     # follower -> the subscription snapshots last sent to it (only changes are sent again,

@@ -137,6 +137,7 @@ def settled(ctx, endpoints, topic: str, partitions: int) -> bool:
         meta["partitions"].get(f"{topic}.{i}", {}).get("leader") for i in range(partitions))
 
 
+@pytest.mark.slow
 def test_a_killed_leaders_partition_moves_to_its_follower_and_no_confirmed_message_is_lost(
         cluster, context):
     hubs = cluster("a", "b", "c")
@@ -179,6 +180,7 @@ def test_a_killed_leaders_partition_moves_to_its_follower_and_no_confirmed_messa
     assert len(set(stored.values())) == len(stored)
 
 
+@pytest.mark.slow
 def test_a_paused_leader_deposed_meanwhile_never_confirms_its_late_publishes(cluster, context):
     hubs = cluster("a", "b", "c")
     with ClusterClient(cluster.url) as client:
