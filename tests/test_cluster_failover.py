@@ -1,7 +1,8 @@
 """Failover with real processes: a real ZooKeeper and three ``zmq-mq hub --cluster`` processes
-on loopback. A leader killed -9 under a steady publish load: the controller promotes its
-follower (a higher epoch), publishing resumes there, and every message confirmed before the
-kill is readable on the new leader. A leader paused (SIGSTOP) past its session timeout and
+on loopback. A leader killed -9 under a steady publish and consume load: the controller
+promotes its follower (a higher epoch), publishing and consuming resume there, every message
+confirmed before the kill is readable on the new leader, and every confirmed message is
+consumed. A leader paused (SIGSTOP) past its session timeout and
 resumed after its partition moved: its late publishes are refused, never confirmed.
 
 The publisher here is a small raw-protocol router (METADATA, then each batch to the leader,
@@ -131,6 +132,69 @@ class Publisher(threading.Thread):
             i += 1
 
 
+class Consumer(threading.Thread):
+    """Reads one partition as group ``g`` on its leader, acking every delivery; when the
+    leader goes silent or answers not_leader, asks who leads now and subscribes there (the
+    subscription resumes from the replicated cursor)."""
+
+    def __init__(self, ctx, endpoints: list[str], partition: str) -> None:
+        super().__init__(daemon=True)
+        self.ctx = ctx
+        self.endpoints = endpoints
+        self.partition = partition
+        self.processed: set[str] = set()
+        self.deliveries = 0
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:
+            self.error = exc
+
+    def _run(self) -> None:
+        sock = None
+        try:
+            while not self.stop_event.is_set():
+                _, _, endpoint = leader_of(self.ctx, list(self.endpoints), self.partition)
+                if endpoint is None:
+                    time.sleep(0.05)
+                    continue
+                if sock is not None:
+                    sock.close(linger=0)
+                sock = self.ctx.socket(zmq.DEALER)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.connect(endpoint)
+                sock.send_multipart(protocol.encode(Command.SUBSCRIBE, {
+                    "sid": 1, "topic": self.partition, "group": "g", "credit": 200}))
+                self._consume(sock)
+        finally:
+            if sock is not None:
+                sock.close(linger=0)
+
+    def _consume(self, sock) -> None:
+        silent_since = time.monotonic()
+        while not self.stop_event.is_set():
+            if not sock.poll(200):
+                if time.monotonic() - silent_since > 1.5:
+                    return  # a silent hub: who leads now?
+                sock.send_multipart(protocol.encode(Command.HEARTBEAT, []))
+                continue
+            command, body = protocol.decode(sock.recv_multipart(), protocol.HUB_COMMANDS)
+            silent_since = time.monotonic()
+            if command == Command.ERROR:
+                time.sleep(0.1)
+                return  # not_leader, unavailable: subscribe on the leader
+            if command == Command.DELIVER:
+                sid, topic, entries = body
+                for seq, _, record in entries:
+                    self.processed.add(protocol.unpack_record(record)[3].decode())
+                self.deliveries += len(entries)
+                sock.send_multipart(protocol.encode(
+                    Command.ACK, [sid, {topic: [e[0] for e in entries]}]))
+
+
 def settled(ctx, endpoints, topic: str, partitions: int) -> bool:
     meta = metadata(ctx, endpoints)
     return meta is not None and all(
@@ -148,13 +212,16 @@ def test_a_killed_leaders_partition_moves_to_its_follower_and_no_confirmed_messa
     partition = "orders.0"
     old_leader, old_epoch, _ = leader_of(context, endpoints, partition)
     publisher = Publisher(context, endpoints, partition)
+    consumer = Consumer(context, endpoints, partition)
     publisher.start()
+    consumer.start()
     try:
         wait_for(lambda: publisher.batches >= 20, WAIT, message="20 batches confirmed")
+        wait_for(lambda: consumer.deliveries > 0, WAIT, message="consuming")
         hubs[old_leader].kill9()
         confirmed_at_kill = dict(publisher.confirmed)
-        publisher.endpoints = [h.endpoint for n, h in hubs.items() if n != old_leader]
-        live = publisher.endpoints
+        live = [h.endpoint for n, h in hubs.items() if n != old_leader]
+        publisher.endpoints = consumer.endpoints = live
 
         def moved():
             leader, epoch, _ = leader_of(context, live, partition)
@@ -164,10 +231,18 @@ def test_a_killed_leaders_partition_moves_to_its_follower_and_no_confirmed_messa
         after = publisher.batches
         wait_for(lambda: publisher.batches >= after + 10, WAIT,
                  message="publishing resumed on the new leader")
-    finally:
         publisher.stop_event.set()
         publisher.join(10)
+        # consuming resumed on the new leader too: every confirmed message is processed
+        wait_for(lambda: set(publisher.confirmed) <= consumer.processed, WAIT,
+                 message="every confirmed message consumed")
+    finally:
+        publisher.stop_event.set()
+        consumer.stop_event.set()
+        publisher.join(10)
+        consumer.join(10)
     assert publisher.error is None, publisher.error
+    assert consumer.error is None, consumer.error
     new_leader, _, endpoint = leader_of(context, live, partition)
     with Admin(endpoint, timeout=10) as admin:
         stored = {m.payload.decode(): m.seq for m in admin.scan(partition)}
