@@ -257,3 +257,27 @@ def test_a_leader_below_min_insync_refuses_publishes_and_takes_them_again_when_b
     command, body = client.ask(Command.PUBLISH, ["b2", [["t.0", b"2", None, None]]])
     assert command == Command.ERROR and body["code"] == "not_enough_replicas"
     assert leader.hub.store.topics["t.0"].last_seq == 1  # nothing stored
+
+
+def test_publishing_resumes_after_a_zookeeper_restart(tmp_path, own_zookeeper, raw):
+    url = own_zookeeper.url("/zk-restart")
+    hubs = {n: ClusterHubThread(tmp_path / n, url, n, session_timeout=SESSION_TIMEOUT).start()
+            for n in ("a", "b")}
+    try:
+        create_topic(url, "t", 1, 2)
+        meta = metadata_when(raw(hubs["a"].endpoint), lambda m: settled(m, "t", 1, 2))
+        leader, _ = leader_and_follower(hubs, meta, "t.0")
+        client = raw(leader.endpoint)
+        assert client.ask(Command.PUBLISH, ["b1", [["t.0", b"1", None, None]]])[0] == \
+            Command.CONFIRM
+        own_zookeeper.restart()
+
+        def confirmed():
+            reply = client.ask(Command.PUBLISH, ["again", [["t.0", b"2", None,
+                                                            None, {"msg_id": "two"}]]], 3)
+            return reply[0] == Command.CONFIRM
+
+        wait_for(confirmed, WAIT, 0.2, "a confirmed publish after the restart")
+    finally:
+        for h in hubs.values():
+            h.stop()
