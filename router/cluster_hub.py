@@ -182,6 +182,7 @@ class ClusterHub(Hub):
                 except Exception:
                     continue
         self.topic_specs = {n: s for n, s in specs.items() if n in children}
+        self.inbox.put(("topics",))
         self.wake()
         return None
 
@@ -207,6 +208,11 @@ class ClusterHub(Hub):
                     self._on_replica(item[1], item[2])
                 elif kind == "isr":
                     self._isr_written(item[1], item[2], item[3])
+                elif kind == "topics":  # a leadership taken before its topic's spec was read
+                    for name, lead in self.leading.items():
+                        state = self.states.get(name)
+                        if state is not None:
+                            lead.min_insync = self._min_insync(state)
             except Exception:
                 log.exception("cluster hub %s: handling %s failed", self.node, kind)
 

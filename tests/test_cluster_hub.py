@@ -281,3 +281,16 @@ def test_publishing_resumes_after_a_zookeeper_restart(tmp_path, own_zookeeper, r
     finally:
         for h in hubs.values():
             h.stop()
+
+
+def test_a_min_insync_1_topic_keeps_confirming_on_its_leader_alone(cluster_hubs, raw):
+    hubs = cluster_hubs("a", "b")
+    with ClusterClient(cluster_hubs.url, session_timeout=SESSION_TIMEOUT) as client:
+        client.create_topic("t", 1, 2, min_insync=1, wait=WAIT)
+    meta = metadata_when(raw(hubs["a"].endpoint), lambda m: settled(m, "t", 1, 2))
+    leader, follower = leader_and_follower(hubs, meta, "t.0")
+    follower.stop()
+    wait_for(lambda: leader.hub.leading["t.0"].isr == (leader.node,), WAIT,
+             message="the follower out of the in-sync set")
+    command, body = raw(leader.endpoint).ask(Command.PUBLISH, ["b", [["t.0", b"x", None, None]]])
+    assert command == Command.CONFIRM, body
