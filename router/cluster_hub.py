@@ -346,6 +346,11 @@ class ClusterHub(Hub):
         elif topic in self.topic_specs:
             raise Refusal(ErrorCode.INVALID, f"{topic} is a cluster topic: use its partitions "
                           f"{topic}.0 .. (each on its leader; METADATA names them)", ref)
+        elif isinstance(topic, str) and topic.rpartition(".")[0] in self.topic_specs:
+            # a partition whose state this hub has not read yet (just created): not here
+            raise NotLeader(ErrorCode.NOT_LEADER, f"{self.node} does not know {topic}'s leader "
+                            "yet: nothing stored; ask METADATA again", ref,
+                            {"leader": None, "leader_endpoint": None, "epoch": None})
 
     def _commit(self) -> dict[str, tuple[int, list[bytes]]]:
         leading = self.leading

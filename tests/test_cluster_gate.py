@@ -90,3 +90,14 @@ def test_a_follower_with_a_diverged_tail_is_told_where_to_truncate(leader):
                                b"follower-b")])
     (answer,) = replies(sent, Command.REPLICA, b"follower-b")
     assert answer["truncate"] == 0 and answer["records"] == []
+
+
+def test_a_partition_whose_state_is_not_known_yet_is_not_stored_as_a_local_topic(leader):
+    from zmq_mq.router.cluster.layout import TopicSpec
+
+    leader.topic_specs = {"t": TopicSpec("t", 2, 2, 2, (("a", "b"), ("b", "a")))}
+    sent = leader.step([frames(Command.PUBLISH, ["b1", [["t.1", b"x", None, None]]])])
+    assert [(e["code"], e["ref"]) for e in replies(sent, Command.ERROR)] == [("not_leader", "b1")]
+    assert "t.1" not in leader.store.topics
+    sent = leader.step([frames(Command.PUBLISH, ["b2", [["t", b"x", None, None]]])])
+    assert [e["code"] for e in replies(sent, Command.ERROR)] == ["invalid"]
