@@ -155,6 +155,8 @@ def hub(
         fail("--authorized and --acl need --curve", 2)
     check_bind_options(opts["bind"], opts["pub"])
     cluster_opts = _cluster_options(cluster, node, advertise, zk_session_timeout)
+    if cluster_opts is not None and opts["curve"]:
+        fail("--cluster with --curve is not supported yet (hubs would need keys to replicate)", 2)
     config = HubConfig(
         data_dir=opts["data"],
         bind=opts["bind"],

@@ -68,6 +68,7 @@ def test_cluster_status_shows_hubs_leaders_in_sync_replicas_and_replication_lag(
     (["--cluster", "tcp://x:1/c", "--node", "a"], "--cluster"),
     (["--node", "a"], "need --cluster"),
     (["--cluster", "zk://127.0.0.1:1/c", "--node", "bad name!"], "--node"),
+    (["--cluster", "zk://127.0.0.1:1/c", "--node", "a", "--curve"], "--curve"),
 ])
 def test_a_wrong_cluster_flag_of_the_hub_is_one_line_and_exit_2(tmp_path, args, message):
     done = run_cli("hub", "--data", str(tmp_path / "d"), *args)
