@@ -310,3 +310,48 @@ def test_a_paused_leader_deposed_meanwhile_never_confirms_its_late_publishes(clu
     with Admin(hubs[leader].endpoint, timeout=10) as admin:
         on_former = [(m.seq, m.payload) for m in admin.scan(partition)]
     assert on_former == on_leader
+
+
+@pytest.mark.slow
+def test_a_paused_follower_leaves_the_in_sync_set_and_rejoins_once_caught_up(tmp_path,
+                                                                              zookeeper, context):
+    # sessions longer than the replica lag (3 s): the leader, not the controller, drops it
+    hubs = {}
+    try:
+        for node in ("a", "b"):
+            hubs[node] = HubProcess(tmp_path / node / "data",
+                                    ["--cluster", zookeeper, "--node", node,
+                                     "--zk-session-timeout", "15", "--sync", "none"],
+                                    log_dir=tmp_path / node).start()
+        with ClusterClient(zookeeper) as client:
+            client.create_topic("t", 1, 2, min_insync=1, wait=WAIT)
+        endpoints = [h.endpoint for h in hubs.values()]
+        wait_for(lambda: settled(context, endpoints, "t", 1), WAIT)
+        leader, _, endpoint = leader_of(context, endpoints, "t.0")
+        follower = next(n for n in hubs if n != leader)
+
+        def isr():
+            meta = metadata(context, [endpoint])
+            return meta["partitions"]["t.0"]["isr"] if meta else None
+
+        wait_for(lambda: isr() == ["a", "b"] or isr() == ["b", "a"], WAIT)
+        os.kill(hubs[follower].pid, signal.SIGSTOP)
+        try:
+            # held until the leader drops the silent follower from the in-sync set
+            reply = ask(context, endpoint, Command.PUBLISH,
+                        ["b1", [["t.0", b"1", None, None]]], WAIT)
+            assert reply is not None and reply[0] == Command.CONFIRM, reply
+            wait_for(lambda: isr() == [leader], WAIT, message="the shrunk set in ZooKeeper")
+        finally:
+            os.kill(hubs[follower].pid, signal.SIGCONT)
+        wait_for(lambda: follower in (isr() or []), WAIT,
+                 message="the follower back in the in-sync set once caught up")
+        with Admin(hubs[follower].endpoint, timeout=10) as admin:
+            assert [m.payload for m in admin.scan("t.0")] == [b"1"]
+    finally:
+        for h in hubs.values():
+            try:
+                os.kill(h.pid, signal.SIGCONT)
+            except OSError:
+                pass
+            h.stop()
