@@ -337,9 +337,10 @@ def test_a_paused_follower_leaves_the_in_sync_set_and_rejoins_once_caught_up(tmp
         wait_for(lambda: isr() == ["a", "b"] or isr() == ["b", "a"], WAIT)
         os.kill(hubs[follower].pid, signal.SIGSTOP)
         try:
-            # held until the leader drops the silent follower from the in-sync set
+            # held until the leader drops the silent follower from the in-sync set (after the
+            # 3 s replica lag: well before the follower's 15 s session would end)
             reply = ask(context, endpoint, Command.PUBLISH,
-                        ["b1", [["t.0", b"1", None, None]]], WAIT)
+                        ["b1", [["t.0", b"1", None, None]]], 10)
             assert reply is not None and reply[0] == Command.CONFIRM, reply
             wait_for(lambda: isr() == [leader], WAIT, message="the shrunk set in ZooKeeper")
         finally:
