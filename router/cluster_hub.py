@@ -55,6 +55,7 @@ from .replication import (
     end_of_epoch,
 )
 from .requests import Refusal
+from .retention import parse_limits
 from .subscription import Subscription
 
 __all__ = ["ClusterHub"]
@@ -278,6 +279,12 @@ class ClusterHub(Hub):
             self.schedule.defer_scheduled(sub)
         if info is not None:
             self.valid_topics.add(name)
+        config = self.store.configs.get(name)
+        if config:  # the limits replicated from the previous leader
+            try:
+                self.trimmer.set(name, parse_limits(config))
+            except ValueError as exc:
+                log.error("cluster hub %s: %s limits not applied: %s", self.node, name, exc)
 
     def _depose(self, name: str, why: str) -> None:
         lead = self.leading.pop(name, None)
@@ -429,7 +436,8 @@ class ClusterHub(Hub):
         lead.sent_subs[node] = current
         self._send(identity, Command.REPLICA, {
             "partition": name, "epoch": lead.epoch, "records": [[s, r] for s, r in records],
-            "last_seq": info.last_seq if info else 0, "subs": subs, "epochs": lead.history})
+            "last_seq": info.last_seq if info else 0, "subs": subs, "epochs": lead.history,
+            "config": self.store.configs.get(name)})
 
     def _after_turn(self) -> None:
         now = self.clock.monotonic_ms()
@@ -544,6 +552,12 @@ class ClusterHub(Hub):
             if isinstance(msg_id, str):
                 dedup.append((msg_id, seq))
         subs = {(name, g): v for g, v in (body.get("subs") or {}).items()}
+        config = body.get("config")
+        if (config is None or isinstance(config, dict)) and config != self.store.configs.get(name):
+            try:  # the topic's limits: live here once this hub leads it
+                self.store.set_topic_config(name, config)
+            except Exception as exc:
+                log.error("cluster hub %s: %s limits not stored: %s", self.node, name, exc)
         leader_last = int(body.get("last_seq", 0))
         epochs = history if isinstance(history, list) and history else None
         if epochs is not None and epochs[-1][0] != f.last_epoch:

@@ -294,3 +294,21 @@ def test_a_min_insync_1_topic_keeps_confirming_on_its_leader_alone(cluster_hubs,
              message="the follower out of the in-sync set")
     command, body = raw(leader.endpoint).ask(Command.PUBLISH, ["b", [["t.0", b"x", None, None]]])
     assert command == Command.CONFIRM, body
+
+
+def test_topic_limits_reach_the_follower_and_apply_once_it_leads(cluster_hubs, raw):
+    from zmq_mq.actors.admin import Admin
+
+    hubs = cluster_hubs("a", "b", "c")
+    create_topic(cluster_hubs.url, "t", 1, 2)
+    meta = metadata_when(raw(hubs["a"].endpoint), lambda m: settled(m, "t", 1, 2))
+    leader, follower = leader_and_follower(hubs, meta, "t.0")
+    client = raw(leader.endpoint)
+    assert client.ask(Command.PUBLISH, ["b", [["t.0", b"x", None, None]]])[0] == Command.CONFIRM
+    with Admin(leader.endpoint, timeout=10) as admin:
+        admin.configure_topic("t.0", max_messages=5)
+    wait_for(lambda: follower.hub.store.configs.get("t.0", {}).get("max_messages") == 5, WAIT,
+             message="the limits replicated")
+    leader.stop()
+    wait_for(lambda: "t.0" in follower.hub.leading, WAIT)
+    assert follower.hub.trimmer.limits["t.0"].max_messages == 5
