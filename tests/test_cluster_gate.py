@@ -105,6 +105,7 @@ def test_a_partition_whose_state_is_not_known_yet_is_not_stored_as_a_local_topic
 
 def test_a_partition_without_a_leader_says_unavailable_and_stores_nothing(leader):
     leader.inbox.put(("state", "t.0", PartitionState("t", 0, None, 2, ("a", "b"), ("b",))))
+    leader.step([])  # the news is applied at the start of a turn
     sent = leader.step([publish("b1")])
     errors = replies(sent, Command.ERROR)
     assert [(e["code"], e["ref"], e["leader"]) for e in errors] == [("unavailable", "b1", None)]
