@@ -189,6 +189,10 @@ class ClusterHub(Hub):
 
     # --- the loop's turn --------------------------------------------------------------------
 
+    def _read_commands(self) -> None:
+        self._drain()  # decide on the latest news: a deposed hub takes no more publishes
+        super()._read_commands()
+
     def _turn(self) -> None:
         self._drain()
         super()._turn()
