@@ -356,3 +356,36 @@ def test_a_paused_follower_leaves_the_in_sync_set_and_rejoins_once_caught_up(tmp
             except OSError:
                 pass
             h.stop()
+
+
+@pytest.mark.slow
+def test_a_killed_follower_restarts_catches_up_from_its_last_seq_and_rejoins(cluster, context):
+    hubs = cluster("a", "b")
+    with ClusterClient(cluster.url) as client:
+        client.create_topic("t", 1, 2, min_insync=1, wait=WAIT)
+    endpoints = [h.endpoint for h in hubs.values()]
+    wait_for(lambda: settled(context, endpoints, "t", 1), WAIT)
+    leader, _, endpoint = leader_of(context, endpoints, "t.0")
+    follower = next(n for n in hubs if n != leader)
+
+    def isr():
+        meta = metadata(context, [endpoint])
+        return meta["partitions"]["t.0"]["isr"] if meta else []
+
+    wait_for(lambda: len(isr()) == 2, WAIT)
+    for i in range(5):
+        assert ask(context, endpoint, Command.PUBLISH,
+                   [f"a{i}", [["t.0", f"a{i}".encode(), None, None]]], 10)[0] == Command.CONFIRM
+    hubs[follower].kill9()
+    # the leader goes on alone (min_insync 1) once the dead follower left the in-sync set
+    for i in range(5):
+        reply = ask(context, endpoint, Command.PUBLISH,
+                    [f"b{i}", [["t.0", f"b{i}".encode(), None, None]]], WAIT)
+        assert reply is not None and reply[0] == Command.CONFIRM, reply
+    hubs[follower].restart()
+    wait_for(lambda: follower in isr(), WAIT, message="the restarted follower back in sync")
+    with Admin(hubs[follower].endpoint, timeout=10) as admin:
+        copy = [(m.seq, m.payload) for m in admin.scan("t.0")]
+    with Admin(endpoint, timeout=10) as admin:
+        original = [(m.seq, m.payload) for m in admin.scan("t.0")]
+    assert copy == original and len(original) == 10
