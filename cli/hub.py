@@ -107,6 +107,22 @@ def hub(
         help="Serve Prometheus metrics on http://METRICS_ADDR:PORT/metrics (0 picks a free port; default: off).",
     ),
     metrics_addr: str = typer.Option("127.0.0.1", "--metrics-addr", help="Address the metrics endpoint binds."),
+    cluster: Optional[str] = typer.Option(
+        None, "--cluster",
+        help="Join a cluster: zk://HOST:PORT[,HOST:PORT...]/CHROOT (ZooKeeper; needs the "
+        "'cluster' extra). Without it the hub is a single hub and needs nothing else.",
+    ),
+    node: Optional[str] = typer.Option(None, "--node", help="With --cluster: this hub's name in the cluster (stable across restarts)."),
+    advertise: Optional[str] = typer.Option(
+        None, "--advertise",
+        help="With --cluster: the ROUTER endpoint other hubs and clients reach this hub on "
+        "(default: the bound endpoint).",
+    ),
+    zk_session_timeout: float = typer.Option(
+        6.0, "--zk-session-timeout",
+        help="With --cluster: seconds ZooKeeper waits before taking a silent hub for dead "
+        "(its partitions then fail over).",
+    ),
 ) -> None:
     """Run the hub until SIGINT or SIGTERM."""
     from ..router.config import ConfigError, load_toml
@@ -138,6 +154,9 @@ def hub(
     if not opts["curve"] and (opts["authorized"] or opts["acl"]):
         fail("--authorized and --acl need --curve", 2)
     check_bind_options(opts["bind"], opts["pub"])
+    cluster_opts = _cluster_options(cluster, node, advertise, zk_session_timeout)
+    if cluster_opts is not None and opts["curve"]:
+        fail("--cluster with --curve is not supported yet (hubs would need keys to replicate)", 2)
     config = HubConfig(
         data_dir=opts["data"],
         bind=opts["bind"],
@@ -155,7 +174,12 @@ def hub(
         dedup_window_ms=int(opts["dedup_window"] * 1000),
     )
     try:
-        the_hub = Hub(config)
+        if cluster_opts is not None:  # the single hub (no --cluster) never imports this
+            from ..router.cluster_hub import ClusterHub
+
+            the_hub = ClusterHub(config, **cluster_opts)
+        else:
+            the_hub = Hub(config)
     except SecurityError as exc:
         fail(f"cannot start the hub: {exc}", 2)
     except Exception as exc:
@@ -188,6 +212,40 @@ def hub(
         if metrics is not None:
             metrics.stop()
         the_hub.close()
+
+
+def _cluster_options(cluster: str | None, node: str | None, advertise: str | None,
+                     session_timeout: float) -> dict | None:
+    """--cluster, --node, --advertise checked (one line and exit 2 if wrong); None without
+    --cluster."""
+    if cluster is None:
+        if node is not None or advertise is not None:
+            fail("--node and --advertise need --cluster", 2)
+        return None
+    from ..router.cluster.address import parse_cluster_address
+    from ..router.cluster.layout import check_node_name
+
+    try:
+        parse_cluster_address(cluster)
+    except ValueError as exc:
+        fail(f"--cluster: {exc}", 2)
+    if node is None:
+        fail("--cluster needs --node NAME (this hub's name in the cluster)", 2)
+    bad = check_node_name(node)
+    if bad:
+        fail(f"--node: {bad}", 2)
+    if advertise is not None:
+        problem = endpoint_problem(advertise)
+        if problem:
+            fail(f"--advertise: {problem}", 2)
+    if session_timeout <= 0:
+        fail("--zk-session-timeout must be > 0", 2)
+    try:
+        import kazoo  # noqa: F401
+    except ImportError:
+        fail("--cluster needs kazoo: pip install 'zmq-mq[cluster]'", 2)
+    return {"cluster": cluster, "node": node, "advertise": advertise,
+            "session_timeout": session_timeout}
 
 
 def check_bind_options(bind: str, pub: str | None) -> None:

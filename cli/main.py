@@ -9,6 +9,7 @@ keys.py        ``keygen``
 demo.py        ``demo``
 ops.py         ``stats``, the ``dlq`` group and ``bench`` (operator commands)
 run.py         ``run`` (a script's Actors)
+cluster.py     ``cluster status`` and the cluster form of ``topic create``
 common.py      what they share: --hub, --timeout, CURVE client keys, the error exit
 =============  ==================================================================
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import typer
 
-from . import demo, hub, keys, messages, ops, run, topics
+from . import cluster, demo, hub, keys, messages, ops, run, topics
 
 app = typer.Typer(
     add_completion=False,
@@ -39,6 +40,7 @@ app.add_typer(ops.dlq_app, name="dlq")
 app.command("bench")(ops.bench)
 app.add_typer(topics.topic_app, name="topic")
 app.command("run")(run.run)
+app.add_typer(cluster.cluster_app, name="cluster")
 
 
 def main() -> None:

@@ -103,6 +103,9 @@ def create(
                                           "partition hash(key) mod N, subscribers read all of them."),
     replicas: int | None = typer.Option(None, "--replicas", min=1, max=16, help="Cluster only (--hub "
                                         "zk://...): hubs holding each partition (default 1)."),
+    min_insync: int | None = typer.Option(None, "--min-insync", min=1, help="Cluster only: "
+                                          "in-sync replicas a publish needs before it is "
+                                          "confirmed (default min(2, replicas))."),
     hub: str | None = HubOption,
     timeout: float = TimeoutOption,
 ) -> None:
@@ -110,13 +113,14 @@ def create(
     With --hub zk://...: place a cluster topic of --partitions over the hubs, --replicas each."""
     _check_discard(discard, retention)
     cluster = is_cluster_address(hub)
-    if replicas is not None and not cluster:
-        fail("--replicas places a topic in a cluster: give --hub zk://HOST:PORT/CHROOT", 2)
+    if (replicas is not None or min_insync is not None) and not cluster:
+        fail("--replicas and --min-insync place a topic in a cluster: give --hub "
+             "zk://HOST:PORT/CHROOT", 2)
     try:
         with Admin(hub, timeout=timeout) as admin:
             if cluster:
                 result = admin.create_topic(name, partitions=partitions, replicas=replicas or 1,
-                                            max_messages=max_messages, discard=discard,
+                                            min_insync=min_insync, max_messages=max_messages, discard=discard,
                                             max_age=max_age, retention=retention,
                                             max_bytes=max_bytes)
             else:

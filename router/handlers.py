@@ -310,6 +310,17 @@ def on_detach(hub: ClientHost, identity: bytes, peer: Peer | None, body: Any) ->
     hub.turn.replies.append((identity, Command.DETACHED, [sid]))
 
 
+def on_metadata(hub: ClientHost, identity: bytes, peer: Peer | None, body: Any) -> None:
+    # A hub without --cluster: router/cluster_hub.py answers for a cluster member.
+    hub.turn.replies.append((identity, Command.METADATA, {"cluster": False, "node": None,
+                                                          "hubs": {}, "topics": {},
+                                                          "partitions": {}}))
+
+
+def on_replicate(hub: ClientHost, identity: bytes, peer: Peer | None, body: Any) -> None:
+    raise Refusal(ErrorCode.NOT_LEADER, "this hub is not in a cluster (started without --cluster)")
+
+
 HANDLERS = {
     Command.HELLO: on_hello,
     Command.HEARTBEAT: on_heartbeat,
@@ -322,4 +333,6 @@ HANDLERS = {
     Command.REJECT: on_reject,
     Command.PROGRESS: on_progress,
     Command.DETACH: on_detach,
+    Command.METADATA: on_metadata,
+    Command.REPLICATE: on_replicate,
 }

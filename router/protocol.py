@@ -132,6 +132,8 @@ class Command:
     PURGE = b"PURGE"
     REDRIVE = b"REDRIVE"
     TOPIC = b"TOPIC"  # topic config (retention limits): REPLY [ref, {"topic", "config"}]
+    METADATA = b"METADATA"  # cluster view (answered with METADATA {...}; docs/PROTOCOL.md)
+    REPLICATE = b"REPLICATE"  # cluster: a follower hub fetches a partition from its leader
 
     WELCOME = b"WELCOME"
     CONFIRM = b"CONFIRM"
@@ -140,6 +142,7 @@ class Command:
     DETACHED = b"DETACHED"
     REPLY = b"REPLY"
     ERROR = b"ERROR"
+    REPLICA = b"REPLICA"  # cluster: the leader's answer to REPLICATE
 
 
 CLIENT_COMMANDS = frozenset(
@@ -161,6 +164,8 @@ CLIENT_COMMANDS = frozenset(
         Command.PURGE,
         Command.REDRIVE,
         Command.TOPIC,
+        Command.METADATA,
+        Command.REPLICATE,
     }
 )
 HUB_COMMANDS = frozenset(
@@ -173,6 +178,8 @@ HUB_COMMANDS = frozenset(
         Command.HEARTBEAT,
         Command.REPLY,
         Command.ERROR,
+        Command.METADATA,
+        Command.REPLICA,
     }
 )
 
@@ -195,6 +202,10 @@ class ErrorCode(str, Enum):
     TOPIC_FULL = "topic_full"  # the topic is at its max_messages with discard=new: batch refused
     FORBIDDEN = "forbidden"  # the hub's ACL does not grant this client key the topic
     INTERNAL = "internal"  # a bug in the hub; the hub keeps serving
+    # cluster mode (docs/PROTOCOL.md "Cluster"): nothing of the refused command was done
+    NOT_LEADER = "not_leader"  # this hub does not lead that partition (map: leader hint)
+    UNAVAILABLE = "unavailable"  # the partition has no leader now (no in-sync replica live)
+    NOT_ENOUGH_REPLICAS = "not_enough_replicas"  # in-sync replicas below the topic's min_insync
 
 
 class DecodeError(Exception):

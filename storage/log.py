@@ -53,7 +53,8 @@ _DB_SUBS = b"subs"
 _SUB_SEP = b"\x00"  # cannot occur in topic or group names (protocol validates both)
 _DB_DEDUP = b"dedup"
 _DB_DEDUP_EXP = b"dedup_exp"
-_DB_META = b"meta"  # store bookkeeping (the touch counter); never read by the hub
+_DB_META = b"meta"  # store bookkeeping (the touch counter; a cluster partition's epochs)
+_EPOCHS = b"epochs:"  # + topic: msgpack [[epoch, first seq], ...] (cluster mode only)
 _DB_SCHED = b"sched"  # topic + NUL + 8-byte seq -> 8-byte due time (wall ms): delayed messages
 _DB_TOPIC_CONFIG = b"topic_config"  # topic name -> msgpack map of its retention limits
 _DB_PATTERNS = b"patterns"  # pattern + NUL + group -> msgpack options of a pattern subscription
@@ -527,6 +528,132 @@ class Store:
             if key[:_ID_BYTES] == prefix:
                 return int.from_bytes(key[_ID_BYTES:], "big")
         return info.last_seq + 1
+
+    # -- cluster followers (router/replication.py) ------------------------------------------
+
+    def replicate(
+        self,
+        topic: str,
+        records: list[tuple[int, bytes]],
+        last_seq: int,
+        subs: dict[tuple[str, str], bytes | None] | None = None,
+        dedup: list[tuple[str, int]] | None = None,
+        now_ms: int = 0,
+        epochs: list[list[int]] | None = None,
+    ) -> TopicInfo:
+        """A follower's copy of its leader's log: store ``records`` (``(seq, record)``, seqs
+        increasing, every one above this topic's ``last_seq``) at the leader's sequences, raise
+        ``last_seq`` to the leader's (sequences never repeat, even where the leader trimmed), put
+        the replicated subscription states ``subs`` and dedup entries ``dedup`` (``(msg_id,
+        seq)``), all in one write transaction. The ordinary :meth:`commit` (the hub's hot path)
+        is untouched by this path. Returns the topic's new info."""
+        self._check_open()
+        info = self.topics.get(topic)
+        last = info.last_seq if info else 0
+        if records and records[0][0] <= last:
+            raise StorageError(f"topic {topic!r}: replicated seq {records[0][0]} is not above the "
+                               f"stored last seq {last}")
+        for (a, _), (b, _) in zip(records, records[1:]):
+            if b <= a:
+                raise StorageError(f"topic {topic!r}: replicated seqs must increase")
+        new_last = max(last, last_seq, records[-1][0] if records else 0)
+        tid = info.id if info else self._next_id
+        prefix_pack = _LOG_KEY.pack
+        nbytes = sum(len(r) for _, r in records)
+        try:
+            with self._env.begin(write=True) as txn:
+                cursor = txn.cursor(db=self._log_db)
+                if records:
+                    items = [(prefix_pack(tid, seq), rec) for seq, rec in records]
+                    _, added = cursor.putmulti(items, overwrite=False)
+                    if added != len(records):
+                        raise StorageError(f"topic {topic!r}: replicated seqs already stored")
+                if info is None:
+                    first = records[0][0] if records else new_last + 1
+                    new = TopicInfo(topic, tid, first, new_last, len(records), nbytes, now_ms)
+                else:
+                    first = info.first_seq
+                    if info.count == 0 and records:
+                        first = records[0][0]
+                    new = TopicInfo(topic, tid, first, new_last, info.count + len(records),
+                                    info.bytes + nbytes, info.created_ms)
+                txn.put(topic.encode(), new._pack(), db=self._topics_db)
+                for (t, group), value in (subs or {}).items():
+                    key = _sub_key(t, group)
+                    if value is None:
+                        txn.delete(key, db=self._subs_db)
+                    else:
+                        txn.put(key, value, db=self._subs_db)
+                if dedup:
+                    self._put_dedup(txn, [(topic, m, s) for m, s in dedup], {topic: 0}, now_ms)
+                if epochs is not None:
+                    txn.put(_EPOCHS + topic.encode(), msgpack.packb(epochs), db=self._meta_db)
+        except lmdb.MapFullError:
+            self._grow(lmdb.MapFullError("map full"))
+            return self.replicate(topic, records, last_seq, subs, dedup, now_ms, epochs)
+        except lmdb.Error as exc:
+            if _is_disk_full(exc):
+                raise StorageFull(f"disk full: {exc}") from exc
+            raise StorageError(f"replicated commit failed: {exc}") from exc
+        if dedup:
+            self._dedup_oldest = now_ms if self._dedup_oldest is None else min(
+                self._dedup_oldest, now_ms)
+        if info is None:
+            self._next_id = tid + 1
+            self.topics[topic] = new
+        else:
+            info.first_seq, info.last_seq = new.first_seq, new.last_seq
+            info.count, info.bytes = new.count, new.bytes
+        if records:
+            self._tail_id = max(self._tail_id, tid)
+        return self.topics[topic]
+
+    def epochs(self, topic: str) -> list[list[int]]:
+        """A cluster partition's leader epochs: ``[[epoch, first seq it wrote], ...]`` in
+        order (what a follower compares to find where its log diverged)."""
+        self._check_open()
+        with self._env.begin(db=self._meta_db) as txn:
+            value = txn.get(_EPOCHS + topic.encode())
+        return [list(e) for e in msgpack.unpackb(value)] if value else []
+
+    def set_epochs(self, topic: str, epochs: list[list[int]]) -> None:
+        """Store a partition's epoch history (a new leader appends its epoch), durably."""
+        self._check_open()
+        try:
+            with self._env.begin(write=True, db=self._meta_db) as txn:
+                txn.put(_EPOCHS + topic.encode(), msgpack.packb(epochs))
+        except lmdb.Error as exc:
+            raise StorageError(f"epoch history write failed: {exc}") from exc
+
+    def truncate(self, topic: str, after_seq: int, msg_ids: Iterable[str] = ()) -> int:
+        """A cluster follower's diverged tail: remove every record above ``after_seq`` and the
+        dedup entries of ``msg_ids`` that point above it, and set ``last_seq`` back to
+        ``after_seq`` (those sequences were never confirmed: the new leader's records take
+        them). One transaction; returns how many records went."""
+        self._check_open()
+        info = self.topics.get(topic)
+        if info is None or info.last_seq <= after_seq:
+            return 0
+        try:
+            with self._env.begin(write=True) as txn:
+                cursor = txn.cursor(db=self._log_db)
+                n, nbytes = self._delete_in(txn, cursor, info,
+                                            range(after_seq + 1, info.last_seq + 1))
+                for msg_id in msg_ids:
+                    key = topic.encode() + _SUB_SEP + msg_id.encode()
+                    value = txn.get(key, db=self._dedup_db)
+                    if value is not None and _DEDUP_VALUE.unpack(value)[0] > after_seq:
+                        txn.delete(key, db=self._dedup_db)
+                count = info.count - n
+                first = info.first_seq if count else after_seq + 1
+                new = TopicInfo(topic, info.id, min(first, after_seq + 1) if count == 0 else first,
+                                after_seq, count, info.bytes - nbytes, info.created_ms)
+                txn.put(topic.encode(), new._pack(), db=self._topics_db)
+        except lmdb.Error as exc:
+            raise StorageError(f"truncate failed: {exc}") from exc
+        info.first_seq, info.last_seq, info.count, info.bytes = (
+            new.first_seq, new.last_seq, new.count, new.bytes)
+        return n
 
     def delete(self, topic: str, seqs: Iterable[int]) -> int:
         """Remove the stored records of ``seqs`` (a list or a ``range``); returns how many."""

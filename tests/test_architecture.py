@@ -8,8 +8,9 @@ from pathlib import Path
 import zmq_mq.router
 
 ROUTER = Path(zmq_mq.router.__file__).parent
-# metrics.py serves the hub's statistics over HTTP: it takes a Hub (a type hint only)
-USES_THE_HUB = {"hub", "metrics"}
+# metrics.py serves the hub's statistics over HTTP: it takes a Hub (a type hint only);
+# cluster_hub.py is the hub in cluster mode (a Hub subclass, so the single hub runs none of it)
+USES_THE_HUB = {"hub", "metrics", "cluster_hub"}
 
 
 def _router_imports(path: Path) -> set[str]:

@@ -16,7 +16,9 @@ CLI = ROOT / "cli"
 
 # router modules any command may use: the wire format, the endpoint check, the dead-letter record
 # layout and where key files live. Every other router module is the hub (or its configuration).
-SHARED_ROUTER_MODULES = {"protocol", "endpoint", "deadletters", "security"}
+# router/cluster is the cluster's coordination (ZooKeeper reads, topic placement), which
+# clients share (docs/CLUSTER.md); the cluster hub itself is router/cluster_hub.py.
+SHARED_ROUTER_MODULES = {"protocol", "endpoint", "deadletters", "security", "cluster"}
 # the one cli module allowed to import the hub: `zmq-mq demo` starts its hub through it
 HUB_COMMAND = "hub.py"
 

@@ -257,8 +257,9 @@ def test_a_leader_may_grow_its_isr_but_a_stale_epoch_write_is_refused(cluster):
                 if p == name and isinstance(s, PartitionState) and s.epoch > state.epoch]
 
     cluster.wait(lambda: seen_by_follower(), "h1 deposed")
-    # (unavailable: the follower was out of sync; h1 may already lead again, at epoch + 2)
-    assert (seen_by_follower()[0].leader, seen_by_follower()[0].epoch) == (None, state.epoch + 1)
+    # (unavailable at epoch + 1: the follower was out of sync; h1 may already lead again, at
+    # epoch + 2, and a watch may skip the intermediate state, so only what was seen is checked)
+    assert all(s.leader is None for s in seen_by_follower() if s.epoch == state.epoch + 1)
     assert all(s.leader != follower for s in seen_by_follower())
     # ...and h1's old epoch is refused once it is back
     wait_rejoined(leader, leader_session)

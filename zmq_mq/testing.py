@@ -92,6 +92,54 @@ class HubThread:
             raise self.error
 
 
+class ClusterHubThread:
+    """A cluster hub (router/cluster_hub.py, ``zmq-mq hub --cluster``) on a thread of this
+    process, bound to a free loopback port, a member of the cluster at ``url`` as ``node``."""
+
+    def __init__(self, data_dir: str | Path, url: str, node: str, *,
+                 session_timeout: float = 2.0, **config: Any) -> None:
+        config.setdefault("bind", LOOPBACK_ANY_PORT)
+        config.setdefault("pub", None)
+        config.setdefault("sync", False)
+        self.config = HubConfig(data_dir=str(data_dir), **config)
+        self.url = url
+        self.node = node
+        self.session_timeout = session_timeout
+        self.hub = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "ClusterHubThread":
+        from .router.cluster_hub import ClusterHub
+
+        self.hub = ClusterHub(self.config, cluster=self.url, node=self.node,
+                              session_timeout=self.session_timeout)
+        try:
+            self.hub.bind()
+        except BaseException:
+            self.hub.close()
+            self.hub = None
+            raise
+        self._thread = threading.Thread(target=self.hub.run, daemon=True,
+                                        name=f"zmq-mq-hub-{self.node}")
+        self._thread.start()
+        if not self.hub.running.wait(10):
+            raise RuntimeError("cluster hub thread did not start")
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        return self.hub.endpoint
+
+    def stop(self) -> None:
+        if self.hub is None:
+            return
+        self.hub.stop()
+        if self._thread is not None:
+            self._thread.join(10)
+        self.hub.close()
+        self.hub = None
+
+
 @contextlib.contextmanager
 def running_hub(
     data_dir: str | Path | None = None, *, clock: Clock | None = None, **config: Any

@@ -1,0 +1,746 @@
+"""A hub in a cluster (``zmq-mq hub --cluster zk://... --node NAME``): the single hub's loop,
+plus leadership, replication and confirm gating per partition.
+
+:class:`ClusterHub` is a :class:`~zmq_mq.router.hub.Hub` subclass, so the single hub (no
+``--cluster``) runs none of this: not one more test per message. It adds:
+
+- a :class:`~zmq_mq.router.cluster.coordinator.ClusterMember` beside the loop: its threads
+  (kazoo's) put every partition state into ``inbox`` and ``wake()`` the loop, which applies
+  them at the start of its next turn (``_drain``): the loop alone decides what it leads;
+- the wrapped client handlers: PUBLISH / SUBSCRIBE / settlements of a cluster partition this
+  hub does not lead are refused with ``not_leader`` (a leader hint), ``unavailable`` (no
+  leader) or ``not_enough_replicas`` (in-sync set below ``min_insync``); METADATA answers from
+  the hub's ZooKeeper view; REPLICATE serves followers;
+- replication (router/replication.py): as follower, a fetch loop per partition through the
+  :class:`~zmq_mq.router.replication.Fetcher` thread, each REPLICA committed with the leader's
+  sequences (``Store.replicate``); as leader, the followers' positions, the in-sync set kept
+  (``member.update_isr``), and CONFIRMs held in the
+  :class:`~zmq_mq.router.replication.ConfirmGate` until every in-sync replica holds them.
+
+docs/CLUSTER.md is the design; docs/PROTOCOL.md "Cluster" the wire.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from typing import Any
+
+from . import protocol
+from .attachments import Peer
+from .cluster.address import parse_cluster_address
+from .cluster.errors import FencedError, StaleEpochError
+from .cluster.layout import (
+    ClusterPaths,
+    HubInfo,
+    PartitionState,
+    TopicSpec,
+    check_node_name,
+    decode_hub,
+    decode_topic,
+    in_replica_order,
+)
+from .cluster.placement import default_min_insync
+from .config import HubConfig
+from .handlers import HANDLERS as CLIENT_HANDLERS
+from .hub import Hub
+from .protocol import Command, ErrorCode
+from .replication import (
+    ConfirmGate,
+    Fetcher,
+    Following,
+    IsrWriter,
+    Leadership,
+    Verdict,
+    end_of_epoch,
+)
+from .requests import Refusal
+from .retention import parse_limits
+from .subscription import Subscription
+
+__all__ = ["ClusterHub"]
+
+log = logging.getLogger("zmq_mq.cluster_hub")
+
+# A follower that has not been at the leader's end for this long leaves the in-sync set.
+DEFAULT_REPLICA_LAG_MS = 3000
+# A leader answers a fetch with nothing new after this long (so followers show they live).
+LONG_POLL_MS = 250
+# A follower asks again when a fetch got no answer for this long (leader gone or slow).
+FETCH_TIMEOUT_MS = 1000
+# Records per REPLICA at most.
+MAX_REPLICA_RECORDS = 2000
+RETRY_MS = 200
+# A leader sends every subscription snapshot again this often (changes go at once).
+FULL_SUBS_MS = 5000
+
+
+class NotLeader(Refusal):
+    """A refusal with the leader hint of the contract (``leader``, ``leader_endpoint``,
+    ``epoch`` in the ERROR map)."""
+
+    def __init__(self, code: ErrorCode, message: str, ref: Any, extra: dict) -> None:
+        super().__init__(code, message, ref)
+        self.extra = extra
+
+
+class ClusterHub(Hub):
+    """A hub that is a member of a cluster. ``cluster``: ``zk://HOST:PORT[,...]/CHROOT``;
+    ``node``: its name in the cluster; ``advertise``: the ROUTER endpoint peers reach it on
+    (default: the bound endpoint)."""
+
+    def __init__(self, config: HubConfig | None = None, *, cluster: str, node: str,
+                 advertise: str | None = None, session_timeout: float | None = None,
+                 replica_lag_ms: int = DEFAULT_REPLICA_LAG_MS, **kwargs: Any) -> None:
+        self.cluster_address = parse_cluster_address(cluster)  # ValueError: one line
+        bad = check_node_name(node)
+        if bad:
+            raise ValueError(bad)
+        super().__init__(config, **kwargs)
+        self.node = node
+        self._advertise = advertise
+        self._session_timeout = session_timeout
+        self.replica_lag_ms = replica_lag_ms
+        self.paths = ClusterPaths(self.cluster_address.chroot)
+        # news from the member's threads and the fetcher, applied by the loop
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.states: dict[str, PartitionState | None] = {}  # the loop's view; None: fenced
+        self.hubs_view: dict[str, HubInfo] = {}
+        self.topic_specs: dict[str, TopicSpec] = {}
+        self.leading: dict[str, Leadership] = {}
+        self.following: dict[str, Following] = {}
+        self.gate = ConfirmGate()
+        self._deposed_sids: set[tuple[bytes, int]] = set()
+        self.member = None
+        self.fetcher: Fetcher | None = None
+        self.isr_writer: IsrWriter | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def bind(self) -> None:
+        super().bind()
+        if self.member is not None:
+            return
+        from kazoo.recipe.watchers import ChildrenWatch
+
+        from .cluster.coordinator import DEFAULT_SESSION_TIMEOUT, ClusterMember
+
+        self.fetcher = Fetcher(self._ctx, self.inbox, self.wake, self.node).start()
+        self.member = ClusterMember(
+            self.cluster_address, self.node, self._advertise or self.endpoint,
+            self.pub_endpoint, on_change=self._on_change,
+            session_timeout=self._session_timeout or DEFAULT_SESSION_TIMEOUT)
+        self.member.start()
+        self.isr_writer = IsrWriter(self.member, self.inbox, self.wake)
+        ChildrenWatch(self.member.zk, self.paths.hubs, self._on_hubs)
+        ChildrenWatch(self.member.zk, self.paths.topics, self._on_topics)
+
+    def close(self) -> None:
+        if self.isr_writer is not None:
+            self.isr_writer.stop()
+            self.isr_writer = None
+        if self.member is not None:
+            try:
+                self.member.close()
+            except Exception:  # leaving is best effort: the session expires anyway
+                log.exception("leaving the cluster failed")
+            self.member = None
+        if self.fetcher is not None:
+            self.fetcher.stop()
+            self.fetcher = None
+        super().close()
+
+    # --- news from the member's threads (never blocking the loop) ---------------------------
+
+    def _on_change(self, partition: str, state: Any) -> None:
+        self.inbox.put(("state", partition, state))
+        self.wake()
+
+    def _on_hubs(self, children: list[str]) -> bool | None:
+        if self.member is None:
+            return False
+        hubs = {}
+        for node in children:
+            try:
+                data, _ = self.member.zk.get(self.paths.hub(node))
+                hubs[node] = decode_hub(data)
+            except Exception:  # gone while listed, or not ours: skip it
+                continue
+        self.hubs_view = hubs
+        self.inbox.put(("hubs",))
+        self.wake()
+        return None
+
+    def _on_topics(self, children: list[str]) -> bool | None:
+        if self.member is None:
+            return False
+        specs = dict(self.topic_specs)
+        for name in children:
+            if name not in specs:
+                try:
+                    data, _ = self.member.zk.get(self.paths.topic(name))
+                    specs[name] = decode_topic(data)
+                except Exception:
+                    continue
+        self.topic_specs = {n: s for n, s in specs.items() if n in children}
+        self.inbox.put(("topics",))
+        self.wake()
+        return None
+
+    # --- the loop's turn --------------------------------------------------------------------
+
+    def _read_commands(self) -> None:
+        self._drain()  # decide on the latest news: a deposed hub takes no more publishes
+        super()._read_commands()
+
+    def _turn(self) -> None:
+        self._drain()
+        super()._turn()
+        self._after_turn()
+
+    def _drain(self) -> None:
+        inbox = self.inbox
+        while True:
+            try:
+                item = inbox.get_nowait()
+            except queue.Empty:
+                return
+            kind = item[0]
+            try:
+                if kind == "state":
+                    self._apply_state(item[1], item[2])
+                elif kind == "replica":
+                    self._on_replica(item[1], item[2])
+                elif kind == "isr":
+                    self._isr_written(item[1], item[2], item[3])
+                elif kind == "topics":  # a leadership taken before its topic's spec was read
+                    for name, lead in self.leading.items():
+                        state = self.states.get(name)
+                        if state is not None:
+                            lead.min_insync = self._min_insync(state)
+            except Exception:
+                log.exception("cluster hub %s: handling %s failed", self.node, kind)
+
+    def _apply_state(self, name: str, state: Any) -> None:
+        if not isinstance(state, PartitionState):  # FENCED, or None (partition gone)
+            if state is None:
+                self.states.pop(name, None)
+            else:
+                self.states[name] = None
+            if name in self.leading:
+                self._depose(name, "fenced: lost its ZooKeeper connection")
+            self.following.pop(name, None)
+            return
+        self.states[name] = state
+        me = self.node
+        if state.leader == me:
+            lead = self.leading.get(name)
+            if lead is None or lead.epoch != state.epoch:
+                if lead is not None:
+                    self._depose(name, "a new epoch")
+                self._become_leader(name, state)
+            else:
+                lead.isr = state.isr
+            return
+        if name in self.leading:
+            self._depose(name, f"{state.leader} leads it at epoch {state.epoch}")
+        if me in state.replicas and state.leader is not None:
+            f = self.following.get(name)
+            if f is None or f.epoch != state.epoch or f.leader != state.leader:
+                history = self.store.epochs(name)
+                self.following[name] = Following(state.leader, state.epoch,
+                                                 history[-1][0] if history else -1)
+                self._drop_local_subs(name)
+        else:
+            self.following.pop(name, None)
+
+    def _min_insync(self, state: PartitionState) -> int:
+        spec = self.topic_specs.get(state.topic)
+        return spec.min_insync if spec else default_min_insync(len(state.replicas))
+
+    def _become_leader(self, name: str, state: PartitionState) -> None:
+        log.info("cluster hub %s leads %s at epoch %d (isr %s)", self.node, name, state.epoch,
+                 list(state.isr))
+        self.following.pop(name, None)
+        now = self.clock.monotonic_ms()
+        lead = self.leading[name] = Leadership(state.epoch, state.isr, state.replicas,
+                                               self._min_insync(state), now)
+        # the subscription state replicated from the previous leader becomes live
+        info = self.store.topics.get(name)
+        last = info.last_seq if info else 0
+        history = self.store.epochs(name)
+        if not history or history[-1][0] != state.epoch:
+            history.append([state.epoch, last + 1])
+            self.store.set_epochs(name, history)
+        lead.history = history
+        for (topic, group), blob in self.store.load_subs().items():
+            if topic != name or (topic, group) in self.subs:
+                continue
+            sub = self.subs[(topic, group)] = Subscription.restore(
+                topic, group, protocol.unpack(blob), last_seq=last,
+                lookup=self.groups.lookup(topic))
+            sub.published(last, priority=True)
+            self.schedule.defer_scheduled(sub)
+        if info is not None:
+            self.valid_topics.add(name)
+        config = self.store.configs.get(name)
+        if config:  # the limits replicated from the previous leader
+            try:
+                self.trimmer.set(name, parse_limits(config))
+            except ValueError as exc:
+                log.error("cluster hub %s: %s limits not applied: %s", self.node, name, exc)
+
+    def _depose(self, name: str, why: str) -> None:
+        lead = self.leading.pop(name, None)
+        log.info("cluster hub %s no longer leads %s: %s", self.node, name, why)
+        if lead is not None:
+            for identity, _, _, _, _ in lead.parked:
+                self._send(identity, Command.ERROR, protocol.error_body(
+                    ErrorCode.NOT_LEADER, f"{self.node} no longer leads {name}",
+                    Command.REPLICATE, name))
+        self._release()  # what waited for this partition fails now: not_leader
+        self._drop_local_subs(name)
+
+    def _drop_local_subs(self, name: str) -> None:
+        """A partition this hub does not lead: its subscriptions live on the leader (the
+        replicated state is in the store); attached actors hear not_leader."""
+        keys = [k for k in self.subs if k[0] == name]
+        if not keys:
+            return
+        now = self.clock.monotonic_ms()
+        for identity, peer in list(self.attachments.peers.items()):
+            for sid, att in list(peer.attachments.items()):
+                if name in att.subs:
+                    self.attachments.detach(identity, peer, sid, now)
+                    self._deposed_sids.add((identity, sid))
+                    self._send(identity, Command.ERROR, {
+                        **protocol.error_body(ErrorCode.NOT_LEADER,
+                                              f"{self.node} no longer leads {name}: subscribe "
+                                              "on its leader", Command.SUBSCRIBE, sid),
+                        **self._hint(name)})
+        for key in keys:
+            self.subs.pop(key, None)
+
+    # --- leader side ------------------------------------------------------------------------
+
+    def _hint(self, name: str) -> dict:
+        state = self.states.get(name)
+        leader = state.leader if state is not None else None
+        info = self.hubs_view.get(leader) if leader else None
+        return {"leader": leader, "leader_endpoint": info.endpoint if info else None,
+                "epoch": state.epoch if state is not None else None}
+
+    def _refusal(self, name: str, ref: Any, publish: bool = True) -> NotLeader | None:
+        """Why this hub may not take a publish (or subscribe, ``publish`` False) of partition
+        ``name`` now (None: it may)."""
+        lead = self.leading.get(name)
+        if lead is not None and not self.member.fenced:
+            if publish and len(lead.isr) < lead.min_insync:
+                return NotLeader(ErrorCode.NOT_ENOUGH_REPLICAS,
+                                 f"{name} has {len(lead.isr)} in-sync replicas, fewer than its "
+                                 f"min_insync {lead.min_insync}: nothing stored", ref,
+                                 self._hint(name))
+            return None
+        state = self.states.get(name)
+        if state is not None and state.leader is None:
+            return NotLeader(ErrorCode.UNAVAILABLE, f"{name} has no leader now (no in-sync "
+                             "replica is live): nothing stored", ref, self._hint(name))
+        hint = self._hint(name)
+        return NotLeader(ErrorCode.NOT_LEADER, f"{self.node} does not lead {name} (leader: "
+                         f"{hint['leader']}): nothing stored", ref, hint)
+
+    def _check_topic(self, topic: Any, ref: Any, publish: bool = True) -> None:
+        if topic in self.states:
+            why = self._refusal(topic, ref, publish)
+            if why is not None:
+                raise why
+        elif topic in self.topic_specs:
+            raise Refusal(ErrorCode.INVALID, f"{topic} is a cluster topic: use its partitions "
+                          f"{topic}.0 .. (each on its leader; METADATA names them)", ref)
+        elif isinstance(topic, str) and topic.rpartition(".")[0] in self.topic_specs:
+            # a partition whose state this hub has not read yet (just created): not here
+            raise NotLeader(ErrorCode.NOT_LEADER, f"{self.node} does not know {topic}'s leader "
+                            "yet: nothing stored; ask METADATA again", ref,
+                            {"leader": None, "leader_endpoint": None, "epoch": None})
+
+    def _commit(self) -> dict[str, tuple[int, list[bytes]]]:
+        leading = self.leading
+        states = self.states
+        if not states:
+            return super()._commit()
+        turn = self.turn
+        # Every cluster partition this turn wrote, led or not: a publish accepted while this
+        # hub led may meet a deposition (applied at the start of the turn) before its commit;
+        # its confirm must then fail, never go out ungated.
+        touched = [t for t in turn.appends if t in states]
+        if turn.dedup_hits:
+            # a repeat confirms a seq stored earlier, of a partition not named here: wait for
+            # every partition led (none led: fail)
+            touched = list(leading) or [""]
+        mark = len(self._outbox)
+        stored = super()._commit()
+        if touched:
+            topics = self.store.topics
+            need = {t: (leading[t].epoch if t in leading else -1,
+                        topics[t].last_seq if t in topics else 0) for t in touched}
+            outbox = self._outbox
+            held = [e for e in outbox[mark:] if e[1] == Command.CONFIRM]
+            if held and need:
+                self._outbox = outbox[:mark] + [e for e in outbox[mark:]
+                                                if e[1] != Command.CONFIRM]
+                self.gate.hold(need, held)
+        for topic in stored:
+            lead = leading.get(topic)
+            if lead is not None and lead.parked:
+                parked, lead.parked = lead.parked, []
+                for identity, node, from_seq, limit, _ in parked:
+                    self._answer_fetch(identity, topic, lead, from_seq, limit, node)
+        return stored
+
+    def _check_gate(self, need: dict[str, tuple[int, int]]) -> str:
+        if self.member is None or self.member.fenced:
+            return Verdict.FAIL
+        me = self.node
+        for name, (epoch, seq) in need.items():
+            lead = self.leading.get(name)
+            if lead is None or lead.epoch != epoch:
+                return Verdict.FAIL
+            if len(lead.isr) < lead.min_insync:
+                return Verdict.WAIT
+            for f in lead.isr:
+                if f != me and lead.pos.get(f, 0) < seq:
+                    return Verdict.WAIT
+        return Verdict.OK
+
+    def _release(self) -> None:
+        send, failed = self.gate.release(self._check_gate)
+        for identity, command, body in send:
+            self._send(identity, command, body)
+        for identity, _, body in failed:
+            self.counters["errors"] += 1
+            self._send(identity, Command.ERROR, {
+                **protocol.error_body(ErrorCode.NOT_LEADER,
+                                      f"{self.node} lost the leadership before this batch was "
+                                      "replicated: not confirmed; publish it to the new leader",
+                                      Command.PUBLISH, body[0]),
+                "leader": None, "leader_endpoint": None, "epoch": None})
+
+    def _answer_fetch(self, identity: bytes, name: str, lead: Leadership, from_seq: int,
+                      limit: int, node: str) -> None:
+        info = self.store.topics.get(name)
+        records = self.store.read_range(name, from_seq, limit) if info else []
+        current = {g: protocol.pack(s.snapshot()) for (t, g), s in self.subs.items() if t == name}
+        now = self.clock.monotonic_ms()
+        sent = lead.sent_subs.get(node, {})
+        if now - lead.full_subs_at.get(node, -FULL_SUBS_MS) >= FULL_SUBS_MS:
+            subs = current
+            lead.full_subs_at[node] = now
+        else:
+            subs = {g: v for g, v in current.items() if sent.get(g) != v}  # what changed
+        lead.sent_subs[node] = current
+        self._send(identity, Command.REPLICA, {
+            "partition": name, "epoch": lead.epoch, "records": [[s, r] for s, r in records],
+            "last_seq": info.last_seq if info else 0, "subs": subs, "epochs": lead.history,
+            "config": self.store.configs.get(name)})
+
+    def _after_turn(self) -> None:
+        now = self.clock.monotonic_ms()
+        fetcher = self.fetcher
+        # follower side: one fetch in flight per partition
+        for name, f in self.following.items():
+            if f.inflight_at is not None and now - f.inflight_at < FETCH_TIMEOUT_MS:
+                continue
+            if now < f.retry_at:
+                continue
+            info = self.hubs_view.get(f.leader)
+            if info is None or fetcher is None:
+                continue
+            local = self.store.topics.get(name)
+            fetcher.fetch(info.endpoint, {
+                "partition": name, "epoch": f.epoch, "node": self.node,
+                "last_epoch": f.last_epoch,
+                "from_seq": (local.last_seq if local else 0) + 1, "max": MAX_REPLICA_RECORDS})
+            f.inflight_at = now
+        # leader side: parked fetches that waited long enough, the in-sync set, the gate
+        for name, lead in list(self.leading.items()):
+            if lead.parked:
+                keep = []
+                for item in lead.parked:
+                    if item[4] <= now:
+                        self._answer_fetch(item[0], name, lead, item[2], item[3], item[1])
+                    else:
+                        keep.append(item)
+                lead.parked = keep
+            self._maintain_isr(name, lead, now)
+        if self.gate.held:
+            self._release()
+
+    def _maintain_isr(self, name: str, lead: Leadership, now: int) -> None:
+        if (lead.isr_pending or now < lead.next_isr_try or self.member is None
+                or self.member.fenced):
+            return
+        info = self.store.topics.get(name)
+        last = info.last_seq if info else 0
+        lag = self.replica_lag_ms
+        me = self.node
+        isr = set(lead.isr)
+        for f in lead.replicas:
+            if f == me:
+                continue
+            live = now - lead.seen.get(f, lead.since) <= lag
+            if lead.pos.get(f, -1) >= last and live:
+                lead.caught_up[f] = now
+            in_sync = live and now - lead.caught_up.get(f, lead.since) <= lag
+            if f in isr and not in_sync:
+                isr.discard(f)
+            elif f not in isr and in_sync and lead.pos.get(f, -1) >= last:
+                isr.add(f)
+        if isr == set(lead.isr) or self.isr_writer is None:
+            return
+        lead.isr_pending = True
+        self.isr_writer.submit(name, lead.epoch, in_replica_order(lead.replicas, isr))
+
+    def _isr_written(self, name: str, epoch: int, result: Any) -> None:
+        lead = self.leading.get(name)
+        if lead is None or lead.epoch != epoch:
+            return  # no longer leading at that epoch: the deposition was handled
+        lead.isr_pending = False
+        if isinstance(result, PartitionState):
+            log.info("cluster hub %s: %s in-sync replicas %s -> %s", self.node, name,
+                     list(lead.isr), list(result.isr))
+            lead.isr = result.isr
+        elif isinstance(result, (StaleEpochError, FencedError)):
+            self._depose(name, str(result))
+        else:  # ZooKeeper busy, a follower that left meanwhile...: again a little later
+            log.info("cluster hub %s: in-sync set of %s not changed: %s", self.node, name, result)
+            lead.next_isr_try = self.clock.monotonic_ms() + RETRY_MS * 5
+
+    # --- follower side ----------------------------------------------------------------------
+
+    def _on_replica(self, command: bytes, body: Any) -> None:
+        if command == Command.ERROR:
+            err = protocol.parse_error(body)
+            name = err.get("ref")
+            f = self.following.get(name) if isinstance(name, str) else None
+            if f is not None:
+                f.inflight_at = None
+                f.retry_at = self.clock.monotonic_ms() + RETRY_MS
+                log.info("cluster hub %s: fetch of %s refused: %s", self.node, name,
+                         err["message"])
+            return
+        if command != Command.REPLICA or not isinstance(body, dict):
+            return
+        name = body.get("partition")
+        f = self.following.get(name)
+        if f is None or body.get("epoch") != f.epoch:
+            return  # a stale leader's answer, or a partition no longer followed: dropped
+        f.inflight_at = None
+        history = body.get("epochs")
+        truncate = body.get("truncate")
+        if type(truncate) is int:  # this copy diverged from the leader's log after `truncate`
+            self._truncate(name, truncate)
+            if isinstance(history, list):
+                self.store.set_epochs(name, history)
+                f.last_epoch = history[-1][0] if history else -1
+            return
+        local = self.store.topics.get(name)
+        last = local.last_seq if local else 0
+        records = [(int(s), r) for s, r in body.get("records", ()) if int(s) > last]
+        dedup = []
+        for seq, rec in records:
+            try:
+                headers = protocol.unpack_record(rec)[2]
+            except protocol.DecodeError:
+                continue
+            msg_id = headers.get(protocol.MSG_ID_HEADER) if isinstance(headers, dict) else None
+            if isinstance(msg_id, str):
+                dedup.append((msg_id, seq))
+        subs = {(name, g): v for g, v in (body.get("subs") or {}).items()}
+        config = body.get("config")
+        if (config is None or isinstance(config, dict)) and config != self.store.configs.get(name):
+            try:  # the topic's limits: live here once this hub leads it
+                self.store.set_topic_config(name, config)
+            except Exception as exc:
+                log.error("cluster hub %s: %s limits not stored: %s", self.node, name, exc)
+        leader_last = int(body.get("last_seq", 0))
+        epochs = history if isinstance(history, list) and history else None
+        if epochs is not None and epochs[-1][0] != f.last_epoch:
+            pass  # the leader's history is stored with the records below
+        elif not records and not subs and leader_last <= last:
+            return
+        try:
+            self.store.replicate(name, records, leader_last, subs, dedup,
+                                 now_ms=self.clock.wall_ms(), epochs=epochs)
+            if epochs is not None:
+                f.last_epoch = epochs[-1][0]
+        except Exception as exc:
+            log.error("cluster hub %s: replicating %s failed: %s", self.node, name, exc)
+            f.retry_at = self.clock.monotonic_ms() + RETRY_MS
+
+    def _truncate(self, name: str, after: int) -> None:
+        """Drop this copy's records above ``after``: a former leader's tail that was never
+        confirmed (the leader's log differs from there)."""
+        info = self.store.topics.get(name)
+        if info is None or info.last_seq <= after:
+            return
+        ids = []
+        for _, rec in self.store.read_range(name, after + 1, info.last_seq - after):
+            try:
+                headers = protocol.unpack_record(rec)[2]
+            except protocol.DecodeError:
+                continue
+            msg_id = headers.get(protocol.MSG_ID_HEADER) if isinstance(headers, dict) else None
+            if isinstance(msg_id, str):
+                ids.append(msg_id)
+        n = self.store.truncate(name, after, ids)
+        log.warning("cluster hub %s: %s diverged from its leader after seq %d: %d unconfirmed "
+                    "records dropped", self.node, name, after, n)
+
+
+def _publish(hub: ClusterHub, identity: bytes, peer: Peer | None, body: Any) -> None:
+    if type(body) is list and len(body) == 2 and type(body[1]) is list:
+        checked = set()
+        for msg in body[1]:
+            topic = msg[0] if type(msg) is list and msg else None
+            if type(topic) is str and topic not in checked:
+                checked.add(topic)
+                _guard(hub, identity, Command.PUBLISH, topic, body[0])
+    CLIENT_HANDLERS[Command.PUBLISH](hub, identity, peer, body)
+
+
+def _subscribe(hub: ClusterHub, identity: bytes, peer: Peer | None, body: Any) -> None:
+    if isinstance(body, dict):
+        _guard(hub, identity, Command.SUBSCRIBE, body.get("topic"), body.get("sid"), False)
+    CLIENT_HANDLERS[Command.SUBSCRIBE](hub, identity, peer, body)
+
+
+def _guard(hub: ClusterHub, identity: bytes, command: bytes, topic: Any, ref: Any,
+           publish: bool = True) -> None:
+    try:
+        hub._check_topic(topic, ref, publish)
+    except NotLeader as exc:
+        hub._error(identity, exc.code, exc.message, command, ref, **exc.extra)
+        raise _Answered() from None
+
+
+class _Answered(Refusal):
+    """Already answered (with its extras): nothing more to send."""
+
+    def __init__(self) -> None:
+        super().__init__(ErrorCode.NOT_LEADER, "", None)
+
+
+def _settlement(command: bytes):
+    inner = CLIENT_HANDLERS[command]
+
+    def handler(hub: ClusterHub, identity: bytes, peer: Peer | None, body: Any) -> None:
+        try:
+            inner(hub, identity, peer, body)
+        except Refusal as exc:
+            if exc.code != ErrorCode.UNKNOWN_SUBSCRIPTION:
+                raise
+            sid = exc.ref
+            if (identity, sid) not in hub._deposed_sids:
+                raise
+            hub._error(identity, ErrorCode.NOT_LEADER, "this hub no longer leads that "
+                       "subscription's partition: subscribe on its leader", command, sid)
+
+    return handler
+
+
+def _metadata(hub: ClusterHub, identity: bytes, peer: Peer | None, body: Any) -> None:
+    wanted = body.get("topics") if isinstance(body, dict) else None
+    specs = hub.topic_specs
+    if isinstance(wanted, list):
+        specs = {n: s for n, s in specs.items() if n in wanted}
+    partitions = {}
+    for name, state in sorted(hub.member.view().items()):
+        if not isinstance(state, PartitionState):
+            continue
+        if isinstance(wanted, list) and state.topic not in wanted:
+            continue
+        partitions[name] = {"leader": state.leader, "epoch": state.epoch,
+                            "isr": list(state.isr), "replicas": list(state.replicas)}
+    hub.turn.replies.append((identity, Command.METADATA, {
+        "cluster": True, "node": hub.node,
+        "hubs": {n: {"endpoint": h.endpoint, "pub": h.pub} for n, h in hub.hubs_view.items()},
+        "topics": {n: {"partitions": s.partitions, "replicas": s.replicas,
+                       "min_insync": s.min_insync} for n, s in specs.items()},
+        "partitions": partitions,
+        # what this hub leads: its log end and each follower's durable position (`cluster
+        # status` shows the difference as replication lag)
+        "replication": {
+            name: {"epoch": lead.epoch, "last_seq": _last_seq(hub, name),
+                   "followers": {f: lead.pos.get(f) for f in lead.replicas if f != hub.node}}
+            for name, lead in sorted(hub.leading.items())},
+    }))
+
+
+def _last_seq(hub: ClusterHub, name: str) -> int:
+    info = hub.store.topics.get(name)
+    return info.last_seq if info else 0
+
+
+def _replicate(hub: ClusterHub, identity: bytes, peer: Peer | None, body: Any) -> None:
+    if not isinstance(body, dict):
+        raise Refusal(ErrorCode.BAD_BODY, "REPLICATE body must be a map")
+    name, epoch, node = body.get("partition"), body.get("epoch"), body.get("node")
+    from_seq, limit = body.get("from_seq"), body.get("max", MAX_REPLICA_RECORDS)
+    if not (isinstance(name, str) and type(epoch) is int and isinstance(node, str)
+            and type(from_seq) is int and from_seq >= 1 and type(limit) is int and limit >= 1):
+        raise Refusal(ErrorCode.BAD_BODY, "REPLICATE needs partition, epoch, node, from_seq, max",
+                      name if isinstance(name, str) else None)
+    lead = hub.leading.get(name)
+    if lead is not None and epoch > lead.epoch:
+        hub._depose(name, f"a follower knows epoch {epoch}")
+        lead = None
+    if lead is None or hub.member.fenced or epoch != lead.epoch:
+        raise NotLeader(ErrorCode.NOT_LEADER, f"{hub.node} does not lead {name} at epoch "
+                        f"{epoch}", name, hub._hint(name))
+    if node not in lead.replicas or node == hub.node:
+        raise Refusal(ErrorCode.INVALID, f"{node} is not a follower of {name}", name)
+    info = hub.store.topics.get(name)
+    last = info.last_seq if info else 0
+    last_epoch = body.get("last_epoch", -1)
+    end = end_of_epoch(lead.history, last_epoch if type(last_epoch) is int else -1, last)
+    if from_seq - 1 > end:
+        # the follower holds records this leader's log does not have there (a former leader's
+        # unconfirmed tail): it drops them, then fetches again from `end + 1`
+        hub._send(identity, Command.REPLICA, {
+            "partition": name, "epoch": lead.epoch, "records": [], "last_seq": last,
+            "subs": {}, "epochs": lead.history, "truncate": end})
+        return
+    now = hub.clock.monotonic_ms()
+    lead.pos[node] = from_seq - 1
+    lead.seen[node] = now
+    if from_seq - 1 >= last:
+        lead.caught_up[node] = now
+    if from_seq <= last:
+        hub._answer_fetch(identity, name, lead, from_seq, min(limit, MAX_REPLICA_RECORDS), node)
+    else:
+        lead.parked = [p for p in lead.parked if p[1] != node]
+        lead.parked.append((identity, node, from_seq, min(limit, MAX_REPLICA_RECORDS),
+                            now + LONG_POLL_MS))
+
+
+def _with_extra(handler):
+    def wrapped(hub: ClusterHub, identity: bytes, peer: Peer | None, body: Any) -> None:
+        try:
+            handler(hub, identity, peer, body)
+        except _Answered:
+            return
+        except NotLeader as exc:
+            hub._error(identity, exc.code, exc.message, Command.REPLICATE, exc.ref, **exc.extra)
+
+    return wrapped
+
+
+ClusterHub._handlers = {
+    **Hub._handlers,
+    Command.PUBLISH: _with_extra(_publish),
+    Command.SUBSCRIBE: _with_extra(_subscribe),
+    **{c: _settlement(c) for c in (Command.CREDIT, Command.ACK, Command.NACK, Command.RELEASE,
+                                   Command.REJECT, Command.PROGRESS)},
+    Command.METADATA: _metadata,
+    Command.REPLICATE: _with_extra(_replicate),
+}

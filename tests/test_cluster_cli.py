@@ -1,0 +1,81 @@
+"""The cluster on the command line: ``zmq-mq hub --cluster`` flag checks, ``zmq-mq topic create
+--hub zk://... --partitions N --replicas R``, ``zmq-mq cluster status [--json]`` (hubs,
+partitions, leaders, in-sync replicas, replication lag), against a real ZooKeeper."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import run_cli, wait_for
+from zmq_mq.router.cluster.coordinator import ClusterClient
+from zmq_mq.testing import ClusterHubThread
+
+WAIT = 30.0
+
+
+@pytest.fixture
+def three_hubs(tmp_path, zookeeper):
+    hubs = [ClusterHubThread(tmp_path / n, zookeeper, n).start() for n in ("a", "b", "c")]
+    yield hubs
+    for h in hubs:
+        h.stop()
+
+
+def test_topic_create_on_a_cluster_address_places_partitions_and_replicas(three_hubs, zookeeper):
+    done = run_cli("topic", "create", "orders", "--partitions", "6", "--replicas", "2",
+                   "--hub", zookeeper)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["partitions"] == 6 and out["replicas"] == 2 and out["min_insync"] == 2
+    assert all(len(set(r)) == 2 for r in out["assignment"])
+    with ClusterClient(zookeeper) as client:
+        assert set(client.partitions("orders")) == {f"orders.{i}" for i in range(6)}
+    again = run_cli("topic", "create", "orders", "--partitions", "6", "--replicas", "2",
+                    "--hub", zookeeper)
+    assert again.returncode == 1
+    assert "already exists" in again.stderr.decode() and "Traceback" not in again.stderr.decode()
+
+
+def test_cluster_status_shows_hubs_leaders_in_sync_replicas_and_replication_lag(
+        three_hubs, zookeeper):
+    with ClusterClient(zookeeper) as client:
+        client.create_topic("t", 3, 2, wait=WAIT)
+
+    def status():
+        done = run_cli("cluster", "status", "--json", "--hub", zookeeper)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def complete():
+        doc = status()
+        parts = doc["partitions"]
+        return len(parts) == 3 and all(p["leader"] and len(p["isr"]) == 2 and p["lag"]
+                                       and all(v == 0 for v in p["lag"].values())
+                                       for p in parts.values())
+
+    wait_for(complete, WAIT, 0.2, "a status with every follower's lag")
+    doc = status()
+    assert set(doc["hubs"]) == {"a", "b", "c"} and doc["controller"] in doc["hubs"]
+    assert doc["topics"]["t"]["replicas"] == 2
+    table = run_cli("cluster", "status", "--hub", zookeeper)
+    assert table.returncode == 0, table.stderr.decode()
+    assert "t.0" in table.stdout.decode() and "controller" in table.stdout.decode()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--cluster", "zk://127.0.0.1:1/c"], "--node"),
+    (["--cluster", "tcp://x:1/c", "--node", "a"], "--cluster"),
+    (["--node", "a"], "need --cluster"),
+    (["--cluster", "zk://127.0.0.1:1/c", "--node", "bad name!"], "--node"),
+    (["--cluster", "zk://127.0.0.1:1/c", "--node", "a", "--curve"], "--curve"),
+])
+def test_a_wrong_cluster_flag_of_the_hub_is_one_line_and_exit_2(tmp_path, args, message):
+    done = run_cli("hub", "--data", str(tmp_path / "d"), *args)
+    assert done.returncode == 2, done.stderr.decode()
+    assert message in done.stderr.decode() and "Traceback" not in done.stderr.decode()
+
+
+def test_replicas_without_a_cluster_address_is_a_usage_error():
+    done = run_cli("topic", "create", "x", "--replicas", "2", "--hub", "tcp://127.0.0.1:1")
+    assert done.returncode == 2 and "zk://" in done.stderr.decode()
