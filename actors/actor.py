@@ -10,17 +10,14 @@
         ...   # return: acked; raise: nacked with a backoff delay (dead-lettered at max_deliver)
 
     @actor.subscribe("signups", group="emails", idempotent=True)
-    async def welcome(msg):   # async handlers run on the actor's own asyncio loop
+    async def welcome(msg):   # async handlers run on the actor's asyncio loop
         ...
 
     actor.run()   # blocks until actor.stop(), SIGINT or SIGTERM
 
 The loop thread owns the connection (heartbeats keep going however long a handler runs). Plain
-handlers run on ``concurrency`` worker threads; ``async def`` handlers run on an asyncio loop
-that the loop thread itself runs (its socket watched with ``add_reader``, see
-``_drive_async``), at most ``concurrency`` at once (of each kind): a finished handler's ack, the
-next DELIVER and the next handler's start cost no hop between threads and no wait for the GIL.
-An ``async def`` handler must therefore not block (a blocking call holds the heartbeats too). Everything is batched: a DELIVER frame
+handlers run on ``concurrency`` worker threads, ``async def`` handlers on one asyncio loop
+thread, at most ``concurrency`` at once (of each kind). Everything is batched: a DELIVER frame
 becomes one hand-off to the workers (they pull from a local queue; one wake-up per batch), the
 messages finished in a loop turn become one ACK frame, and the window of messages held changes
 at most once per turn (one CREDIT).
@@ -161,7 +158,8 @@ class Actor:
         self._tidle = 0  # worker threads waiting for messages
         self._closing = False  # worker threads: exit
         self._aq: collections.deque[Message] = collections.deque()
-        self._achains = 0  # async chains running or parked (the loop thread only)
+        self._akick_due = False  # a kick of the asyncio side is scheduled
+        self._achains = 0  # async chains running or parked (asyncio thread only)
         self._aparked: list[asyncio.Future] = []  # parked chains, waiting for messages
         # Loop-thread state: messages handed to the workers (queued or running), by (sid, seq);
         # a redelivery of a running message is folded into it, never run twice.
@@ -276,10 +274,10 @@ class Actor:
         n_workers = self.concurrency if any(not r.is_async for r in self._routes) else 0
         workers = [threading.Thread(target=self._worker, name=f"{self.name}-worker-{i}", daemon=True)
                    for i in range(n_workers)]
-        one_loop = any(r.is_async for r in self._routes)
-        if one_loop:  # async handlers run on this thread, beside the connection (see _drive_async)
-            self._aloop = asyncio.new_event_loop()
+        aloop_thread = None
         try:
+            if any(r.is_async for r in self._routes):
+                aloop_thread = self._start_async_loop()
             session.connect()
             for route in self._routes:
                 cap = max(1, route.credit)
@@ -301,20 +299,17 @@ class Actor:
             self._started.set()
             log.info("actor %s attached to %s", self.name,
                      ", ".join(f"{r.topic}/{r.group}" for r in self._routes))
-            if one_loop:
-                self._aloop.run_until_complete(self._drive_async(session, waker))
-            else:
-                self._drive_poll(self._loop(session, waker), waker)
-                self._drive_poll(self._drain(session, waker), waker)
+            self._loop(session, waker)
+            self._drain(session, waker)
         finally:
             with self._tcond:
                 self._closing = True
                 self._tcond.notify_all()
+            if aloop_thread is not None:
+                self._aloop.call_soon_threadsafe(self._aloop.stop)
             # one budget for all: hung handlers must not hold the stop past grace
             exit_deadline = monotonic_ms() + THREADS_EXIT_MS
-            if one_loop:
-                self._close_async_loop(exit_deadline)
-            for t in workers:
+            for t in [*workers, *([aloop_thread] if aloop_thread is not None else [])]:
                 if t.is_alive():
                     t.join(max(0, exit_deadline - monotonic_ms()) / 1000)
             session.close()
@@ -334,24 +329,26 @@ class Actor:
             previous[sig] = signal.signal(sig, lambda *_: self.stop(wait=False))
         return previous
 
-    # The loop thread's turns are generators: each yields what to wait for, ``(socket or None,
-    # timeout_ms)``, and is sent back ``(woken, readable)``: the waker's pipe, the socket. A
-    # driver does the waiting: a zmq Poller (_drive_poll) or, when a handler is ``async def``,
-    # the asyncio loop those handlers run on (_drive_async): one thread for both, so a finished
-    # handler's ack, the next DELIVER and the next handler's start never cross threads (nor
-    # wait for the GIL).
-
-    def _loop(self, session: Session, waker: Waker):
+    def _loop(self, session: Session, waker: Waker) -> None:
+        wake_rx = waker.rx
+        poller = zmq.Poller()
+        poller.register(wake_rx, zmq.POLLIN)
+        sock = session.conn.socket
+        poller.register(sock, zmq.POLLIN)
         adaptive = self.prefetch is None
         while not self._stop.is_set():
+            if session.conn.socket is not sock:  # reconnected: a new socket to watch
+                poller.unregister(sock)
+                sock = session.conn.socket
+                poller.register(sock, zmq.POLLIN)
             timeout = session.conn.heartbeat_ms
             if self._tq or self._aq:  # PROGRESS of queued messages, window shrinking
                 timeout = min(timeout, max(1, self._next_keepalive - monotonic_ms()),
                               self._windows_hold_ms())
-            woken, readable = yield session.conn.socket, timeout
-            if woken:
+            events = dict(poller.poll(timeout))
+            if wake_rx in events:
                 waker.drain()  # before reading _results (see actors/wake.py)
-            if readable:
+            if sock in events:
                 session.pump(0)
             else:
                 session.keepalive()
@@ -471,11 +468,13 @@ class Actor:
             if self._tidle:
                 with self._tcond:
                     self._tcond.notify(len(plain))
-        if coros:  # on the asyncio loop's own thread: start them now
+        if coros:
             self._aq.extend(coros)
-            self._akick()
+            if not self._akick_due:
+                self._akick_due = True
+                self._aloop.call_soon_threadsafe(self._akick)
 
-    def _drain(self, session: Session, waker: Waker):
+    def _drain(self, session: Session, waker: Waker) -> None:
         """Stopping: let running handlers finish within the grace period, then detach."""
         # Messages not started yet: give them back (workers take no more once _stop is set).
         for q in (self._tq, self._aq):
@@ -500,8 +499,7 @@ class Actor:
                     self._aloop.call_soon_threadsafe(self._cancel_tasks)
                     cancel_deadline = now + CANCEL_WAIT_MS
             limit = cancel_deadline if cancel_deadline is not None else deadline
-            woken, _ = yield None, min(session.conn.heartbeat_ms, max(1, limit - now))
-            if woken:
+            if waker.rx.poll(min(session.conn.heartbeat_ms, max(1, limit - now))):
                 waker.drain()
             session.keepalive()
             self._apply_results(session)
@@ -571,100 +569,33 @@ class Actor:
 
     # --- async side ------------------------------------------------------------------------
 
-    @staticmethod
-    def _drive_poll(turns, waker: Waker) -> None:
-        """Run a generator of turns (see _loop) on a zmq Poller: an actor of plain handlers."""
-        poller = zmq.Poller()
-        poller.register(waker.rx, zmq.POLLIN)
-        watched = None
-        try:
-            sock, timeout = next(turns)
-            while True:
-                if sock is not watched:  # the first turn, reconnected, or drain (None)
-                    if watched is not None:
-                        poller.unregister(watched)
-                    if sock is not None:
-                        poller.register(sock, zmq.POLLIN)
-                    watched = sock
-                events = dict(poller.poll(timeout))
-                sock, timeout = turns.send((waker.rx in events, sock is not None and sock in events))
-        except StopIteration:
-            pass
+    def _start_async_loop(self) -> threading.Thread:
+        ready = threading.Event()
 
-    async def _drive_async(self, session: Session, waker: Waker) -> None:
-        """Run the turns (_loop, then _drain) as one more task on the asyncio loop that runs the
-        ``async def`` handlers. The waker's and the socket's file descriptors are watched with
-        ``add_reader``; they are edge-triggered (they signal a change, not a state), so readiness
-        is read from ``zmq.EVENTS`` before every wait, and a turn only waits when neither has
-        anything to read. A turn that finds work yields to the handlers first (sleep(0)), so a
-        flood of DELIVER frames cannot starve them."""
-        loop = self._aloop
-        rx = waker.rx
-        wake: list = [None]  # the future a waiting turn awaits
+        def main() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            self._aloop = loop
+            ready.set()
+            try:
+                loop.run_forever()
+                if self._tasks:  # stopped with tasks left: cancel them and let them unwind
+                    self._cancel_tasks()
+                    loop.run_until_complete(asyncio.gather(*self._tasks, return_exceptions=True))
+            finally:
+                loop.close()
 
-        def ready() -> None:
-            fut = wake[0]
-            if fut is not None and not fut.done():
-                fut.set_result(None)
-
-        rx_fd = rx.getsockopt(zmq.FD)
-        loop.add_reader(rx_fd, ready)
-        watched = None
-        watched_fd = None
-        try:
-            for turns in (self._loop(session, waker), self._drain(session, waker)):
-                try:
-                    sock, timeout = next(turns)
-                    while True:
-                        if sock is not watched:
-                            if watched_fd is not None:
-                                loop.remove_reader(watched_fd)
-                                watched_fd = None
-                            if sock is not None:
-                                watched_fd = sock.getsockopt(zmq.FD)
-                                loop.add_reader(watched_fd, ready)
-                            watched = sock
-                        woken = bool(rx.getsockopt(zmq.EVENTS) & zmq.POLLIN)
-                        readable = sock is not None and bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
-                        if woken or readable:
-                            await asyncio.sleep(0)
-                        else:
-                            fut = wake[0] = loop.create_future()
-                            timer = loop.call_later(timeout / 1000, ready)
-                            try:
-                                await fut
-                            finally:
-                                timer.cancel()
-                                wake[0] = None
-                            woken = bool(rx.getsockopt(zmq.EVENTS) & zmq.POLLIN)
-                            readable = (sock is not None
-                                        and bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN))
-                        sock, timeout = turns.send((woken, readable))
-                except StopIteration:
-                    pass
-        finally:
-            loop.remove_reader(rx_fd)
-            if watched_fd is not None:
-                loop.remove_reader(watched_fd)
-
-    def _close_async_loop(self, deadline_ms: int) -> None:
-        """After the drain: cancel the async handlers still running (past grace), give them
-        until ``deadline_ms`` to unwind, and close the loop (one still ignoring its cancellation
-        is abandoned: its message went back to the hub unacked)."""
-        loop = self._aloop
-        try:
-            if self._tasks:
-                self._cancel_tasks()
-                left = max(0, deadline_ms - monotonic_ms()) / 1000
-                loop.run_until_complete(asyncio.wait(set(self._tasks), timeout=left))
-        finally:
-            loop.close()
+        thread = threading.Thread(target=main, name=f"{self.name}-asyncio", daemon=True)
+        thread.start()
+        ready.wait()
+        return thread
 
     def _akick(self) -> None:
         """On the asyncio loop, once per batch handed out: wake parked chains for the queued
         async messages, and start new ones up to ``concurrency`` chains. A chain runs queued
         messages one after another and parks (a future) when there are none: no task per
         message."""
+        self._akick_due = False
         aq = self._aq
         if self._stop.is_set():
             return
