@@ -1,12 +1,13 @@
 """The seed's load model: one Actor process with slow ``async def`` handlers drains a backlog.
 
     python bench/seed_model.py [--messages 100000] [--work-ms 100] [--concurrency 5000]
-                               [--sync full] [--json-out FILE]
+                               [--credit C] [--sync full] [--json-out FILE]
 
 One hub (``zmq-mq hub`` subprocess, fresh data directory, as ``zmq-mq bench`` starts its hubs).
 A backlog of ``--messages`` messages of 128 bytes is published durably first (confirmed), then
 one Actor *process* (not the publisher) attaches with ``Actor(concurrency=C)`` and one
-subscription of ``credit=C`` whose ``async def`` handler does ``await asyncio.sleep(work)``.
+subscription of ``credit=C`` (``--credit``: another credit, to see what a deeper window
+buys) whose ``async def`` handler does ``await asyncio.sleep(work)``.
 The ideal rate is ``C / work`` (50,000 msg/s for 5,000 handlers of 100 ms): every handler slot
 always busy. Reported: msg/s from the actor's attach to the last ack at the hub, % of the ideal,
 the hub's and the actor process's CPU over the drain, the hub's in-flight count for the
@@ -35,11 +36,14 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=100_000)
     ap.add_argument("--work-ms", type=float, default=100.0)
     ap.add_argument("--concurrency", type=int, default=5_000)
+    ap.add_argument("--credit", type=int, default=None,
+                    help="the subscription's credit (default: --concurrency, as in the seed's model)")
     ap.add_argument("--sync", default="full", choices=["full", "none"])
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--json-out")
     args = ap.parse_args()
     n, c, work_s = args.messages, args.concurrency, args.work_ms / 1000
+    credit = args.credit or c
 
     from zmq_mq.actors import Admin, Producer
 
@@ -47,7 +51,7 @@ def main() -> int:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     stop = ctx.Event()
-    proc = ctx.Process(target=_actor_main, args=(hub.endpoint, c, work_s, out, stop))
+    proc = ctx.Process(target=_actor_main, args=(hub.endpoint, c, credit, work_s, out, stop))
     samples: list[tuple[float, int]] = []
     try:
         with Producer(hub.endpoint, timeout=60) as prod:
@@ -92,7 +96,7 @@ def main() -> int:
     mid = [t for t in starts if starts[0] + work_s <= t <= starts[-1] - work_s] if starts else []
     steady_rate = (len(mid) - 1) / (mid[-1] - mid[0]) if len(mid) > 1 and mid[-1] > mid[0] else None
     report = {
-        "script": "seed_model.py", "messages": n, "work_ms": args.work_ms, "concurrency": c,
+        "script": "seed_model.py", "messages": n, "work_ms": args.work_ms, "concurrency": c, "credit": credit,
         "sync": args.sync, "machine": machine_info(), "git": git_info(),
         "drained": drained_at is not None, "drain_s": round(wall, 3),
         "msg_per_s": round(rate, 1), "ideal_msg_per_s": round(ideal, 1),
@@ -110,7 +114,7 @@ def main() -> int:
         "lost": n - len(distinct), "duplicates": len(seqs) - len(distinct),
     }
     report["ok"] = report["drained"] and report["lost"] == 0
-    for k in ("messages", "work_ms", "concurrency", "sync", "drain_s", "msg_per_s",
+    for k in ("messages", "work_ms", "concurrency", "credit", "sync", "drain_s", "msg_per_s",
               "ideal_msg_per_s", "pct_of_ideal", "in_flight_min", "in_flight_median",
               "in_flight_mean", "attach_to_first_start_s", "steady_msg_per_s", "steady_pct_of_ideal",
               "handler_run_ms_p50", "handler_run_ms_p99", "lost", "duplicates", "ok"):
@@ -124,7 +128,7 @@ def main() -> int:
     return 0 if report["ok"] and report["duplicates"] == 0 else 1
 
 
-def _actor_main(endpoint: str, concurrency: int, work_s: float, out, stop) -> None:
+def _actor_main(endpoint: str, concurrency: int, credit: int, work_s: float, out, stop) -> None:
     import asyncio
     import os
 
@@ -133,7 +137,7 @@ def _actor_main(endpoint: str, concurrency: int, work_s: float, out, stop) -> No
     handled: list[tuple[int, float, float]] = []  # seq, handler start, its run time (s)
     actor = Actor(endpoint, name="seed", concurrency=concurrency)
 
-    @actor.subscribe(TOPIC, group=GROUP, credit=concurrency)
+    @actor.subscribe(TOPIC, group=GROUP, credit=credit)
     async def handle(msg):
         started = now()
         await asyncio.sleep(work_s)
