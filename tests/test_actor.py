@@ -204,3 +204,33 @@ def test_an_actor_wakes_its_loop_through_one_waker_and_a_wake_after_it_stopped_d
     # When an abandoned handler settles late, Then nothing is sent on a closed pipe
     actor._wake()
     actor._waker.wake()
+
+
+def test_async_handlers_see_each_message_at_once_however_long_the_heartbeat(tmp_path):
+    # Given a hub whose heartbeat is 10 s (an actor whose loop missed a wake-up, from its socket
+    # or from the asyncio side handing back a result, would only look again at the next one)
+    from zmq_mq.testing import HubThread
+
+    h = HubThread(tmp_path / "data", heartbeat_ms=10_000).start()
+    seen: list[int] = []
+    got = threading.Event()
+
+    async def handle(msg):
+        seen.append(msg.seq)
+        got.set()
+
+    actor = Actor(h.endpoint, name="edges", concurrency=8)
+    actor.add_handler("edges", handle, group="g")
+    try:
+        actor.start()
+        with Producer(h.endpoint) as p:
+            # When messages come one at a time, each after the previous one was handled
+            for i in range(30):
+                got.clear()
+                p.publish("edges", b"%d" % i)
+                # Then each is handled long before the next heartbeat would wake the actor
+                assert got.wait(4), f"message {i} not handled within 4 s"
+    finally:
+        actor.stop()
+        h.stop()
+    assert len(seen) == 30

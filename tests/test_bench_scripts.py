@@ -22,6 +22,8 @@ SCRIPTS = {
     "soak.py": ["--minutes", "0.05", "--producers", "1", "--actors", "1", "--rate", "50",
                 "--gap", "0.5", "1", "--json-out", "report.json"],
     "workqueue.py": ["--messages", "300", "--slow-ms", "20", "--json-out", "report.json"],
+    "seed_model.py": ["--messages", "300", "--work-ms", "20", "--concurrency", "50",
+                      "--json-out", "report.json"],
     "faults.py": None,
     "signup_api.py": ["--w1-messages", "500", "--w2-messages", "300", "--rounds", "1",
                       "--rate", "100", "--seconds", "0.3", "--connections", "2",
@@ -51,6 +53,9 @@ def test_the_bench_script_runs_to_the_end_with_its_smallest_options(script, tmp_
             ("no-publish", "full")}
     elif script == "fairness.py":
         assert report["quiet"]["round_trips"] > 0 and report["flood"]["errors"] == 0
+    elif script == "seed_model.py":
+        assert report["ok"] and report["lost"] == 0 and report["duplicates"] == 0, report
+        assert report["ideal_msg_per_s"] == 2500 and report["msg_per_s"] > 0
     elif script == "workqueue.py":
         assert report["lost"] == 0 and report["duplicates"] == 0, report
         assert report["slow_handled"] + report["fast_handled"] == 300
