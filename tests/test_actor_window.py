@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import threading
 import time
 
@@ -110,6 +111,54 @@ def test_the_completion_rate_is_sampled_over_the_sample_time_and_smoothed():
     assert w.rate == pytest.approx(10 / RATE_SAMPLE_MS)
     w.update(2 * RATE_SAMPLE_MS, starved=False, oldest_wait_ms=None)  # none finished since
     assert w.rate == pytest.approx(10 / RATE_SAMPLE_MS / 2)
+
+
+def _steady_stream(w: CreditWindow, per_ms: int, finish_per_ms: float,
+                   ms: int) -> tuple[list[int], int]:
+    """Drive the window as the actor's loop does, one turn a ms: the hub receives ``per_ms``
+    messages a ms and hands out what the window allows; the workers (as many as the floor)
+    finish up to ``finish_per_ms`` a ms, the rest waits here. Returns the hub's backlog after
+    each turn and the most messages the actor ever held."""
+    hub_backlog, local, credit_done, backlog, most = 0, collections.deque(), 0.0, [], 0
+    for now in range(1, ms + 1):
+        hub_backlog += per_ms
+        give = min(hub_backlog, w.window - w.held)
+        if give > 0:
+            hub_backlog -= give
+            w.delivered(give)
+            local.extend([now] * give)
+            most = max(most, w.held)
+        credit_done += finish_per_ms
+        done = min(int(credit_done), len(local))
+        credit_done -= done
+        for _ in range(done):
+            local.popleft()
+        w.finished(done)
+        waiting = len(local) > w.floor  # the first `floor` run, the rest wait here
+        oldest = now - local[w.floor] if waiting else None
+        w.update(now, starved=not local, oldest_wait_ms=oldest)
+        backlog.append(hub_backlog)
+    return backlog, most
+
+
+def test_a_steady_stream_faster_than_the_window_grows_it_until_the_hub_holds_nothing_back():
+    # Given W5's case: 10 messages a ms arriving at the hub, a default window (floor 1, cap
+    # 1000) and a worker that finishes 100 a ms
+    w = CreditWindow(1, 1000, now_ms=0)
+    backlog, _ = _steady_stream(w, per_ms=10, finish_per_ms=100, ms=2000)
+    # Then the window grows past the rate within a few turns and the hub keeps no backlog
+    assert w.window >= 10
+    assert max(backlog[100:]) == 0
+
+
+def test_a_slow_worker_keeps_a_small_window_while_the_hub_holds_a_growing_backlog():
+    # Given the same stream and a worker that finishes one message every 50 ms
+    w = CreditWindow(1, 1000, now_ms=0)
+    _, most = _steady_stream(w, per_ms=10, finish_per_ms=1 / 50, ms=3000)
+    # Then it never holds more than it runs plus what it finishes in the hold time: the rest
+    # stays at the hub for the other actors of the group
+    assert w.window <= 1 + math.ceil(TARGET_HOLD_MS / 50) + 1
+    assert most <= 1 + math.ceil(TARGET_HOLD_MS / 50) + 1
 
 
 # --- end to end ----------------------------------------------------------------------------

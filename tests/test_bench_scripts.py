@@ -24,6 +24,8 @@ SCRIPTS = {
     "workqueue.py": ["--messages", "300", "--slow-ms", "20", "--json-out", "report.json"],
     "seed_model.py": ["--messages", "300", "--work-ms", "20", "--concurrency", "50",
                       "--json-out", "report.json"],
+    "w5split.py": ["--rate", "500", "--duration", "0.5", "--rounds", "1",
+                   "--json-out", "report.json"],
     "faults.py": None,
     "signup_api.py": ["--w1-messages", "500", "--w2-messages", "300", "--rounds", "1",
                       "--rate", "100", "--seconds", "0.3", "--connections", "2",
@@ -59,5 +61,13 @@ def test_the_bench_script_runs_to_the_end_with_its_smallest_options(script, tmp_
     elif script == "workqueue.py":
         assert report["lost"] == 0 and report["duplicates"] == 0, report
         assert report["slow_handled"] + report["fast_handled"] == 300
+    elif script == "w5split.py":
+        assert report["ok"], report
+        assert [r["kind"] for r in report["runs"]] == ["actor", "consumer"]
+        actor = report["runs"][0]
+        # every message is seen at the actor's hand-off, and no later than at the handler
+        assert actor["handoff_ms"]["n"] == actor["handler_ms"]["n"] == 250
+        assert actor["handoff_ms"]["p50"] <= actor["handler_ms"]["p50"]
+        assert all(r["hub"]["turns"] > 0 for r in report["runs"])
     else:
         assert report["ok"] and report["drained"], report["summary"]
