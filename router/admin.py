@@ -133,7 +133,9 @@ def on_topic(hub: AdminHost, identity: bytes, peer: Peer | None, body: Any) -> N
             raise Refusal(ErrorCode.FORBIDDEN, why, ref)
     elif op == "delete":
         _require(hub, identity, topic, ref, SUBSCRIBE, PUBLISH)
-        hub.turn.replies.append((identity, Command.REPLY, [ref, delete_topic(hub, topic, ref)]))
+        # delete first: it may commit the turn (commit_now), which starts a new hub.turn
+        result = delete_topic(hub, topic, ref)
+        hub.turn.replies.append((identity, Command.REPLY, [ref, result]))
         return
     else:
         _require(hub, identity, topic, ref, SUBSCRIBE, PUBLISH)  # limits delete messages
