@@ -36,14 +36,19 @@ from typing import Any
 
 import zmq
 
-from ..router import protocol
 from ..router.clock import Clock
 from ..router.protocol import Command
 from .connection import CurveKeys
 from .errors import ClosedError, HubError, HubUnavailable
 from .message import Message
 from .producer import DEFAULT_MAX_BATCH, DEFAULT_MAX_PENDING, Producer, PublishFuture
-from .session import DEFAULT_CREDIT, MIN_RECONNECT_MS, Session, SubscriptionSpec
+from .session import (
+    DEFAULT_CREDIT,
+    MIN_RECONNECT_MS,
+    Session,
+    SubscriptionSpec,
+    check_subscribe,
+)
 
 __all__ = ["AsyncConsumer", "AsyncMessage", "AsyncProducer"]
 
@@ -524,12 +529,7 @@ class AsyncConsumer:
                         start: Any = "first", ordering: str | None = None) -> int:
         """Attach to subscription ``group`` on ``topic``; returns its handle (sid). Options and
         errors as ``Consumer.subscribe`` (ValueError, HubError, HubUnavailable)."""
-        problem = (protocol.check_pattern(topic) if protocol.is_pattern(topic)
-                   else protocol.check_topic(topic)) or protocol.check_group(group)
-        if problem:
-            raise ValueError(problem)
-        if ordering is not None and ordering not in protocol.ORDERINGS:
-            raise ValueError(f"ordering must be one of {', '.join(protocol.ORDERINGS)}")
+        check_subscribe(topic, group, ordering)
         await self.connect()
         while self._reconnecting is not None:
             await asyncio.shield(self._reconnecting)

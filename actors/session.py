@@ -79,6 +79,17 @@ class SubscriptionSpec:
         return body
 
 
+def check_subscribe(topic: str, group: str, ordering: str | None) -> None:
+    """ValueError (one line) if a subscribe's topic or pattern, group or ordering is invalid:
+    checked before anything is sent (Session and AsyncConsumer)."""
+    problem = (protocol.check_pattern(topic) if protocol.is_pattern(topic)
+               else protocol.check_topic(topic)) or protocol.check_group(group)
+    if problem:
+        raise ValueError(problem)
+    if ordering is not None and ordering not in protocol.ORDERINGS:
+        raise ValueError(f"ordering must be one of {', '.join(protocol.ORDERINGS)}")
+
+
 class Session:
     """One connection's subscriptions, inbox and pending acks.
 
@@ -168,12 +179,7 @@ class Session:
                   ack_wait_ms: int | None = None, max_deliver: int | None = None,
                   start: str = "first", ordering: str | None = None) -> SubscriptionSpec:
         """Attach to subscription ``group`` on ``topic``; waits for the hub's answer."""
-        problem = (protocol.check_pattern(topic) if protocol.is_pattern(topic)
-                   else protocol.check_topic(topic)) or protocol.check_group(group)
-        if problem:
-            raise ValueError(problem)
-        if ordering is not None and ordering not in protocol.ORDERINGS:
-            raise ValueError(f"ordering must be one of {', '.join(protocol.ORDERINGS)}")
+        check_subscribe(topic, group, ordering)
         if not self.open:
             self.connect()
         spec = SubscriptionSpec(self._next_sid, topic, group, credit, ack_wait_ms, max_deliver, start,

@@ -133,7 +133,9 @@ def on_topic(hub: AdminHost, identity: bytes, peer: Peer | None, body: Any) -> N
             raise Refusal(ErrorCode.FORBIDDEN, why, ref)
     elif op == "delete":
         _require(hub, identity, topic, ref, SUBSCRIBE, PUBLISH)
-        hub.turn.replies.append((identity, Command.REPLY, [ref, delete_topic(hub, topic, ref)]))
+        # delete first: it may commit the turn (commit_now), which starts a new hub.turn
+        result = delete_topic(hub, topic, ref)
+        hub.turn.replies.append((identity, Command.REPLY, [ref, result]))
         return
     else:
         _require(hub, identity, topic, ref, SUBSCRIBE, PUBLISH)  # limits delete messages
@@ -261,7 +263,6 @@ def on_redrive(hub: AdminHost, identity: bytes, peer: Peer | None, body: Any) ->
     results: list[dict] = []
     taken: list[int] = []
     now = hub.clock.wall_ms()
-    appends = turn.appends
     for seq, record in zip(seqs, hub.store.read(topic, seqs)):
         if record is None or (staged is not None and seq in staged):
             results.append({"seq": seq, "error": "not found"})
@@ -275,11 +276,8 @@ def on_redrive(hub: AdminHost, identity: bytes, peer: Peer | None, body: Any) ->
             why = hub.access.forbidden(identity, PUBLISH, origin, hub.clock.monotonic_ms())
             results.append({"seq": seq, "error": f"forbidden: {why}"})
             continue
-        lst = appends.get(origin)
-        if lst is None:
-            lst = appends[origin] = []
-        results.append({"seq": seq, "topic": origin, "_pos": len(lst)})
-        lst.append(new_record)
+        _, pos = turn.append(origin, new_record)
+        results.append({"seq": seq, "topic": origin, "_pos": pos})
         taken.append(seq)
         turn.prio_topics.add(origin)  # it keeps its x-priority header; redrives are rare
     if taken:  # one commit appends to the origin and deletes here: never lost, never twice

@@ -546,15 +546,7 @@ class ClusterHub(Hub):
         local = self.store.topics.get(name)
         last = local.last_seq if local else 0
         records = [(int(s), r) for s, r in body.get("records", ()) if int(s) > last]
-        dedup = []
-        for seq, rec in records:
-            try:
-                headers = protocol.unpack_record(rec)[2]
-            except protocol.DecodeError:
-                continue
-            msg_id = headers.get(protocol.MSG_ID_HEADER) if isinstance(headers, dict) else None
-            if isinstance(msg_id, str):
-                dedup.append((msg_id, seq))
+        dedup = [(msg_id, seq) for seq, rec in records if (msg_id := _msg_id(rec)) is not None]
         subs = {(name, g): v for g, v in (body.get("subs") or {}).items()}
         config = body.get("config")
         if (config is None or isinstance(config, dict)) and config != self.store.configs.get(name):
@@ -583,19 +575,21 @@ class ClusterHub(Hub):
         info = self.store.topics.get(name)
         if info is None or info.last_seq <= after:
             return
-        ids = []
-        for _, rec in self.store.read_range(name, after + 1, info.last_seq - after):
-            try:
-                headers = protocol.unpack_record(rec)[2]
-            except protocol.DecodeError:
-                continue
-            msg_id = headers.get(protocol.MSG_ID_HEADER) if isinstance(headers, dict) else None
-            if isinstance(msg_id, str):
-                ids.append(msg_id)
+        ids = [msg_id for _, rec in self.store.read_range(name, after + 1, info.last_seq - after)
+               if (msg_id := _msg_id(rec)) is not None]
         n = self.store.truncate(name, after, ids)
         log.warning("cluster hub %s: %s diverged from its leader after seq %d: %d unconfirmed "
                     "records dropped", self.node, name, after, n)
 
+
+def _msg_id(record: bytes) -> str | None:
+    """The producer msg_id a stored record carries (its dedup entry), if any."""
+    try:
+        headers = protocol.unpack_record(record)[2]
+    except protocol.DecodeError:
+        return None
+    msg_id = headers.get(protocol.MSG_ID_HEADER) if isinstance(headers, dict) else None
+    return msg_id if isinstance(msg_id, str) else None
 
 def _publish(hub: ClusterHub, identity: bytes, peer: Peer | None, body: Any) -> None:
     if type(body) is list and len(body) == 2 and type(body[1]) is list:

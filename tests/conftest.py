@@ -11,7 +11,9 @@ import pytest
 import zmq
 
 from zmq_mq.actors import Admin
+from zmq_mq.actors.connection import request
 from zmq_mq.router.clock import FakeClock
+from zmq_mq.router.protocol import Command
 from zmq_mq.testing import LOOPBACK_ANY_PORT, HubProcess, HubThread, zmq_mq_command
 
 CONTEXT_TERM_TIMEOUT = 5.0
@@ -186,6 +188,16 @@ def subscription_stats(endpoint: str, topic: str, group: str) -> dict:
     for row in settled_stats(endpoint)["subscriptions"]:
         if row["topic"] == topic and row["group"] == group:
             return row
+    return {}
+
+
+def sub_state(endpoint: str, topic: str, group: str) -> dict:
+    """One subscription's row of TOPICS, asked over the wire ({} if it has none)."""
+    for t in request(endpoint, Command.TOPICS):
+        if t["topic"] == topic:
+            for s in t["subscriptions"]:
+                if s["group"] == group:
+                    return s
     return {}
 
 

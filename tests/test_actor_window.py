@@ -13,20 +13,9 @@ import time
 import pytest
 
 from zmq_mq.actors import Actor, Consumer, Producer
-from zmq_mq.actors.connection import request
 from zmq_mq.actors.window import RATE_SAMPLE_MS, TARGET_HOLD_MS, CreditWindow
-from zmq_mq.router.protocol import Command
 
-from conftest import wait_for
-
-
-def _sub_state(endpoint: str, topic: str, group: str) -> dict:
-    for t in request(endpoint, Command.TOPICS):
-        if t["topic"] == topic:
-            for s in t["subscriptions"]:
-                if s["group"] == group:
-                    return s
-    return {}
+from conftest import sub_state, wait_for
 
 
 # --- the window policy ---------------------------------------------------------------------
@@ -187,7 +176,7 @@ def test_a_default_actor_holds_more_than_one_message_once_its_handler_keeps_up_w
         wait_for(lambda: len(seen) >= 1500, message="1,500 handled")
         # Then the hub has handed it many more than its one worker runs (a window of one
         # message per round trip was the old default: in_flight stayed 1)
-        state = wait_for(lambda: (s := _sub_state(hub.endpoint, topic, group))
+        state = wait_for(lambda: (s := sub_state(hub.endpoint, topic, group))
                          and s["in_flight"] > 1 and s, message="more than one in flight")
         assert state["in_flight"] > 1
         gate.set()
@@ -234,7 +223,7 @@ def test_every_message_of_a_batch_is_handled_exactly_once_and_all_acks_reach_the
     # Then each ran exactly once, and the hub holds none of them any more
     assert sorted(counts) == list(range(1, n + 1))
     assert set(counts.values()) == {1}
-    state = _sub_state(hub.endpoint, topic, group)
+    state = sub_state(hub.endpoint, topic, group)
     assert state["in_flight"] == 0 and state["pending"] == 0
     with Consumer(hub.endpoint) as c:
         c.subscribe(topic, group)

@@ -275,7 +275,7 @@ def test_receive_returns_none_after_its_timeout_and_close_ends_an_async_for(hub)
 def test_an_async_consumer_keeps_heartbeating_while_the_application_awaits_something_else(tmp_path):
     # Given a hub that takes a client silent for 3 x 100 ms as gone
     from zmq_mq.testing import running_hub
-    from test_runtime import _sub_state
+    from conftest import sub_state
 
     with running_hub(tmp_path / "data", heartbeat_ms=100) as hub:
         _publish(hub.endpoint, "slow", 2)
@@ -287,7 +287,7 @@ def test_an_async_consumer_keeps_heartbeating_while_the_application_awaits_somet
                 # When the application awaits other work for 10 heartbeat intervals
                 await asyncio.sleep(1.0)
                 # Then the hub still counts it attached, and nothing was re-attached or redelivered
-                assert _sub_state(hub.endpoint, "slow", "g").get("actors") == 1
+                assert sub_state(hub.endpoint, "slow", "g").get("actors") == 1
                 assert c._session.reattached == 0
                 await first.ack()
                 second = await c.receive(timeout=10)

@@ -19,16 +19,7 @@ from zmq_mq.router.clock import FakeClock
 from zmq_mq.router.protocol import Command
 from zmq_mq.testing import HubThread
 
-from conftest import settled_stats, step_hub_clock_while_idle, wait_for, zmq_mq_command
-
-
-def _sub_state(endpoint: str, topic: str, group: str) -> dict:
-    for t in request(endpoint, Command.TOPICS):
-        if t["topic"] == topic:
-            for s in t["subscriptions"]:
-                if s["group"] == group:
-                    return s
-    return {}
+from conftest import settled_stats, step_hub_clock_while_idle, sub_state, wait_for, zmq_mq_command
 
 
 def _topic_messages(endpoint: str, topic: str) -> int:
@@ -59,7 +50,7 @@ def test_a_handler_calling_progress_often_keeps_its_actor_alive_and_is_acked_onc
         with Producer(hub.endpoint) as p:
             p.publish("slowwork", b"x")
         # When it runs to the end
-        wait_for(lambda: _sub_state(hub.endpoint, "slowwork", "g").get("ack_floor") == 1,
+        wait_for(lambda: sub_state(hub.endpoint, "slowwork", "g").get("ack_floor") == 1,
                  timeout=30, message="the ack")
         reattached = actor.session.reattached
     finally:
@@ -95,7 +86,7 @@ def test_a_consumer_used_without_with_keeps_its_message_while_the_user_works(qui
         assert other.receive(timeout=1.0) is None
         msg.ack()
         worker.flush()
-        wait_for(lambda: _sub_state(quick_hub.endpoint, "jobs", "g").get("ack_floor") == 1,
+        wait_for(lambda: sub_state(quick_hub.endpoint, "jobs", "g").get("ack_floor") == 1,
                  message="the ack")
     finally:
         worker.close()
@@ -210,7 +201,7 @@ def test_an_actor_with_hung_handlers_stops_within_its_grace_and_leaves_them_unac
             p.publish("hung", b"%d" % i)
     actor.start()
     assert entered.wait(10)
-    wait_for(lambda: _sub_state(hub.endpoint, "hung", "g").get("in_flight") == 3,
+    wait_for(lambda: sub_state(hub.endpoint, "hung", "g").get("in_flight") == 3,
              message="three handlers running")
     # When it is stopped with a grace of 0.5 s
     start = time.monotonic()
@@ -220,7 +211,7 @@ def test_an_actor_with_hung_handlers_stops_within_its_grace_and_leaves_them_unac
     # messages back, unacked, for another actor
     assert not actor.running
     assert took < 0.5 + 2.0, f"stop took {took:.1f} s"
-    state = _sub_state(hub.endpoint, "hung", "g")
+    state = sub_state(hub.endpoint, "hung", "g")
     assert state["ack_floor"] == 0 and state["in_flight"] == 0
 
 

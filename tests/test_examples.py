@@ -14,8 +14,7 @@ import pytest
 
 from zmq_mq.actors import Consumer
 
-from conftest import step_hub_clock_while_idle, wait_for, zmq_mq_command
-from test_runtime import _sub_state
+from conftest import step_hub_clock_while_idle, sub_state, wait_for, zmq_mq_command
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -42,7 +41,7 @@ def test_the_signup_example_sends_emails_and_dead_letters_the_bouncing_one(
     hub, clock = fake_clock_hub(heartbeat_ms=10_000)
     out = tmp_path / "emails.out"
     actor = _start_actor(processes, EXAMPLES / "signup" / "email_actor.py", hub.endpoint, tmp_path, out)
-    wait_for(lambda: _sub_state(hub.endpoint, "user.signup", "emails").get("actors") == 1,
+    wait_for(lambda: sub_state(hub.endpoint, "user.signup", "emails").get("actors") == 1,
              message=f"email actor attached: {out.with_suffix('.log').read_text()}")
 
     # When the API signs up three users, then alice again (a retried request)
@@ -105,7 +104,7 @@ def test_the_workqueue_example_spreads_tasks_over_several_workers(hub, processes
     outs = [tmp_path / f"worker{i}.out" for i in range(3)]
     workers = [_start_actor(processes, EXAMPLES / "workqueue" / "worker.py", hub.endpoint, tmp_path, o)
                for o in outs]
-    wait_for(lambda: _sub_state(hub.endpoint, "tasks", "workers").get("actors") == 3,
+    wait_for(lambda: sub_state(hub.endpoint, "tasks", "workers").get("actors") == 3,
              message="three workers attached")
 
     # When 60 tasks are submitted

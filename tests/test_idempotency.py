@@ -13,8 +13,7 @@ from zmq_mq.actors import idempotency as idem
 from zmq_mq.actors.idempotency import message_key
 from zmq_mq.testing import running_hub
 
-from conftest import wait_for
-from test_runtime import _sub_state
+from conftest import sub_state, wait_for
 
 
 class _Msg:  # what the store needs of a Message
@@ -92,7 +91,7 @@ def test_an_idempotent_handler_runs_once_per_msg_id_even_if_the_message_is_store
                 assert p.publish("pay", b"10", msg_id="pay-1") == 2
                 assert p.publish("pay", b"20", msg_id="pay-2") == 3
             # Then the handler ran once per id, and all three messages were acked
-            wait_for(lambda: _sub_state(hub.endpoint, "pay", "ledger").get("ack_floor") == 3,
+            wait_for(lambda: sub_state(hub.endpoint, "pay", "ledger").get("ack_floor") == 3,
                      message="all acked")
         finally:
             actor.stop()
@@ -163,7 +162,7 @@ def test_the_readme_ledger_example_applies_each_payment_once_and_the_actor_stops
                     p.publish("payments", amount, msg_id=f"pay-{i}")
                 p.publish("payments", b"10", msg_id="pay-0")
             # Then every message is acked
-            wait_for(lambda: _sub_state(hub.endpoint, "payments", "ledger").get("ack_floor") == 4,
+            wait_for(lambda: sub_state(hub.endpoint, "payments", "ledger").get("ack_floor") == 4,
                      message="all four payments acked")
         finally:
             actor.stop(timeout=10)

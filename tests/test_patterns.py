@@ -239,6 +239,33 @@ def test_topic_delete_removes_messages_config_and_subscriptions_and_the_name_sta
     assert again.returncode != 0 and b"no topic" in again.stderr
 
 
+def test_a_topic_delete_in_the_turn_that_publishes_to_it_is_answered_after_the_confirm(tmp_path):
+    # Given a hub driven without sockets (Hub.step): one turn holds a PUBLISH to "tmp" and a
+    # TOPIC delete of "tmp", so the delete first commits the staged publish (commit_now)
+    from zmq_mq.router.config import HubConfig
+    from zmq_mq.router.hub import Hub
+
+    def publish(batch_id: int) -> list[bytes]:
+        return [b"p", *protocol.encode(protocol.Command.PUBLISH, [batch_id, [["tmp", b"a", None, None]]])]
+
+    hub = Hub(HubConfig(data_dir=str(tmp_path)))
+    try:
+        assert hub.step([publish(1)]) == [(b"p", protocol.Command.CONFIRM, [1, [1]])]
+        sent = hub.step([
+            publish(2),
+            [b"a", *protocol.encode(protocol.Command.TOPIC, ["r", "delete", "tmp", None])],
+        ])
+        # Then the publisher hears its confirm and the admin its reply, in that order
+        assert sent == [
+            (b"p", protocol.Command.CONFIRM, [2, [2]]),
+            (b"a", protocol.Command.REPLY, ["r", {"topic": "tmp", "deleted": True, "messages": 2,
+                                                  "subscriptions": [], "partitions": 0}]),
+        ]
+        assert "tmp" not in hub.store.topics
+    finally:
+        hub.close()
+
+
 def test_deleting_a_topic_under_an_attached_consumer_lets_it_go_on_with_the_new_topic(hub):
     with Producer(hub.endpoint) as p:
         p.publish("live", b"old")

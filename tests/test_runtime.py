@@ -10,19 +10,8 @@ import time
 import pytest
 
 from zmq_mq.actors import Actor, Backoff, Consumer, Producer, compute_backoff
-from zmq_mq.actors.connection import request
-from zmq_mq.router.protocol import Command
 
-from conftest import subscription_stats, wait_for
-
-
-def _sub_state(endpoint: str, topic: str, group: str) -> dict:
-    for t in request(endpoint, Command.TOPICS):
-        if t["topic"] == topic:
-            for s in t["subscriptions"]:
-                if s["group"] == group:
-                    return s
-    return {}
+from conftest import sub_state, subscription_stats, wait_for
 
 
 # --- credit --------------------------------------------------------------------------------
@@ -58,7 +47,7 @@ def test_an_actor_holds_workers_times_prefetch_messages_and_runs_only_its_worker
         wait_for(lambda: len(started) == 2, message="two handlers running")
         # Then the hub has handed out 2 x prefetch (the rest stay in the hub for other actors)
         # while only the 2 workers run
-        wait_for(lambda: (s := _sub_state(hub.endpoint, topic, group))
+        wait_for(lambda: (s := sub_state(hub.endpoint, topic, group))
                  and s["in_flight"] == held and s["pending"] == 10 - held,
                  message=f"{held} in flight, {10 - held} pending")
         assert len(started) == 2
@@ -200,7 +189,7 @@ def test_async_handlers_run_concurrently_up_to_the_concurrency_and_ack_or_nack(h
     assert len(loops) == 1
     assert sorted(done) == list(range(1, 21))
     assert attempts[3] == 2
-    state = _sub_state(hub.endpoint, "aio", "aio")
+    state = sub_state(hub.endpoint, "aio", "aio")
     assert state["ack_floor"] == 20 and state["in_flight"] == 0
 
 
@@ -224,7 +213,7 @@ def test_stopping_waits_for_running_async_handlers_within_grace(hub):
     actor.stop()
     # Then the running task finished and its ack was committed
     assert finished == [1]
-    assert _sub_state(hub.endpoint, "slowaio", "g")["ack_floor"] == 1
+    assert sub_state(hub.endpoint, "slowaio", "g")["ack_floor"] == 1
 
 
 def test_async_handlers_past_grace_are_cancelled_and_their_messages_released(hub):
@@ -266,7 +255,7 @@ def test_a_redelivery_of_a_message_still_running_is_folded_into_it_not_run_twice
         runs.append(msg.deliveries)
         started.set()
         # the hub gives up on this delivery after 0.3 s and delivers the message again
-        wait_for(lambda: _sub_state(hub.endpoint, "slowpoke", "g").get("in_flight") == 1
+        wait_for(lambda: sub_state(hub.endpoint, "slowpoke", "g").get("in_flight") == 1
                  and actor.session is not None and redelivered.is_set(), timeout=10,
                  message="redelivery")
 
@@ -287,13 +276,13 @@ def test_a_redelivery_of_a_message_still_running_is_folded_into_it_not_run_twice
         # When the hub's clock passes ack_wait while the handler runs
         assert started.wait(10), "the handler never ran"
         clock.advance(300)
-        wait_for(lambda: _sub_state(hub.endpoint, "slowpoke", "g").get("ack_floor") == 1,
+        wait_for(lambda: sub_state(hub.endpoint, "slowpoke", "g").get("ack_floor") == 1,
                  message="acked")
     finally:
         actor.stop()
     # Then the handler ran once, and both deliveries were settled by its ack
     assert runs == [1]
-    assert _sub_state(hub.endpoint, "slowpoke", "g")["in_flight"] == 0
+    assert sub_state(hub.endpoint, "slowpoke", "g")["in_flight"] == 0
 
 
 def test_plain_and_async_handlers_share_one_actor(hub):

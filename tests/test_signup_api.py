@@ -18,9 +18,8 @@ import pytest
 
 from zmq_mq.actors import Consumer
 
-from conftest import wait_for
+from conftest import sub_state, wait_for
 from test_examples import _start_actor, _stop
-from test_runtime import _sub_state
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PUBLISH_TIMEOUT = 1.0  # the API's SIGNUP_PUBLISH_TIMEOUT in these tests
@@ -96,7 +95,7 @@ def test_every_signup_the_api_accepted_reaches_the_email_actor(hub_process, sign
     out = tmp_path / "emails.out"
     actor = _start_actor(processes, EXAMPLES / "signup" / "email_actor.py", hub.endpoint,
                          tmp_path, out)
-    wait_for(lambda: _sub_state(hub.endpoint, "user.signup", "emails").get("actors") == 1,
+    wait_for(lambda: sub_state(hub.endpoint, "user.signup", "emails").get("actors") == 1,
              message="email actor attached")
     url = signup_api(hub.endpoint)
     emails = [f"user{i}@example.com" for i in range(60)] + ["bounce@example.com"]
