@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -167,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         for h in hubs.values():
             h.stop()
         zk.stop()
+    shutil.rmtree(tmp, ignore_errors=True)  # reached only when the run completed
     fo = [k["failover_s"] for k in kills]
     mv = [k["moved_s"] for k in kills]
     report = {

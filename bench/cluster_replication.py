@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import multiprocessing as mp
 import statistics
 import sys
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         for h in procs:
             h.stop()
         zk.stop()
+    shutil.rmtree(tmp, ignore_errors=True)  # reached only when the run completed
     report = {"messages": args.messages, "rounds": args.rounds, "sync": args.sync,
               "payload_bytes": PAYLOAD, "legs": {}}
     print(f"\n{'leg':12s} {'W1 median':>12s} {'W2 median':>12s}   (msg/s, {args.rounds} rounds, "
