@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import _require_zookeeper
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
@@ -27,6 +28,8 @@ SCRIPTS = {
     "w5split.py": ["--rate", "500", "--duration", "0.5", "--rounds", "1",
                    "--json-out", "report.json"],
     "faults.py": None,
+    "cluster_failover.py": ["--kills", "1", "--partitions", "3", "--json-out", "report.json"],
+    "cluster_replication.py": ["--messages", "300", "--rounds", "1", "--json-out", "report.json"],
     "signup_api.py": ["--w1-messages", "500", "--w2-messages", "300", "--rounds", "1",
                       "--rate", "100", "--seconds", "0.3", "--connections", "2",
                       "--json-out", "report.json"],
@@ -40,6 +43,8 @@ def test_every_script_under_bench_has_a_smallest_run_here():
 @pytest.mark.slow
 @pytest.mark.parametrize("script", [s for s, args in SCRIPTS.items() if args is not None])
 def test_the_bench_script_runs_to_the_end_with_its_smallest_options(script, tmp_path):
+    if script.startswith("cluster_"):
+        _require_zookeeper()  # they start a ZooKeeper of their own
     done = subprocess.run([sys.executable, str(BENCH / script), *SCRIPTS[script]],
                           capture_output=True, text=True, timeout=100, cwd=tmp_path)
     assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
@@ -58,6 +63,12 @@ def test_the_bench_script_runs_to_the_end_with_its_smallest_options(script, tmp_
     elif script == "seed_model.py":
         assert report["ok"] and report["lost"] == 0 and report["duplicates"] == 0, report
         assert report["ideal_msg_per_s"] == 2500 and report["msg_per_s"] > 0
+    elif script == "cluster_failover.py":
+        assert len(report["kills"]) == 1 and report["failover_max_s"] > 0, report
+        assert report["session_timeout_s"] == 2.0
+    elif script == "cluster_replication.py":
+        assert set(report["legs"]) == {"single", "cluster-r1", "cluster-r2", "direct-r1", "direct-r2"}
+        assert all(v > 0 for leg in report["legs"].values() for v in leg["median"].values())
     elif script == "workqueue.py":
         assert report["lost"] == 0 and report["duplicates"] == 0, report
         assert report["slow_handled"] + report["fast_handled"] == 300

@@ -708,3 +708,31 @@ def test_a_message_resent_after_a_lost_confirm_is_stored_once_thanks_to_its_auto
         assert [(m.seq, m.payload) for m in stored] == [(seq, b"once")]
     finally:
         real.stop()
+
+
+def test_automatic_msg_ids_are_distinct_without_reading_the_kernels_random_source_per_message(
+        cluster, monkeypatch):
+    # os.urandom (uuid4 per message) was a third of the cluster producer's publish_async time
+    cluster.add("a")
+    with Admin(cluster.url) as admin:
+        admin.create_topic("ids", partitions=1, replicas=1)
+    import os as _os
+
+    real_urandom = _os.urandom
+    calls = []
+
+    def counting(n):
+        calls.append(n)
+        return real_urandom(n)
+
+    with Producer(cluster.url, timeout=WAIT) as producer:
+        producer.publish("ids", b"first")  # connected, metadata read
+        monkeypatch.setattr(_os, "urandom", counting)
+        futures = [producer.publish_async("ids", b"x") for _ in range(200)]
+        producer.flush()
+        monkeypatch.setattr(_os, "urandom", real_urandom)
+    assert all(f.result() >= 1 for f in futures)
+    assert len(calls) < 10, f"{len(calls)} reads of os.urandom for 200 publishes"
+    ids = [m.headers.get(protocol.MSG_ID_HEADER) for m in _stored(cluster.endpoint_of("a"),
+                                                                  "ids.0")]
+    assert len(ids) == 201 and all(ids) and len(set(ids)) == 201
