@@ -161,14 +161,15 @@ class Actor:
         self._akick_due = False  # a kick of the asyncio side is scheduled
         self._achains = 0  # async chains running or parked (asyncio thread only)
         self._aparked: list[asyncio.Future] = []  # parked chains, waiting for messages
-        # Loop-thread state: messages handed to the workers (queued or running), by (sid, seq);
-        # a redelivery of a running message is folded into it, never run twice.
-        self._running: dict[tuple[int, int], Message] = {}
-        self._folded: dict[tuple[int, int], list[Message]] = {}
-        self._folded_at: dict[tuple[int, int], int] = {}  # when the newest folded copy came
+        # Loop-thread state: messages handed to the workers (queued or running), by (sid, topic,
+        # seq) (a pattern's or partitioned topic's sid reads several topics, each numbered from
+        # 1); a redelivery of a running message is folded into it, never run twice.
+        self._running: dict[tuple[int, str, int], Message] = {}
+        self._folded: dict[tuple[int, str, int], list[Message]] = {}
+        self._folded_at: dict[tuple[int, str, int], int] = {}  # when the newest folded copy came
         # NACKs of running messages, held until the handler is done: if the hub delivered the
         # message again meanwhile, that delivery is the next try and runs instead (see "done")
-        self._nacks: dict[tuple[int, int], int] = {}
+        self._nacks: dict[tuple[int, str, int], int] = {}
         self._windows: dict[int, CreditWindow] = {}  # sid -> its window (adaptive or fixed)
         self._next_keepalive = 0  # no PROGRESS of queued messages due before this
         self._by_sid: dict[int, _Route] = {}
@@ -432,7 +433,7 @@ class Actor:
         plain: list[Message] = []
         coros: list[Message] = []
         for msg in msgs:
-            key = (msg.sid, msg.seq)
+            key = (msg.sid, msg.topic, msg.seq)
             held = running.get(key)
             if held is not None:  # delivered again while we hold it
                 if held._queued_at is not None:
@@ -483,7 +484,7 @@ class Actor:
                     msg = q.popleft()
                 except IndexError:
                     break
-                self._running.pop((msg.sid, msg.seq), None)
+                self._running.pop((msg.sid, msg.topic, msg.seq), None)
                 msg.settled = "release"
                 session.settle(msg, "release")
         deadline = monotonic_ms() + int(self.grace * 1000)
@@ -699,7 +700,7 @@ class Actor:
         redo: list[Message] = []
         for msg, kind, arg in batch:
             if kind == _DONE_ACK or kind == "done":
-                key = (msg.sid, msg.seq)
+                key = (msg.sid, msg.topic, msg.seq)
                 running.pop(key, None)
                 window = windows.get(msg.sid)
                 if window is not None:
@@ -731,8 +732,8 @@ class Actor:
                     for dup in dups:
                         dup.settled = "ack"
                         acks.append(dup)
-            elif kind == "nack" and running.get((msg.sid, msg.seq)) is msg:
-                nacks[(msg.sid, msg.seq)] = arg  # sent when the handler is done
+            elif kind == "nack" and running.get((msg.sid, msg.topic, msg.seq)) is msg:
+                nacks[(msg.sid, msg.topic, msg.seq)] = arg  # sent when the handler is done
             else:
                 session.settle(msg, kind, arg)
         if acks:

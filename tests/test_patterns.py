@@ -119,6 +119,36 @@ def test_an_actor_with_a_pattern_handles_a_topic_created_while_it_runs(hub):
     assert sorted(seen) == [("events.login", b"b"), ("events.signup", b"a")]
 
 
+def test_an_actor_runs_a_message_of_one_topic_while_the_same_seq_of_another_topic_of_its_pattern_runs(hub):
+    # One sid reads every topic of the pattern, and each topic numbers its messages from 1:
+    # events.login seq 1 arriving while events.signup seq 1 runs is another message, not a
+    # redelivery to fold into the running one (which acked it unrun when that one finished).
+    seen = []
+    login_ran = threading.Event()
+    done = threading.Event()
+
+    def handle(msg):
+        if msg.topic == "events.signup":
+            login_ran.wait(10)  # still running when events.login seq 1 is delivered
+        else:
+            login_ran.set()
+        seen.append((msg.topic, msg.seq, msg.payload))
+        if len(seen) == 2:
+            done.set()
+
+    actor = Actor(hub.endpoint, name="pattern-actor", concurrency=2)
+    actor.add_handler("events.*", handle, group="g")
+    actor.start()
+    try:
+        with Producer(hub.endpoint) as p:
+            p.publish("events.signup", b"a")
+            p.publish("events.login", b"b")
+        assert done.wait(20), seen
+    finally:
+        actor.stop()
+    assert sorted(seen) == [("events.login", 1, b"b"), ("events.signup", 1, b"a")]
+
+
 @pytest.mark.slow
 def test_a_pattern_subscription_survives_a_hub_restart_and_picks_up_topics_created_meanwhile(hub_process):
     hub = hub_process(bind="tcp://127.0.0.1:0")
