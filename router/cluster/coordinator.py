@@ -700,14 +700,21 @@ class ClusterMember(ClusterClient):
             self._incarnations = hubs
         return True
 
-    def _place(self, topic: str, existing: set[str], live: set[str]) -> bool:
+    def _read(self, path: str, decode, what: str):
+        """``(decoded node, stat)`` of ``path``, or ``(None, None)`` if it is gone or holds data
+        this version cannot read (logged: the controller skips it)."""
         try:
-            data, _ = self.zk.get(self.paths.topic(topic))
-            spec = decode_topic(data)
+            data, stat = self.zk.get(path)
+            return decode(data), stat
         except NoNodeError:
-            return False
+            return None, None
         except LayoutError as exc:
-            log.error("controller %s: topic %s: %s", self.node, topic, exc)
+            log.error("controller %s: %s: %s", self.node, what, exc)
+            return None, None
+
+    def _place(self, topic: str, existing: set[str], live: set[str]) -> bool:
+        spec, _ = self._read(self.paths.topic(topic), decode_topic, f"topic {topic}")
+        if spec is None:
             return False
         again = False
         for index, replicas in enumerate(spec.assignment):
@@ -723,13 +730,9 @@ class ClusterMember(ClusterClient):
         return again
 
     def _elect(self, name: str, live: set[str], restarted: set[str]) -> bool:
-        try:
-            data, stat = self.zk.get(self.paths.partition(name))
-            state = decode_partition(data)
-        except NoNodeError:
-            return False
-        except LayoutError as exc:
-            log.error("controller %s: partition %s: %s", self.node, name, exc)
+        state, stat = self._read(self.paths.partition(name), decode_partition,
+                                 f"partition {name}")
+        if state is None:
             return False
         new = state
         gone = restarted & set(state.replicas)
