@@ -50,11 +50,6 @@ class Clock:
         """Wall-clock time in whole ms since the epoch (rounded down): for what is stored."""
         return self.wall_ns() // _NS_PER_MS
 
-    def wall_ms_ceil(self) -> int:
-        """Wall-clock time in ms rounded up: the earliest whole ms not before now (a due time
-        computed from it is never before now + delay)."""
-        return -(-self.wall_ns() // _NS_PER_MS)
-
     def wall_to_monotonic_ms(self, wall_ms: int) -> int:
         """The monotonic ms at which the wall clock shows ``wall_ms``, rounded up (never early).
 

@@ -115,12 +115,25 @@ class Hub:
         self._monitor: zmq.Socket | None = None
         self._stop = threading.Event()
         self._running = threading.Event()
-        self.store = Store(
-            self.config.data_dir,
-            map_size=self.config.map_size,
-            max_map_size=self.config.max_map_size,
-            sync=self.config.sync,
-        )
+        try:
+            self.store = Store(
+                self.config.data_dir,
+                map_size=self.config.map_size,
+                max_map_size=self.config.max_map_size,
+                sync=self.config.sync,
+            )
+            self._load_state()
+        except BaseException:
+            # nothing is served yet: give the data directory (its lock) and an own context
+            # back now, not when the collector gets to a half-made hub
+            if getattr(self, "store", None) is not None:
+                self.store.close()
+            if self._own_ctx:
+                self._ctx.term()
+            raise
+
+    def _load_state(self) -> None:
+        """The state a hub serves from, read from its opened store (part of __init__)."""
         # What this loop turn stages for its group commit (router/turn.py); the commit
         # consumes it and a new one starts.
         self.turn = Turn()

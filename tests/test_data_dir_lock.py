@@ -109,3 +109,25 @@ def test_a_store_dropped_without_close_frees_its_directory(tmp_path):
     # Then the directory can be opened again
     with Store(tmp_path / "db") as again:
         assert again.topics["t"].last_seq == 1
+
+
+def test_a_hub_that_fails_to_start_after_opening_its_data_directory_releases_it_at_once(tmp_path, monkeypatch):
+    # Given a data directory whose state cannot be loaded (here: restoring subscriptions fails)
+    from zmq_mq.router import hub as hub_module
+    from zmq_mq.router.config import HubConfig
+
+    def broken(self):
+        raise RuntimeError("cannot restore subscriptions")
+
+    monkeypatch.setattr(hub_module.Groups, "restore", broken)
+    # When a hub is made on it and fails (the failure, and so the half-made hub, kept alive
+    # by the traceback: no collector can release the directory for it)
+    with pytest.raises(RuntimeError, match="cannot restore") as failed:
+        hub_module.Hub(HubConfig(data_dir=str(tmp_path)))
+    assert failed.traceback  # still referenced here
+    # Then the directory is free at once: a store (or a hub) opens it
+    gc.disable()
+    try:
+        Store(str(tmp_path)).close()
+    finally:
+        gc.enable()
