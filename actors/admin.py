@@ -59,22 +59,23 @@ class Admin:
         self._ensure()
         return self._conn.welcome
 
-    def _ensure(self) -> None:
+    def _ensure(self, timeout: float | None = None) -> None:
         if not self._open:
-            self._conn.open(self.timeout)
+            self._conn.open(self.timeout if timeout is None else timeout)
             self._open = True
 
     def call(self, command: bytes, *args: Any) -> Any:
         """Send ``[ref, *args]`` and return the ``result`` of the matching ``REPLY [ref, result]``.
 
-        Raises HubError if the hub refuses, HubUnavailable if it does not answer in time.
+        Raises HubError if the hub refuses, HubUnavailable if it does not answer in time:
+        ``timeout`` bounds the whole request, connecting included.
         """
-        self._ensure()
+        deadline = monotonic_ms() + int(self.timeout * 1000)
+        self._ensure(max(deadline - monotonic_ms(), 1) / 1000)
         self._ref += 1
         ref = self._ref
         conn = self._conn
         conn.send(command, [ref, *args])
-        deadline = monotonic_ms() + int(self.timeout * 1000)
         while True:
             left = deadline - monotonic_ms()
             if left <= 0 or not conn.socket.poll(left, zmq.POLLIN):

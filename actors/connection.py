@@ -283,12 +283,13 @@ class Connection:
 
 def request(endpoint: str | None, command: bytes, *, timeout: float = 10.0,
             context: zmq.Context | None = None, curve: CurveKeys | None = None) -> Any:
-    """One admin round trip (e.g. TOPICS): connect, ask, return the REPLY body, close."""
+    """One admin round trip (e.g. TOPICS): connect, ask, return the REPLY body, close.
+    ``timeout`` bounds the whole of it, connecting included."""
     conn = Connection(endpoint, name="admin", context=context, curve=curve)
     try:
+        deadline = monotonic_ms() + int(timeout * 1000)
         conn.open(timeout)
         conn.send(command, [1])
-        deadline = monotonic_ms() + int(timeout * 1000)
         while True:
             left = deadline - monotonic_ms()
             if left <= 0 or not conn.socket.poll(left, zmq.POLLIN):
