@@ -540,12 +540,14 @@ class Store:
         dedup: list[tuple[str, int]] | None = None,
         now_ms: int = 0,
         epochs: list[list[int]] | None = None,
+        schedule: list[tuple[int, int]] | None = None,
     ) -> TopicInfo:
         """A follower's copy of its leader's log: store ``records`` (``(seq, record)``, seqs
         increasing, every one above this topic's ``last_seq``) at the leader's sequences, raise
         ``last_seq`` to the leader's (sequences never repeat, even where the leader trimmed), put
         the replicated subscription states ``subs`` and dedup entries ``dedup`` (``(msg_id,
-        seq)``), all in one write transaction. The ordinary :meth:`commit` (the hub's hot path)
+        seq)``) and delay entries ``schedule`` (``(seq, due_ms)`` of replicated records the
+        leader holds back), all in one write transaction. The ordinary :meth:`commit` (the hub's hot path)
         is untouched by this path. Returns the topic's new info."""
         self._check_open()
         info = self.topics.get(topic)
@@ -588,9 +590,12 @@ class Store:
                     self._put_dedup(txn, [(topic, m, s) for m, s in dedup], {topic: 0}, now_ms)
                 if epochs is not None:
                     txn.put(_EPOCHS + topic.encode(), msgpack.packb(epochs), db=self._meta_db)
+                for seq, due in schedule or ():
+                    txn.put(_sched_key(topic, seq), due.to_bytes(8, "big"), db=self._sched_db)
         except lmdb.MapFullError:
             self._grow(lmdb.MapFullError("map full"))
-            return self.replicate(topic, records, last_seq, subs, dedup, now_ms, epochs)
+            return self.replicate(topic, records, last_seq, subs, dedup, now_ms, epochs,
+                                  schedule)
         except lmdb.Error as exc:
             if _is_disk_full(exc):
                 raise StorageFull(f"disk full: {exc}") from exc
@@ -607,6 +612,38 @@ class Store:
         if records:
             self._tail_id = max(self._tail_id, tid)
         return self.topics[topic]
+
+    def gaps(self, topic: str, upto: int, limit: int = 10_000) -> list[list[int]]:
+        """The runs ``[lo, hi]`` of sequences between ``first_seq`` and ``upto`` that are not
+        stored (a sparse PURGE's holes), at most ``limit`` runs: what a cluster leader sends a
+        follower whose copy holds more records than its own."""
+        self._check_open()
+        info = self.topics.get(topic)
+        if info is None:
+            return []
+        upto = min(upto, info.last_seq)
+        if info.count >= upto - info.first_seq + 1:  # nothing missing
+            return []
+        prefix = _topic_prefix(info.id)
+        out: list[list[int]] = []
+        expect = info.first_seq
+        with self._env.begin(db=self._log_db) as txn:
+            cursor = txn.cursor()
+            if cursor.set_range(prefix + expect.to_bytes(_SEQ_BYTES, "big")):
+                for key in cursor.iternext(keys=True, values=False):
+                    if key[:_ID_BYTES] != prefix:
+                        break
+                    seq = int.from_bytes(key[_ID_BYTES:], "big")
+                    if seq > upto:
+                        break
+                    if seq > expect:
+                        out.append([expect, seq - 1])
+                        if len(out) >= limit:
+                            return out
+                    expect = seq + 1
+        if expect <= upto:
+            out.append([expect, upto])
+        return out
 
     def epochs(self, topic: str) -> list[list[int]]:
         """A cluster partition's leader epochs: ``[[epoch, first seq it wrote], ...]`` in
