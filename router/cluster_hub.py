@@ -254,8 +254,11 @@ class ClusterHub(Hub):
             f = self.following.get(name)
             if f is None or f.epoch != state.epoch or f.leader != state.leader:
                 history = self.store.epochs(name)
-                self.following[name] = Following(state.leader, state.epoch,
-                                                 history[-1][0] if history else -1)
+                f = self.following[name] = Following(state.leader, state.epoch,
+                                                     history[-1][0] if history else -1)
+                position = self.store.stream_position(name)
+                if position is not None and position[0] == state.epoch:  # a restart
+                    f.events_next = position[1]
                 self._drop_local_subs(name)
                 # a follower's log follows the leader's retention and purges (first_seq,
                 # holes in REPLICA), never its own limits: its copy stays the leader's
@@ -389,11 +392,15 @@ class ClusterHub(Hub):
         mark = len(self._outbox)
         mark_received = len(self._confirmed_at)
         removed = self._dead_letters_removed() if leading else []
+        deleted_before = self.store.last_deleted
         stored = super()._commit()
         news = set(stored)
+        # what this turn's commit deleted (the store makes a new map per commit; a turn with
+        # nothing to commit leaves the last one's)
+        deleted = {} if self.store.last_deleted is deleted_before else self.store.last_deleted
         if leading:
-            news.update(self._stream_events(stored, removed))
-            news.update(t for t, n in self.store.last_deleted.items() if n)
+            news.update(self._stream_events(stored, removed, deleted))
+            news.update(t for t, n in deleted.items() if n)
         if touched:
             topics = self.store.topics
             need = {t: (leading[t].epoch if t in leading else -1,
@@ -434,7 +441,7 @@ class ClusterHub(Hub):
                     out.append((origin[0], topic, ["undead", topic, origin[0], origin[1]]))
         return out
 
-    def _stream_events(self, stored: dict, removed: list) -> set[str]:
+    def _stream_events(self, stored: dict, removed: list, deleted: dict) -> set[str]:
         """Put this commit's dead letters (and removals) of partitions this hub leads in their
         partitions' state streams; the partitions that got some."""
         out = set()
@@ -447,7 +454,6 @@ class ClusterHub(Hub):
                 if lead is not None:
                     lead.add_event(["dead", topic, record])
                     out.add(origin[0])
-        deleted = self.store.last_deleted
         for origin, topic, event in removed:
             lead = self.leading.get(origin)
             if lead is not None and deleted.get(topic):
@@ -541,10 +547,10 @@ class ClusterHub(Hub):
     def _state_news(self, lead: Leadership, node: str, info: Any, from_seq: int) -> bool:
         """Whether a caught-up follower's fetch has something to apply now besides records:
         state-stream entries, a log start moved by retention or PURGE, holes."""
-        first, _, events_next = lead.reported[node]
+        first, count, events_next = lead.reported[node]
         if lead.events and lead.events[-1][0] >= events_next:
             return True
-        if info is not None and first < info.first_seq and info.first_seq > 1:
+        if info is not None and count and first < info.first_seq:
             return True
         return self._needs_holes(lead, node, info, from_seq, self.clock.monotonic_ms())
 
@@ -709,11 +715,14 @@ class ClusterHub(Hub):
             elif kind == "undead" and len(event) == 4:
                 undead.append((event[1], event[2], event[3]))
             nxt = n + 1
+        if nxt == f.events_next:
+            return
         if dead:
             self._store_dead_letters(dead)
         for topic, origin, seq in undead:
             self._remove_dead_letter(topic, origin, seq)
         f.events_next = nxt
+        self.store.set_stream_position(name, f.epoch, nxt)  # not applied twice after a restart
 
     def _store_dead_letters(self, dead: dict[str, list[bytes]]) -> None:
         firsts = self.store.commit(dead, now_ms=self.clock.wall_ms())

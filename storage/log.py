@@ -55,6 +55,7 @@ _DB_DEDUP = b"dedup"
 _DB_DEDUP_EXP = b"dedup_exp"
 _DB_META = b"meta"  # store bookkeeping (the touch counter; a cluster partition's epochs)
 _EPOCHS = b"epochs:"  # + topic: msgpack [[epoch, first seq], ...] (cluster mode only)
+_STREAM = b"stream:"  # + topic: msgpack [leader epoch, next state-stream entry] (followers)
 _DB_SCHED = b"sched"  # topic + NUL + 8-byte seq -> 8-byte due time (wall ms): delayed messages
 _DB_TOPIC_CONFIG = b"topic_config"  # topic name -> msgpack map of its retention limits
 _DB_PATTERNS = b"patterns"  # pattern + NUL + group -> msgpack options of a pattern subscription
@@ -575,8 +576,8 @@ class Store:
                     new = TopicInfo(topic, tid, first, new_last, len(records), nbytes, now_ms)
                 else:
                     first = info.first_seq
-                    if info.count == 0 and records:
-                        first = records[0][0]
+                    if info.count == 0:  # none retained: the first is the next to come
+                        first = records[0][0] if records else new_last + 1
                     new = TopicInfo(topic, tid, first, new_last, info.count + len(records),
                                     info.bytes + nbytes, info.created_ms)
                 txn.put(topic.encode(), new._pack(), db=self._topics_db)
@@ -622,7 +623,7 @@ class Store:
         if info is None:
             return []
         upto = min(upto, info.last_seq)
-        if info.count >= upto - info.first_seq + 1:  # nothing missing
+        if info.count >= info.last_seq - info.first_seq + 1:  # nothing missing anywhere
             return []
         prefix = _topic_prefix(info.id)
         out: list[list[int]] = []
@@ -652,6 +653,22 @@ class Store:
         with self._env.begin(db=self._meta_db) as txn:
             value = txn.get(_EPOCHS + topic.encode())
         return [list(e) for e in msgpack.unpackb(value)] if value else []
+
+    def stream_position(self, topic: str) -> tuple[int, int] | None:
+        """A cluster follower's place in its leader's state stream: ``(leader epoch, next
+        entry)`` as last stored (None: never)."""
+        self._check_open()
+        with self._env.begin(db=self._meta_db) as txn:
+            value = txn.get(_STREAM + topic.encode())
+        return tuple(msgpack.unpackb(value)) if value else None  # type: ignore[return-value]
+
+    def set_stream_position(self, topic: str, epoch: int, next_entry: int) -> None:
+        self._check_open()
+        try:
+            with self._env.begin(write=True, db=self._meta_db) as txn:
+                txn.put(_STREAM + topic.encode(), msgpack.packb([epoch, next_entry]))
+        except lmdb.Error as exc:
+            raise StorageError(f"stream position write failed: {exc}") from exc
 
     def set_epochs(self, topic: str, epochs: list[list[int]]) -> None:
         """Store a partition's epoch history (a new leader appends its epoch), durably."""

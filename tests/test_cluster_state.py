@@ -212,3 +212,35 @@ def test_a_follower_far_behind_catches_up_every_record_over_several_fetches(clus
     del follower.hub.fetcher.fetch  # back
     wait_for(lambda: log_of(follower) == (1, 4000, 4000), WAIT,
              message="every record on the follower")
+
+
+def test_a_restarted_follower_does_not_append_a_dead_letter_twice(cluster_hubs, raw):
+    hubs = cluster_hubs("a", "b", "c")
+    with ClusterClient(cluster_hubs.url, session_timeout=SESSION_TIMEOUT) as client:
+        client.create_topic("t", 1, 3, min_insync=1, wait=WAIT)
+    meta = metadata_when(raw(hubs["a"].endpoint), lambda m: settled(m, "t", 1, 3))
+    leader, follower = leader_and_follower(hubs, meta, "t.0")
+    lagging = next(h for h in hubs.values() if h not in (leader, follower))
+    wait_for(lambda: "t.0" in lagging.hub.following, WAIT)
+    lagging.hub.fetcher.fetch = lambda *args: None  # the leader keeps its entries for it
+    client = raw(leader.endpoint)
+    publish(client, 1)
+    assert client.ask(Command.SUBSCRIBE, {"sid": 1, "topic": "t.0", "group": "g",
+                                          "credit": 10})[0] == Command.SUBSCRIBED
+    assert client.recv()[0] == Command.DELIVER
+    client.send(Command.REJECT, [1, {"t.0": [1]}, "bad"])
+
+    def dead_letters(hub) -> int:
+        info = hub.hub.store.topics.get("dlq.g")
+        return info.count if info else 0
+
+    wait_for(lambda: dead_letters(follower) == 1, WAIT, message="the dead letter replicated")
+    follower.stop()
+    again = cluster_hubs(follower.node)[follower.node]
+    wait_for(lambda: again.node in leader.hub.leading["t.0"].pos
+             and leader.hub.leading["t.0"].reported.get(again.node, (0, 0, 0))[2] == 2
+             and leader.hub.leading["t.0"].pos[again.node] == 1, WAIT,
+             message="the restarted follower fetching again")
+    publish(raw(leader.endpoint), 1, "b2")  # one more round trip of fetches
+    wait_for(lambda: again.hub.store.topics["t.0"].last_seq == 2, WAIT)
+    assert dead_letters(again) == 1
