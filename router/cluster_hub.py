@@ -392,19 +392,25 @@ class ClusterHub(Hub):
         mark = len(self._outbox)
         mark_received = len(self._confirmed_at)
         removed = self._dead_letters_removed() if leading else []
+        purges = {t: _runs(seqs) for t, seqs in turn.deletes.items() if t in leading}
+        admin_refs = [(identity, ref) for identity, command, ref, _ in turn.admin
+                      if command in (Command.PURGE, Command.REDRIVE)] if leading else []
         deleted_before = self.store.last_deleted
         stored = super()._commit()
         news = set(stored)
         # what this turn's commit deleted (the store makes a new map per commit; a turn with
         # nothing to commit leaves the last one's)
         deleted = {} if self.store.last_deleted is deleted_before else self.store.last_deleted
+        topics = self.store.topics
         if leading:
             news.update(self._stream_events(stored, removed, deleted))
             news.update(t for t, n in deleted.items() if n)
+            for t, runs in purges.items():  # a PURGE (or REDRIVE) of the partition itself
+                if deleted.get(t) and t in leading:
+                    leading[t].add_event(["delete", runs])
         if touched:
-            topics = self.store.topics
             need = {t: (leading[t].epoch if t in leading else -1,
-                        topics[t].last_seq if t in topics else 0) for t in touched}
+                        topics[t].last_seq if t in topics else 0, 0) for t in touched}
             outbox = self._outbox
             held = [e for e in outbox[mark:] if e[1] == Command.CONFIRM]
             if held and need:
@@ -414,6 +420,18 @@ class ClusterHub(Hub):
                 received = self._confirmed_at[mark_received:]
                 del self._confirmed_at[mark_received:]
                 self.gate.hold(need, held, received)
+        changed = [t for t in news if t in leading]
+        if admin_refs and changed:
+            # a PURGE / REDRIVE is answered once the in-sync followers applied what it did
+            need = {t: (leading[t].epoch, topics[t].last_seq if t in topics else 0,
+                        leading[t].next_event - 1) for t in changed}
+            outbox = self._outbox
+            held = [e for e in outbox[mark:] if e[1] == Command.REPLY
+                    and _answers(e, admin_refs)]
+            if held:
+                self._outbox = outbox[:mark] + [e for e in outbox[mark:]
+                                                if not any(e is h for h in held)]
+                self.gate.hold(need, held)
         for topic in news:
             lead = leading.get(topic)
             if lead is not None and lead.parked:
@@ -461,11 +479,11 @@ class ClusterHub(Hub):
                 out.add(origin)
         return out
 
-    def _check_gate(self, need: dict[str, tuple[int, int]]) -> str:
+    def _check_gate(self, need: dict[str, tuple[int, int, int]]) -> str:
         if self.member is None or self.member.fenced:
             return Verdict.FAIL
         me = self.node
-        for name, (epoch, seq) in need.items():
+        for name, (epoch, seq, event) in need.items():
             lead = self.leading.get(name)
             if lead is None or lead.epoch != epoch:
                 return Verdict.FAIL
@@ -474,6 +492,8 @@ class ClusterHub(Hub):
             for f in lead.isr:
                 if f != me and lead.pos.get(f, 0) < seq:
                     return Verdict.WAIT
+                if event and f != me and lead.events_acked.get(f, 1) <= event:
+                    return Verdict.WAIT  # the follower has not applied that state entry
         return Verdict.OK
 
     def _release(self) -> None:
@@ -487,14 +507,21 @@ class ClusterHub(Hub):
             for received in gate.released:
                 observe((sent - received) / 1e9)
             gate.released = []
-        for identity, _, body in failed:
+        for identity, command, body in failed:
             self.counters["errors"] += 1
+            if command == Command.CONFIRM:
+                error = protocol.error_body(
+                    ErrorCode.NOT_LEADER, f"{self.node} lost the leadership before this batch "
+                    "was replicated: not confirmed; publish it to the new leader",
+                    Command.PUBLISH, body[0])
+            else:  # a PURGE / REDRIVE answer: the leader it is sent to again decides
+                result = body[1] if isinstance(body[1], dict) else {}
+                error = protocol.error_body(
+                    ErrorCode.NOT_LEADER, f"{self.node} lost the leadership before this was "
+                    "replicated: ask the new leader", Command.PURGE if "purged" in result
+                    else Command.REDRIVE, body[0])
             self._send(identity, Command.ERROR, {
-                **protocol.error_body(ErrorCode.NOT_LEADER,
-                                      f"{self.node} lost the leadership before this batch was "
-                                      "replicated: not confirmed; publish it to the new leader",
-                                      Command.PUBLISH, body[0]),
-                "leader": None, "leader_endpoint": None, "epoch": None})
+                **error, "leader": None, "leader_endpoint": None, "epoch": None})
 
     def _answer_fetch(self, identity: bytes, name: str, lead: Leadership, from_seq: int,
                       limit: int, node: str) -> None:
@@ -702,6 +729,7 @@ class ClusterHub(Hub):
             return
         dead: dict[str, list[bytes]] = {}
         undead: list[tuple[str, str, int]] = []
+        deletes: list = []
         nxt = f.events_next
         for n, event in events:
             if type(n) is not int or n < nxt or not isinstance(event, list) or not event:
@@ -714,6 +742,8 @@ class ClusterHub(Hub):
                 dead.setdefault(event[1], []).append(event[2])
             elif kind == "undead" and len(event) == 4:
                 undead.append((event[1], event[2], event[3]))
+            elif kind == "delete" and len(event) == 2:
+                deletes.extend(event[1] if isinstance(event[1], list) else ())
             nxt = n + 1
         if nxt == f.events_next:
             return
@@ -721,6 +751,8 @@ class ClusterHub(Hub):
             self._store_dead_letters(dead)
         for topic, origin, seq in undead:
             self._remove_dead_letter(topic, origin, seq)
+        if deletes:  # a PURGE of the partition
+            self._apply_deletes(name, None, deletes)
         f.events_next = nxt
         self.store.set_stream_position(name, f.epoch, nxt)  # not applied twice after a restart
 
@@ -767,6 +799,27 @@ class ClusterHub(Hub):
         n = self.store.truncate(name, after, ids)
         log.warning("cluster hub %s: %s diverged from its leader after seq %d: %d unconfirmed "
                     "records dropped", self.node, name, after, n)
+
+
+def _runs(seqs: Any) -> list[list[int]]:
+    """Sequences (a range or a set) as runs ``[lo, hi]``."""
+    if isinstance(seqs, range):
+        return [[seqs.start, seqs.stop - 1]] if len(seqs) else []
+    out: list[list[int]] = []
+    for seq in sorted(seqs):
+        if out and out[-1][1] == seq - 1:
+            out[-1][1] = seq
+        else:
+            out.append([seq, seq])
+    return out
+
+
+def _answers(entry: tuple, refs: list[tuple[bytes, Any]]) -> bool:
+    """Whether an outbox entry is the REPLY to one of ``refs`` ((identity, ref))."""
+    body = entry[2]
+    if not isinstance(body, list) or not body:
+        return False
+    return any(entry[0] == identity and body[0] == ref for identity, ref in refs)
 
 
 def _dead_letter_origin(record: bytes) -> tuple[str, int] | None:
@@ -914,6 +967,7 @@ def _replicate(hub: ClusterHub, identity: bytes, peer: Peer | None, body: Any) -
                                  body.get("events_from"))
     if type(first) is int and type(count) is int and type(events_from) is int:
         lead.reported[node] = (first, count, events_from)
+        lead.events_acked[node] = events_from  # it applied the entries before
     else:  # a follower that does not speak the state stream: records and snapshots only
         lead.reported.pop(node, None)
     if from_seq <= last or (node in lead.reported
