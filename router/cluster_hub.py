@@ -117,6 +117,8 @@ class ClusterHub(Hub):
         self.following: dict[str, Following] = {}
         self.gate = ConfirmGate()
         self._deposed_sids: set[tuple[bytes, int]] = set()
+        # TOPIC changes of led partitions this turn: (identity, ref, partition), their REPLY gated
+        self._config_changes: list[tuple[bytes, Any, str]] = []
         self.member = None
         self.fetcher: Fetcher | None = None
         self.isr_writer: IsrWriter | None = None
@@ -395,6 +397,8 @@ class ClusterHub(Hub):
         purges = {t: _runs(seqs) for t, seqs in turn.deletes.items() if t in leading}
         admin_refs = [(identity, ref) for identity, command, ref, _ in turn.admin
                       if command in (Command.PURGE, Command.REDRIVE)] if leading else []
+        configured, self._config_changes = self._config_changes, []
+        admin_refs += [(identity, ref) for identity, ref, _ in configured]
         deleted_before = self.store.last_deleted
         stored = super()._commit()
         news = set(stored)
@@ -420,6 +424,7 @@ class ClusterHub(Hub):
                 received = self._confirmed_at[mark_received:]
                 del self._confirmed_at[mark_received:]
                 self.gate.hold(need, held, received)
+        news.update(t for _, _, t in configured)
         changed = [t for t in news if t in leading]
         if admin_refs and changed:
             # a PURGE / REDRIVE is answered once the in-sync followers applied what it did
@@ -730,6 +735,7 @@ class ClusterHub(Hub):
         dead: dict[str, list[bytes]] = {}
         undead: list[tuple[str, str, int]] = []
         deletes: list = []
+        config: Any = False  # False: no change in these entries
         nxt = f.events_next
         for n, event in events:
             if type(n) is not int or n < nxt or not isinstance(event, list) or not event:
@@ -744,6 +750,8 @@ class ClusterHub(Hub):
                 undead.append((event[1], event[2], event[3]))
             elif kind == "delete" and len(event) == 2:
                 deletes.extend(event[1] if isinstance(event[1], list) else ())
+            elif kind == "config" and len(event) == 2:
+                config = event[1]
             nxt = n + 1
         if nxt == f.events_next:
             return
@@ -753,6 +761,8 @@ class ClusterHub(Hub):
             self._remove_dead_letter(topic, origin, seq)
         if deletes:  # a PURGE of the partition
             self._apply_deletes(name, None, deletes)
+        if config is not False and (config is None or isinstance(config, dict)):
+            self.store.set_topic_config(name, config)  # its limits: live once it leads
         f.events_next = nxt
         self.store.set_stream_position(name, f.epoch, nxt)  # not applied twice after a restart
 
@@ -1000,6 +1010,11 @@ def _admin(command: bytes):
             except _Answered:
                 return
         inner(hub, identity, peer, body)
+        if (command == Command.TOPIC and req is not None and req.arg in ("create", "config")
+                and req.topic in hub.leading):
+            # the new limits travel as a state entry; the REPLY waits for the followers
+            hub.leading[req.topic].add_event(["config", hub.store.configs.get(req.topic)])
+            hub._config_changes.append((identity, req.ref, req.topic))
 
     return handler
 

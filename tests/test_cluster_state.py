@@ -144,6 +144,8 @@ def test_retention_and_purges_on_the_leader_reach_the_follower_and_stay_after_fa
     publish(client, 10)
     with ClusterAdmin(cluster_hubs.url, timeout=10) as admin:
         admin.configure_topic("t.0", max_messages=6)  # retention trims 1..4 on the leader
+        # answered once the follower holds the new limits
+        assert follower.hub.store.configs["t.0"]["max_messages"] == 6
         wait_for(lambda: log_of(leader) == (5, 10, 6), WAIT, message="the leader trimmed")
         assert admin.purge("t.0", [6, 7])["purged"] == 2  # holes
     wait_for(lambda: log_of(follower) == log_of(leader) == (5, 10, 4), WAIT,
