@@ -492,7 +492,9 @@ class ClusterHub(Hub):
             lead = self.leading.get(name)
             if lead is None or lead.epoch != epoch:
                 return Verdict.FAIL
-            if len(lead.isr) < lead.min_insync:
+            if len(lead.isr) < lead.min_insync and not event:
+                # publishes wait for min_insync; a state change (PURGE, TOPIC), taken below it,
+                # waits for the in-sync replicas there are
                 return Verdict.WAIT
             for f in lead.isr:
                 if f != me and lead.pos.get(f, 0) < seq:

@@ -249,3 +249,13 @@ def test_a_restarted_follower_does_not_append_a_dead_letter_twice(cluster_hubs, 
     publish(raw(leader.endpoint), 1, "b2")  # one more round trip of fetches
     wait_for(lambda: again.hub.store.topics["t.0"].last_seq == 2, WAIT)
     assert dead_letters(again) == 1
+
+
+def test_a_purge_below_min_insync_is_answered_by_the_leader_alone(cluster_hubs, raw):
+    hubs, leader, follower = one_partition(cluster_hubs, raw, min_insync=2)
+    publish(raw(leader.endpoint), 3)
+    follower.stop()
+    wait_for(lambda: leader.hub.leading["t.0"].isr == (leader.node,), WAIT,
+             message="the follower out of the in-sync set")
+    reply, body = raw(leader.endpoint).ask(Command.PURGE, [1, "t.0", [1]], timeout=10)
+    assert reply == Command.REPLY and body[1]["purged"] == 1
