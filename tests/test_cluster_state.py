@@ -4,6 +4,7 @@ retention deletes, purges, topic limits and delay schedules reach the followers,
 follower serves what its leader served; a confirm held for replication counts in the publish
 latency when it leaves. docs/CLUSTER.md "The state stream"."""
 
+# ruff: noqa: F811  (the cluster_hubs and raw fixtures come from test_cluster_hub)
 from __future__ import annotations
 
 import time
@@ -58,7 +59,7 @@ def log_of(hub) -> tuple[int, int, int]:
 
 def test_purge_redrive_and_topic_changes_on_a_follower_are_refused_with_the_leader_hint(
         cluster_hubs, raw):
-    hubs, leader, follower = one_partition(cluster_hubs, raw)
+    _, leader, follower = one_partition(cluster_hubs, raw)
     publish(raw(leader.endpoint), 3)
     wait_for(lambda: log_of(follower)[1] == 3, WAIT)
     client = raw(follower.endpoint)
@@ -90,7 +91,7 @@ def test_purge_redrive_and_topic_changes_on_a_follower_are_refused_with_the_lead
 
 def test_a_dead_letter_on_the_leader_is_on_the_promoted_follower_and_redrives_there(
         cluster_hubs, raw):
-    hubs, leader, follower = one_partition(cluster_hubs, raw, ("a", "b", "c"))
+    _, leader, follower = one_partition(cluster_hubs, raw, ("a", "b", "c"))
     client = raw(leader.endpoint)
     publish(client, 2)
     assert client.ask(Command.SUBSCRIBE, {"sid": 1, "topic": "t.0", "group": "g",
@@ -139,7 +140,7 @@ def test_a_dead_letter_on_the_leader_is_on_the_promoted_follower_and_redrives_th
 
 def test_retention_and_purges_on_the_leader_reach_the_follower_and_stay_after_failover(
         cluster_hubs, raw):
-    hubs, leader, follower = one_partition(cluster_hubs, raw, ("a", "b", "c"))
+    _, leader, follower = one_partition(cluster_hubs, raw, ("a", "b", "c"))
     client = raw(leader.endpoint)
     publish(client, 10)
     with ClusterAdmin(cluster_hubs.url, timeout=10) as admin:
@@ -163,7 +164,7 @@ def test_retention_and_purges_on_the_leader_reach_the_follower_and_stay_after_fa
 
 
 def test_a_purge_is_answered_once_the_in_sync_follower_applied_it(cluster_hubs, raw):
-    hubs, leader, follower = one_partition(cluster_hubs, raw)
+    _, leader, follower = one_partition(cluster_hubs, raw)
     publish(raw(leader.endpoint), 5)
     wait_for(lambda: log_of(follower) == (1, 5, 5), WAIT)
     client = raw(leader.endpoint)
@@ -177,7 +178,7 @@ def test_a_purge_is_answered_once_the_in_sync_follower_applied_it(cluster_hubs, 
 
 def test_a_delayed_message_is_held_back_by_the_promoted_follower_until_due(
         cluster_hubs, raw):
-    hubs, leader, follower = one_partition(cluster_hubs, raw, ("a", "b", "c"))
+    _, leader, follower = one_partition(cluster_hubs, raw, ("a", "b", "c"))
     delay_ms = 3000
     sent_ms = int(time.time() * 1000)
     publish(raw(leader.endpoint), 1, delay_ms=delay_ms)
@@ -196,7 +197,7 @@ def test_a_delayed_message_is_held_back_by_the_promoted_follower_until_due(
 
 def test_a_confirm_held_for_replication_counts_in_publish_latency_when_it_leaves(
         cluster_hubs, raw):
-    hubs, leader, follower = one_partition(cluster_hubs, raw)
+    _, leader, follower = one_partition(cluster_hubs, raw)
     follower.hub.fetcher.fetch = lambda *args: None  # the follower stops fetching
     started = time.monotonic()
     publish(raw(leader.endpoint), 1)  # held until the leader drops it from the in-sync set
@@ -209,7 +210,7 @@ def test_a_confirm_held_for_replication_counts_in_publish_latency_when_it_leaves
 
 
 def test_a_follower_far_behind_catches_up_every_record_over_several_fetches(cluster_hubs, raw):
-    hubs, leader, follower = one_partition(cluster_hubs, raw)
+    _, leader, follower = one_partition(cluster_hubs, raw)
     follower.hub.fetcher.fetch = lambda *args: None  # away: the leader leaves it behind
     client = raw(leader.endpoint)
     for i in range(8):  # more than one REPLICA carries (MAX_REPLICA_RECORDS)
@@ -252,7 +253,7 @@ def test_a_restarted_follower_does_not_append_a_dead_letter_twice(cluster_hubs, 
 
 
 def test_a_purge_below_min_insync_is_answered_by_the_leader_alone(cluster_hubs, raw):
-    hubs, leader, follower = one_partition(cluster_hubs, raw, min_insync=2)
+    _, leader, follower = one_partition(cluster_hubs, raw, min_insync=2)
     publish(raw(leader.endpoint), 3)
     follower.stop()
     wait_for(lambda: leader.hub.leading["t.0"].isr == (leader.node,), WAIT,
