@@ -739,13 +739,15 @@ class ClusterHub(Hub):
         deletes: list = []
         config: Any = False  # False: no change in these entries
         nxt = f.events_next
-        for n, event in events:
-            if type(n) is not int or n < nxt or not isinstance(event, list) or not event:
+        for entry in events:
+            n, event = entry if isinstance(entry, list) and len(entry) == 2 else (None, None)
+            if type(n) is not int or n < nxt:
                 continue
             if n > nxt:
                 log.warning("cluster hub %s: %s state entries %d..%d are gone from the "
                             "leader (away too long): not applied", self.node, name, nxt, n - 1)
-            kind = event[0]
+            nxt = n + 1  # an entry this hub cannot read is passed over, never asked again
+            kind = event[0] if isinstance(event, list) and event else None
             if kind == "dead" and len(event) == 3:
                 dead.setdefault(event[1], []).append(event[2])
             elif kind == "undead" and len(event) == 4:
@@ -754,7 +756,6 @@ class ClusterHub(Hub):
                 deletes.extend(event[1] if isinstance(event[1], list) else ())
             elif kind == "config" and len(event) == 2:
                 config = event[1]
-            nxt = n + 1
         if nxt == f.events_next:
             return
         if dead:

@@ -211,9 +211,12 @@ class Leadership:
         if self.events:
             floor = min((self.events_acked.get(f, 1) for f in self.replicas if f != me),
                         default=self.next_event)
-            if self.events[0][0] < floor:
-                self.events = [e for e in self.events if e[0] >= floor]
-        return [[n, ev] for n, ev in self.events if n >= first][:limit]
+            if self.events[0][0] < floor:  # numbers are consecutive: index by difference
+                del self.events[: floor - self.events[0][0]]
+        if not self.events:
+            return []
+        start = max(0, first - self.events[0][0])
+        return [[n, ev] for n, ev in self.events[start : start + limit]]
 
     def committed(self, me: str) -> int | None:
         """The highest seq every in-sync follower holds (None: no in-sync follower)."""
