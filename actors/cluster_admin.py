@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -77,6 +79,27 @@ class ClusterAdmin(Admin):
             return self._any()  # not a cluster partition (e.g. dlq.<group>): any hub
         return self._admin(endpoint)
 
+    def _on_leader(self, topic: str, call: Callable[[Admin], Any]) -> Any:
+        """``call`` on the leader of partition ``topic``, following a ``not_leader`` answer
+        (its leader hint, or the placement read again) until the timeout: a leader that moved
+        since the placement was read, or a hub that is no longer its leader."""
+        deadline = time.monotonic() + self.timeout
+        admin: Admin | None = None
+        while True:
+            try:
+                if admin is None:
+                    admin = self._leader(topic)
+                return call(admin)
+            except HubError as exc:
+                if exc.code not in ("not_leader", "unavailable") or time.monotonic() > deadline:
+                    raise
+                endpoint = exc.extra.get("leader_endpoint")
+                if endpoint and (admin is None or endpoint != admin.endpoint):
+                    admin = self._admin(endpoint)
+                    continue
+                time.sleep(0.1)  # the new leader is not known yet: read the placement again
+                admin = None
+
     def _each(self) -> dict[str, Admin]:
         meta = self.metadata()
         return {node: self._admin(endpoint) for node, endpoint in sorted(meta.hubs.items())}
@@ -103,24 +126,40 @@ class ClusterAdmin(Admin):
         return self._leader(topic).fetch(topic, from_seq, max_count)
 
     def purge(self, topic: str, seqs: Any) -> dict:
-        return self._leader(topic).purge(topic, seqs)
+        return self._on_leader(topic, lambda a: a.purge(topic, seqs))
 
-    def redrive(self, topic: str, seqs: list[int]) -> dict:
-        return self._leader(topic).redrive(topic, seqs)
+    def redrive(self, topic: str, seqs: list[int], *, node: str | None = None) -> dict:
+        """Redrive dead letters of ``topic``. A dead-letter topic is each hub's own (its seqs
+        are that hub's): ``node`` names the hub (``dead_letters()`` gives each letter's)."""
+        if node is not None:
+            endpoint = self.metadata().hubs.get(node)
+            if endpoint is None:
+                raise ClusterUnavailable(f"no live hub {node!r} in the cluster")
+            return self._admin(endpoint).redrive(topic, seqs)
+        if topic in self.metadata().leaders:
+            return self._on_leader(topic, lambda a: a.redrive(topic, seqs))
+        return self._any().redrive(topic, seqs)
 
     def topic_config(self, name: str) -> dict:
-        return self._leader(name).topic_config(name)
+        return self._on_leader(name, lambda a: a.topic_config(name))
 
     def configure_topic(self, name: str, **limits: object) -> dict:
-        return self._leader(name).configure_topic(name, **limits)
+        return self._on_leader(name, lambda a: a.configure_topic(name, **limits))
 
     def delete_topic(self, name: str) -> dict:
-        return self._leader(name).delete_topic(name)
+        return self._on_leader(name, lambda a: a.delete_topic(name))
 
     def dead_letters(self, group: str) -> list[dict]:
+        """Every hub's dead letters of ``group``, each with the ``node`` holding it. A dead
+        letter of a cluster partition is on each of its replicas (the state stream): it is
+        listed once, from the partition's leader (the hub that redrives it)."""
+        meta = self.metadata()
         out = []
         for node, admin in self._each().items():
-            out.extend({**letter, "node": node} for letter in admin.dead_letters(group))
+            for letter in admin.dead_letters(group):
+                leader = meta.leaders.get(letter.get("origin_topic"))
+                if leader is None or leader == node:
+                    out.append({**letter, "node": node})
         return out
 
     def create_topic(self, name: str, *, partitions: int | None = None,  # type: ignore[override]

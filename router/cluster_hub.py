@@ -27,6 +27,7 @@ import queue
 from typing import Any
 
 from . import protocol
+from .admin import HANDLERS as ADMIN_HANDLERS
 from .attachments import Peer
 from .cluster.address import parse_cluster_address
 from .cluster.errors import FencedError, StaleEpochError
@@ -54,7 +55,7 @@ from .replication import (
     Verdict,
     end_of_epoch,
 )
-from .requests import Refusal
+from .requests import Refusal, parse_admin
 from .retention import parse_limits
 from .subscription import Subscription
 
@@ -73,6 +74,11 @@ MAX_REPLICA_RECORDS = 2000
 RETRY_MS = 200
 # A leader sends every subscription snapshot again this often (changes go at once).
 FULL_SUBS_MS = 5000
+# Dead-letter topics (protocol.dlq_topic): a cluster partition's dead letters are streamed to
+# its followers, which keep them in their own topic of that name.
+DLQ_PREFIX = protocol.dlq_topic("")
+# Records of a dead-letter topic read at most when a PURGE of all of it is streamed.
+MAX_SCAN = 100_000
 
 
 class NotLeader(Refusal):
@@ -111,6 +117,8 @@ class ClusterHub(Hub):
         self.following: dict[str, Following] = {}
         self.gate = ConfirmGate()
         self._deposed_sids: set[tuple[bytes, int]] = set()
+        # TOPIC changes of led partitions this turn: (identity, ref, partition), their REPLY gated
+        self._config_changes: list[tuple[bytes, Any, str]] = []
         self.member = None
         self.fetcher: Fetcher | None = None
         self.isr_writer: IsrWriter | None = None
@@ -248,9 +256,15 @@ class ClusterHub(Hub):
             f = self.following.get(name)
             if f is None or f.epoch != state.epoch or f.leader != state.leader:
                 history = self.store.epochs(name)
-                self.following[name] = Following(state.leader, state.epoch,
-                                                 history[-1][0] if history else -1)
+                f = self.following[name] = Following(state.leader, state.epoch,
+                                                     history[-1][0] if history else -1)
+                position = self.store.stream_position(name)
+                if position is not None and position[0] == state.epoch:  # a restart
+                    f.events_next = position[1]
                 self._drop_local_subs(name)
+                # a follower's log follows the leader's retention and purges (first_seq,
+                # holes in REPLICA), never its own limits: its copy stays the leader's
+                self.trimmer.forget(name)
         else:
             self.following.pop(name, None)
 
@@ -378,18 +392,52 @@ class ClusterHub(Hub):
             # every partition led (none led: fail)
             touched = list(leading) or [""]
         mark = len(self._outbox)
+        mark_received = len(self._confirmed_at)
+        removed = self._dead_letters_removed() if leading else []
+        purges = {t: _runs(seqs) for t, seqs in turn.deletes.items() if t in leading}
+        admin_refs = [(identity, ref) for identity, command, ref, _ in turn.admin
+                      if command in (Command.PURGE, Command.REDRIVE)] if leading else []
+        configured, self._config_changes = self._config_changes, []
+        admin_refs += [(identity, ref) for identity, ref, _ in configured]
+        deleted_before = self.store.last_deleted
         stored = super()._commit()
+        news = set(stored)
+        # what this turn's commit deleted (the store makes a new map per commit; a turn with
+        # nothing to commit leaves the last one's)
+        deleted = {} if self.store.last_deleted is deleted_before else self.store.last_deleted
+        topics = self.store.topics
+        if leading:
+            news.update(self._stream_events(stored, removed, deleted))
+            news.update(t for t, n in deleted.items() if n)
+            for t, runs in purges.items():  # a PURGE (or REDRIVE) of the partition itself
+                if deleted.get(t) and t in leading:
+                    leading[t].add_event(["delete", runs])
         if touched:
-            topics = self.store.topics
             need = {t: (leading[t].epoch if t in leading else -1,
-                        topics[t].last_seq if t in topics else 0) for t in touched}
+                        topics[t].last_seq if t in topics else 0, 0) for t in touched}
             outbox = self._outbox
             held = [e for e in outbox[mark:] if e[1] == Command.CONFIRM]
             if held and need:
                 self._outbox = outbox[:mark] + [e for e in outbox[mark:]
                                                 if e[1] != Command.CONFIRM]
+                # their latency is taken when the gate lets them out (what the client sees)
+                received = self._confirmed_at[mark_received:]
+                del self._confirmed_at[mark_received:]
+                self.gate.hold(need, held, received)
+        news.update(t for _, _, t in configured)
+        changed = [t for t in news if t in leading]
+        if admin_refs and changed:
+            # a PURGE / REDRIVE is answered once the in-sync followers applied what it did
+            need = {t: (leading[t].epoch, topics[t].last_seq if t in topics else 0,
+                        leading[t].next_event - 1) for t in changed}
+            outbox = self._outbox
+            held = [e for e in outbox[mark:] if e[1] == Command.REPLY
+                    and _answers(e, admin_refs)]
+            if held:
+                self._outbox = outbox[:mark] + [e for e in outbox[mark:]
+                                                if not any(e is h for h in held)]
                 self.gate.hold(need, held)
-        for topic in stored:
+        for topic in news:
             lead = leading.get(topic)
             if lead is not None and lead.parked:
                 parked, lead.parked = lead.parked, []
@@ -397,38 +445,98 @@ class ClusterHub(Hub):
                     self._answer_fetch(identity, topic, lead, from_seq, limit, node)
         return stored
 
-    def _check_gate(self, need: dict[str, tuple[int, int]]) -> str:
+    def _dead_letters_removed(self) -> list[tuple[str, str, list]]:
+        """Dead letters of partitions this hub leads that this turn deletes from a dead-letter
+        topic (REDRIVE, PURGE): ``(origin partition, dlq topic, event)``, read before the
+        commit removes them, streamed once it did."""
+        out = []
+        for topic, seqs in self.turn.deletes.items():
+            if not topic.startswith(DLQ_PREFIX):
+                continue
+            if isinstance(seqs, range):
+                records = self.store.read_range(topic, seqs.start, min(len(seqs), MAX_SCAN))
+            else:
+                wanted = sorted(seqs)
+                records = list(zip(wanted, self.store.read(topic, wanted)))
+            for _, record in records:
+                origin = _dead_letter_origin(record) if record is not None else None
+                if origin is not None and origin[0] in self.leading:
+                    out.append((origin[0], topic, ["undead", topic, origin[0], origin[1]]))
+        return out
+
+    def _stream_events(self, stored: dict, removed: list, deleted: dict) -> set[str]:
+        """Put this commit's dead letters (and removals) of partitions this hub leads in their
+        partitions' state streams; the partitions that got some."""
+        out = set()
+        for topic, (_, records) in stored.items():
+            if not topic.startswith(DLQ_PREFIX):
+                continue
+            for record in records:
+                origin = _dead_letter_origin(record)
+                lead = self.leading.get(origin[0]) if origin is not None else None
+                if lead is not None:
+                    lead.add_event(["dead", topic, record])
+                    out.add(origin[0])
+        for origin, topic, event in removed:
+            lead = self.leading.get(origin)
+            if lead is not None and deleted.get(topic):
+                lead.add_event(event)
+                out.add(origin)
+        return out
+
+    def _check_gate(self, need: dict[str, tuple[int, int, int]]) -> str:
         if self.member is None or self.member.fenced:
             return Verdict.FAIL
         me = self.node
-        for name, (epoch, seq) in need.items():
+        for name, (epoch, seq, event) in need.items():
             lead = self.leading.get(name)
             if lead is None or lead.epoch != epoch:
                 return Verdict.FAIL
-            if len(lead.isr) < lead.min_insync:
+            if len(lead.isr) < lead.min_insync and not event:
+                # publishes wait for min_insync; a state change (PURGE, TOPIC), taken below it,
+                # waits for the in-sync replicas there are
                 return Verdict.WAIT
             for f in lead.isr:
                 if f != me and lead.pos.get(f, 0) < seq:
                     return Verdict.WAIT
+                if event and f != me and lead.events_acked.get(f, 1) <= event:
+                    return Verdict.WAIT  # the follower has not applied that state entry
         return Verdict.OK
 
     def _release(self) -> None:
-        send, failed = self.gate.release(self._check_gate)
+        gate = self.gate
+        send, failed = gate.release(self._check_gate)
         for identity, command, body in send:
             self._send(identity, command, body)
-        for identity, _, body in failed:
+        if gate.released:  # publish latency: receipt to the CONFIRM the client gets
+            sent = self.clock.monotonic_ns()
+            observe = self.publish_latency.observe
+            for received in gate.released:
+                observe((sent - received) / 1e9)
+            gate.released = []
+        for identity, command, body in failed:
             self.counters["errors"] += 1
+            if command == Command.CONFIRM:
+                error = protocol.error_body(
+                    ErrorCode.NOT_LEADER, f"{self.node} lost the leadership before this batch "
+                    "was replicated: not confirmed; publish it to the new leader",
+                    Command.PUBLISH, body[0])
+            else:  # a PURGE / REDRIVE answer: the leader it is sent to again decides
+                result = body[1] if isinstance(body[1], dict) else {}
+                error = protocol.error_body(
+                    ErrorCode.NOT_LEADER, f"{self.node} lost the leadership before this was "
+                    "replicated: ask the new leader", Command.PURGE if "purged" in result
+                    else Command.REDRIVE, body[0])
             self._send(identity, Command.ERROR, {
-                **protocol.error_body(ErrorCode.NOT_LEADER,
-                                      f"{self.node} lost the leadership before this batch was "
-                                      "replicated: not confirmed; publish it to the new leader",
-                                      Command.PUBLISH, body[0]),
-                "leader": None, "leader_endpoint": None, "epoch": None})
+                **error, "leader": None, "leader_endpoint": None, "epoch": None})
 
     def _answer_fetch(self, identity: bytes, name: str, lead: Leadership, from_seq: int,
                       limit: int, node: str) -> None:
         info = self.store.topics.get(name)
         records = self.store.read_range(name, from_seq, limit) if info else []
+        last = info.last_seq if info else 0
+        # complete up to here: the leader's last seq, unless the limit cut the records short
+        upto = records[-1][0] if len(records) >= limit else last
         current = {g: protocol.pack(s.snapshot()) for (t, g), s in self.subs.items() if t == name}
         now = self.clock.monotonic_ms()
         sent = lead.sent_subs.get(node, {})
@@ -438,10 +546,47 @@ class ClusterHub(Hub):
         else:
             subs = {g: v for g, v in current.items() if sent.get(g) != v}  # what changed
         lead.sent_subs[node] = current
-        self._send(identity, Command.REPLICA, {
+        body = {
             "partition": name, "epoch": lead.epoch, "records": [[s, r] for s, r in records],
-            "last_seq": info.last_seq if info else 0, "subs": subs, "epochs": lead.history,
-            "config": self.store.configs.get(name)})
+            "last_seq": upto, "subs": subs, "epochs": lead.history,
+            "config": self.store.configs.get(name),
+            "first_seq": info.first_seq if info else 1}
+        held = self.schedule.by_topic.get(name)
+        if held and records:  # delayed records: their due times come with them
+            sched = [[seq, held[seq]] for seq, _ in records if seq in held]
+            if sched:
+                body["sched"] = sched
+        reported = lead.reported.get(node)
+        if reported is not None:
+            events = lead.events_from(node, reported[2], self.node)
+            if events:
+                body["events"] = events
+            if self._needs_holes(lead, node, info, from_seq, now):
+                body["holes"] = self.store.gaps(name, from_seq - 1)
+                lead.holes_sent_at[node] = now
+        self._send(identity, Command.REPLICA, body)
+
+    def _needs_holes(self, lead: Leadership, node: str, info: Any, from_seq: int,
+                     now: int) -> bool:
+        """A caught-up follower whose copy starts where this leader's log does but holds more
+        records (a sparse PURGE here): it gets the runs of missing seqs (at most every 1 s)."""
+        reported = lead.reported.get(node)
+        if info is None or reported is None or from_seq - 1 < info.last_seq:
+            return False
+        first, count, _ = reported
+        if first != info.first_seq or count == info.count:
+            return False
+        return now - lead.holes_sent_at.get(node, -FETCH_TIMEOUT_MS) >= FETCH_TIMEOUT_MS
+
+    def _state_news(self, lead: Leadership, node: str, info: Any, from_seq: int) -> bool:
+        """Whether a caught-up follower's fetch has something to apply now besides records:
+        state-stream entries, a log start moved by retention or PURGE, holes."""
+        first, count, events_next = lead.reported[node]
+        if lead.events and lead.events[-1][0] >= events_next:
+            return True
+        if info is not None and count and first < info.first_seq:
+            return True
+        return self._needs_holes(lead, node, info, from_seq, self.clock.monotonic_ms())
 
     def _after_turn(self) -> None:
         now = self.clock.monotonic_ms()
@@ -459,7 +604,9 @@ class ClusterHub(Hub):
             fetcher.fetch(info.endpoint, {
                 "partition": name, "epoch": f.epoch, "node": self.node,
                 "last_epoch": f.last_epoch,
-                "from_seq": (local.last_seq if local else 0) + 1, "max": MAX_REPLICA_RECORDS})
+                "from_seq": (local.last_seq if local else 0) + 1, "max": MAX_REPLICA_RECORDS,
+                "first_seq": local.first_seq if local else 1,
+                "count": local.count if local else 0, "events_from": f.events_next})
             f.inflight_at = now
         # leader side: parked fetches that waited long enough, the in-sync set, the gate
         for name, lead in list(self.leading.items()):
@@ -543,9 +690,18 @@ class ClusterHub(Hub):
                 self.store.set_epochs(name, history)
                 f.last_epoch = history[-1][0] if history else -1
             return
+        try:  # the state beside the records, before the cursors that imply it
+            self._apply_events(name, f, body.get("events"))
+            self._apply_deletes(name, body.get("first_seq"), body.get("holes"))
+        except Exception as exc:
+            log.error("cluster hub %s: replicating the state of %s failed: %s", self.node, name,
+                      exc)
+            f.retry_at = self.clock.monotonic_ms() + RETRY_MS
+            return
         local = self.store.topics.get(name)
         last = local.last_seq if local else 0
         records = [(int(s), r) for s, r in body.get("records", ()) if int(s) > last]
+        sched = [(int(s), int(due)) for s, due in body.get("sched") or () if int(s) > last]
         dedup = [(msg_id, seq) for seq, rec in records if (msg_id := _msg_id(rec)) is not None]
         subs = {(name, g): v for g, v in (body.get("subs") or {}).items()}
         config = body.get("config")
@@ -562,12 +718,88 @@ class ClusterHub(Hub):
             return
         try:
             self.store.replicate(name, records, leader_last, subs, dedup,
-                                 now_ms=self.clock.wall_ms(), epochs=epochs)
+                                 now_ms=self.clock.wall_ms(), epochs=epochs,
+                                 schedule=sched or None)
             if epochs is not None:
                 f.last_epoch = epochs[-1][0]
+            if sched:  # held back here too: due on this hub's clock, and once it leads
+                self.schedule.hold_back([(name, s, due) for s, due in sched], self.groups.of)
         except Exception as exc:
             log.error("cluster hub %s: replicating %s failed: %s", self.node, name, exc)
             f.retry_at = self.clock.monotonic_ms() + RETRY_MS
+
+    def _apply_events(self, name: str, f: Following, events: Any) -> None:
+        """The leader's state-stream entries from ``f.events_next`` on, in order: a dead
+        letter of the partition is appended to this hub's dead-letter topic of that name
+        (its own seq there), a removed one (redriven, purged) is removed here too."""
+        if not isinstance(events, list):
+            return
+        dead: dict[str, list[bytes]] = {}
+        undead: list[tuple[str, str, int]] = []
+        deletes: list = []
+        config: Any = False  # False: no change in these entries
+        nxt = f.events_next
+        for entry in events:
+            n, event = entry if isinstance(entry, list) and len(entry) == 2 else (None, None)
+            if type(n) is not int or n < nxt:
+                continue
+            if n > nxt:
+                log.warning("cluster hub %s: %s state entries %d..%d are gone from the "
+                            "leader (away too long): not applied", self.node, name, nxt, n - 1)
+            nxt = n + 1  # an entry this hub cannot read is passed over, never asked again
+            kind = event[0] if isinstance(event, list) and event else None
+            if kind == "dead" and len(event) == 3:
+                dead.setdefault(event[1], []).append(event[2])
+            elif kind == "undead" and len(event) == 4:
+                undead.append((event[1], event[2], event[3]))
+            elif kind == "delete" and len(event) == 2:
+                deletes.extend(event[1] if isinstance(event[1], list) else ())
+            elif kind == "config" and len(event) == 2:
+                config = event[1]
+        if nxt == f.events_next:
+            return
+        if dead:
+            self._store_dead_letters(dead)
+        for topic, origin, seq in undead:
+            self._remove_dead_letter(topic, origin, seq)
+        if deletes:  # a PURGE of the partition
+            self._apply_deletes(name, None, deletes)
+        if config is not False and (config is None or isinstance(config, dict)):
+            self.store.set_topic_config(name, config)  # its limits: live once it leads
+        f.events_next = nxt
+        self.store.set_stream_position(name, f.epoch, nxt)  # not applied twice after a restart
+
+    def _store_dead_letters(self, dead: dict[str, list[bytes]]) -> None:
+        firsts = self.store.commit(dead, now_ms=self.clock.wall_ms())
+        for topic, records in dead.items():
+            self.valid_topics.add(topic)
+            last = firsts[topic] + len(records) - 1
+            for sub in self.groups.of(topic):  # a consumer of the dead-letter topic here
+                sub.published(last)
+        if self.attachments.patterns:
+            self.groups.new_topics(list(dead))
+
+    def _remove_dead_letter(self, topic: str, origin: str, seq: int) -> None:
+        info = self.store.topics.get(topic)
+        if info is None or not info.count:
+            return
+        gone = [s for s, record in self.store.read_range(topic, info.first_seq, MAX_SCAN)
+                if _dead_letter_origin(record) == (origin, seq)]
+        if gone:
+            self.store.delete(topic, gone)
+
+    def _apply_deletes(self, name: str, first: Any, holes: Any) -> None:
+        """The leader's retention and PURGEs: nothing below its ``first_seq``, none of the
+        ``holes`` (runs ``[lo, hi]`` it no longer holds)."""
+        local = self.store.topics.get(name)
+        if local is None or not local.count:
+            return
+        if type(first) is int and local.first_seq < first:
+            self.store.delete(name, range(local.first_seq, min(first, local.last_seq + 1)))
+        for run in holes if isinstance(holes, list) else ():
+            if (isinstance(run, list) and len(run) == 2 and type(run[0]) is int
+                    and type(run[1]) is int and run[0] <= run[1]):
+                self.store.delete(name, range(run[0], min(run[1], local.last_seq) + 1))
 
     def _truncate(self, name: str, after: int) -> None:
         """Drop this copy's records above ``after``: a former leader's tail that was never
@@ -580,6 +812,41 @@ class ClusterHub(Hub):
         n = self.store.truncate(name, after, ids)
         log.warning("cluster hub %s: %s diverged from its leader after seq %d: %d unconfirmed "
                     "records dropped", self.node, name, after, n)
+
+
+def _runs(seqs: Any) -> list[list[int]]:
+    """Sequences (a range or a set) as runs ``[lo, hi]``."""
+    if isinstance(seqs, range):
+        return [[seqs.start, seqs.stop - 1]] if len(seqs) else []
+    out: list[list[int]] = []
+    for seq in sorted(seqs):
+        if out and out[-1][1] == seq - 1:
+            out[-1][1] = seq
+        else:
+            out.append([seq, seq])
+    return out
+
+
+def _answers(entry: tuple, refs: list[tuple[bytes, Any]]) -> bool:
+    """Whether an outbox entry is the REPLY to one of ``refs`` ((identity, ref))."""
+    body = entry[2]
+    if not isinstance(body, list) or not body:
+        return False
+    return any(entry[0] == identity and body[0] == ref for identity, ref in refs)
+
+
+def _dead_letter_origin(record: bytes) -> tuple[str, int] | None:
+    """The (origin topic, origin seq) a dead letter's headers name, if it is one."""
+    try:
+        headers = protocol.unpack_record(record)[2]
+    except protocol.DecodeError:
+        return None
+    if not isinstance(headers, dict):
+        return None
+    topic, seq = headers.get(protocol.ORIGIN_TOPIC_HEADER), headers.get(protocol.ORIGIN_SEQ_HEADER)
+    if isinstance(topic, str) and type(seq) is int and protocol.SUBSCRIPTION_HEADER in headers:
+        return topic, seq
+    return None
 
 
 def _msg_id(record: bytes) -> str | None:
@@ -709,12 +976,70 @@ def _replicate(hub: ClusterHub, identity: bytes, peer: Peer | None, body: Any) -
     lead.seen[node] = now
     if from_seq - 1 >= last:
         lead.caught_up[node] = now
-    if from_seq <= last:
+    first, count, events_from = (body.get("first_seq"), body.get("count"),
+                                 body.get("events_from"))
+    if type(first) is int and type(count) is int and type(events_from) is int:
+        lead.reported[node] = (first, count, events_from)
+        lead.events_acked[node] = events_from  # it applied the entries before
+    else:  # a follower that does not speak the state stream: records and snapshots only
+        lead.reported.pop(node, None)
+    if from_seq <= last or (node in lead.reported
+                            and hub._state_news(lead, node, info, from_seq)):
         hub._answer_fetch(identity, name, lead, from_seq, min(limit, MAX_REPLICA_RECORDS), node)
     else:
         lead.parked = [p for p in lead.parked if p[1] != node]
         lead.parked.append((identity, node, from_seq, min(limit, MAX_REPLICA_RECORDS),
                             now + LONG_POLL_MS))
+
+
+def _admin(command: bytes):
+    """PURGE, REDRIVE and TOPIC (but ``get``) change a partition's state: only its leader
+    takes them (else ``not_leader`` with the leader hint, as a PUBLISH gets), so that what they
+    do reaches the followers through the leader's log and state stream. A REDRIVE is refused
+    whole if a dead letter it names came from a partition this hub does not lead."""
+    inner = ADMIN_HANDLERS[command]
+    name = command.decode()
+
+    def handler(hub: ClusterHub, identity: bytes, peer: Peer | None, body: Any) -> None:
+        try:
+            req = parse_admin(body, name)
+        except Refusal:
+            req = None  # malformed: the handler says why
+        if req is not None and not (command == Command.TOPIC and req.arg == "get"):
+            try:
+                _guard(hub, identity, command, req.topic, req.ref, False)
+                if command == Command.REDRIVE:
+                    _guard_origins(hub, identity, req)
+            except _Answered:
+                return
+        inner(hub, identity, peer, body)
+        if (command == Command.TOPIC and req is not None and req.arg in ("create", "config")
+                and req.topic in hub.leading):
+            # the new limits travel as a state entry; the REPLY waits for the followers
+            hub.leading[req.topic].add_event(["config", hub.store.configs.get(req.topic)])
+            hub._config_changes.append((identity, req.ref, req.topic))
+
+    return handler
+
+
+def _guard_origins(hub: ClusterHub, identity: bytes, req: Any) -> None:
+    seqs = req.arg
+    if not isinstance(seqs, list):
+        return
+    wanted = [s for s in seqs[: hub.config.max_batch_messages] if type(s) is int and s >= 0]
+    checked = set()
+    for record in hub.store.read(req.topic, wanted):
+        origin = _dead_letter_origin(record) if record is not None else None
+        if origin is None or origin[0] in checked:
+            continue
+        checked.add(origin[0])
+        try:
+            hub._check_topic(origin[0], req.ref)
+        except NotLeader as exc:
+            hub._error(identity, exc.code, f"{exc.message}; a dead letter of {origin[0]} is "
+                       f"redriven by its leader (its own {req.topic} seqs: list them there)",
+                       Command.REDRIVE, req.ref, **exc.extra)
+            raise _Answered() from None
 
 
 def _with_extra(handler):
@@ -737,4 +1062,5 @@ ClusterHub._handlers = {
                                    Command.REJECT, Command.PROGRESS)},
     Command.METADATA: _metadata,
     Command.REPLICATE: _with_extra(_replicate),
+    **{c: _admin(c) for c in (Command.PURGE, Command.REDRIVE, Command.TOPIC)},
 }

@@ -164,6 +164,7 @@ class Following:
     last_epoch: int = -1  # the latest leader epoch of this hub's copy (divergence check)
     inflight_at: int | None = None  # monotonic ms the REPLICATE in flight was sent
     retry_at: int = 0  # after an error: not before this
+    events_next: int = 1  # the next entry of this leader's state stream to apply
 
 
 @dataclass
@@ -187,11 +188,44 @@ class Leadership:
     # follower -> the subscription snapshots last sent to it (only changes are sent again,
     # and all of them every FULL_SUBS_MS, in case an answer was lost)
     full_subs_at: dict[str, int] = field(default_factory=dict)
+    # The state stream (docs/CLUSTER.md): changes of the partition's state that are not
+    # records of its log nor its subscription snapshots, numbered from 1 in this leadership
+    # and shipped in order in REPLICA "events" (dead letters written, dead letters removed)
+    events: list[tuple[int, list]] = field(default_factory=list)
+    next_event: int = 1
+    events_acked: dict[str, int] = field(default_factory=dict)  # follower -> next it wants
+    holes_sent_at: dict[str, int] = field(default_factory=dict)  # follower -> ms (rate limit)
+    # follower -> (first_seq, count, events_from) of its copy, as its last REPLICATE said
+    reported: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+
+    def add_event(self, event: list) -> None:
+        self.events.append((self.next_event, event))
+        self.next_event += 1
+        if len(self.events) > MAX_EVENTS:  # a replica away this long misses the oldest
+            del self.events[: len(self.events) - MAX_EVENTS]
+
+    def events_from(self, node: str, first: int, me: str, limit: int = 1000) -> list[list]:
+        """The entries from ``first`` on for ``node`` (which holds those before: dropped here
+        once every other replica holds them)."""
+        self.events_acked[node] = first
+        if self.events:
+            floor = min((self.events_acked.get(f, 1) for f in self.replicas if f != me),
+                        default=self.next_event)
+            if self.events[0][0] < floor:  # numbers are consecutive: index by difference
+                del self.events[: floor - self.events[0][0]]
+        if not self.events:
+            return []
+        start = max(0, first - self.events[0][0])
+        return [[n, ev] for n, ev in self.events[start : start + limit]]
 
     def committed(self, me: str) -> int | None:
         """The highest seq every in-sync follower holds (None: no in-sync follower)."""
         held = [self.pos.get(f, 0) for f in self.isr if f != me]
         return min(held) if held else None
+
+
+# State-stream entries a leader keeps for replicas that have not fetched them.
+MAX_EVENTS = 100_000
 
 
 def end_of_epoch(history: list[list[int]], epoch: int, last_seq: int) -> int:
@@ -217,26 +251,33 @@ class ConfirmGate:
     ``(to_send, failed)``: the entries now confirmed, and those whose leadership ended."""
 
     def __init__(self) -> None:
-        self.held: list[tuple[dict[str, tuple[int, int]], list[tuple[bytes, bytes, Any]]]] = []
+        self.held: list[tuple[dict[str, tuple[int, int]], list[tuple[bytes, bytes, Any]],
+                              list[int]]] = []
+        # receipt times (monotonic ns) of the batches whose CONFIRMs the last release let out:
+        # the hub's publish latency is measured when the client gets its confirm, not at commit
+        self.released: list[int] = []
 
     def __len__(self) -> int:
         return len(self.held)
 
-    def hold(self, need: dict[str, tuple[int, int]], entries: list) -> None:
+    def hold(self, need: dict[str, tuple[int, int]], entries: list,
+             received: list[int] | tuple = ()) -> None:
         if entries:
-            self.held.append((need, entries))
+            self.held.append((need, entries, list(received)))
 
     def release(self, check: Callable[[dict], str]) -> tuple[list, list]:
+        self.released = []
         if not self.held:
             return [], []
         send, failed, keep = [], [], []
-        for need, entries in self.held:
+        for need, entries, received in self.held:
             verdict = check(need)
             if verdict == Verdict.OK:
                 send.extend(entries)
+                self.released.extend(received)
             elif verdict == Verdict.FAIL:
                 failed.extend(entries)
             else:
-                keep.append((need, entries))
+                keep.append((need, entries, received))
         self.held = keep
         return send, failed

@@ -55,6 +55,7 @@ _DB_DEDUP = b"dedup"
 _DB_DEDUP_EXP = b"dedup_exp"
 _DB_META = b"meta"  # store bookkeeping (the touch counter; a cluster partition's epochs)
 _EPOCHS = b"epochs:"  # + topic: msgpack [[epoch, first seq], ...] (cluster mode only)
+_STREAM = b"stream:"  # + topic: msgpack [leader epoch, next state-stream entry] (followers)
 _DB_SCHED = b"sched"  # topic + NUL + 8-byte seq -> 8-byte due time (wall ms): delayed messages
 _DB_TOPIC_CONFIG = b"topic_config"  # topic name -> msgpack map of its retention limits
 _DB_PATTERNS = b"patterns"  # pattern + NUL + group -> msgpack options of a pattern subscription
@@ -540,12 +541,14 @@ class Store:
         dedup: list[tuple[str, int]] | None = None,
         now_ms: int = 0,
         epochs: list[list[int]] | None = None,
+        schedule: list[tuple[int, int]] | None = None,
     ) -> TopicInfo:
         """A follower's copy of its leader's log: store ``records`` (``(seq, record)``, seqs
         increasing, every one above this topic's ``last_seq``) at the leader's sequences, raise
         ``last_seq`` to the leader's (sequences never repeat, even where the leader trimmed), put
         the replicated subscription states ``subs`` and dedup entries ``dedup`` (``(msg_id,
-        seq)``), all in one write transaction. The ordinary :meth:`commit` (the hub's hot path)
+        seq)``) and delay entries ``schedule`` (``(seq, due_ms)`` of replicated records the
+        leader holds back), all in one write transaction. The ordinary :meth:`commit` (the hub's hot path)
         is untouched by this path. Returns the topic's new info."""
         self._check_open()
         info = self.topics.get(topic)
@@ -573,8 +576,8 @@ class Store:
                     new = TopicInfo(topic, tid, first, new_last, len(records), nbytes, now_ms)
                 else:
                     first = info.first_seq
-                    if info.count == 0 and records:
-                        first = records[0][0]
+                    if info.count == 0:  # none retained: the first is the next to come
+                        first = records[0][0] if records else new_last + 1
                     new = TopicInfo(topic, tid, first, new_last, info.count + len(records),
                                     info.bytes + nbytes, info.created_ms)
                 txn.put(topic.encode(), new._pack(), db=self._topics_db)
@@ -588,9 +591,12 @@ class Store:
                     self._put_dedup(txn, [(topic, m, s) for m, s in dedup], {topic: 0}, now_ms)
                 if epochs is not None:
                     txn.put(_EPOCHS + topic.encode(), msgpack.packb(epochs), db=self._meta_db)
+                for seq, due in schedule or ():
+                    txn.put(_sched_key(topic, seq), due.to_bytes(8, "big"), db=self._sched_db)
         except lmdb.MapFullError:
             self._grow(lmdb.MapFullError("map full"))
-            return self.replicate(topic, records, last_seq, subs, dedup, now_ms, epochs)
+            return self.replicate(topic, records, last_seq, subs, dedup, now_ms, epochs,
+                                  schedule)
         except lmdb.Error as exc:
             if _is_disk_full(exc):
                 raise StorageFull(f"disk full: {exc}") from exc
@@ -608,6 +614,38 @@ class Store:
             self._tail_id = max(self._tail_id, tid)
         return self.topics[topic]
 
+    def gaps(self, topic: str, upto: int, limit: int = 10_000) -> list[list[int]]:
+        """The runs ``[lo, hi]`` of sequences between ``first_seq`` and ``upto`` that are not
+        stored (a sparse PURGE's holes), at most ``limit`` runs: what a cluster leader sends a
+        follower whose copy holds more records than its own."""
+        self._check_open()
+        info = self.topics.get(topic)
+        if info is None:
+            return []
+        upto = min(upto, info.last_seq)
+        if info.count >= info.last_seq - info.first_seq + 1:  # nothing missing anywhere
+            return []
+        prefix = _topic_prefix(info.id)
+        out: list[list[int]] = []
+        expect = info.first_seq
+        with self._env.begin(db=self._log_db) as txn:
+            cursor = txn.cursor()
+            if cursor.set_range(prefix + expect.to_bytes(_SEQ_BYTES, "big")):
+                for key in cursor.iternext(keys=True, values=False):
+                    if key[:_ID_BYTES] != prefix:
+                        break
+                    seq = int.from_bytes(key[_ID_BYTES:], "big")
+                    if seq > upto:
+                        break
+                    if seq > expect:
+                        out.append([expect, seq - 1])
+                        if len(out) >= limit:
+                            return out
+                    expect = seq + 1
+        if expect <= upto:
+            out.append([expect, upto])
+        return out
+
     def epochs(self, topic: str) -> list[list[int]]:
         """A cluster partition's leader epochs: ``[[epoch, first seq it wrote], ...]`` in
         order (what a follower compares to find where its log diverged)."""
@@ -615,6 +653,22 @@ class Store:
         with self._env.begin(db=self._meta_db) as txn:
             value = txn.get(_EPOCHS + topic.encode())
         return [list(e) for e in msgpack.unpackb(value)] if value else []
+
+    def stream_position(self, topic: str) -> tuple[int, int] | None:
+        """A cluster follower's place in its leader's state stream: ``(leader epoch, next
+        entry)`` as last stored (None: never)."""
+        self._check_open()
+        with self._env.begin(db=self._meta_db) as txn:
+            value = txn.get(_STREAM + topic.encode())
+        return tuple(msgpack.unpackb(value)) if value else None  # type: ignore[return-value]
+
+    def set_stream_position(self, topic: str, epoch: int, next_entry: int) -> None:
+        self._check_open()
+        try:
+            with self._env.begin(write=True, db=self._meta_db) as txn:
+                txn.put(_STREAM + topic.encode(), msgpack.packb([epoch, next_entry]))
+        except lmdb.Error as exc:
+            raise StorageError(f"stream position write failed: {exc}") from exc
 
     def set_epochs(self, topic: str, epochs: list[list[int]]) -> None:
         """Store a partition's epoch history (a new leader appends its epoch), durably."""

@@ -56,3 +56,34 @@ def test_truncate_drops_the_diverged_tail_its_dedup_entries_and_moves_last_seq_b
     with Store(path, sync=False) as again:
         assert again.topics["t.0"].last_seq == 3
         assert again.read_range("t.0", 1, 10) == [(1, b"a"), (2, b"B"), (3, b"C")]
+
+
+def test_gaps_are_the_runs_of_seqs_missing_between_the_log_start_and_a_position(store):
+    store.commit({"t.0": [b"r"] * 10})
+    assert store.gaps("t.0", 10) == []  # nothing missing: no scan
+    store.delete("t.0", [1, 4, 5, 9])
+    assert store.topics["t.0"].first_seq == 2
+    assert store.gaps("t.0", 10) == [[4, 5], [9, 9]]
+    assert store.gaps("t.0", 6) == [[4, 5]]
+    store.delete("t.0", [10])
+    assert store.gaps("t.0", 10) == [[4, 5], [9, 10]]
+    assert store.gaps("t.0", 10, limit=1) == [[4, 5]]
+
+
+def test_replicated_delay_entries_are_stored_with_their_records(store):
+    store.replicate("t.0", [(1, b"a"), (2, b"b")], last_seq=2, schedule=[(2, 5000)])
+    assert store.load_schedule() == [("t.0", 2, 5000)]
+
+
+def test_an_empty_copy_raised_past_trimmed_seqs_starts_at_the_next_seq(store):
+    store.replicate("t.0", [(1, b"a")], last_seq=1)
+    store.delete("t.0", [1])
+    store.replicate("t.0", [], last_seq=7)  # the leader trimmed 2..7
+    info = store.topics["t.0"]
+    assert (info.first_seq, info.last_seq, info.count) == (8, 7, 0)
+
+
+def test_a_followers_state_stream_position_is_kept_with_the_leaders_epoch(store):
+    assert store.stream_position("t.0") is None
+    store.set_stream_position("t.0", 3, 17)
+    assert store.stream_position("t.0") == (3, 17)
