@@ -9,17 +9,13 @@ import json
 import pytest
 from conftest import run_cli, wait_for
 from zmq_mq.router.cluster.coordinator import ClusterClient
-from zmq_mq.testing import ClusterHubThread
 
 WAIT = 30.0
 
 
 @pytest.fixture
-def three_hubs(tmp_path, zookeeper):
-    hubs = [ClusterHubThread(tmp_path / n, zookeeper, n).start() for n in ("a", "b", "c")]
-    yield hubs
-    for h in hubs:
-        h.stop()
+def three_hubs(cluster_hubs):
+    return cluster_hubs("a", "b", "c")
 
 
 def test_topic_create_on_a_cluster_address_places_partitions_and_replicas(three_hubs, zookeeper):
