@@ -33,8 +33,9 @@ from .producer import DEFAULT_MAX_BATCH, DEFAULT_MAX_PENDING, Producer, PublishF
 
 log = logging.getLogger("zmq_mq.cluster")
 
-# Metadata is read again at least this often while something waits (a leader that died
-# silently is replaced in ZooKeeper after its session timeout: this is how soon we notice).
+# Metadata is read again at least this often while something waits, from a list of hubs (a
+# leader that died silently is replaced after its session timeout: this is how soon we
+# notice). From ZooKeeper a watch brings the change at once (MetadataCache).
 REFRESH_MS = 500
 # The longest a producer waits to connect to a leader it has not used yet (ZooKeeper may
 # still list a hub that just died): then it reads the placement again.
@@ -122,6 +123,8 @@ class ClusterProducer(Producer):
         self._retry: list[_Pending] = []
         self._turn = itertools.count()
         self._kick = threading.Event()
+        # a placement change ZooKeeper reports wakes the maintenance thread at once
+        self._cache.on_change(self._kick.set)
         self.resent = 0  # messages sent again to another (or the same) leader
         # automatic msg_ids: one random prefix per producer and a counter (unique: 128 random
         # bits as uuid4 has, but one read of the kernel's random source per producer, not per
@@ -336,12 +339,13 @@ class ClusterProducer(Producer):
             # unconfirmed for a while: its leader may be gone (a refusal sets `wanted` itself)
             slow = any(i.inner is not None and now - i.sent_at >= REFRESH_MS
                        for i in self._pending)
-        if not waiting:
+        changed = self._cache.changed  # ZooKeeper's watch: read now, even with nothing sent
+        if not waiting and not changed:
             return
         fresh = None
-        if (slow or self._cache.wanted or self._retry) and self._cache.due(REFRESH_MS):
+        if (changed or slow or self._cache.wanted or self._retry) and self._cache.due(REFRESH_MS):
             try:
-                fresh = self._cache.source.fetch()  # outside the route lock: it may be slow
+                fresh = self._cache.fetch()  # outside the route lock: it may be slow
             except ZmqMqError as exc:
                 log.warning("%s", exc)
         with self._route_lock:

@@ -736,3 +736,136 @@ def test_automatic_msg_ids_are_distinct_without_reading_the_kernels_random_sourc
     ids = [m.headers.get(protocol.MSG_ID_HEADER) for m in _stored(cluster.endpoint_of("a"),
                                                                   "ids.0")]
     assert len(ids) == 201 and all(ids) and len(set(ids)) == 201
+
+
+# --- placement changes reach clients through ZooKeeper watches, not a poll ----------------------
+
+NEVER_MS = 3_600_000  # a poll period no test waits for: only a watch can bring the change
+
+
+def _expire_session(zk, url: str) -> None:
+    """End a kazoo client's ZooKeeper session as ZooKeeper does for a silent client: another
+    connection takes the session over and closes it (the client then reconnects with a new
+    session, its one-shot watches gone)."""
+    from kazoo.client import KazooClient
+
+    from zmq_mq.router.cluster.address import parse_cluster_address
+
+    session_id, password = zk.client_id
+    thief = KazooClient(hosts=parse_cluster_address(url).hosts, client_id=(session_id, password), timeout=SESSION_TIMEOUT)
+    thief.start(10)
+    thief.stop()
+    thief.close()
+
+
+def _leader_seen(client_meta, partition: str) -> str | None:
+    meta = client_meta()
+    return meta.leaders.get(partition) if meta is not None else None
+
+
+def test_a_subscribed_consumer_follows_a_leader_change_at_once_without_a_poll_or_a_refusal(
+        cluster, monkeypatch):
+    import zmq_mq.actors.cluster_session as cluster_session
+
+    monkeypatch.setattr(cluster_session, "IDLE_REFRESH_MS", NEVER_MS)
+    cluster.add("a")
+    cluster.add("b")
+    with Admin(cluster.url) as admin:
+        admin.create_topic("orders", partitions=1, replicas=2)
+    old = cluster.leaders("orders")["orders.0"]
+    new = "b" if old == "a" else "a"
+    with Consumer(cluster.url, timeout=WAIT) as consumer:
+        consumer.subscribe("orders", group="g")
+        session = consumer._session
+        assert session.attachments[1]["orders.0"].endpoint == cluster.endpoint_of(old)
+        # When ZooKeeper moves orders.0 while its old leader still runs and never refuses (a
+        # plain hub): only ZooKeeper can tell the consumer, and it does not poll
+        cluster.leave(old)
+        _moved_to(cluster, "orders", "orders.0", new)
+        with Producer(cluster.endpoint_of(new)) as direct:
+            direct.publish("orders.0", b"after")
+        # Then the consumer re-attached to the new leader and gets what it holds
+        msg = consumer.receive(timeout=WAIT)
+        assert msg is not None and msg.payload == b"after"
+        assert session.attachments[1]["orders.0"].endpoint == cluster.endpoint_of(new)
+        assert session.reattached == 1
+        msg.ack()
+
+
+def test_a_producer_routes_to_the_new_leader_once_zookeeper_names_it_without_a_poll(
+        cluster, monkeypatch):
+    import zmq_mq.actors.cluster_producer as cluster_producer
+
+    monkeypatch.setattr(cluster_producer, "REFRESH_MS", NEVER_MS)
+    cluster.add("a")
+    cluster.add("b")
+    with Admin(cluster.url) as admin:
+        admin.create_topic("orders", partitions=1, replicas=2)
+    old = cluster.leaders("orders")["orders.0"]
+    new = "b" if old == "a" else "a"
+    with Producer(cluster.url, timeout=WAIT) as producer:
+        producer.publish("orders", b"before")
+        cluster.leave(old)  # the old leader still runs and would confirm: no refusal to follow
+        _moved_to(cluster, "orders", "orders.0", new)
+        # the producer's view follows ZooKeeper's by itself (no publish, no poll)
+        wait_for(lambda: _leader_seen(lambda: producer._cache.meta, "orders.0") == new, WAIT,
+                 message="the producer seeing the new leader")
+        producer.publish("orders", b"after")
+    assert [m.payload for m in _stored(cluster.endpoint_of(old), "orders.0")] == [b"before"]
+    assert [m.payload for m in _stored(cluster.endpoint_of(new), "orders.0")] == [b"after"]
+
+
+def test_a_client_watches_again_after_its_zookeeper_session_expired(cluster, monkeypatch):
+    import zmq_mq.actors.cluster_producer as cluster_producer
+
+    monkeypatch.setattr(cluster_producer, "REFRESH_MS", NEVER_MS)
+    cluster.add("a")
+    cluster.add("b")
+    with Admin(cluster.url) as admin:
+        admin.create_topic("orders", partitions=1, replicas=2)
+    old = cluster.leaders("orders")["orders.0"]
+    new = "b" if old == "a" else "a"
+    with Producer(cluster.url, timeout=WAIT) as producer:
+        producer.publish("orders", b"before")
+        zk = producer._cache.source.client().zk
+        first = zk.client_id[0]
+        # Given the producer's ZooKeeper session ended (its one-shot watches with it)
+        _expire_session(zk, cluster.url)
+        wait_for(lambda: zk.connected and zk.client_id[0] != first, WAIT,
+                 message="a new ZooKeeper session")
+        # When the partition moves afterwards
+        cluster.leave(old)
+        _moved_to(cluster, "orders", "orders.0", new)
+        # Then the producer learns it all the same
+        wait_for(lambda: _leader_seen(lambda: producer._cache.meta, "orders.0") == new, WAIT,
+                 message="the producer seeing the new leader after its session expired")
+
+
+def test_a_consumer_watches_again_after_zookeeper_restarts(own_zookeeper, tmp_path, monkeypatch):
+    import zmq_mq.actors.cluster_session as cluster_session
+
+    monkeypatch.setattr(cluster_session, "IDLE_REFRESH_MS", NEVER_MS)
+    cluster = FakeCluster(own_zookeeper.url("/restart"), tmp_path)
+    try:
+        cluster.add("a")
+        cluster.add("b")
+        with Admin(cluster.url) as admin:
+            admin.create_topic("orders", partitions=1, replicas=2)
+        old = cluster.leaders("orders")["orders.0"]
+        new = "b" if old == "a" else "a"
+        with Consumer(cluster.url, timeout=WAIT) as consumer:
+            consumer.subscribe("orders", group="g")
+            # Given ZooKeeper restarted under the subscribed consumer
+            own_zookeeper.restart()
+            assert consumer.receive(timeout=0.5) is None  # pumps: it reconnects meanwhile
+            # When the partition moves afterwards
+            cluster.leave(old)
+            _moved_to(cluster, "orders", "orders.0", new)
+            with Producer(cluster.endpoint_of(new)) as direct:
+                direct.publish("orders.0", b"after")
+            # Then the consumer follows it to the new leader all the same
+            msg = consumer.receive(timeout=WAIT)
+            assert msg is not None and msg.payload == b"after"
+            msg.ack()
+    finally:
+        cluster.close()
