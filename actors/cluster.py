@@ -24,6 +24,7 @@ address is first read.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -96,22 +97,36 @@ class Metadata:
 
     def partitions_of(self, topic: str) -> list[str]:
         """The partitions a topic is stored as: ``NAME.0..`` for a cluster topic, the name
-        itself for one partition named directly; [] if the cluster has neither."""
-        n = self.topics.get(topic)
-        if n:
-            return protocol.partition_topics(topic, n)
-        if topic in self.leaders:
-            return [topic]
-        return []
+        itself for one partition named directly; [] if the cluster has neither. (Remembered
+        per topic: a producer asks for every message; the list is shared, not to be changed.)"""
+        known = self._partitions.get(topic)
+        if known is None:
+            n = self.topics.get(topic)
+            if n:
+                known = protocol.partition_topics(topic, n)
+            elif topic in self.leaders:
+                known = [topic]
+            else:
+                return []
+            self._partitions[topic] = known
+        return known
 
     def leader_endpoint(self, partition: str) -> str | None:
         """The endpoint of the live hub leading ``partition``, or None (no leader, or it left)."""
-        node = self.leaders.get(partition)
-        return self.hubs.get(node) if node is not None else None
+        return self._endpoints.get(partition)
 
     def leader_map(self) -> dict[str, str | None]:
         """Every partition's leader endpoint (None: unavailable now)."""
         return {p: self.leader_endpoint(p) for p in self.leaders}
+
+    @functools.cached_property
+    def _endpoints(self) -> dict[str, str | None]:
+        return {p: (self.hubs.get(node) if node is not None else None)
+                for p, node in self.leaders.items()}
+
+    @functools.cached_property
+    def _partitions(self) -> dict[str, list[str]]:
+        return {}
 
 
 def choose_partition(partitions: list[str], key: str | None, turn: int) -> str:

@@ -121,6 +121,9 @@ class ClusterProducer(Producer):
         self._unresolved: collections.Counter = collections.Counter()  # partition -> messages
         self._routed: dict[str, str] = {}  # partition -> endpoint it was last sent to
         self._retry: list[_Pending] = []
+        # each inner attempt's future -> its message, until the inner producer resolves it (a
+        # batch at a time, through its _on_resolved hook: no callback per message)
+        self._attempts: dict[PublishFuture, _Pending] = {}
         self._turn = itertools.count()
         self._kick = threading.Event()
         # a placement change ZooKeeper reports wakes the maintenance thread at once
@@ -221,8 +224,8 @@ class ClusterProducer(Producer):
             with self._lock:
                 self._pending.add(item)
                 behind = self._unresolved[partition] and (
-                    any(i.partition == partition for i in self._retry)
-                    or self._routed.get(partition) != self._cache.get().leader_endpoint(partition))
+                    self._routed.get(partition) != self._cache.meta.leader_endpoint(partition)
+                    or (self._retry and any(i.partition == partition for i in self._retry)))
                 self._unresolved[partition] += 1
             try:
                 if behind or not self._dispatch(item, first=True):
@@ -248,6 +251,7 @@ class ClusterProducer(Producer):
         if producer is None:
             producer = Producer(endpoint, name=f"{self._name}@{endpoint}", timeout=self.timeout,
                                 **self._opts)
+            producer._on_resolved = self._inner_resolved
             try:  # a leader ZooKeeper still lists may be dead: do not wait the whole timeout
                 producer._connect(min(self.timeout, INNER_CONNECT_S))
             except HubUnavailable as exc:
@@ -262,12 +266,49 @@ class ClusterProducer(Producer):
             self.resent += 1
         item.endpoint = endpoint
         item.sent_at = monotonic_ms()
-        inner = producer.publish_async(item.partition, item.payload, key=item.key,
-                                       headers=item.headers, msg_id=item.msg_id,
-                                       priority=item.priority, deliver_at=item.deliver_at)
-        item.inner = inner
-        inner.add_done_callback(lambda f, item=item: self._inner_done(item, f))
+        item.inner = inner = producer.publish_async(
+            item.partition, item.payload, key=item.key, headers=item.headers,
+            msg_id=item.msg_id, priority=item.priority, deliver_at=item.deliver_at)
+        self._attempts[inner] = item
+        # resolved before it was registered: the hook did not find it, so settle it here (the
+        # pop decides who does, the hook or this thread)
+        if inner._done and self._attempts.pop(inner, None) is not None:
+            self._inner_done(item, inner)
         return True
+
+    def _inner_resolved(self, futures: list[PublishFuture]) -> None:
+        """An inner producer resolved a batch (its I/O thread): the confirmed messages are
+        settled together (one lock, one outer resolution), the others one by one."""
+        confirmed, seqs = [], []
+        pop = self._attempts.pop
+        for inner in futures:
+            item = pop(inner, None)
+            if item is None or item.resolved or inner is not item.inner:
+                continue  # not registered yet (see _dispatch), or an earlier attempt
+            if inner._error is None:
+                confirmed.append(item)
+                seqs.append(inner._result)
+            else:
+                self._inner_done(item, inner)
+        if confirmed:
+            self._finish_confirmed(confirmed, seqs)
+
+    def _finish_confirmed(self, items: list[_Pending], seqs: list[int]) -> None:
+        futures, results = [], []
+        with self._lock:
+            unresolved = self._unresolved
+            for item, seq in zip(items, seqs):
+                if item.resolved:
+                    continue
+                item.resolved = True
+                self._pending.discard(item)
+                unresolved[item.partition] -= 1
+                if not unresolved[item.partition]:
+                    del unresolved[item.partition]
+                futures.append(item.future)
+                results.append(seq)
+        if futures:
+            self._resolve_batch(futures, results)
 
     def _inner_done(self, item: _Pending, inner: PublishFuture) -> None:
         """An attempt ended (called from an inner producer's I/O thread)."""

@@ -869,3 +869,27 @@ def test_a_consumer_watches_again_after_zookeeper_restarts(own_zookeeper, tmp_pa
             msg.ack()
     finally:
         cluster.close()
+
+
+def test_a_cluster_producer_settles_its_confirms_a_batch_at_a_time_not_one_by_one(
+        cluster, monkeypatch):
+    # resolving each confirm alone (a done-callback per message, a lock and a wake-up each)
+    # held the cluster producer to a fraction of the plain one's rate (bench/RESULTS.md)
+    cluster.add("a")
+    with Admin(cluster.url) as admin:
+        admin.create_topic("batched", partitions=1, replicas=1)
+    with Producer(cluster.url, timeout=WAIT) as producer:
+        producer.publish("batched", b"first")  # connected, metadata read
+        resolutions = []
+        real = producer._resolve_batch
+
+        def counting(futures, *args, **kwargs):
+            resolutions.append(len(futures))
+            return real(futures, *args, **kwargs)
+
+        monkeypatch.setattr(producer, "_resolve_batch", counting)
+        futures = [producer.publish_async("batched", b"x") for _ in range(500)]
+        producer.flush()
+    assert sorted(f.result() for f in futures) == list(range(2, 502))
+    assert sum(resolutions) == 500
+    assert len(resolutions) < 100, f"{len(resolutions)} resolutions for 500 confirms"
