@@ -571,12 +571,7 @@ def test_a_message_settled_after_its_partition_moved_is_acked_on_the_new_leader(
     from conftest import subscription_stats
 
     # Given a partition on two hubs that both hold its message as seq 1 (as replication would)
-    cluster.add("a")
-    cluster.add("b")
-    with Admin(cluster.url) as admin:
-        admin.create_topic("orders", partitions=1, replicas=2)
-    old = cluster.leaders("orders")["orders.0"]
-    new = "b" if old == "a" else "a"
+    old, new = _orders_on_two_hubs(cluster)
     for node in (old, new):
         with Producer(cluster.endpoint_of(node)) as producer:
             assert producer.publish("orders.0", b"m") == 1
@@ -710,12 +705,17 @@ def test_a_message_resent_after_a_lost_confirm_is_stored_once_thanks_to_its_auto
         real.stop()
 
 
+def _topic_on_one_hub(cluster, name: str) -> None:
+    """Hub a alone, and a topic ``name`` of 1 partition on it."""
+    cluster.add("a")
+    with Admin(cluster.url) as admin:
+        admin.create_topic(name, partitions=1, replicas=1)
+
+
 def test_automatic_msg_ids_are_distinct_without_reading_the_kernels_random_source_per_message(
         cluster, monkeypatch):
     # os.urandom (uuid4 per message) was a third of the cluster producer's publish_async time
-    cluster.add("a")
-    with Admin(cluster.url) as admin:
-        admin.create_topic("ids", partitions=1, replicas=1)
+    _topic_on_one_hub(cluster, "ids")
     import os as _os
 
     real_urandom = _os.urandom
@@ -752,7 +752,8 @@ def _expire_session(zk, url: str) -> None:
     from zmq_mq.router.cluster.address import parse_cluster_address
 
     session_id, password = zk.client_id
-    thief = KazooClient(hosts=parse_cluster_address(url).hosts, client_id=(session_id, password), timeout=SESSION_TIMEOUT)
+    thief = KazooClient(hosts=parse_cluster_address(url).hosts, client_id=(session_id, password),
+                        timeout=SESSION_TIMEOUT)
     thief.start(10)
     thief.stop()
     thief.close()
@@ -763,17 +764,28 @@ def _leader_seen(client_meta, partition: str) -> str | None:
     return meta.leaders.get(partition) if meta is not None else None
 
 
-def test_a_subscribed_consumer_follows_a_leader_change_at_once_without_a_poll_or_a_refusal(
-        cluster, monkeypatch):
-    import zmq_mq.actors.cluster_session as cluster_session
-
-    monkeypatch.setattr(cluster_session, "IDLE_REFRESH_MS", NEVER_MS)
+def _orders_on_two_hubs(cluster) -> tuple[str, str]:
+    """Hubs a and b, topic orders of 1 partition on both: (its leader, the other hub)."""
     cluster.add("a")
     cluster.add("b")
     with Admin(cluster.url) as admin:
         admin.create_topic("orders", partitions=1, replicas=2)
     old = cluster.leaders("orders")["orders.0"]
-    new = "b" if old == "a" else "a"
+    return old, "b" if old == "a" else "a"
+
+
+def _publish_on(cluster, node: str, payload: bytes) -> None:
+    """Publish to orders.0 on ``node``'s hub directly (a plain Producer)."""
+    with Producer(cluster.endpoint_of(node)) as direct:
+        direct.publish("orders.0", payload)
+
+
+def test_a_subscribed_consumer_follows_a_leader_change_at_once_without_a_poll_or_a_refusal(
+        cluster, monkeypatch):
+    import zmq_mq.actors.cluster_session as cluster_session
+
+    monkeypatch.setattr(cluster_session, "IDLE_REFRESH_MS", NEVER_MS)
+    old, new = _orders_on_two_hubs(cluster)
     with Consumer(cluster.url, timeout=WAIT) as consumer:
         consumer.subscribe("orders", group="g")
         session = consumer._session
@@ -782,8 +794,7 @@ def test_a_subscribed_consumer_follows_a_leader_change_at_once_without_a_poll_or
         # plain hub): only ZooKeeper can tell the consumer, and it does not poll
         cluster.leave(old)
         _moved_to(cluster, "orders", "orders.0", new)
-        with Producer(cluster.endpoint_of(new)) as direct:
-            direct.publish("orders.0", b"after")
+        _publish_on(cluster, new, b"after")
         # Then the consumer re-attached to the new leader and gets what it holds
         msg = consumer.receive(timeout=WAIT)
         assert msg is not None and msg.payload == b"after"
@@ -797,12 +808,7 @@ def test_a_producer_routes_to_the_new_leader_once_zookeeper_names_it_without_a_p
     import zmq_mq.actors.cluster_producer as cluster_producer
 
     monkeypatch.setattr(cluster_producer, "REFRESH_MS", NEVER_MS)
-    cluster.add("a")
-    cluster.add("b")
-    with Admin(cluster.url) as admin:
-        admin.create_topic("orders", partitions=1, replicas=2)
-    old = cluster.leaders("orders")["orders.0"]
-    new = "b" if old == "a" else "a"
+    old, new = _orders_on_two_hubs(cluster)
     with Producer(cluster.url, timeout=WAIT) as producer:
         producer.publish("orders", b"before")
         cluster.leave(old)  # the old leader still runs and would confirm: no refusal to follow
@@ -819,12 +825,7 @@ def test_a_client_watches_again_after_its_zookeeper_session_expired(cluster, mon
     import zmq_mq.actors.cluster_producer as cluster_producer
 
     monkeypatch.setattr(cluster_producer, "REFRESH_MS", NEVER_MS)
-    cluster.add("a")
-    cluster.add("b")
-    with Admin(cluster.url) as admin:
-        admin.create_topic("orders", partitions=1, replicas=2)
-    old = cluster.leaders("orders")["orders.0"]
-    new = "b" if old == "a" else "a"
+    old, new = _orders_on_two_hubs(cluster)
     with Producer(cluster.url, timeout=WAIT) as producer:
         producer.publish("orders", b"before")
         zk = producer._cache.source.client().zk
@@ -847,12 +848,7 @@ def test_a_consumer_watches_again_after_zookeeper_restarts(own_zookeeper, tmp_pa
     monkeypatch.setattr(cluster_session, "IDLE_REFRESH_MS", NEVER_MS)
     cluster = FakeCluster(own_zookeeper.url("/restart"), tmp_path)
     try:
-        cluster.add("a")
-        cluster.add("b")
-        with Admin(cluster.url) as admin:
-            admin.create_topic("orders", partitions=1, replicas=2)
-        old = cluster.leaders("orders")["orders.0"]
-        new = "b" if old == "a" else "a"
+        old, new = _orders_on_two_hubs(cluster)
         with Consumer(cluster.url, timeout=WAIT) as consumer:
             consumer.subscribe("orders", group="g")
             # Given ZooKeeper restarted under the subscribed consumer
@@ -861,8 +857,7 @@ def test_a_consumer_watches_again_after_zookeeper_restarts(own_zookeeper, tmp_pa
             # When the partition moves afterwards
             cluster.leave(old)
             _moved_to(cluster, "orders", "orders.0", new)
-            with Producer(cluster.endpoint_of(new)) as direct:
-                direct.publish("orders.0", b"after")
+            _publish_on(cluster, new, b"after")
             # Then the consumer follows it to the new leader all the same
             msg = consumer.receive(timeout=WAIT)
             assert msg is not None and msg.payload == b"after"
@@ -875,9 +870,7 @@ def test_a_cluster_producer_settles_its_confirms_a_batch_at_a_time_not_one_by_on
         cluster, monkeypatch):
     # resolving each confirm alone (a done-callback per message, a lock and a wake-up each)
     # held the cluster producer to a fraction of the plain one's rate (bench/RESULTS.md)
-    cluster.add("a")
-    with Admin(cluster.url) as admin:
-        admin.create_topic("batched", partitions=1, replicas=1)
+    _topic_on_one_hub(cluster, "batched")
     with Producer(cluster.url, timeout=WAIT) as producer:
         producer.publish("batched", b"first")  # connected, metadata read
         resolutions = []
