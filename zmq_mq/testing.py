@@ -520,7 +520,7 @@ class Cluster:
         with Cluster(tmp_dir, nodes=("a", "b", "c")) as cluster:   # ZooKeeper + 3 hubs
             cluster.create_topic("orders", partitions=6, replicas=2)  # waits: led, ISR full
             victim, epoch = cluster.leader("orders.0")
-            cluster.kill(victim)                        # kill -9 (also pause/resume/restart)
+            cluster.kill(victim)          # kill -9 (also pause/resume/restart, restart_zookeeper)
             cluster.wait_moved("orders.0", victim, epoch)
             with Producer(cluster.url) as p: ...
 
@@ -626,6 +626,13 @@ class Cluster:
         if hub.proc is not None:
             with contextlib.suppress(OSError):
                 os.kill(hub.pid, signal.SIGCONT)
+
+    def restart_zookeeper(self) -> None:
+        """Stop this cluster's own ZooKeeper (SIGTERM) and start it again on its port and data:
+        what it stored stays, and sessions that come back within their timeout survive."""
+        if self.zookeeper_server is None:
+            raise RuntimeError("this cluster runs on a ZooKeeper it did not start")
+        self.zookeeper_server.restart()
 
     # --- placement ---
 
