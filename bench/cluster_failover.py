@@ -31,10 +31,11 @@ import threading
 import time
 from pathlib import Path
 
-from zmq_mq.actors import Producer
-from zmq_mq.router import protocol
-from zmq_mq.router.cluster.coordinator import ClusterClient
-from zmq_mq.testing import HubProcess, ZooKeeperServer
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from clusterlib import LocalCluster, wait  # noqa: E402
+from zmq_mq.actors import Producer  # noqa: E402
+from zmq_mq.router import protocol  # noqa: E402
 
 TOPIC = "failover"
 
@@ -76,20 +77,6 @@ class Load(threading.Thread):
             self.error = exc
 
 
-def wait(predicate, timeout: float, what: str, interval: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise SystemExit(f"timed out after {timeout:g} s waiting for {what}")
-
-
-def healthy(client: ClusterClient, replicas: int) -> bool:
-    states = client.partitions(TOPIC)
-    return bool(states) and all(s.leader and len(s.isr) == replicas for s in states.values())
-
-
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -109,22 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="zmq-mq-failover-"))
-    zk = ZooKeeperServer(tmp / "zk", tick_ms=min(500, int(args.session * 1000 / 2))).start()
-    url = zk.url("/failover")
-    hubs: dict[str, HubProcess] = {}
+    cluster = LocalCluster(tmp, hubs=args.hubs, session=args.session, sync=args.sync,
+                           chroot="/failover")
     load = None
     kills = []
     try:
-        for n in range(args.hubs):
-            node = f"hub{n}"
-            hubs[node] = HubProcess(tmp / node / "data",
-                                    ["--cluster", url, "--node", node, "--zk-session-timeout",
-                                     f"{args.session:g}", "--sync", args.sync],
-                                    log_dir=tmp / node).start()
-        client = ClusterClient(url).start()
+        cluster.start()
+        url, hubs, client = cluster.url, cluster.hubs, cluster.client()
         client.create_topic(TOPIC, args.partitions, args.replicas, min_insync=1,
                             wait=args.timeout)
-        wait(lambda: healthy(client, args.replicas), args.timeout, "every partition in sync")
+        wait(lambda: cluster.healthy(TOPIC, args.replicas), args.timeout,
+             "every partition in sync")
         load = Load(url, args.partitions)
         load.start()
         for k in range(args.kills):
@@ -155,26 +137,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kill {k:3d} {part:12s} {victim:6s} moved {moved * 1000:7.0f} ms "
                   f"failover {failover * 1000:7.0f} ms", flush=True)
             hubs[victim].restart()
-            wait(lambda: healthy(client, args.replicas), args.timeout,
+            wait(lambda: cluster.healthy(TOPIC, args.replicas), args.timeout,
                  "the restarted hub back in sync")
         load.stop_event.set()
         load.join(args.timeout)
         if load.error is not None:
             raise SystemExit(f"the producer failed: {load.error}")
-        client.close()
     finally:
         if load is not None:
             load.stop_event.set()
-        for h in hubs.values():
-            h.stop()
-        zk.stop()
+        cluster.stop()
     shutil.rmtree(tmp, ignore_errors=True)  # reached only when the run completed
     fo = [k["failover_s"] for k in kills]
     mv = [k["moved_s"] for k in kills]
     report = {
         "kills": kills, "hubs": args.hubs, "partitions": args.partitions,
         "replicas": args.replicas, "min_insync": 1, "session_timeout_s": args.session,
-        "sync": args.sync, "zookeeper_tick_ms": zk.tick_ms,
+        "sync": args.sync, "zookeeper_tick_ms": cluster.zk.tick_ms,
         "failover_p50_s": statistics.median(fo), "failover_max_s": max(fo),
         "moved_p50_s": statistics.median(mv), "moved_max_s": max(mv),
         "publish_failures": load.failures if load else 0,

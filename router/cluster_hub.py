@@ -241,6 +241,7 @@ class ClusterHub(Hub):
                 self._become_leader(name, state)
             else:
                 lead.isr = state.isr
+                self._sync_delivery(name)
             return
         if name in self.leading:
             self._depose(name, f"{state.leader} leads it at epoch {state.epoch}")
@@ -283,12 +284,31 @@ class ClusterHub(Hub):
             self.schedule.defer_scheduled(sub)
         if info is not None:
             self.valid_topics.add(name)
+        self._sync_delivery(name)
         config = self.store.configs.get(name)
         if config:  # the limits replicated from the previous leader
             try:
                 self.trimmer.set(name, parse_limits(config))
             except ValueError as exc:
                 log.error("cluster hub %s: %s limits not applied: %s", self.node, name, exc)
+
+    def _sync_delivery(self, name: str) -> None:
+        """Let the subscriptions of a partition this hub leads hand out records up to the last
+        seq every in-sync follower holds (Kafka's high watermark), never past it: a record only
+        this hub holds is not confirmed and is dropped if another replica comes to lead, so a
+        consumer must not see it (it would then process a message that is not at that seq)."""
+        lead = self.leading.get(name)
+        if lead is None:
+            return
+        info = self.store.topics.get(name)
+        last = info.last_seq if info else 0
+        held = lead.committed(self.node)
+        end = last if held is None else min(last, held)
+        for sub in self.groups.of(name):
+            if sub.last_seq > end:
+                sub.cap(end)
+            elif sub.last_seq < end:
+                sub.published(end)
 
     def _depose(self, name: str, why: str) -> None:
         lead = self.leading.pop(name, None)
@@ -379,6 +399,9 @@ class ClusterHub(Hub):
             touched = list(leading) or [""]
         mark = len(self._outbox)
         stored = super()._commit()
+        for topic in stored:  # the base made the new records deliverable: only what is held
+            if topic in leading:
+                self._sync_delivery(topic)
         if touched:
             topics = self.store.topics
             need = {t: (leading[t].epoch if t in leading else -1,
@@ -509,6 +532,7 @@ class ClusterHub(Hub):
             log.info("cluster hub %s: %s in-sync replicas %s -> %s", self.node, name,
                      list(lead.isr), list(result.isr))
             lead.isr = result.isr
+            self._sync_delivery(name)
         elif isinstance(result, (StaleEpochError, FencedError)):
             self._depose(name, str(result))
         else:  # ZooKeeper busy, a follower that left meanwhile...: again a little later
@@ -606,6 +630,8 @@ def _subscribe(hub: ClusterHub, identity: bytes, peer: Peer | None, body: Any) -
     if isinstance(body, dict):
         _guard(hub, identity, Command.SUBSCRIBE, body.get("topic"), body.get("sid"), False)
     CLIENT_HANDLERS[Command.SUBSCRIBE](hub, identity, peer, body)
+    if isinstance(body, dict) and body.get("topic") in hub.leading:
+        hub._sync_delivery(body["topic"])  # a new subscription starts at the log's end
 
 
 def _guard(hub: ClusterHub, identity: bytes, command: bytes, topic: Any, ref: Any,
@@ -705,8 +731,11 @@ def _replicate(hub: ClusterHub, identity: bytes, peer: Peer | None, body: Any) -
             "subs": {}, "epochs": lead.history, "truncate": end})
         return
     now = hub.clock.monotonic_ms()
+    moved = lead.pos.get(node) != from_seq - 1
     lead.pos[node] = from_seq - 1
     lead.seen[node] = now
+    if moved:
+        hub._sync_delivery(name)  # what every in-sync replica holds may have grown
     if from_seq - 1 >= last:
         lead.caught_up[node] = now
     if from_seq <= last:
