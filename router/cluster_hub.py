@@ -471,8 +471,10 @@ class ClusterHub(Hub):
         fetcher = self.fetcher
         # follower side: one fetch in flight per partition
         for name, f in self.following.items():
-            if f.inflight_at is not None and now - f.inflight_at < FETCH_TIMEOUT_MS:
-                continue
+            if f.inflight_at is not None:
+                if now - f.inflight_at < FETCH_TIMEOUT_MS:
+                    continue
+                f.full_subs = True  # no answer: the one the leader sent may be lost
             if now < f.retry_at:
                 continue
             info = self.hubs_view.get(f.leader)
@@ -481,7 +483,7 @@ class ClusterHub(Hub):
             local = self.store.topics.get(name)
             fetcher.fetch(info.endpoint, {
                 "partition": name, "epoch": f.epoch, "node": self.node,
-                "last_epoch": f.last_epoch,
+                "last_epoch": f.last_epoch, "full_subs": f.full_subs,
                 "from_seq": (local.last_seq if local else 0) + 1, "max": MAX_REPLICA_RECORDS})
             f.inflight_at = now
         # leader side: parked fetches that waited long enough, the in-sync set, the gate
@@ -549,6 +551,7 @@ class ClusterHub(Hub):
             if f is not None:
                 f.inflight_at = None
                 f.retry_at = self.clock.monotonic_ms() + RETRY_MS
+                f.full_subs = True
                 log.info("cluster hub %s: fetch of %s refused: %s", self.node, name,
                          err["message"])
             return
@@ -583,15 +586,18 @@ class ClusterHub(Hub):
         if epochs is not None and epochs[-1][0] != f.last_epoch:
             pass  # the leader's history is stored with the records below
         elif not records and not subs and leader_last <= last:
+            f.full_subs = False  # nothing new: applied as it is
             return
         try:
             self.store.replicate(name, records, leader_last, subs, dedup,
                                  now_ms=self.clock.wall_ms(), epochs=epochs)
             if epochs is not None:
                 f.last_epoch = epochs[-1][0]
+            f.full_subs = False
         except Exception as exc:
             log.error("cluster hub %s: replicating %s failed: %s", self.node, name, exc)
             f.retry_at = self.clock.monotonic_ms() + RETRY_MS
+            f.full_subs = True
 
     def _truncate(self, name: str, after: int) -> None:
         """Drop this copy's records above ``after``: a former leader's tail that was never
@@ -731,6 +737,8 @@ def _replicate(hub: ClusterHub, identity: bytes, peer: Peer | None, body: Any) -
             "subs": {}, "epochs": lead.history, "truncate": end})
         return
     now = hub.clock.monotonic_ms()
+    if body.get("full_subs") is True:  # it did not apply an answer: send every state again
+        lead.full_subs_at.pop(node, None)
     moved = lead.pos.get(node) != from_seq - 1
     lead.pos[node] = from_seq - 1
     lead.seen[node] = now

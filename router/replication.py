@@ -164,6 +164,9 @@ class Following:
     last_epoch: int = -1  # the latest leader epoch of this hub's copy (divergence check)
     inflight_at: int | None = None  # monotonic ms the REPLICATE in flight was sent
     retry_at: int = 0  # after an error: not before this
+    # ask for every subscription state, not only those changed since the leader's last answer:
+    # until an answer is applied (a new following, or one lost, refused or not applied)
+    full_subs: bool = True
 
 
 @dataclass
