@@ -435,7 +435,9 @@ class Subscription:
     def cap(self, last_seq: int) -> None:
         """Hand out nothing past ``last_seq`` for now, though the log holds more (a cluster
         leader: only what every in-sync replica holds may be delivered); ``published`` raises
-        the end again. Seqs already handed out stay so."""
+        the end again. Seqs already handed out stay so. To hold, it must follow each raise
+        before the next dispatch (the look-ahead window of key ordering and priorities is filled
+        up to the end at dispatch, and a seq in it counts as passed)."""
         if last_seq < self._last:
             self._last = max(last_seq, self._next - 1)
 
