@@ -349,8 +349,23 @@ def attribute_duplicates(h: History, info: list[dict], t0: float, margin: float)
                                                  "start_s": cause["start_s"]},
             "on_leader": cause is not None and _on_leader(cause, topic),
             "before_fault_s": None if cause is None else round(max(0.0, t0 + cause["start_s"] - t1), 3),
+            "why": _why(cause, topic, t1 - t0),
         })
     return out
+
+
+def _why(f: dict | None, partition: str, t1: float) -> str:
+    if f is None:
+        return "UNEXPLAINED: no fault around its first processing"
+    if f["kind"] == "zk_restart":
+        return ("in flight when ZooKeeper restarted: every leader was fenced and led again from "
+                "its stored cursor, so a delivery whose ack was not yet committed came again")
+    when = "before" if t1 < f["start_s"] else "after"
+    role = "its partition's leader" if partition in f.get("led", ()) else "a hub of the cluster"
+    what = "killed" if f["kind"].endswith("kill") else "frozen"
+    return (f"delivered and processed {abs(f['start_s'] - t1):.3f} s {when} {role} "
+            f"({f['target']}) was {what}: the ack had not reached the replica that led next, "
+            "which delivered it again from the replicated cursor")
 
 
 def _on_leader(f: dict, partition: str) -> bool:
