@@ -77,7 +77,8 @@ class ClusterFaultRun(FaultRun):
 
     def __init__(self, workdir: Path, config: FaultConfig, *, hubs: int = 3, partitions: int = 6,
                  replicas: int = 3, min_insync: int | None = 2, session: float = 2.0,
-                 sync: str = "full", fault_every: float = 5.0, down: tuple[float, float] = (1.0, 3.0),
+                 sync: str = "full", fault_every: float = 5.0,
+                 down: tuple[float, float] = (1.0, 3.0),
                  pause_extra: float = 1.5, zk_restart: bool = True, recover_timeout: float = 60.0,
                  say=print) -> None:
         super().__init__(workdir, config, say=say)
@@ -205,11 +206,13 @@ class ClusterFaultRun(FaultRun):
             threading.Thread(target=resume, daemon=True).start()
         end = self._recover(start, done, led, victim, info)
         info["problem"] = problem
-        self.say(f"fault: {kind} {victim} (led {','.join(p.rsplit('.', 1)[1] for p in sorted(led)) or '-'})"
+        led_list = ",".join(p.rsplit(".", 1)[1] for p in sorted(led)) or "-"
+        self.say(f"fault: {kind} {victim} (led {led_list})"
                  f"{' down %.1f s' % info['down_s'] if 'down_s' in info else ''}"
                  f"{' paused %.1f s' % info['paused_s'] if 'paused_s' in info else ''}"
                  f", whole again after {end - start:.1f} s"
-                 f"{' NOT RECOVERED' if not info['recovered'] else ''}{' ' + problem[0] if problem else ''}")
+                 f"{' NOT RECOVERED' if not info['recovered'] else ''}"
+                 f"{' ' + problem[0] if problem else ''}")
         return Fault(kind, f"hub:{victim}", start, end)
 
     def _zk_restart(self) -> Fault:
@@ -348,7 +351,8 @@ def attribute_duplicates(h: History, info: list[dict], t0: float, margin: float)
             "fault": None if cause is None else {"kind": cause["kind"], "target": cause["target"],
                                                  "start_s": cause["start_s"]},
             "on_leader": cause is not None and _on_leader(cause, topic),
-            "before_fault_s": None if cause is None else round(max(0.0, t0 + cause["start_s"] - t1), 3),
+            "before_fault_s": (None if cause is None
+                               else round(max(0.0, t0 + cause["start_s"] - t1), 3)),
             "why": _why(cause, topic, t1 - t0),
         })
     return out
@@ -496,13 +500,15 @@ def print_table(out: dict) -> None:
     t.add_column("what")
     t.add_column("value")
     rows = [
-        ("confirmed / sent", f"{out['confirmed']} / {out['sent']} (unconfirmed {out['unconfirmed']})"),
+        ("confirmed / sent",
+         f"{out['confirmed']} / {out['sent']} (unconfirmed {out['unconfirmed']})"),
         ("received (distinct)", ", ".join(f"{g} {n}" for g, n in sorted(out["received"].items()))),
         ("LOST", str(out["lost"])),
         ("duplicates", f"{out['duplicates']} ({out['duplicates_unexplained']} unexplained, "
                        f"{out['duplicates_not_at_their_leaders_fault']} not at a fault of their "
                        "partition's leader)"),
-        ("duplicates by fault", ", ".join(f"{k} {n}" for k, n in sorted(out["duplicates_by_fault_kind"].items())) or "-"),
+        ("duplicates by fault", ", ".join(
+            f"{k} {n}" for k, n in sorted(out["duplicates_by_fault_kind"].items())) or "-"),
         ("stored twice", str(out["duplicates_stored_twice"])),
         ("processed, never confirmed", str(out["processed_never_confirmed"])),
         ("faults", ", ".join(f"{k} {n}" for k, n in sorted(out["faults_by_kind"].items()))),
@@ -512,9 +518,11 @@ def print_table(out: dict) -> None:
         ("moved p50 / max s", " / ".join("-" if v is None else f"{v:.2f}" for v in (
             out["moved_p50_s"], out["moved_max_s"]))),
         ("throughput", f"{out['throughput']['confirmed_per_s']} confirmed/s; processed/s "
-                       + ", ".join(f"{g} {n}" for g, n in sorted(out['throughput']['processed_per_s'].items()))),
+                       + ", ".join(f"{g} {n}" for g, n in
+                                   sorted(out['throughput']['processed_per_s'].items()))),
         ("drained / final lag", f"{out['drained']} / {out['final_lag']}"),
-        ("fault cover (any / leader's)", f"{out['fault_cover']:.0%} / {out['leader_fault_cover']:.0%} "
+        ("fault cover (any / leader's)",
+         f"{out['fault_cover']:.0%} / {out['leader_fault_cover']:.0%} "
                                          "of processings would excuse a duplicate"),
         ("margin used", f"{out['margin_used_s']:.2f} s of {out['margin_s']:g}"),
         ("run", f"{out['run_s']} s"),

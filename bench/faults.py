@@ -1,6 +1,7 @@
 """Fault-injection harness: real processes, real kills, and a checker that reads the history.
 
-Shared by the short CI test (``tests/test_faults.py``) and the long soak (``bench/soak.py``).
+Shared by the short CI test (``tests/test_faults.py``), the long soak (``bench/soak.py``) and
+its cluster form (``bench/cluster_soak.py``, which subclasses :class:`FaultRun`).
 Every participant is a separate OS process and writes what it saw to its own append-only log
 (one JSON array per line, written and flushed before it acts on it), so that ``kill -9`` cannot
 hide anything from the checker:
@@ -654,8 +655,9 @@ def check(workdir: Path, faults: list[Fault], margin: float = 2.0, redelivery_s:
     r.unconfirmed_processed = sum(1 for mid in stored if mid not in h.confirmed)
     # Order of first processing against seq order (per topic, i.e. partition, and per key). An
     # inversion is "after a fault" when the late message was first processed within
-    # ``redelivery_s`` of a fault of the hub or of a worker of that group: it was held by a worker that died or
-    # stalled, and came back only after ack_wait or the liveness timeout while others flowed.
+    # ``redelivery_s`` of a fault of the hub or of a worker of that group: it was held by a
+    # worker that died or stalled, and came back only after ack_wait or the liveness timeout
+    # while others flowed.
     for group in GROUPS:
         firsts = sorted((runs[0][0], pos, runs[0][3]) for (g, pos), runs in h.processed.items()
                         if g == group)
