@@ -34,7 +34,8 @@ partition it only follows.
 
 Also reported: the faults by kind with their times, ``moved`` (fault to ZooKeeper naming a new
 leader of a partition the victim led) and ``failover`` (fault to the first confirm of a message
-sent after it on each such partition), throughput, and the share of all processings a duplicate
+sent after it on each such partition; a fault whose partitions confirmed again only after the
+next fault began is counted apart, not in the percentiles), throughput, and the share of all processings a duplicate
 would have been excused for (how strict "explained" was). Exit status 1 unless the checker
 passed (nothing lost, every duplicate explained, the run drained), every duplicate is at a fault
 of its partition's leader, and the cluster recovered from every fault.
@@ -378,25 +379,32 @@ def _on_leader(f: dict, partition: str) -> bool:
 
 def failover_times(h: History, info: list[dict], t0: float) -> list[dict]:
     """Per fault of a leader: for each partition it led, the fault to the first confirm of a
-    message sent after it (confirmed by the new leader, or by the same hub once it is back)."""
+    message sent after it (confirmed by the new leader, or by the same hub once it is back).
+    ``overlapped``: that confirm came only after the next fault began (which may have struck the
+    partition's other replica: the time is then not this fault's alone)."""
     first: dict[str, list[tuple[float, float]]] = {}
     for mid, ((topic, _), t_conf) in h.confirmed.items():
         first.setdefault(topic, []).append((h.sent.get(mid, t_conf), t_conf))
     for lst in first.values():
         lst.sort()
     out = []
+    starts = sorted(f["start_s"] for f in info)
     for f in info:
         if not f.get("led"):
             continue
         start = t0 + f["start_s"]
+        later = [s for s in starts if s > f["start_s"]]
+        next_start = t0 + later[0] if later else float("inf")
         per = {}
         for p in f["led"]:
             after = [c for s, c in first.get(p, []) if s > start]
             if after:
                 per[p] = round(min(after) - start, 4)
+        worst = max(per.values()) if per else None
         out.append({"kind": f["kind"], "target": f["target"], "start_s": f["start_s"],
                     "failover_s": per, "moved_s": f.get("moved_s", {}),
-                    "max_failover_s": max(per.values()) if per else None})
+                    "max_failover_s": worst,
+                    "overlapped": worst is not None and start + worst > next_start})
     return out
 
 
@@ -421,7 +429,8 @@ def build_report(run: ClusterFaultRun, report: Report, args) -> dict:
     conf_times = [t for _, t in h.confirmed.values()]
     sent_times = list(h.sent.values())
     span = (max(conf_times) - min(sent_times)) if conf_times and sent_times else 0.0
-    failovers = [x["max_failover_s"] for x in fo if x["max_failover_s"] is not None]
+    failovers = [x["max_failover_s"] for x in fo
+                 if x["max_failover_s"] is not None and not x["overlapped"]]
     moved = [v for x in fo for v in x["moved_s"].values()]
     lost = {g: len(v) for g, v in report.lost.items()}
     not_at_leader = sum(d["times"] - 1 for d in dups if not d["on_leader"])
@@ -465,6 +474,8 @@ def build_report(run: ClusterFaultRun, report: Report, args) -> dict:
         "faults_by_kind": by_kind,
         "fault_list": run.info,
         "failover": fo,
+        "failover_faults": len(failovers),  # faults of a leader over before the next began
+        "failover_overlapped": sum(1 for x in fo if x["overlapped"]),
         "failover_p50_s": statistics.median(failovers) if failovers else None,
         "failover_p90_s": pct(failovers, 0.9),
         "failover_max_s": max(failovers) if failovers else None,
@@ -514,7 +525,9 @@ def print_table(out: dict) -> None:
         ("faults", ", ".join(f"{k} {n}" for k, n in sorted(out["faults_by_kind"].items()))),
         ("recovered from every fault", str(out["recovered_from_every_fault"])),
         ("failover p50 / p90 / max s", " / ".join("-" if v is None else f"{v:.2f}" for v in (
-            out["failover_p50_s"], out["failover_p90_s"], out["failover_max_s"]))),
+            out["failover_p50_s"], out["failover_p90_s"], out["failover_max_s"]))
+         + f" ({out['failover_faults']} faults of a leader; {out['failover_overlapped']} more "
+           "ran into the next fault)"),
         ("moved p50 / max s", " / ".join("-" if v is None else f"{v:.2f}" for v in (
             out["moved_p50_s"], out["moved_max_s"]))),
         ("throughput", f"{out['throughput']['confirmed_per_s']} confirmed/s; processed/s "
