@@ -1,13 +1,17 @@
 """Fault-injection harness: real processes, real kills, and a checker that reads the history.
 
-Shared by the short CI test (``tests/test_faults.py``) and the long soak (``bench/soak.py``).
+Shared by the short CI test (``tests/test_faults.py``), the long soak (``bench/soak.py``) and
+its cluster form (``bench/cluster_soak.py``, which subclasses :class:`FaultRun`).
 Every participant is a separate OS process and writes what it saw to its own append-only log
 (one JSON array per line, written and flushed before it acts on it), so that ``kill -9`` cannot
 hide anything from the checker:
 
 * **producers** (``faults.py producer``) publish messages with unique ids (in the payload and in
   an ``id`` header), half of them with a key; before publishing they log ``sent`` (id, time) and
-  once the hub confirms, ``confirmed`` (id, topic, seq, time);
+  once the hub confirms, ``confirmed`` (id, topic, seq, time). Against a cluster
+  (``--partitions N``, bench/cluster_soak.py) every message has a key and its id as msg_id, and
+  the topic logged is the partition the key maps to (``fx.3``): a message's *position* is
+  (topic, seq), seqs being numbered per partition;
 * **workers** (``faults.py worker``): a ``work`` group of ``Actor`` processes (a work queue) and
   an ``audit`` group of one ``Consumer`` with credit 1 (a strict FIFO reader) log every message
   processed (group, id, seq, key, delivery count, time) *before* acking it;
@@ -19,8 +23,8 @@ hide anything from the checker:
 
 :func:`check` reads the logs and proves, or reports the violation of:
 
-* **no loss**: every confirmed (topic, seq) was processed by every group, and the record
-  processed under that seq carries the id the producer was told it got;
+* **no loss**: every confirmed position (topic, seq) was processed by every group, and the
+  record processed there carries the id the producer was told it got;
 * **no phantoms**: every processed id is one a producer sent;
 * **duplicates only at faults**. A message processed twice *under the same seq* by one group is
   explained only if a fault interval [start, end] satisfies ``start - margin <= t1 <= end``,
@@ -95,9 +99,14 @@ def read_log(path: Path) -> list[list]:
 
 
 def run_producer(endpoint: str, out: Path, name: str, seconds: float, rate: float,
-                 batch: int = 20, window: int = 3) -> None:
-    """Publish ``rate`` msg/s for ``seconds`` in batches, ``window`` batches unconfirmed at most."""
+                 batch: int = 20, window: int = 3, partitions: int = 0) -> None:
+    """Publish ``rate`` msg/s for ``seconds`` in batches, ``window`` batches unconfirmed at most.
+
+    ``partitions`` > 0: ``endpoint`` is a cluster and TOPIC has that many partitions; every
+    message then has a key (so its partition is known: the confirm names a seq of it) and its
+    id as msg_id (so a resend to a new leader is stored once)."""
     from zmq_mq.actors import HubError, Producer
+    from zmq_mq.router.protocol import partition_of
 
     log = _Log(out)
     pending: list[tuple[list[str], list]] = []
@@ -105,14 +114,16 @@ def run_producer(endpoint: str, out: Path, name: str, seconds: float, rate: floa
     t0 = time.monotonic()
     with Producer(endpoint, name=name, timeout=120) as producer:
 
-        def settle(ids: list[str], futures: list) -> None:
-            for mid, fut in zip(ids, futures):
+        def settle(ids: list[str], futures: list, topics: list[str]) -> None:
+            for mid, fut, topic in zip(ids, futures, topics):
                 try:
                     seq = fut.result(300)
                 except HubError as exc:  # refused: never stored; the checker knows it was sent
                     log.write("failed", mid, exc.code, time.monotonic())
+                except Exception as exc:  # not confirmed in time: unknown, never counted as lost
+                    log.write("failed", mid, type(exc).__name__, time.monotonic())
                 else:
-                    log.write("confirmed", mid, TOPIC, seq, time.monotonic())
+                    log.write("confirmed", mid, topic, seq, time.monotonic())
             log.flush()
 
         while time.monotonic() - t0 < seconds:
@@ -121,21 +132,27 @@ def run_producer(endpoint: str, out: Path, name: str, seconds: float, rate: floa
             for mid in ids:
                 log.write("sent", mid, now)
             log.flush()  # on disk (page cache) before the hub can see it
-            futures = []
+            futures, topics = [], []
             for i, mid in enumerate(ids):
-                key = f"k{(n + i) % 8}" if (n + i) % 2 == 0 else None
+                if partitions:
+                    key = f"k{(n + i) % (4 * partitions)}"
+                    topics.append(f"{TOPIC}.{partition_of(key, partitions)}")
+                else:
+                    key = f"k{(n + i) % 8}" if (n + i) % 2 == 0 else None
+                    topics.append(TOPIC)
                 futures.append(producer.publish_async(
-                    TOPIC, json.dumps({"id": mid}).encode(), key=key, headers={"id": mid}))
+                    TOPIC, json.dumps({"id": mid}).encode(), key=key, headers={"id": mid},
+                    msg_id=mid if partitions else None))
             n += batch
-            pending.append((ids, futures))
+            pending.append((ids, futures, topics))
             if len(pending) >= window:
                 settle(*pending.pop(0))
             due = t0 + n / rate
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-        for ids, futures in pending:
-            settle(ids, futures)
+        for ids, futures, topics in pending:
+            settle(ids, futures, topics)
     log.write("done", n, time.monotonic())
     log.close()
 
@@ -147,7 +164,7 @@ def _record(log: _Log, worker: str, group: str, msg) -> None:
     except Exception:
         body_id = None
     log.write("processed", group, mid, body_id, msg.seq, msg.key, msg.deliveries, time.monotonic(),
-              worker)
+              worker, msg.topic)
     log.flush()  # before the ack: a kill -9 after this line cannot hide the processing
 
 
@@ -283,6 +300,10 @@ class FaultRun:
         self.hub.start(self.endpoint or "tcp://127.0.0.1:*", timeout)
         self.endpoint = self.hub.endpoint
 
+    def producer_args(self) -> list[str]:
+        """More flags of the producer role (the cluster form adds ``--partitions``)."""
+        return []
+
     # -- lifecycle --
 
     def start(self) -> None:
@@ -302,7 +323,8 @@ class FaultRun:
         # Workers attached first, so that both groups start at seq 1 (start="first" anyway).
         for i in range(cfg.producers):
             p = _Proc(f"producer-{i}", [*me, "producer", "--endpoint", self.endpoint, "--name",
-                                        f"p{i}", "--seconds", str(cfg.seconds), "--rate", str(cfg.rate)],
+                                        f"p{i}", "--seconds", str(cfg.seconds), "--rate", str(cfg.rate),
+                                        *self.producer_args()],
                       self.workdir / f"producer-{i}.log")
             p.start(self.workdir)
             self.producers.append(p)
@@ -451,20 +473,32 @@ class FaultRun:
 # --- the checker -------------------------------------------------------------------------------
 
 
+# A message's position: (topic, seq). The single hub has one topic (TOPIC); a cluster topic is
+# stored as partitions (``fx.0`` ..), each numbering its own seqs.
+Position = tuple[str, int]
+
+
+def is_server_fault(f: "Fault") -> bool:
+    """A fault of what stores messages (the hub, a cluster hub ``hub:NAME``, ZooKeeper), as
+    against one of a worker: it may lose any worker's unreplicated acks and any confirm."""
+    return f.target == "hub" or f.target.startswith("hub:") or f.target == "zookeeper"
+
+
 @dataclass
 class History:
     sent: dict[str, float]  # id -> time sent
-    confirmed: dict[str, tuple[int, float]]  # id -> (seq, time confirmed)
+    confirmed: dict[str, tuple[Position, float]]  # id -> (position, time confirmed)
     failed: dict[str, str]  # id -> error code
-    # (group, seq) -> [(time, id header, id payload, key, deliveries, worker)] in processing order
-    processed: dict[tuple[str, int], list[tuple[float, Any, Any, Any, int]]]
+    # (group, position) -> [(time, id header, id payload, key, deliveries, worker)], in
+    # processing order
+    processed: dict[tuple[str, Position], list[tuple[float, Any, Any, Any, int]]]
 
 
 def load_history(workdir: Path) -> History:
     sent: dict[str, float] = {}
-    confirmed: dict[str, tuple[int, float]] = {}
+    confirmed: dict[str, tuple[Position, float]] = {}
     failed: dict[str, str] = {}
-    processed: dict[tuple[str, int], list] = defaultdict(list)
+    processed: dict[tuple[str, Position], list] = defaultdict(list)
     for path in sorted(Path(workdir).glob("*.log")):
         if path.name.startswith("hub."):
             continue
@@ -473,20 +507,21 @@ def load_history(workdir: Path) -> History:
             if kind == "sent":
                 sent[rec[1]] = rec[2]
             elif kind == "confirmed":
-                confirmed[rec[1]] = (rec[3], rec[4])
+                confirmed[rec[1]] = ((rec[2], rec[3]), rec[4])
             elif kind == "failed":
                 failed[rec[1]] = rec[2]
             elif kind == "processed":
-                _, group, hid, pid, seq, key, deliveries, t, worker = rec
-                processed[(group, seq)].append((t, hid, pid, key, deliveries, worker))
+                _, group, hid, pid, seq, key, deliveries, t, worker, *topic = rec
+                pos = (topic[0] if topic else TOPIC, seq)
+                processed[(group, pos)].append((t, hid, pid, key, deliveries, worker))
     for lst in processed.values():
         lst.sort()
     return History(sent, confirmed, failed, dict(processed))
 
 
 def missing_of(h: History, group: str) -> list[str]:
-    """Confirmed ids not (yet) processed by ``group`` under their confirmed seq."""
-    return [mid for mid, (seq, _) in h.confirmed.items() if (group, seq) not in h.processed]
+    """Confirmed ids not (yet) processed by ``group`` at their confirmed position."""
+    return [mid for mid, (pos, _) in h.confirmed.items() if (group, pos) not in h.processed]
 
 
 @dataclass
@@ -497,10 +532,10 @@ class Report:
     processed: dict[str, int] = field(default_factory=dict)  # group -> processings
     distinct: dict[str, int] = field(default_factory=dict)  # group -> distinct ids
     lost: dict[str, list] = field(default_factory=dict)  # group -> confirmed ids never processed
-    wrong: list = field(default_factory=list)  # (group, seq, id expected, id seen)
+    wrong: list = field(default_factory=list)  # (group, position, id expected, ids seen)
     phantoms: list = field(default_factory=list)
     redeliveries: dict[str, int] = field(default_factory=dict)  # group -> same seq again
-    restored_twice: int = 0  # ids stored under two seqs (a resend after a lost confirm)
+    restored_twice: int = 0  # ids stored at two positions (a resend after a lost confirm)
     unexplained: list = field(default_factory=list)
     unconfirmed_processed: int = 0  # sent, never confirmed (hub died), yet stored and processed
     margin_used: float = 0.0  # the most any explained duplicate needed of the margin, seconds
@@ -569,21 +604,21 @@ def _in_fault(t: float, workers: set[str], faults: list[Fault], margin: float) -
     (delivered, not yet processed) while paused, so it went to another and then was processed
     again on resume."""
     return any(f.start - margin <= t <= f.end for f in faults
-               if f.target == "hub" or f.target in workers)
+               if is_server_fault(f) or f.target in workers)
 
 
 def check(workdir: Path, faults: list[Fault], margin: float = 2.0, redelivery_s: float = 5.0) -> Report:
     """Read every history file in ``workdir`` and check the claims of the module docstring."""
     h = load_history(workdir)
     r = Report(confirmed=len(h.confirmed), sent=len(h.sent), failed=len(h.failed))
-    seq_owner = {seq: mid for mid, (seq, _) in h.confirmed.items()}
-    hub_kills = [f for f in faults if f.target == "hub"]
+    seq_owner = {pos: mid for mid, (pos, _) in h.confirmed.items()}
+    hub_kills = [f for f in faults if is_server_fault(f)]
     for group in GROUPS:
         r.lost[group] = missing_of(h, group)
         r.processed[group] = 0
         r.redeliveries[group] = 0
-    ids_by_group: dict[str, dict[str, list[int]]] = {g: defaultdict(list) for g in GROUPS}
-    for (group, seq), runs in h.processed.items():
+    ids_by_group: dict[str, dict[str, list[Position]]] = {g: defaultdict(list) for g in GROUPS}
+    for (group, seq), runs in h.processed.items():  # seq: the position (topic, seq)
         r.processed[group] = r.processed.get(group, 0) + len(runs)
         for _, hid, pid, *_ in runs:
             if hid != pid or hid not in h.sent:
@@ -601,12 +636,13 @@ def check(workdir: Path, faults: list[Fault], margin: float = 2.0, redelivery_s:
             else:  # how much of the margin this one needed: a tight margin is a strict check
                 t1 = runs[0][0]
                 used = min(max(0.0, f.start - t1) for f in faults
-                           if (f.target == "hub" or f.target in workers) and f.start - margin <= t1 <= f.end)
+                           if (is_server_fault(f) or f.target in workers)
+                           and f.start - margin <= t1 <= f.end)
                 r.margin_used = max(r.margin_used, used)
     for group, by_id in ids_by_group.items():
         r.distinct[group] = len(by_id)
-    # Stored twice: the same id under two seqs; count it once per id (from the work group's view).
-    stored: dict[str, set[int]] = defaultdict(set)
+    # Stored twice: the same id at two positions; count it once per id.
+    stored: dict[str, set[Position]] = defaultdict(set)
     for (group, seq), runs in h.processed.items():
         stored[runs[0][1]].add(seq)
     for mid, seqs in stored.items():
@@ -617,25 +653,26 @@ def check(workdir: Path, faults: list[Fault], margin: float = 2.0, redelivery_s:
             if t_sent is None or not any(f.start <= t_conf and f.end >= t_sent for f in hub_kills):
                 r.unexplained.append(("stored twice", mid, sorted(seqs)))
     r.unconfirmed_processed = sum(1 for mid in stored if mid not in h.confirmed)
-    # Order of first processing against seq order (overall and per key). An inversion is
-    # "after a fault" when the late message was first processed within ``redelivery_s`` of a
-    # fault of the hub or of a worker of that group: it was held by a worker that died or
-    # stalled, and came back only after ack_wait or the liveness timeout while others flowed.
+    # Order of first processing against seq order (per topic, i.e. partition, and per key). An
+    # inversion is "after a fault" when the late message was first processed within
+    # ``redelivery_s`` of a fault of the hub or of a worker of that group: it was held by a
+    # worker that died or stalled, and came back only after ack_wait or the liveness timeout
+    # while others flowed.
     for group in GROUPS:
-        firsts = sorted((runs[0][0], seq, runs[0][3]) for (g, seq), runs in h.processed.items()
+        firsts = sorted((runs[0][0], pos, runs[0][3]) for (g, pos), runs in h.processed.items()
                         if g == group)
-        group_faults = [f for f in faults if f.target == "hub" or f.target.startswith(group + "-")]
+        group_faults = [f for f in faults if is_server_fault(f) or f.target.startswith(group + "-")]
         order = {"seq_inversions": 0, "seq_inversions_not_after_fault": 0,
                  "key_inversions": 0, "key_inversions_not_after_fault": 0,
                  "keyed_messages": sum(1 for f in firsts if f[2] is not None)}
-        last = 0
+        last: dict[str, int] = {}  # topic -> highest seq first processed so far
         key_last: dict[str, int] = {}
-        for t, seq, key in firsts:
+        for t, (topic, seq), key in firsts:
             at_fault = any(f.start <= t <= f.end + redelivery_s for f in group_faults)
-            if seq < last:
+            if seq < last.get(topic, 0):
                 order["seq_inversions"] += 1
                 order["seq_inversions_not_after_fault"] += not at_fault
-            last = max(last, seq)
+            last[topic] = max(last.get(topic, 0), seq)
             if key is not None:
                 if seq < key_last.get(key, 0):
                     order["key_inversions"] += 1
@@ -663,6 +700,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--name", required=True)
     p.add_argument("--seconds", type=float, default=30)
     p.add_argument("--rate", type=float, default=150)
+    p.add_argument("--partitions", type=int, default=0,
+                   help="a cluster topic of N partitions: every message keyed, with a msg_id")
     w = sub.add_parser("worker")
     w.add_argument("--endpoint", required=True)
     w.add_argument("--out", required=True, type=Path)
@@ -672,7 +711,8 @@ def main(argv: list[str] | None = None) -> None:
     w.add_argument("--ack-wait", type=float, default=2.0)
     args = ap.parse_args(argv)
     if args.role == "producer":
-        run_producer(args.endpoint, args.out, args.name, args.seconds, args.rate)
+        run_producer(args.endpoint, args.out, args.name, args.seconds, args.rate,
+                     partitions=args.partitions)
     else:
         run_worker(args.endpoint, args.out, args.worker, args.group, args.kind, args.ack_wait)
 

@@ -249,6 +249,7 @@ class ClusterHub(Hub):
                 self._become_leader(name, state)
             else:
                 lead.isr = state.isr
+                self._sync_delivery(name)
             return
         if name in self.leading:
             self._depose(name, f"{state.leader} leads it at epoch {state.epoch}")
@@ -297,12 +298,31 @@ class ClusterHub(Hub):
             self.schedule.defer_scheduled(sub)
         if info is not None:
             self.valid_topics.add(name)
+        self._sync_delivery(name)
         config = self.store.configs.get(name)
         if config:  # the limits replicated from the previous leader
             try:
                 self.trimmer.set(name, parse_limits(config))
             except ValueError as exc:
                 log.error("cluster hub %s: %s limits not applied: %s", self.node, name, exc)
+
+    def _sync_delivery(self, name: str) -> None:
+        """Let the subscriptions of a partition this hub leads hand out records up to the last
+        seq every in-sync follower holds (Kafka's high watermark), never past it: a record only
+        this hub holds is not confirmed and is dropped if another replica comes to lead, so a
+        consumer must not see it (it would then process a message that is not at that seq)."""
+        lead = self.leading.get(name)
+        if lead is None:
+            return
+        info = self.store.topics.get(name)
+        last = info.last_seq if info else 0
+        held = lead.committed(self.node)
+        end = last if held is None else min(last, held)
+        for sub in self.groups.of(name):
+            if sub.last_seq > end:
+                sub.cap(end)
+            elif sub.last_seq < end:
+                sub.published(end)
 
     def _depose(self, name: str, why: str) -> None:
         lead = self.leading.pop(name, None)
@@ -412,6 +432,9 @@ class ClusterHub(Hub):
             for t, runs in purges.items():  # a PURGE (or REDRIVE) of the partition itself
                 if deleted.get(t) and t in leading:
                     leading[t].add_event(["delete", runs])
+        for topic in stored:  # the base made the new records deliverable: only what is held
+            if topic in leading:
+                self._sync_delivery(topic)
         if touched:
             need = {t: (leading[t].epoch if t in leading else -1,
                         topics[t].last_seq if t in topics else 0, 0) for t in touched}
@@ -593,8 +616,10 @@ class ClusterHub(Hub):
         fetcher = self.fetcher
         # follower side: one fetch in flight per partition
         for name, f in self.following.items():
-            if f.inflight_at is not None and now - f.inflight_at < FETCH_TIMEOUT_MS:
-                continue
+            if f.inflight_at is not None:
+                if now - f.inflight_at < FETCH_TIMEOUT_MS:
+                    continue
+                f.full_subs = True  # no answer: the one the leader sent may be lost
             if now < f.retry_at:
                 continue
             info = self.hubs_view.get(f.leader)
@@ -603,7 +628,7 @@ class ClusterHub(Hub):
             local = self.store.topics.get(name)
             fetcher.fetch(info.endpoint, {
                 "partition": name, "epoch": f.epoch, "node": self.node,
-                "last_epoch": f.last_epoch,
+                "last_epoch": f.last_epoch, "full_subs": f.full_subs,
                 "from_seq": (local.last_seq if local else 0) + 1, "max": MAX_REPLICA_RECORDS,
                 "first_seq": local.first_seq if local else 1,
                 "count": local.count if local else 0, "events_from": f.events_next})
@@ -656,6 +681,7 @@ class ClusterHub(Hub):
             log.info("cluster hub %s: %s in-sync replicas %s -> %s", self.node, name,
                      list(lead.isr), list(result.isr))
             lead.isr = result.isr
+            self._sync_delivery(name)
         elif isinstance(result, (StaleEpochError, FencedError)):
             self._depose(name, str(result))
         else:  # ZooKeeper busy, a follower that left meanwhile...: again a little later
@@ -672,6 +698,7 @@ class ClusterHub(Hub):
             if f is not None:
                 f.inflight_at = None
                 f.retry_at = self.clock.monotonic_ms() + RETRY_MS
+                f.full_subs = True
                 log.info("cluster hub %s: fetch of %s refused: %s", self.node, name,
                          err["message"])
             return
@@ -697,6 +724,7 @@ class ClusterHub(Hub):
             log.error("cluster hub %s: replicating the state of %s failed: %s", self.node, name,
                       exc)
             f.retry_at = self.clock.monotonic_ms() + RETRY_MS
+            f.full_subs = True  # this answer was not applied
             return
         local = self.store.topics.get(name)
         last = local.last_seq if local else 0
@@ -715,6 +743,7 @@ class ClusterHub(Hub):
         if epochs is not None and epochs[-1][0] != f.last_epoch:
             pass  # the leader's history is stored with the records below
         elif not records and not subs and leader_last <= last:
+            f.full_subs = False  # nothing new: applied as it is
             return
         try:
             self.store.replicate(name, records, leader_last, subs, dedup,
@@ -724,9 +753,11 @@ class ClusterHub(Hub):
                 f.last_epoch = epochs[-1][0]
             if sched:  # held back here too: due on this hub's clock, and once it leads
                 self.schedule.hold_back([(name, s, due) for s, due in sched], self.groups.of)
+            f.full_subs = False
         except Exception as exc:
             log.error("cluster hub %s: replicating %s failed: %s", self.node, name, exc)
             f.retry_at = self.clock.monotonic_ms() + RETRY_MS
+            f.full_subs = True
 
     def _apply_events(self, name: str, f: Following, events: Any) -> None:
         """The leader's state-stream entries from ``f.events_next`` on, in order: a dead
@@ -873,6 +904,8 @@ def _subscribe(hub: ClusterHub, identity: bytes, peer: Peer | None, body: Any) -
     if isinstance(body, dict):
         _guard(hub, identity, Command.SUBSCRIBE, body.get("topic"), body.get("sid"), False)
     CLIENT_HANDLERS[Command.SUBSCRIBE](hub, identity, peer, body)
+    if isinstance(body, dict) and body.get("topic") in hub.leading:
+        hub._sync_delivery(body["topic"])  # a new subscription starts at the log's end
 
 
 def _guard(hub: ClusterHub, identity: bytes, command: bytes, topic: Any, ref: Any,
@@ -972,8 +1005,13 @@ def _replicate(hub: ClusterHub, identity: bytes, peer: Peer | None, body: Any) -
             "subs": {}, "epochs": lead.history, "truncate": end})
         return
     now = hub.clock.monotonic_ms()
+    if body.get("full_subs") is True:  # it did not apply an answer: send every state again
+        lead.full_subs_at.pop(node, None)
+    moved = lead.pos.get(node) != from_seq - 1
     lead.pos[node] = from_seq - 1
     lead.seen[node] = now
+    if moved:
+        hub._sync_delivery(name)  # what every in-sync replica holds may have grown
     if from_seq - 1 >= last:
         lead.caught_up[node] = now
     first, count, events_from = (body.get("first_seq"), body.get("count"),

@@ -165,6 +165,9 @@ class Following:
     inflight_at: int | None = None  # monotonic ms the REPLICATE in flight was sent
     retry_at: int = 0  # after an error: not before this
     events_next: int = 1  # the next entry of this leader's state stream to apply
+    # ask for every subscription state, not only those changed since the leader's last answer:
+    # until an answer is applied (a new following, or one lost, refused or not applied)
+    full_subs: bool = True
 
 
 @dataclass

@@ -432,6 +432,15 @@ class Subscription:
         if priority and last_seq > self._prio_upto:
             self._prio_upto = last_seq
 
+    def cap(self, last_seq: int) -> None:
+        """Hand out nothing past ``last_seq`` for now, though the log holds more (a cluster
+        leader: only what every in-sync replica holds may be delivered); ``published`` raises
+        the end again. Seqs already handed out stay so. To hold, it must follow each raise
+        before the next dispatch (the look-ahead window of key ordering and priorities is filled
+        up to the end at dispatch, and a seq in it counts as passed)."""
+        if last_seq < self._last:
+            self._last = max(last_seq, self._next - 1)
+
     def defer(self, seqs_due: Iterable[tuple[int, int]]) -> None:
         """Delayed delivery: hold back never-handed-out seqs until their due time (same clock as
         ``now``); then they are ready like a redelivery, at their first delivery. A seq that is

@@ -30,10 +30,16 @@ SCRIPTS = {
     "faults.py": None,
     "cluster_failover.py": ["--kills", "1", "--partitions", "3", "--json-out", "report.json"],
     "cluster_replication.py": ["--messages", "300", "--rounds", "1", "--json-out", "report.json"],
+    # 20 s of load, a hub fault every ~4 s and the ZooKeeper restart at 10 s
+    "cluster_soak.py": ["--duration", "20", "--fault-every", "4", "--seed", "3",
+                        "--json", "report.json"],
     "signup_api.py": ["--w1-messages", "500", "--w2-messages", "300", "--rounds", "1",
                       "--rate", "100", "--seconds", "0.3", "--connections", "2",
                       "--json-out", "report.json"],
 }
+
+
+TIMEOUTS = {"cluster_soak.py": 240}  # s; the others: 100
 
 
 def test_every_script_under_bench_has_a_smallest_run_here():
@@ -41,12 +47,15 @@ def test_every_script_under_bench_has_a_smallest_run_here():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", [s for s, args in SCRIPTS.items() if args is not None])
+@pytest.mark.parametrize("script", [
+    pytest.param(s, marks=pytest.mark.timeout(TIMEOUTS[s] + 60)) if s in TIMEOUTS else s
+    for s, args in SCRIPTS.items() if args is not None])
 def test_the_bench_script_runs_to_the_end_with_its_smallest_options(script, tmp_path):
     if script.startswith("cluster_"):
         _require_zookeeper()  # they start a ZooKeeper of their own
     done = subprocess.run([sys.executable, str(BENCH / script), *SCRIPTS[script]],
-                          capture_output=True, text=True, timeout=100, cwd=tmp_path)
+                          capture_output=True, text=True, timeout=TIMEOUTS.get(script, 100),
+                          cwd=tmp_path)
     assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
     report = json.loads((tmp_path / "report.json").read_text())
     if script == "bench.py":
@@ -69,6 +78,13 @@ def test_the_bench_script_runs_to_the_end_with_its_smallest_options(script, tmp_
     elif script == "cluster_replication.py":
         assert set(report["legs"]) == {"single", "cluster-r1", "cluster-r2", "direct-r1", "direct-r2"}
         assert all(v > 0 for leg in report["legs"].values() for v in leg["median"].values())
+    elif script == "cluster_soak.py":
+        # nothing confirmed lost through leader/follower kills and pauses and a ZooKeeper
+        # restart, every duplicate at a fault, and the cluster whole again after each fault
+        assert report["lost"] == 0 and report["ok"], {k: report[k] for k in (
+            "lost", "lost_ids", "wrong", "unexplained", "drained", "unrecovered")}
+        assert report["faults_by_kind"].get("zk_restart") == 1, report["faults_by_kind"]
+        assert report["faults"] >= 3 and report["confirmed"] > 1000
     elif script == "workqueue.py":
         assert report["lost"] == 0 and report["duplicates"] == 0, report
         assert report["slow_handled"] + report["fast_handled"] == 300

@@ -89,7 +89,7 @@ def test_the_checker_finds_a_message_no_producer_sent_and_a_record_at_the_wrong_
              processed_audit=[("a", 1, 2.0), ("c", 2, 2.1), ("c", 3, 2.2)])
     report = check(tmp_path, [])
     assert [p[2] for p in report.phantoms] == ["zz"]
-    assert report.wrong == [("audit", 2, "b", ["c"])]
+    assert report.wrong == [("audit", ("fx", 2), "b", ["c"])]
     assert not report.ok
 
 
