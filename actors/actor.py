@@ -349,11 +349,13 @@ class Actor:
             events = dict(poller.poll(timeout))
             if wake_rx in events:
                 waker.drain()  # before reading _results (see actors/wake.py)
+            # Acks first: they free the hub's credit, and its next DELIVER is a round trip
+            # away; decoding what the hub sent meanwhile can wait the few hundred us.
+            self._apply_results(session)
             if sock in events:
                 session.pump(0)
             else:
                 session.keepalive()
-            self._apply_results(session)
             self._take_inbox(session)
             now = monotonic_ms()
             if adaptive:
@@ -432,8 +434,18 @@ class Actor:
         now = monotonic_ms()
         plain: list[Message] = []
         coros: list[Message] = []
+        # a DELIVER frame is one sid: look its route and window up once per run of one sid
+        sid = window = out = None
+        taken = 0
         for msg in msgs:
-            key = (msg.sid, msg.topic, msg.seq)
+            if msg.sid != sid:
+                if taken:
+                    window.delivered(taken)
+                    taken = 0
+                sid = msg.sid
+                window = windows[sid]
+                out = coros if by_sid[sid].is_async else plain
+            key = (sid, msg.topic, msg.seq)
             held = running.get(key)
             if held is not None:  # delivered again while we hold it
                 if held._queued_at is not None:
@@ -451,8 +463,10 @@ class Actor:
             else:
                 running[key] = msg
                 msg._queued_at = now
-                windows[msg.sid].delivered()
-                (coros if by_sid[msg.sid].is_async else plain).append(msg)
+                taken += 1
+                out.append(msg)
+        if taken:
+            window.delivered(taken)
         session.flush_acks()
         if plain or coros:
             self._hand_out(plain, coros)
@@ -615,8 +629,12 @@ class Actor:
             task.add_done_callback(self._tasks.discard)
 
     async def _achain(self) -> None:
+        """A chain: run queued async messages one after another, parking (a future) when there
+        are none. The handler runs in this frame (no coroutine of ours per message); a
+        cancelled handler (stopping past the grace period) ends the chain."""
         aq, stop, by_sid, parked = self._aq, self._stop, self._by_sid, self._aparked
         loop = self._aloop
+        finished = self._finished_one
         try:
             while not stop.is_set():
                 try:
@@ -627,35 +645,30 @@ class Actor:
                     await fut  # woken by _akick (or cancelled when stopping)
                     continue
                 msg._queued_at = None
-                if not await self._run_async(msg, by_sid[msg.sid]):
+                route = by_sid[msg.sid]
+                kind = "done"
+                try:
+                    await route.handler(msg)
+                except asyncio.CancelledError:
+                    if msg.settled is None:
+                        msg.release()  # stopped past the grace period: not processed, not failed
                     return
+                except Exception as exc:
+                    self._failed(msg, route, exc)
+                except BaseException as exc:
+                    self._wants_out(msg, exc)
+                else:
+                    if msg.settled is None:
+                        msg.settled = "ack"
+                        kind = _DONE_ACK
+                finally:
+                    finished(msg, kind)
         finally:
             self._achains -= 1
 
     def _cancel_tasks(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-
-    async def _run_async(self, msg: Message, route: _Route) -> bool:
-        """Run one message's handler; False when cancelled (the chain ends)."""
-        kind = "done"
-        try:
-            await route.handler(msg)
-        except asyncio.CancelledError:
-            if msg.settled is None:
-                msg.release()  # stopped past the grace period: not processed, not failed
-            return False
-        except Exception as exc:
-            self._failed(msg, route, exc)
-        except BaseException as exc:
-            self._wants_out(msg, exc)
-        else:
-            if msg.settled is None:
-                msg.settled = "ack"
-                kind = _DONE_ACK
-        finally:
-            self._finished_one(msg, kind)
-        return True
 
     # --- settling (any thread in, loop thread out) -------------------------------------------
 
@@ -698,13 +711,20 @@ class Actor:
         windows = self._windows
         acks: list[Message] = []
         redo: list[Message] = []
+        sid = window = None
+        ended = 0  # finished of sid's window, not yet told to it
         for msg, kind, arg in batch:
             if kind == _DONE_ACK or kind == "done":
-                key = (msg.sid, msg.topic, msg.seq)
+                if msg.sid != sid:
+                    if ended:
+                        window.finished(ended)
+                        ended = 0
+                    sid = msg.sid
+                    window = windows.get(sid)
+                key = (sid, msg.topic, msg.seq)
                 running.pop(key, None)
-                window = windows.get(msg.sid)
                 if window is not None:
-                    window.finished()
+                    ended += 1
                 if kind == _DONE_ACK:
                     acks.append(msg)
                 if not folded and not nacks:
@@ -722,6 +742,8 @@ class Actor:
                         running[key] = dup
                         dup._queued_at = since if since is not None else monotonic_ms()
                         if window is not None:
+                            window.finished(ended)  # in order: held counts this one again
+                            ended = 0
                             window.delivered()
                         redo.append(dup)
                     else:
@@ -736,6 +758,8 @@ class Actor:
                 nacks[(msg.sid, msg.topic, msg.seq)] = arg  # sent when the handler is done
             else:
                 session.settle(msg, kind, arg)
+        if ended:
+            window.finished(ended)
         if acks:
             session.ack_many(acks)
         session.flush_acks()

@@ -298,12 +298,10 @@ class Session:
             return
         group = spec.group
         settler = self.settler
-        make = self.message_type
+        make = self.message_type._delivered  # the record is decoded when the application reads it
         append = self.inbox.append
-        unpack_record = protocol.unpack_record
         for seq, deliveries, record in entries:
-            ts, key, headers, payload = unpack_record(record)
-            append(make(topic, seq, key, headers, payload, deliveries, ts, group, sid, settler))
+            append(make(topic, seq, record, deliveries, group, sid, settler))
 
     # --- settling --------------------------------------------------------------------------
 
