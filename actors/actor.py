@@ -78,6 +78,9 @@ CANCEL_WAIT_MS = 500
 THREADS_EXIT_MS = 200
 # An Actor subscription's default credit: the cap of its adaptive window (see module docstring).
 DEFAULT_CREDIT = 1000
+# The longest acks of finished messages wait to be coalesced when the hub is not waiting for
+# them (see Actor._flush_acks), in ms.
+ACK_DELAY_MS = 5
 # A finished message's result, when the runtime acked it on return (one entry instead of two).
 _DONE_ACK = "done+ack"
 
@@ -172,6 +175,7 @@ class Actor:
         self._nacks: dict[tuple[int, str, int], int] = {}
         self._windows: dict[int, CreditWindow] = {}  # sid -> its window (adaptive or fixed)
         self._next_keepalive = 0  # no PROGRESS of queued messages due before this
+        self._acks_due: int | None = None  # acks held back are sent by then (see _flush_acks)
         self._by_sid: dict[int, _Route] = {}
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._tasks: set = set()
@@ -343,6 +347,8 @@ class Actor:
                 sock = session.conn.socket
                 poller.register(sock, zmq.POLLIN)
             timeout = session.conn.heartbeat_ms
+            if self._acks_due is not None:  # acks held back (see _flush_acks)
+                timeout = min(timeout, max(0, self._acks_due - monotonic_ms()))
             if self._tq or self._aq:  # PROGRESS of queued messages, window shrinking
                 timeout = min(timeout, max(1, self._next_keepalive - monotonic_ms()),
                               self._windows_hold_ms())
@@ -362,6 +368,30 @@ class Actor:
                 self._adapt(session, now)
             if now >= self._next_keepalive:
                 self._keep_queued_alive(session, now)
+
+    def _flush_acks(self, session: Session) -> None:
+        """Send the acks of finished messages now if the hub waits for them, else within
+        ``ACK_DELAY_MS``. The hub waits for them when a window is at least half used (its
+        in-flight count, held here or finished and not yet acked): only acks free credit.
+        Otherwise (a steady stream well under the window, e.g. W5) each ACK frame costs the
+        hub a commit of its own, whose fsync every publish arriving meanwhile waits for;
+        coalesced, a few ACK frames per ``ACK_DELAY_MS`` cover them all."""
+        pending = session.pending_acks
+        if not pending:
+            self._acks_due = None
+            return
+        now = monotonic_ms()
+        due = self._acks_due
+        if due is None:
+            due = self._acks_due = now + ACK_DELAY_MS
+        if now < due:
+            for window in self._windows.values():
+                if (window.held + pending) * 2 >= window.window:
+                    break
+            else:
+                return
+        self._acks_due = None
+        session.flush_acks()
 
     def _windows_hold_ms(self) -> int:
         return min(w.hold_ms for w in self._windows.values()) if self.prefetch is None else 1 << 30
@@ -467,7 +497,7 @@ class Actor:
                 out.append(msg)
         if taken:
             window.delivered(taken)
-        session.flush_acks()
+        self._flush_acks(session)
         if plain or coros:
             self._hand_out(plain, coros)
 
@@ -637,12 +667,14 @@ class Actor:
         finished = self._finished_one
         try:
             while not stop.is_set():
-                try:
-                    msg = aq.popleft()
-                except IndexError:
+                if not aq:  # tested first: a raised IndexError per park costs ~1 us
                     fut = loop.create_future()
                     parked.append(fut)
                     await fut  # woken by _akick (or cancelled when stopping)
+                    continue
+                try:
+                    msg = aq.popleft()
+                except IndexError:  # taken back by the loop thread meanwhile (stopping)
                     continue
                 msg._queued_at = None
                 route = by_sid[msg.sid]
@@ -688,7 +720,7 @@ class Actor:
     def _apply_results(self, session: Session) -> None:
         results = self._results
         if not results:
-            session.flush_acks()
+            self._flush_acks(session)
             return
         batch = []
         pop = results.popleft
@@ -762,7 +794,7 @@ class Actor:
             window.finished(ended)
         if acks:
             session.ack_many(acks)
-        session.flush_acks()
+        self._flush_acks(session)
         if redo:
             due = min(m._queued_at for m in redo) + self._keepalive_ms()
             self._next_keepalive = min(self._next_keepalive, due)  # before the workers see them

@@ -353,6 +353,11 @@ class Session:
                 n += 1
             self._ack_count += n
 
+    @property
+    def pending_acks(self) -> int:
+        """Acks recorded and not sent yet."""
+        return self._ack_count
+
     def flush_acks(self) -> None:
         if not self._ack_count:
             return

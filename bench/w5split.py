@@ -9,7 +9,8 @@ For each round and kind it reports, from the publish call (CLOCK_MONOTONIC in pa
   (before the hand-off to the workers): what is left, ``handler - handoff``, is the Actor's own
   queueing and worker wake-up;
 - the hub's side over the same span: its loop turns, the time in its commits (the fsync with
-  ``--sync full``) and the p50 / p99 / max of one turn: a turn is what a published message
+  ``--sync full``; how many of them, and how long, committed acks alone: no publish in them,
+  yet a publish arriving meanwhile waits for them) and the p50 / p99 / max of one turn: a turn is what a published message
   waits for before it is confirmed and delivered.
 
 So a slow W5 can be pinned on the hub (long turns: the commit), the Actor (``handler`` well above
@@ -60,12 +61,19 @@ def _hub(sync: bool, endpoint_q, cmd_q) -> None:
             turn()
             turns.append(time.perf_counter() - t)
 
+        acks_only = [0, 0.0]  # commits of cursor changes alone (acks: no publish waits), s
+
         def timed_commit():
             t = time.perf_counter()
+            alone = not hub.turn.appends and any(sub.dirty for sub in hub.subs.values())
             try:
                 return commit()
             finally:
-                commit_s[0] += time.perf_counter() - t
+                took = time.perf_counter() - t
+                commit_s[0] += took
+                if alone:
+                    acks_only[0] += 1
+                    acks_only[1] += took
 
         hub._turn, hub._commit = timed_turn, timed_commit  # this instance only
         hub.bind()
@@ -76,7 +84,9 @@ def _hub(sync: bool, endpoint_q, cmd_q) -> None:
             while cmd_q.get() != "stop":  # "mark": report and restart the counts
                 done, commit_s[0], ms = commit_s[0], 0.0, [x * 1000 for x in turns]
                 turns.clear()
+                alone, acks_only[:] = list(acks_only), [0, 0.0]
                 endpoint_q.put({"turns": len(ms), "commit_s": round(done, 3),
+                                "ack_commits": alone[0], "ack_commit_s": round(alone[1], 3),
                                 "turn_ms": _pct(ms)})
         finally:
             hub.stop()
@@ -200,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {r} {kind:8s} handler p50 {h.get('p50')} p99 {h.get('p99')} "
                       f"p99.9 {h.get('p99.9')} max {h.get('max')} ms | hand-off p50 "
                       f"{s.get('p50', '-')} p99 {s.get('p99', '-')} ms | hub {hub_s['turns']} "
-                      f"turns, {hub_s['commit_s']} s in commits, turn p50 "
+                      f"turns, {hub_s['commit_s']} s in commits ({hub_s['ack_commits']} "
+                      f"of acks alone: {hub_s['ack_commit_s']} s), turn p50 "
                       f"{hub_s['turn_ms'].get('p50')} p99 {hub_s['turn_ms'].get('p99')} max "
                       f"{hub_s['turn_ms'].get('max')} ms", flush=True)
     finally:
