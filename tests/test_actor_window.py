@@ -275,3 +275,25 @@ def test_a_slow_actor_of_a_work_queue_holds_a_small_window_and_a_fast_one_takes_
     assert len(handled["fast"]) >= 0.9 * n, {k: len(v) for k, v in handled.items()}
     # and the slow actor never held more than a few messages (its cap is 1,000)
     assert max(held_slow) <= 10, max(held_slow)
+
+
+def test_a_subscription_without_credit_holds_up_to_one_and_a_half_times_the_concurrency(hub):
+    # Given actors that give no credit: one of 4 workers, one of 2,000 async handlers, and one
+    # of 2,000 that asks for 2,000 explicitly
+    async def handle(msg):
+        pass
+
+    caps = {}
+    for name, concurrency, credit in (("few", 4, None), ("many", 2000, None), ("asked", 2000, 2000)):
+        actor = Actor(hub.endpoint, name=name, concurrency=concurrency)
+        actor.add_handler("window.default", handle, group=name, credit=credit)
+        actor.start()
+        try:
+            [window] = actor._windows.values()
+            caps[name] = window.cap
+        finally:
+            actor.stop()
+    # Then the cap is 1,000, or 1.5 x the concurrency when that is more (a slot that frees
+    # finds its next message here instead of waiting for the round trip); an explicit credit
+    # is kept as given
+    assert caps == {"few": 1000, "many": 3000, "asked": 2000}
