@@ -8,6 +8,8 @@ For each round and kind it reports, from the publish call (CLOCK_MONOTONIC in pa
 - ``handoff`` (Actor only): to the actor's loop taking the delivered batch from its session
   (before the hand-off to the workers): what is left, ``handler - handoff``, is the Actor's own
   queueing and worker wake-up;
+- the cyclic GC's passes in the sink's and the hub's process (counts per generation, total
+  and longest pause: a pass stops the whole process, so a long one is a latency tail);
 - the hub's side over the same span: its loop turns, the time in its commits (the fsync with
   ``--sync full``; how many of them, and how long, committed acks alone: no publish in them,
   yet a publish arriving meanwhile waits for them) and the p50 / p99 / max of one turn: a turn is what a published message
@@ -45,6 +47,33 @@ def _pct(values: list[float]) -> dict:
     return {"n": len(v), "p50": at(0.5), "p99": at(0.99), "p99.9": at(0.999), "max": round(v[-1], 3)}
 
 
+def _gc_watch() -> dict:
+    """Time this process's cyclic-GC passes (a pass stops every thread of the process): counts
+    per generation, total and longest pause in ms; ``gc_report`` reads and resets it."""
+    import gc
+
+    stats = {"n": [0, 0, 0], "total_ms": 0.0, "max_ms": 0.0, "t0": 0.0}
+
+    def callback(phase: str, info: dict) -> None:
+        if phase == "start":
+            stats["t0"] = time.perf_counter()
+            return
+        took = (time.perf_counter() - stats["t0"]) * 1000
+        stats["n"][info["generation"]] += 1
+        stats["total_ms"] += took
+        stats["max_ms"] = max(stats["max_ms"], took)
+
+    gc.callbacks.append(callback)
+    return stats
+
+
+def gc_report(stats: dict) -> dict:
+    out = {"collections": list(stats["n"]), "total_ms": round(stats["total_ms"], 1),
+           "max_ms": round(stats["max_ms"], 2)}
+    stats.update(n=[0, 0, 0], total_ms=0.0, max_ms=0.0)
+    return out
+
+
 def _hub(sync: bool, endpoint_q, cmd_q) -> None:
     from zmq_mq.router.config import HubConfig
     from zmq_mq.router.hub import Hub
@@ -54,6 +83,7 @@ def _hub(sync: bool, endpoint_q, cmd_q) -> None:
                             sync=sync))
         turns: list[float] = []
         commit_s = [0.0]
+        gcs = _gc_watch()
         turn, commit = hub._turn, hub._commit
 
         def timed_turn() -> None:
@@ -87,6 +117,7 @@ def _hub(sync: bool, endpoint_q, cmd_q) -> None:
                 alone, acks_only[:] = list(acks_only), [0, 0.0]
                 endpoint_q.put({"turns": len(ms), "commit_s": round(done, 3),
                                 "ack_commits": alone[0], "ack_commit_s": round(alone[1], 3),
+                                "gc": gc_report(gcs),
                                 "turn_ms": _pct(ms)})
         finally:
             hub.stop()
@@ -120,12 +151,14 @@ def _since_publish(payload: bytes, now_ns: int) -> float:
 def _sink(kind: str, endpoint: str, topic: str, n: int, timeout: float, ready, go, out) -> None:
     handler: list[float] = []
     handoff: list[float] = []
+    gcs = _gc_watch()
     if kind == "consumer":
         from zmq_mq.actors import Consumer
 
         with Consumer(endpoint) as c:
             c.subscribe(topic, "w5split", credit=1000)
             ready.set()
+            gc_report(gcs)  # from here on
             go.wait()
             while len(handler) < n:
                 msg = c.receive(timeout=timeout)
@@ -158,10 +191,12 @@ def _sink(kind: str, endpoint: str, topic: str, n: int, timeout: float, ready, g
             actor._take_inbox = stamped_take  # this instance only
         actor.start()
         ready.set()
+        gc_report(gcs)  # from here on
         go.wait()
         done.wait(timeout)
         actor.stop()
-    out.put({"kind": kind, "handler_ms": _pct(handler), "handoff_ms": _pct(handoff)})
+    out.put({"kind": kind, "handler_ms": _pct(handler), "handoff_ms": _pct(handoff),
+             "gc": gc_report(gcs)})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"of acks alone: {hub_s['ack_commit_s']} s), turn p50 "
                       f"{hub_s['turn_ms'].get('p50')} p99 {hub_s['turn_ms'].get('p99')} max "
                       f"{hub_s['turn_ms'].get('max')} ms", flush=True)
+                for who, g in ((kind, res.get("gc")), ("hub", hub_s.get("gc"))):
+                    if g:
+                        print(f"        gc in {who}: {g['collections']} collections (gen 0/1/2), "
+                              f"{g['total_ms']} ms, longest {g['max_ms']} ms", flush=True)
     finally:
         cmd_q.put("stop")
         hub.join(30)

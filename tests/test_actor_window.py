@@ -297,3 +297,37 @@ def test_a_subscription_without_credit_holds_up_to_one_and_a_half_times_the_conc
     # finds its next message here instead of waiting for the round trip); an explicit credit
     # is kept as given
     assert caps == {"few": 1000, "many": 3000, "asked": 2000}
+
+
+def test_a_running_actor_raises_the_gc_threshold_and_the_last_one_to_stop_restores_it(hub):
+    import gc
+
+    async def handle(msg):
+        pass
+
+    before = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
+    try:
+        # Given two actors of the default gc_threshold and one that leaves the GC alone
+        first = Actor(hub.endpoint, name="gc-1")
+        second = Actor(hub.endpoint, name="gc-2")
+        alone = Actor(hub.endpoint, name="gc-3", gc_threshold=None)
+        for actor in (first, second, alone):
+            actor.add_handler("gc.threshold", handle, group=actor.name)
+        alone.start()
+        assert gc.get_threshold() == (700, 10, 10)
+        first.start()
+        second.start()
+        try:
+            # Then while any of the first two runs the young generation is collected every
+            # 50,000 allocations, not every 700
+            assert gc.get_threshold() == (50_000, 10, 10)
+            first.stop()
+            assert gc.get_threshold() == (50_000, 10, 10)
+        finally:
+            second.stop()
+            alone.stop()
+        # And the application's setting is back once they stopped
+        assert gc.get_threshold() == (700, 10, 10)
+    finally:
+        gc.set_threshold(*before)
