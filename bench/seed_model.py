@@ -47,6 +47,9 @@ def main() -> int:
     args = ap.parse_args()
     n, c, work_s = args.messages, args.concurrency, args.work_ms / 1000
     credit = c if args.credit is None else args.credit  # 0: the Actor's default
+    from zmq_mq.actors.actor import default_credit
+
+    credit_shown = credit or f"default ({default_credit(c)})"
 
     from zmq_mq.actors import Admin, Producer
 
@@ -99,7 +102,7 @@ def main() -> int:
     mid = [t for t in starts if starts[0] + work_s <= t <= starts[-1] - work_s] if starts else []
     steady_rate = (len(mid) - 1) / (mid[-1] - mid[0]) if len(mid) > 1 and mid[-1] > mid[0] else None
     report = {
-        "script": "seed_model.py", "messages": n, "work_ms": args.work_ms, "concurrency": c, "credit": credit,
+        "script": "seed_model.py", "messages": n, "work_ms": args.work_ms, "concurrency": c, "credit": credit_shown,
         "sync": args.sync, "machine": machine_info(), "git": git_info(),
         "drained": drained_at is not None, "drain_s": round(wall, 3),
         "msg_per_s": round(rate, 1), "ideal_msg_per_s": round(ideal, 1),
