@@ -134,6 +134,7 @@ def default_credit(concurrency: int) -> int:
     ideal rate); the extra half keeps a message here for each slot that frees (89-90 %)."""
     return max(DEFAULT_CREDIT, concurrency + concurrency // 2)
 
+
 # The longest acks of finished messages wait to be coalesced when the hub is not waiting for
 # them (see Actor._flush_acks), in ms.
 ACK_DELAY_MS = 5

@@ -39,8 +39,8 @@ def main() -> int:
     ap.add_argument("--work-ms", type=float, default=100.0)
     ap.add_argument("--concurrency", type=int, default=5_000)
     ap.add_argument("--credit", type=int, default=None,
-                    help="the subscription's credit (default: --concurrency, as in the seed's model; "
-                         "0: none given, the Actor's default of 1.5 x concurrency)")
+                    help="the subscription's credit (default: --concurrency, as in the seed's "
+                         "model; 0: none given, the Actor's default of 1.5 x concurrency)")
     ap.add_argument("--sync", default="full", choices=["full", "none"])
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--json-out")
@@ -102,7 +102,8 @@ def main() -> int:
     mid = [t for t in starts if starts[0] + work_s <= t <= starts[-1] - work_s] if starts else []
     steady_rate = (len(mid) - 1) / (mid[-1] - mid[0]) if len(mid) > 1 and mid[-1] > mid[0] else None
     report = {
-        "script": "seed_model.py", "messages": n, "work_ms": args.work_ms, "concurrency": c, "credit": credit_shown,
+        "script": "seed_model.py", "messages": n, "work_ms": args.work_ms, "concurrency": c,
+        "credit": credit_shown,
         "sync": args.sync, "machine": machine_info(), "git": git_info(),
         "drained": drained_at is not None, "drain_s": round(wall, 3),
         "msg_per_s": round(rate, 1), "ideal_msg_per_s": round(ideal, 1),

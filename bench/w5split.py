@@ -12,8 +12,8 @@ For each round and kind it reports, from the publish call (CLOCK_MONOTONIC in pa
   and longest pause: a pass stops the whole process, so a long one is a latency tail);
 - the hub's side over the same span: its loop turns, the time in its commits (the fsync with
   ``--sync full``; how many of them, and how long, committed acks alone: no publish in them,
-  yet a publish arriving meanwhile waits for them) and the p50 / p99 / max of one turn: a turn is what a published message
-  waits for before it is confirmed and delivered.
+  yet a publish arriving meanwhile waits for them) and the p50 / p99 / max of one turn: a turn
+  is what a published message waits for before it is confirmed and delivered.
 
 So a slow W5 can be pinned on the hub (long turns: the commit), the Actor (``handler`` well above
 ``handoff``) or neither (the Consumer as slow as the Actor). The hub runs in a child process of

@@ -284,7 +284,8 @@ def test_a_subscription_without_credit_holds_up_to_one_and_a_half_times_the_conc
         pass
 
     caps = {}
-    for name, concurrency, credit in (("few", 4, None), ("many", 2000, None), ("asked", 2000, 2000)):
+    actors = (("few", 4, None), ("many", 2000, None), ("asked", 2000, 2000))
+    for name, concurrency, credit in actors:
         actor = Actor(hub.endpoint, name=name, concurrency=concurrency)
         actor.add_handler("window.default", handle, group=name, credit=credit)
         actor.start()
