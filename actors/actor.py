@@ -129,9 +129,10 @@ class _GcThreshold:
 
 def default_credit(concurrency: int) -> int:
     """The credit of a subscription that did not give one: ``max(DEFAULT_CREDIT, 1.5 x
-    concurrency)``. Measured with 5,000 handlers of 100 ms (``bench/seed_model.py``): credit
-    5,000 left each slot idle for the ack's round trip after every message (70-80 % of the
-    ideal rate); the extra half keeps a message here for each slot that frees (89-90 %)."""
+    concurrency)``. Measured with 5,000 handlers of 100 ms (``bench/seed_model.py``, a loaded
+    2-core machine): credit 5,000 left each slot idle for the ack's round trip after every
+    message (76-84 % of the ideal rate); the extra half keeps a message here for each slot that
+    frees (86-90 %)."""
     return max(DEFAULT_CREDIT, concurrency + concurrency // 2)
 
 
