@@ -447,6 +447,11 @@ class ClusterSession:
             for msg in msgs:
                 self.settle(msg, "ack")
 
+    @property
+    def pending_acks(self) -> int:
+        """Acks recorded and not sent yet (to any hub)."""
+        return sum(hub.pending_acks for hub in self.hubs.values())
+
     def flush_acks(self) -> None:
         with self.lock:
             for hub in self.hubs.values():

@@ -21,20 +21,24 @@ class Message:
     an Actor acks on return and nacks on exception when the handler did neither.
     """
 
-    # Slots: a consumer creates one per delivery, on the hot path.
+    # Slots: a consumer creates one per delivery, on the hot path. A delivery is made from its
+    # stored record without decoding it (``_delivered``): ``key``, ``headers``, ``payload`` and
+    # ``timestamp`` decode it on first access, so a handler that reads none of them (or an
+    # Actor's loop thread handing thousands a second to its workers) never pays for it.
     __slots__ = (
         "topic",
         "seq",
-        "key",
-        "headers",
-        "payload",
+        "_key",
+        "_headers",
+        "_payload",
         "deliveries",
-        "timestamp",
+        "_timestamp",
         "group",
         "sid",
         "settled",
         "_settler",
         "_queued_at",  # an Actor's: when it was handed to its workers (ms); None once started
+        "_record",  # the stored record, until decoded (None once decoded)
     )
 
     def __init__(
@@ -52,16 +56,62 @@ class Message:
     ) -> None:
         self.topic = topic
         self.seq = seq
-        self.key = key
-        self.headers = headers
-        self.payload = payload
+        self._key = key
+        self._headers = headers
+        self._payload = payload
         self.deliveries = deliveries
-        self.timestamp = timestamp
+        self._timestamp = timestamp
         self.group = group
         self.sid = sid
         self.settled: str | None = None
         self._settler = settler
         self._queued_at: int | None = None
+        self._record: bytes | None = None
+
+    @classmethod
+    def _delivered(cls, topic: str, seq: int, record: bytes, deliveries: int, group: str,
+                   sid: int, settler: _Settler | None) -> "Message":
+        """A delivery of ``record`` (a DELIVER entry), decoded when first read."""
+        msg = cls.__new__(cls)
+        msg.topic = topic
+        msg.seq = seq
+        msg._record = record
+        msg.deliveries = deliveries
+        msg.group = group
+        msg.sid = sid
+        msg.settled = None
+        msg._settler = settler
+        msg._queued_at = None
+        return msg
+
+    def _decode(self) -> None:
+        ts, key, headers, payload = protocol.unpack_record(self._record)
+        self._timestamp, self._key, self._headers, self._payload = ts, key, headers, payload
+        self._record = None
+
+    @property
+    def key(self) -> str | None:
+        if self._record is not None:
+            self._decode()
+        return self._key
+
+    @property
+    def headers(self) -> dict:
+        if self._record is not None:
+            self._decode()
+        return self._headers
+
+    @property
+    def payload(self) -> bytes:
+        if self._record is not None:
+            self._decode()
+        return self._payload
+
+    @property
+    def timestamp(self) -> int:
+        if self._record is not None:
+            self._decode()
+        return self._timestamp
 
     @property
     def msg_id(self) -> str:

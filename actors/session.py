@@ -298,12 +298,10 @@ class Session:
             return
         group = spec.group
         settler = self.settler
-        make = self.message_type
+        make = self.message_type._delivered  # the record is decoded when the application reads it
         append = self.inbox.append
-        unpack_record = protocol.unpack_record
         for seq, deliveries, record in entries:
-            ts, key, headers, payload = unpack_record(record)
-            append(make(topic, seq, key, headers, payload, deliveries, ts, group, sid, settler))
+            append(make(topic, seq, record, deliveries, group, sid, settler))
 
     # --- settling --------------------------------------------------------------------------
 
@@ -354,6 +352,11 @@ class Session:
                 seqs.append(msg.seq)
                 n += 1
             self._ack_count += n
+
+    @property
+    def pending_acks(self) -> int:
+        """Acks recorded and not sent yet."""
+        return self._ack_count
 
     def flush_acks(self) -> None:
         if not self._ack_count:

@@ -3,6 +3,8 @@
     python bench/seed_model.py [--messages 100000] [--work-ms 100] [--concurrency 5000]
                                [--credit C] [--sync full] [--json-out FILE]
 
+``--credit 0`` gives the subscription no credit: the Actor's default, 1.5 x concurrency.
+
 One hub (``zmq-mq hub`` subprocess, fresh data directory, as ``zmq-mq bench`` starts its hubs).
 A backlog of ``--messages`` messages of 128 bytes is published durably first (confirmed), then
 one Actor *process* (not the publisher) attaches with ``Actor(concurrency=C)`` and one
@@ -37,13 +39,17 @@ def main() -> int:
     ap.add_argument("--work-ms", type=float, default=100.0)
     ap.add_argument("--concurrency", type=int, default=5_000)
     ap.add_argument("--credit", type=int, default=None,
-                    help="the subscription's credit (default: --concurrency, as in the seed's model)")
+                    help="the subscription's credit (default: --concurrency, as in the seed's "
+                         "model; 0: none given, the Actor's default of 1.5 x concurrency)")
     ap.add_argument("--sync", default="full", choices=["full", "none"])
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--json-out")
     args = ap.parse_args()
     n, c, work_s = args.messages, args.concurrency, args.work_ms / 1000
-    credit = args.credit or c
+    credit = c if args.credit is None else args.credit  # 0: the Actor's default
+    from zmq_mq.actors.actor import default_credit
+
+    credit_shown = credit or f"default ({default_credit(c)})"
 
     from zmq_mq.actors import Admin, Producer
 
@@ -96,7 +102,8 @@ def main() -> int:
     mid = [t for t in starts if starts[0] + work_s <= t <= starts[-1] - work_s] if starts else []
     steady_rate = (len(mid) - 1) / (mid[-1] - mid[0]) if len(mid) > 1 and mid[-1] > mid[0] else None
     report = {
-        "script": "seed_model.py", "messages": n, "work_ms": args.work_ms, "concurrency": c, "credit": credit,
+        "script": "seed_model.py", "messages": n, "work_ms": args.work_ms, "concurrency": c,
+        "credit": credit_shown,
         "sync": args.sync, "machine": machine_info(), "git": git_info(),
         "drained": drained_at is not None, "drain_s": round(wall, 3),
         "msg_per_s": round(rate, 1), "ideal_msg_per_s": round(ideal, 1),
@@ -137,7 +144,7 @@ def _actor_main(endpoint: str, concurrency: int, credit: int, work_s: float, out
     handled: list[tuple[int, float, float]] = []  # seq, handler start, its run time (s)
     actor = Actor(endpoint, name="seed", concurrency=concurrency)
 
-    @actor.subscribe(TOPIC, group=GROUP, credit=credit)
+    @actor.subscribe(TOPIC, group=GROUP, credit=credit or None)
     async def handle(msg):
         started = now()
         await asyncio.sleep(work_s)

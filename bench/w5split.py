@@ -8,9 +8,12 @@ For each round and kind it reports, from the publish call (CLOCK_MONOTONIC in pa
 - ``handoff`` (Actor only): to the actor's loop taking the delivered batch from its session
   (before the hand-off to the workers): what is left, ``handler - handoff``, is the Actor's own
   queueing and worker wake-up;
+- the cyclic GC's passes in the sink's and the hub's process (counts per generation, total
+  and longest pause: a pass stops the whole process, so a long one is a latency tail);
 - the hub's side over the same span: its loop turns, the time in its commits (the fsync with
-  ``--sync full``) and the p50 / p99 / max of one turn: a turn is what a published message
-  waits for before it is confirmed and delivered.
+  ``--sync full``; how many of them, and how long, committed acks alone: no publish in them,
+  yet a publish arriving meanwhile waits for them) and the p50 / p99 / max of one turn: a turn
+  is what a published message waits for before it is confirmed and delivered.
 
 So a slow W5 can be pinned on the hub (long turns: the commit), the Actor (``handler`` well above
 ``handoff``) or neither (the Consumer as slow as the Actor). The hub runs in a child process of
@@ -44,6 +47,33 @@ def _pct(values: list[float]) -> dict:
     return {"n": len(v), "p50": at(0.5), "p99": at(0.99), "p99.9": at(0.999), "max": round(v[-1], 3)}
 
 
+def _gc_watch() -> dict:
+    """Time this process's cyclic-GC passes (a pass stops every thread of the process): counts
+    per generation, total and longest pause in ms; ``gc_report`` reads and resets it."""
+    import gc
+
+    stats = {"n": [0, 0, 0], "total_ms": 0.0, "max_ms": 0.0, "t0": 0.0}
+
+    def callback(phase: str, info: dict) -> None:
+        if phase == "start":
+            stats["t0"] = time.perf_counter()
+            return
+        took = (time.perf_counter() - stats["t0"]) * 1000
+        stats["n"][info["generation"]] += 1
+        stats["total_ms"] += took
+        stats["max_ms"] = max(stats["max_ms"], took)
+
+    gc.callbacks.append(callback)
+    return stats
+
+
+def gc_report(stats: dict) -> dict:
+    out = {"collections": list(stats["n"]), "total_ms": round(stats["total_ms"], 1),
+           "max_ms": round(stats["max_ms"], 2)}
+    stats.update(n=[0, 0, 0], total_ms=0.0, max_ms=0.0)
+    return out
+
+
 def _hub(sync: bool, endpoint_q, cmd_q) -> None:
     from zmq_mq.router.config import HubConfig
     from zmq_mq.router.hub import Hub
@@ -53,6 +83,7 @@ def _hub(sync: bool, endpoint_q, cmd_q) -> None:
                             sync=sync))
         turns: list[float] = []
         commit_s = [0.0]
+        gcs = _gc_watch()
         turn, commit = hub._turn, hub._commit
 
         def timed_turn() -> None:
@@ -60,12 +91,19 @@ def _hub(sync: bool, endpoint_q, cmd_q) -> None:
             turn()
             turns.append(time.perf_counter() - t)
 
+        acks_only = [0, 0.0]  # commits of cursor changes alone (acks: no publish waits), s
+
         def timed_commit():
             t = time.perf_counter()
+            alone = not hub.turn.appends and any(sub.dirty for sub in hub.subs.values())
             try:
                 return commit()
             finally:
-                commit_s[0] += time.perf_counter() - t
+                took = time.perf_counter() - t
+                commit_s[0] += took
+                if alone:
+                    acks_only[0] += 1
+                    acks_only[1] += took
 
         hub._turn, hub._commit = timed_turn, timed_commit  # this instance only
         hub.bind()
@@ -76,7 +114,10 @@ def _hub(sync: bool, endpoint_q, cmd_q) -> None:
             while cmd_q.get() != "stop":  # "mark": report and restart the counts
                 done, commit_s[0], ms = commit_s[0], 0.0, [x * 1000 for x in turns]
                 turns.clear()
+                alone, acks_only[:] = list(acks_only), [0, 0.0]
                 endpoint_q.put({"turns": len(ms), "commit_s": round(done, 3),
+                                "ack_commits": alone[0], "ack_commit_s": round(alone[1], 3),
+                                "gc": gc_report(gcs),
                                 "turn_ms": _pct(ms)})
         finally:
             hub.stop()
@@ -110,12 +151,14 @@ def _since_publish(payload: bytes, now_ns: int) -> float:
 def _sink(kind: str, endpoint: str, topic: str, n: int, timeout: float, ready, go, out) -> None:
     handler: list[float] = []
     handoff: list[float] = []
+    gcs = _gc_watch()
     if kind == "consumer":
         from zmq_mq.actors import Consumer
 
         with Consumer(endpoint) as c:
             c.subscribe(topic, "w5split", credit=1000)
             ready.set()
+            gc_report(gcs)  # from here on
             go.wait()
             while len(handler) < n:
                 msg = c.receive(timeout=timeout)
@@ -148,10 +191,12 @@ def _sink(kind: str, endpoint: str, topic: str, n: int, timeout: float, ready, g
             actor._take_inbox = stamped_take  # this instance only
         actor.start()
         ready.set()
+        gc_report(gcs)  # from here on
         go.wait()
         done.wait(timeout)
         actor.stop()
-    out.put({"kind": kind, "handler_ms": _pct(handler), "handoff_ms": _pct(handoff)})
+    out.put({"kind": kind, "handler_ms": _pct(handler), "handoff_ms": _pct(handoff),
+             "gc": gc_report(gcs)})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,9 +245,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {r} {kind:8s} handler p50 {h.get('p50')} p99 {h.get('p99')} "
                       f"p99.9 {h.get('p99.9')} max {h.get('max')} ms | hand-off p50 "
                       f"{s.get('p50', '-')} p99 {s.get('p99', '-')} ms | hub {hub_s['turns']} "
-                      f"turns, {hub_s['commit_s']} s in commits, turn p50 "
+                      f"turns, {hub_s['commit_s']} s in commits ({hub_s['ack_commits']} "
+                      f"of acks alone: {hub_s['ack_commit_s']} s), turn p50 "
                       f"{hub_s['turn_ms'].get('p50')} p99 {hub_s['turn_ms'].get('p99')} max "
                       f"{hub_s['turn_ms'].get('max')} ms", flush=True)
+                for who, g in ((kind, res.get("gc")), ("hub", hub_s.get("gc"))):
+                    if g:
+                        print(f"        gc in {who}: {g['collections']} collections (gen 0/1/2), "
+                              f"{g['total_ms']} ms, longest {g['max_ms']} ms", flush=True)
     finally:
         cmd_q.put("stop")
         hub.join(30)

@@ -296,7 +296,11 @@ class Subscription:
             "v": SNAPSHOT_VERSION,
             "floor": self._floor,
             "acked": _to_ranges(self._acked),
-            "deliveries": [[s, n] for s, n in sorted(self._counts.items())],
+            # [seqs, counts] (two arrays, in hand-out order): built and packed at C speed. It
+            # is written every commit that changes the cursor, and a subscription with
+            # thousands in flight (an Actor of 5,000 slow handlers) paid ~0.7 ms a commit
+            # for the list of [seq, n] pairs it replaces (read back from older snapshots).
+            "counts": [list(self._counts), list(self._counts.values())],
             "ack_wait_ms": self._ack_wait_ms,
             "max_deliver": self._max_deliver,
         }
@@ -318,7 +322,13 @@ class Subscription:
         try:
             floor = int(state["floor"])
             ranges = [(int(lo), int(hi)) for lo, hi in state.get("acked", ())]
-            counts = [(int(s), int(n)) for s, n in state.get("deliveries", ())]
+            if "counts" in state:
+                seqs, ns = state["counts"]
+                if len(seqs) != len(ns):
+                    raise ValueError("counts: as many seqs as counts")
+                counts = [(int(s), int(n)) for s, n in zip(seqs, ns)]
+            else:  # a snapshot written before "counts": a list of [seq, n]
+                counts = [(int(s), int(n)) for s, n in state.get("deliveries", ())]
             ack_wait_ms = int(state.get("ack_wait_ms", DEFAULT_ACK_WAIT_MS))
             max_deliver = int(state.get("max_deliver", DEFAULT_MAX_DELIVER))
             ordering = state.get("ordering", "none")

@@ -275,3 +275,60 @@ def test_a_slow_actor_of_a_work_queue_holds_a_small_window_and_a_fast_one_takes_
     assert len(handled["fast"]) >= 0.9 * n, {k: len(v) for k, v in handled.items()}
     # and the slow actor never held more than a few messages (its cap is 1,000)
     assert max(held_slow) <= 10, max(held_slow)
+
+
+def test_a_subscription_without_credit_holds_up_to_one_and_a_half_times_the_concurrency(hub):
+    # Given actors that give no credit: one of 4 workers, one of 2,000 async handlers, and one
+    # of 2,000 that asks for 2,000 explicitly
+    async def handle(msg):
+        pass
+
+    caps = {}
+    actors = (("few", 4, None), ("many", 2000, None), ("asked", 2000, 2000))
+    for name, concurrency, credit in actors:
+        actor = Actor(hub.endpoint, name=name, concurrency=concurrency)
+        actor.add_handler("window.default", handle, group=name, credit=credit)
+        actor.start()
+        try:
+            [window] = actor._windows.values()
+            caps[name] = window.cap
+        finally:
+            actor.stop()
+    # Then the cap is 1,000, or 1.5 x the concurrency when that is more (a slot that frees
+    # finds its next message here instead of waiting for the round trip); an explicit credit
+    # is kept as given
+    assert caps == {"few": 1000, "many": 3000, "asked": 2000}
+
+
+def test_a_running_actor_raises_the_gc_threshold_and_the_last_one_to_stop_restores_it(hub):
+    import gc
+
+    async def handle(msg):
+        pass
+
+    before = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
+    try:
+        # Given two actors of the default gc_threshold and one that leaves the GC alone
+        first = Actor(hub.endpoint, name="gc-1")
+        second = Actor(hub.endpoint, name="gc-2")
+        alone = Actor(hub.endpoint, name="gc-3", gc_threshold=None)
+        for actor in (first, second, alone):
+            actor.add_handler("gc.threshold", handle, group=actor.name)
+        alone.start()
+        assert gc.get_threshold() == (700, 10, 10)
+        first.start()
+        second.start()
+        try:
+            # Then while any of the first two runs the young generation is collected every
+            # 50,000 allocations, not every 700
+            assert gc.get_threshold() == (50_000, 10, 10)
+            first.stop()
+            assert gc.get_threshold() == (50_000, 10, 10)
+        finally:
+            second.stop()
+            alone.stop()
+        # And the application's setting is back once they stopped
+        assert gc.get_threshold() == (700, 10, 10)
+    finally:
+        gc.set_threshold(*before)

@@ -192,3 +192,20 @@ def test_every_body_decoder_returns_or_raises_decode_error_and_nothing_else(body
             attempt()
         except DecodeError as exc:
             assert exc.code == ErrorCode.BAD_BODY
+
+
+def test_a_delivered_message_reads_key_headers_payload_and_timestamp_from_its_record():
+    from zmq_mq.actors.aio import AsyncMessage
+    from zmq_mq.actors.message import Message
+
+    record = protocol.pack_record(1234, "k1", {"x-msg-id": "m-1"}, b"body")
+    for cls in (Message, AsyncMessage):
+        msg = cls._delivered("orders", 7, record, 2, "billing", 3, None)
+        assert (msg.topic, msg.seq, msg.deliveries, msg.group, msg.sid) == (
+            "orders", 7, 2, "billing", 3)
+        assert (msg.key, msg.headers, msg.payload, msg.timestamp) == (
+            "k1", {"x-msg-id": "m-1"}, b"body", 1234)
+        assert msg.msg_id == "m-1" and msg.settled is None and isinstance(msg, cls)
+    record = protocol.pack_record(5, None, None, b"")
+    bare = Message._delivered("orders", 8, record, 1, "g", 1, None)
+    assert (bare.key, bare.headers, bare.payload, bare.msg_id) == (None, {}, b"", "orders:8")

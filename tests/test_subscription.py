@@ -373,7 +373,7 @@ def test_snapshot_restore_round_trip_keeps_counts_and_makes_in_flight_pending():
     sub.ack(A, [1, 4, 5])
     state = msgpack.unpackb(msgpack.packb(sub.snapshot()))  # default strict_map_key
     assert state["floor"] == 1 and state["acked"] == [[4, 5]]
-    assert state["deliveries"] == [[2, 2], [3, 1], [6, 1]]
+    assert sorted(zip(*state["counts"])) == [(2, 2), (3, 1), (6, 1)]
 
     back = Subscription.restore("orders", "billing", state, last_seq=10)
     assert back.dirty is False
@@ -389,9 +389,22 @@ def test_snapshot_restore_round_trip_keeps_counts_and_makes_in_flight_pending():
     ]
 
 
+def test_a_snapshot_written_before_counts_restores_its_delivery_counts():
+    # older hubs wrote the counts as a list of [seq, n] pairs ("deliveries")
+    state = {"v": 1, "floor": 1, "acked": [[4, 5]], "deliveries": [[2, 2], [3, 1], [6, 1]],
+             "ack_wait_ms": 2000, "max_deliver": 3}
+    back = Subscription.restore("orders", "billing", state, last_seq=10)
+    back.attach(A, 10)
+    [d] = back.dispatch(now=0)
+    assert d.seqs == [2, 3, 6, 7, 8, 9, 10]
+    assert d.deliveries == [3, 2, 2, 1, 1, 1, 1]
+
+
 def test_restore_rejects_a_malformed_snapshot():
     with pytest.raises(SubscriptionError):
         Subscription.restore("t", "g", {"acked": []}, last_seq=0)
+    with pytest.raises(SubscriptionError):
+        Subscription.restore("t", "g", {"floor": 0, "counts": [[1, 2], [1]]}, last_seq=2)
 
 
 def test_dirty_tracks_snapshot_changes():
@@ -409,7 +422,7 @@ def test_dirty_tracks_snapshot_changes():
     sub.nack(A, [1], now=0)  # ready again, counts unchanged
     sub.progress(A, [2], now=0)
     assert not sub.dirty
-    assert sub.snapshot() == {**before, "deliveries": [[1, 1], [2, 1], [3, 1]]}
+    assert sub.snapshot() == {**before, "counts": [[1, 2, 3], [1, 1, 1]]}
     sub.ack(A, [2])
     assert sub.dirty
 
