@@ -558,9 +558,14 @@ class ClusterHub(Hub):
                 body["sched"] = sched
         reported = lead.reported.get(node)
         if reported is not None:
-            events = lead.events_from(node, reported[2], self.node)
-            if events:
-                body["events"] = events
+            if lead.needs_snapshot(reported[2]):
+                # new to this leadership, or away past the kept entries: the partition's dead
+                # letters as they are now, then the entries from `next` on
+                body["snapshot"] = {"next": lead.next_event, "dead": self._dead_letters_of(name)}
+            else:
+                events = lead.events_from(node, reported[2], self.node)
+                if events:
+                    body["events"] = events
             if self._needs_holes(lead, node, info, from_seq, now):
                 body["holes"] = self.store.gaps(name, from_seq - 1)
                 lead.holes_sent_at[node] = now
@@ -583,6 +588,8 @@ class ClusterHub(Hub):
         state-stream entries, a log start moved by retention or PURGE, holes."""
         first, count, events_next = lead.reported[node]
         if lead.events and lead.events[-1][0] >= events_next:
+            return True
+        if lead.needs_snapshot(events_next):
             return True
         if info is not None and count and first < info.first_seq:
             return True
@@ -691,6 +698,9 @@ class ClusterHub(Hub):
                 f.last_epoch = history[-1][0] if history else -1
             return
         try:  # the state beside the records, before the cursors that imply it
+            snapshot = body.get("snapshot")
+            if isinstance(snapshot, dict):
+                self._apply_snapshot(name, f, snapshot)
             self._apply_events(name, f, body.get("events"))
             self._apply_deletes(name, body.get("first_seq"), body.get("holes"))
         except Exception as exc:
@@ -768,6 +778,73 @@ class ClusterHub(Hub):
             self.store.set_topic_config(name, config)  # its limits: live once it leads
         f.events_next = nxt
         self.store.set_stream_position(name, f.epoch, nxt)  # not applied twice after a restart
+
+    def _apply_snapshot(self, name: str, f: Following, snapshot: dict) -> None:
+        """The leader's dead letters of partition ``name`` as they are at its state entry
+        ``next`` - 1: this hub's dead-letter topics get the ones they lack and lose the ones the
+        leader no longer holds (redriven, purged, trimmed); then the entries from ``next`` on."""
+        nxt, dead = snapshot.get("next"), snapshot.get("dead")
+        if type(nxt) is not int or nxt < 1 or not isinstance(dead, dict):
+            return
+        want: dict[str, dict[int, bytes]] = {}
+        for topic, records in dead.items():
+            if not (isinstance(topic, str) and topic.startswith(DLQ_PREFIX)
+                    and isinstance(records, list)):
+                continue
+            for record in records:
+                origin = _dead_letter_origin(record) if isinstance(record, bytes) else None
+                if origin is not None and origin[0] == name:
+                    want.setdefault(topic, {}).setdefault(origin[1], record)
+        add: dict[str, list[bytes]] = {}
+        removed = 0
+        for topic in sorted(set(want) | {t for t in self.store.topics if t.startswith(DLQ_PREFIX)}):
+            wanted = want.get(topic, {})
+            held: set[int] = set()
+            gone = []
+            for seq, origin in self._dead_letter_origins(topic):
+                if origin[0] != name:
+                    continue
+                if origin[1] in wanted and origin[1] not in held:
+                    held.add(origin[1])
+                else:
+                    gone.append(seq)
+            if gone:
+                removed += self.store.delete(topic, gone)
+            missing = [record for seq, record in wanted.items() if seq not in held]
+            if missing:
+                add[topic] = missing
+        if add:
+            self._store_dead_letters(add)
+        if add or removed:
+            log.info("cluster hub %s: %s dead letters caught up from the leader's snapshot: %d "
+                     "added, %d removed", self.node, name, sum(map(len, add.values())), removed)
+        f.events_next = nxt
+        self.store.set_stream_position(name, f.epoch, nxt)
+
+    def _dead_letter_origins(self, topic: str) -> list[tuple[int, tuple[str, int]]]:
+        """``(seq, (origin partition, origin seq))`` of the dead letters in ``topic`` here
+        (the first MAX_SCAN records)."""
+        info = self.store.topics.get(topic)
+        if info is None or not info.count:
+            return []
+        out = []
+        for seq, record in self.store.read_range(topic, info.first_seq, MAX_SCAN):
+            origin = _dead_letter_origin(record)
+            if origin is not None:
+                out.append((seq, origin))
+        return out
+
+    def _dead_letters_of(self, name: str) -> dict[str, list[bytes]]:
+        """The dead letters of partition ``name`` this hub holds, by dead-letter topic."""
+        out: dict[str, list[bytes]] = {}
+        for topic, info in list(self.store.topics.items()):
+            if not topic.startswith(DLQ_PREFIX) or not info.count:
+                continue
+            for _, record in self.store.read_range(topic, info.first_seq, MAX_SCAN):
+                origin = _dead_letter_origin(record)
+                if origin is not None and origin[0] == name:
+                    out.setdefault(topic, []).append(record)
+        return out
 
     def _store_dead_letters(self, dead: dict[str, list[bytes]]) -> None:
         firsts = self.store.commit(dead, now_ms=self.clock.wall_ms())
