@@ -393,6 +393,8 @@ class ClusterHub(Hub):
             touched = list(leading) or [""]
         mark = len(self._outbox)
         mark_received = len(self._confirmed_at)
+        if leading:
+            self._trim_dead_letter_topics()
         removed = self._dead_letters_removed() if leading else []
         purges = {t: _runs(seqs) for t, seqs in turn.deletes.items() if t in leading}
         admin_refs = [(identity, ref) for identity, command, ref, _ in turn.admin
@@ -444,6 +446,22 @@ class ClusterHub(Hub):
                 for identity, node, from_seq, limit, _ in parked:
                     self._answer_fetch(identity, topic, lead, from_seq, limit, node)
         return stored
+
+    def _trim_dead_letter_topics(self) -> None:
+        """Stage the retention deletes of this hub's dead-letter topics now (the base commit
+        would, after the removals are read): the dead letters they take of partitions this hub
+        leads leave their followers' copies too."""
+        trimmer = self.trimmer
+        limits = trimmer.limits
+        dlq = {t: lim for t, lim in limits.items() if t.startswith(DLQ_PREFIX)}
+        if not dlq:
+            return
+        trimmer.limits = dlq
+        try:
+            trimmer.trim(self.turn.appends, self.turn.deletes, self._ack_floors,
+                         self.clock.wall_ms())
+        finally:
+            trimmer.limits = limits
 
     def _dead_letters_removed(self) -> list[tuple[str, str, list]]:
         """Dead letters of partitions this hub leads that this turn deletes from a dead-letter
@@ -1082,14 +1100,22 @@ def _admin(command: bytes):
             req = parse_admin(body, name)
         except Refusal:
             req = None  # malformed: the handler says why
+        if (req is not None and command == Command.TOPIC and req.arg == "delete"
+                and _cluster_partition(hub, req.topic)):
+            raise Refusal(ErrorCode.INVALID, f"{req.topic} is a cluster partition: its log is "
+                          "on every replica, a delete here would empty one copy; PURGE it "
+                          "(all) to empty every copy", req.ref)
+        dlq = req is not None and command == Command.PURGE and req.topic.startswith(DLQ_PREFIX)
         if req is not None and not (command == Command.TOPIC and req.arg == "get"):
             try:
                 _guard(hub, identity, command, req.topic, req.ref, False)
-                if command == Command.REDRIVE:
-                    _guard_origins(hub, identity, req)
+                if command == Command.REDRIVE or (dlq and req.arg != "all"):
+                    _guard_origins(hub, identity, req, command)
             except _Answered:
                 return
         inner(hub, identity, peer, body)
+        if dlq and req.arg == "all" and hub.states:
+            _keep_followed_dead_letters(hub, identity, req)
         if (command == Command.TOPIC and req is not None and req.arg in ("create", "config")
                 and req.topic in hub.leading):
             # the new limits travel as a state entry; the REPLY waits for the followers
@@ -1099,7 +1125,35 @@ def _admin(command: bytes):
     return handler
 
 
-def _guard_origins(hub: ClusterHub, identity: bytes, req: Any) -> None:
+def _cluster_partition(hub: ClusterHub, topic: str) -> bool:
+    return (topic in hub.states or topic in hub.topic_specs
+            or topic.rpartition(".")[0] in hub.topic_specs)
+
+
+def _keep_followed_dead_letters(hub: ClusterHub, identity: bytes, req: Any) -> None:
+    """A PURGE of all of a dead-letter topic takes the dead letters of partitions this hub
+    leads (removed from their followers too) and of no cluster partition; those of a partition
+    another hub leads stay: their leader's PURGE removes them from every copy."""
+    turn = hub.turn
+    staged = turn.deletes.get(req.topic)
+    if not isinstance(staged, range) or not len(staged):
+        return
+    keep = {seq for seq, record in hub.store.read_range(req.topic, staged.start,
+                                                        min(len(staged), MAX_SCAN))
+            if (origin := _dead_letter_origin(record)) is not None
+            and origin[0] in hub.states and origin[0] not in hub.leading}
+    if not keep:
+        return
+    turn.deletes[req.topic] = set(staged) - keep
+    for who, command, ref, result in turn.admin:
+        if who == identity and command == Command.PURGE and ref == req.ref:
+            result["purged"] = max(0, result["purged"] - len(keep))
+
+
+def _guard_origins(hub: ClusterHub, identity: bytes, req: Any,
+                   command: bytes = Command.REDRIVE) -> None:
+    """A REDRIVE (or PURGE) of dead letters is refused whole if one came from a partition
+    this hub does not lead: its leader removes it, from every copy."""
     seqs = req.arg
     if not isinstance(seqs, list):
         return
@@ -1113,9 +1167,10 @@ def _guard_origins(hub: ClusterHub, identity: bytes, req: Any) -> None:
         try:
             hub._check_topic(origin[0], req.ref)
         except NotLeader as exc:
+            verb = "redriven" if command == Command.REDRIVE else "purged"
             hub._error(identity, exc.code, f"{exc.message}; a dead letter of {origin[0]} is "
-                       f"redriven by its leader (its own {req.topic} seqs: list them there)",
-                       Command.REDRIVE, req.ref, **exc.extra)
+                       f"{verb} by its leader (its own {req.topic} seqs: list them there)",
+                       command, req.ref, **exc.extra)
             raise _Answered() from None
 
 

@@ -69,7 +69,6 @@ def test_purge_redrive_and_topic_changes_on_a_follower_are_refused_with_the_lead
         (Command.REDRIVE, [3, "t.0", [1]]),
         (Command.TOPIC, [4, "config", "t.0", {"max_messages": 1}]),
         (Command.TOPIC, [5, "create", "t.0", {"max_messages": 1}]),
-        (Command.TOPIC, [6, "delete", "t.0", None]),
     ]:
         reply, err = client.ask(command, body)
         assert reply == Command.ERROR, (command, err)
@@ -348,3 +347,49 @@ def test_a_follower_away_past_the_kept_entries_converges_to_the_leaders_dead_let
     del away.hub.fetcher.fetch
     wait_for(lambda: dead_on(away) == [1, 2, 3, 4], WAIT,
              message="the away follower caught up through a snapshot")
+
+
+def test_a_dead_letter_topics_retention_on_the_leader_removes_those_dead_letters_from_followers(
+        cluster_hubs, raw):
+    _, leader, follower = one_partition(cluster_hubs, raw)
+    client = raw(leader.endpoint)
+    publish(raw(leader.endpoint), 3)
+    reject(client, 3)
+    wait_for(lambda: dead_on(follower) == [1, 2, 3], WAIT)
+    with Admin(leader.endpoint, timeout=10) as admin:  # the leader's own dlq.g limits
+        admin.configure_topic("dlq.g", max_messages=1)
+    wait_for(lambda: dead_on(leader) == [3], WAIT, message="the leader's dlq.g trimmed")
+    wait_for(lambda: dead_on(follower) == [3], WAIT,
+             message="the trimmed dead letters gone from the follower too")
+
+
+def test_a_dead_letter_purge_on_a_hub_not_leading_their_partition_leaves_them_to_the_leader(
+        cluster_hubs, raw):
+    _, leader, follower = one_partition(cluster_hubs, raw)
+    client = raw(leader.endpoint)
+    publish(raw(leader.endpoint), 2)
+    reject(client, 2)
+    wait_for(lambda: dead_on(follower) == [1, 2], WAIT)
+    with Admin(follower.endpoint, timeout=10) as admin:
+        local = admin.dead_letters("g")[0]["seq"]
+    on_follower = raw(follower.endpoint)
+    reply, err = on_follower.ask(Command.PURGE, [1, "dlq.g", [local]])
+    assert reply == Command.ERROR and err["code"] == "not_leader", err
+    assert err["leader"] == leader.node and err["leader_endpoint"] == leader.endpoint
+    reply, body = on_follower.ask(Command.PURGE, [2, "dlq.g", "all"])
+    assert reply == Command.REPLY and body[1]["purged"] == 0  # not this hub's to remove
+    assert dead_on(follower) == [1, 2]
+    reply, body = client.ask(Command.PURGE, [3, "dlq.g", "all"])
+    assert reply == Command.REPLY and body[1]["purged"] == 2
+    assert dead_on(leader) == dead_on(follower) == []  # answered once the follower applied it
+
+
+def test_a_cluster_partition_is_not_deleted_on_one_hub(cluster_hubs, raw):
+    _, leader, follower = one_partition(cluster_hubs, raw)
+    publish(raw(leader.endpoint), 3)
+    wait_for(lambda: log_of(follower) == (1, 3, 3), WAIT)
+    for hub in (leader, follower):
+        reply, err = raw(hub.endpoint).ask(Command.TOPIC, [1, "delete", "t.0", None])
+        assert reply == Command.ERROR and err["code"] == "invalid", err
+        assert "PURGE" in err["message"]
+    assert log_of(leader) == log_of(follower) == (1, 3, 3)
