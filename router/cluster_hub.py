@@ -603,11 +603,10 @@ class ClusterHub(Hub):
 
     def _state_news(self, lead: Leadership, node: str, info: Any, from_seq: int) -> bool:
         """Whether a caught-up follower's fetch has something to apply now besides records:
-        state-stream entries, a log start moved by retention or PURGE, holes."""
+        state-stream entries, a log start moved by retention or PURGE, holes. (A snapshot
+        alone waits for the long poll's end: the first fetch of every follower asks for one.)"""
         first, count, events_next = lead.reported[node]
         if lead.events and lead.events[-1][0] >= events_next:
-            return True
-        if lead.needs_snapshot(events_next):
             return True
         if info is not None and count and first < info.first_seq:
             return True
