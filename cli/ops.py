@@ -188,6 +188,7 @@ def dlq_list(
 def dlq_show(
     seq: int = typer.Argument(..., help="Sequence of the dead letter in dlq.<group>."),
     group: str = typer.Option(..., "--group", help="Subscription that dead-lettered it."),
+    node: str | None = NodeOption,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     hub: str | None = HubOption,
     timeout: float = TimeoutOption,
@@ -196,12 +197,22 @@ def dlq_show(
     topic = protocol.dlq_topic(group)
     try:
         with Admin(hub, timeout=timeout) as admin:
-            page = admin.fetch(topic, seq, 1)
+            if hasattr(admin, "metadata"):  # a cluster: the letter on the hub holding it
+                on = _by_node(admin, group, [seq], False, node)
+                letter = next(d for d in admin.dead_letters(group)
+                              if d["seq"] == seq and d["node"] in on)
+            else:
+                if node is not None:
+                    fail("--node needs a cluster address (--hub zk://... or a list of hubs)", 2)
+                page = admin.fetch(topic, seq, 1)
+                if not page or page[0].seq != seq:
+                    fail(f"no dead letter {seq} in {topic}")
+                letter = protocol.describe_dead_letter(page[0].seq, page[0].record)
     except (HubUnavailable, HubError, ZmqMqError) as exc:
         fail(str(exc))
-    if not page or page[0].seq != seq:
-        fail(f"no dead letter {seq} in {topic}")
-    data = letter_json(protocol.describe_dead_letter(page[0].seq, page[0].record), group)
+    except StopIteration:
+        fail(f"no dead letter {seq} in {topic} on {node}")
+    data = letter_json(letter, group)
     if as_json:
         typer.echo(json.dumps(data, indent=2, default=str))
         return

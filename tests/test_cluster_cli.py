@@ -116,6 +116,10 @@ def test_dlq_list_shows_each_letters_node_and_redrive_and_purge_act_on_that_hub(
     assert [(n, s) for n, s, _ in letters] == [("a", 1), ("b", 1), ("c", 1)]  # seq 1 each
     table = run_cli("dlq", "list", "--group", "g", "--hub", zookeeper)
     assert "node" in table.stdout.decode()
+    shown = run_cli("dlq", "show", "1", "--group", "g", "--node", "c", "--json", "--hub",
+                    zookeeper)
+    assert shown.returncode == 0, shown.stderr.decode()
+    assert json.loads(shown.stdout)["origin_topic"] == next(o for n, _, o in letters if n == "c")
     ambiguous = run_cli("dlq", "redrive", "--group", "g", "--seq", "1", "--hub", zookeeper)
     assert ambiguous.returncode == 2 and "--node" in ambiguous.stderr.decode()
     done = run_cli("dlq", "redrive", "--group", "g", "--seq", "1", "--node", "b", "--hub",
