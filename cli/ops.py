@@ -147,7 +147,9 @@ def letter_json(letter: dict, group: str) -> dict:
 
 def _dlq_groups(admin: Admin) -> list[str]:
     prefix = "dlq."
-    return [t["topic"][len(prefix):] for t in admin.topics() if t["topic"].startswith(prefix)]
+    # through a cluster every hub has its own dlq.<group>: each group once
+    return list(dict.fromkeys(t["topic"][len(prefix):] for t in admin.topics()
+                              if t["topic"].startswith(prefix)))
 
 
 @dlq_app.command("list")

@@ -1156,7 +1156,9 @@ def _guard_origins(hub: ClusterHub, identity: bytes, req: Any,
     seqs = req.arg
     if not isinstance(seqs, list):
         return
-    wanted = [s for s in seqs[: hub.config.max_batch_messages] if type(s) is int and s >= 0]
+    if command == Command.REDRIVE:  # the hub redrives this many at most
+        seqs = seqs[: hub.config.max_batch_messages]
+    wanted = [s for s in seqs if type(s) is int and s >= 0]
     checked = set()
     for record in hub.store.read(req.topic, wanted):
         origin = _dead_letter_origin(record) if record is not None else None

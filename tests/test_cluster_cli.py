@@ -114,6 +114,8 @@ def test_dlq_list_shows_each_letters_node_and_redrive_and_purge_act_on_that_hub(
     wait_for(lambda: len(listed()) == 3, WAIT, 0.2, "a dead letter on each hub")
     letters = listed()
     assert [(n, s) for n, s, _ in letters] == [("a", 1), ("b", 1), ("c", 1)]  # seq 1 each
+    every = run_cli("dlq", "list", "--json", "--hub", zookeeper)  # all groups: g once
+    assert every.returncode == 0 and len(json.loads(every.stdout)) == 3, every.stderr.decode()
     table = run_cli("dlq", "list", "--group", "g", "--hub", zookeeper)
     assert "node" in table.stdout.decode()
     shown = run_cli("dlq", "show", "1", "--group", "g", "--node", "c", "--json", "--hub",
