@@ -24,6 +24,7 @@ address is first read.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -47,6 +48,9 @@ METADATA = b"METADATA"  # the cluster's metadata request and reply (docs/PROTOCO
 RETRY_CODES = frozenset({"not_leader", "unavailable", "not_enough_replicas"})
 # Metadata is read again at most this often (a storm of refusals costs one read).
 MIN_REFRESH_MS = 100
+# A source that watches (ZooKeeper) is still read this often when nothing happened: a safety
+# net only, a change arrives through the watch.
+WATCHED_POLL_MS = 30_000
 
 
 class ClusterUnavailable(HubUnavailable):
@@ -93,22 +97,36 @@ class Metadata:
 
     def partitions_of(self, topic: str) -> list[str]:
         """The partitions a topic is stored as: ``NAME.0..`` for a cluster topic, the name
-        itself for one partition named directly; [] if the cluster has neither."""
-        n = self.topics.get(topic)
-        if n:
-            return protocol.partition_topics(topic, n)
-        if topic in self.leaders:
-            return [topic]
-        return []
+        itself for one partition named directly; [] if the cluster has neither. (Remembered
+        per topic: a producer asks for every message; the list is shared, not to be changed.)"""
+        known = self._partitions.get(topic)
+        if known is None:
+            n = self.topics.get(topic)
+            if n:
+                known = protocol.partition_topics(topic, n)
+            elif topic in self.leaders:
+                known = [topic]
+            else:
+                return []
+            self._partitions[topic] = known
+        return known
 
     def leader_endpoint(self, partition: str) -> str | None:
         """The endpoint of the live hub leading ``partition``, or None (no leader, or it left)."""
-        node = self.leaders.get(partition)
-        return self.hubs.get(node) if node is not None else None
+        return self._endpoints.get(partition)
 
     def leader_map(self) -> dict[str, str | None]:
         """Every partition's leader endpoint (None: unavailable now)."""
         return {p: self.leader_endpoint(p) for p in self.leaders}
+
+    @functools.cached_property
+    def _endpoints(self) -> dict[str, str | None]:
+        return {p: (self.hubs.get(node) if node is not None else None)
+                for p, node in self.leaders.items()}
+
+    @functools.cached_property
+    def _partitions(self) -> dict[str, list[str]]:
+        return {}
 
 
 def choose_partition(partitions: list[str], key: str | None, turn: int) -> str:
@@ -137,13 +155,42 @@ def _cluster_client_class():
 
 
 class ZooKeeperSource:
-    """Reads the cluster's state from ZooKeeper (``ClusterClient``), connecting on first use."""
+    """Reads the cluster's state from ZooKeeper (``ClusterClient``), connecting on first use,
+    and watches it: every read leaves a ZooKeeper watch on what it read (the hubs, topics and
+    partitions lists and each hub's and partition's node), so the first change after a read
+    calls the ``on_change`` callbacks given to :meth:`watch` at once, instead of a client
+    finding it at its next poll. A watch fires once: the client reads again (which watches
+    again). kazoo sets the watches again when it reconnects within the session; after a
+    session ended (or ZooKeeper came back without it) the callbacks are called on the
+    reconnection, so the client reads, and watches, anew."""
+
+    watches = True
 
     def __init__(self, address: str, timeout: float) -> None:
         self.address = address
         self.timeout = timeout
         self._client = None
         self._lock = threading.Lock()
+        self._listeners: list = []
+        self.changes = 0  # watch notifications so far (tests, diagnostics)
+
+    def watch(self, on_change) -> None:
+        """Call ``on_change()`` (from kazoo's thread: it must not block) when what the last
+        read saw may have changed."""
+        self._listeners.append(on_change)
+
+    def _changed(self, *_: Any) -> None:
+        self.changes += 1
+        for listener in list(self._listeners):
+            try:
+                listener()
+            except Exception:  # a listener's bug must not stop kazoo's event thread
+                log.exception("cluster metadata listener")
+
+    def _on_state(self, state: str) -> bool:
+        if state == "CONNECTED":  # back (maybe with a new session, watches lost): read again
+            self._changed()
+        return False  # keep listening
 
     def client(self):
         with self._lock:
@@ -155,26 +202,59 @@ class ZooKeeperSource:
                     self._client = client.start(self.timeout)
                 except ClusterTimeout as exc:
                     raise ClusterUnavailable(str(exc)) from None
+                self._client.zk.add_listener(self._on_state)
             return self._client
 
     def fetch(self) -> Metadata:
         client = self.client()  # ClusterUnavailable, or ZmqMqError without kazoo
         try:  # what routing needs (not the controller's nodes): a read per hub and partition
-            return Metadata.parse({
-                "hubs": {n: {"endpoint": h.endpoint} for n, h in client.hubs().items()},
-                "topics": {n: {"partitions": t.partitions} for n, t in client.topics().items()},
-                "partitions": {n: {"leader": p.leader, "epoch": p.epoch}
-                               for n, p in client.partitions().items()},
-            })
+            return Metadata.parse(_watched_read(client, self._changed))
         except Exception as exc:  # kazoo's errors: connection loss, session expiry
             raise ClusterUnavailable(f"cannot read the cluster from ZooKeeper at "
                                      f"{self.address}: {exc}") from None
 
     def close(self) -> None:
         with self._lock:
+            self._listeners.clear()
             if self._client is not None:
+                self._client.zk.remove_listener(self._on_state)
                 self._client.close()
                 self._client = None
+
+
+def _watched_read(client, watch) -> dict:
+    """The hubs' endpoints, topics' partition counts and partitions' leaders, each node read
+    with ``watch`` left on it (a topic's spec never changes: its list is watched, not it)."""
+    from kazoo.exceptions import NoNodeError
+
+    from ..router.cluster.layout import decode_hub, decode_partition, decode_topic
+
+    zk, paths = client.zk, client.paths
+
+    def children(path: str) -> list[str]:
+        return sorted(zk.retry(zk.get_children, path, watch=watch))
+
+    def read(path: str, watched: bool = True) -> bytes | None:
+        try:
+            return zk.retry(zk.get, path, watch=watch if watched else None)[0]
+        except NoNodeError:
+            return None  # it went while we listed; the list's watch says so
+
+    hubs, topics, partitions = {}, {}, {}
+    for node in children(paths.hubs):
+        data = read(paths.hub(node))
+        if data is not None:
+            hubs[node] = {"endpoint": decode_hub(data).endpoint}
+    for name in children(paths.topics):
+        data = read(paths.topic(name), watched=False)
+        if data is not None:
+            topics[name] = {"partitions": decode_topic(data).partitions}
+    for name in children(paths.partitions):
+        data = read(paths.partition(name))
+        if data is not None:
+            state = decode_partition(data)
+            partitions[name] = {"leader": state.leader, "epoch": state.epoch}
+    return {"hubs": hubs, "topics": topics, "partitions": partitions}
 
 
 class BootstrapSource:
@@ -245,25 +325,49 @@ def make_source(address: str, timeout: float, *, context: zmq.Context | None = N
 
 
 class MetadataCache:
-    """The latest metadata and when to read it again (at most every MIN_REFRESH_MS)."""
+    """The latest metadata and when to read it again: at once when the source's watch says it
+    changed (``changed``), soon (at most every MIN_REFRESH_MS) when something was refused or
+    lost (``wanted``), else at the caller's poll period; a source that watches (ZooKeeper) is
+    polled only every WATCHED_POLL_MS, as a safety net. ``on_change`` callbacks (e.g. waking
+    a maintenance thread) run when the source reports a change."""
 
     def __init__(self, source) -> None:
         self.source = source
         self.meta: Metadata | None = None
         self.read_at = 0
         self.wanted = False  # something was refused or lost: read again soon
+        self.changed = False  # the source's watch fired: read again now
         self.lock = threading.Lock()
+        self._listeners: list = []
+        self.watched = bool(getattr(source, "watches", False))
+        if self.watched:
+            source.watch(self._on_source_change)
+
+    def on_change(self, listener) -> None:
+        self._listeners.append(listener)
+
+    def _on_source_change(self) -> None:
+        self.changed = True
+        for listener in list(self._listeners):
+            listener()
 
     def get(self) -> Metadata:
         if self.meta is None:
             self.refresh(force=True)
         return self.meta  # type: ignore[return-value]
 
+    def fetch(self) -> Metadata:
+        """Read the source (not installed: see :meth:`install`); a change noticed while it
+        reads makes the next one due."""
+        self.changed = False
+        return self.source.fetch()
+
     def refresh(self, force: bool = False) -> Metadata:
         with self.lock:
             now = monotonic_ms()
-            if self.meta is None or force or now - self.read_at >= MIN_REFRESH_MS:
-                self.meta = self.source.fetch()
+            if (self.meta is None or force or self.changed
+                    or now - self.read_at >= MIN_REFRESH_MS):
+                self.meta = self.fetch()
                 self.read_at = monotonic_ms()
                 self.wanted = False
             return self.meta
@@ -274,8 +378,12 @@ class MetadataCache:
             self.meta, self.read_at, self.wanted = meta, monotonic_ms(), False
 
     def due(self, every_ms: int) -> bool:
+        if self.changed:
+            return True
         age = monotonic_ms() - self.read_at
-        return age >= (MIN_REFRESH_MS if self.wanted else every_ms)
+        if self.wanted:
+            return age >= MIN_REFRESH_MS
+        return age >= (max(every_ms, WATCHED_POLL_MS) if self.watched else every_ms)
 
 
 def resolve_hub_address(endpoint: str | None) -> str:

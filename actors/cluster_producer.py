@@ -33,8 +33,9 @@ from .producer import DEFAULT_MAX_BATCH, DEFAULT_MAX_PENDING, Producer, PublishF
 
 log = logging.getLogger("zmq_mq.cluster")
 
-# Metadata is read again at least this often while something waits (a leader that died
-# silently is replaced in ZooKeeper after its session timeout: this is how soon we notice).
+# Metadata is read again at least this often while something waits, from a list of hubs (a
+# leader that died silently is replaced after its session timeout: this is how soon we
+# notice). From ZooKeeper a watch brings the change at once (MetadataCache).
 REFRESH_MS = 500
 # The longest a producer waits to connect to a leader it has not used yet (ZooKeeper may
 # still list a hub that just died): then it reads the placement again.
@@ -120,8 +121,13 @@ class ClusterProducer(Producer):
         self._unresolved: collections.Counter = collections.Counter()  # partition -> messages
         self._routed: dict[str, str] = {}  # partition -> endpoint it was last sent to
         self._retry: list[_Pending] = []
+        # each inner attempt's future -> its message, until the inner producer resolves it (a
+        # batch at a time, through its _on_resolved hook: no callback per message)
+        self._attempts: dict[PublishFuture, _Pending] = {}
         self._turn = itertools.count()
         self._kick = threading.Event()
+        # a placement change ZooKeeper reports wakes the maintenance thread at once
+        self._cache.on_change(self._kick.set)
         self.resent = 0  # messages sent again to another (or the same) leader
         # automatic msg_ids: one random prefix per producer and a counter (unique: 128 random
         # bits as uuid4 has, but one read of the kernel's random source per producer, not per
@@ -218,8 +224,8 @@ class ClusterProducer(Producer):
             with self._lock:
                 self._pending.add(item)
                 behind = self._unresolved[partition] and (
-                    any(i.partition == partition for i in self._retry)
-                    or self._routed.get(partition) != self._cache.get().leader_endpoint(partition))
+                    self._routed.get(partition) != self._cache.meta.leader_endpoint(partition)
+                    or (self._retry and any(i.partition == partition for i in self._retry)))
                 self._unresolved[partition] += 1
             try:
                 if behind or not self._dispatch(item, first=True):
@@ -245,6 +251,7 @@ class ClusterProducer(Producer):
         if producer is None:
             producer = Producer(endpoint, name=f"{self._name}@{endpoint}", timeout=self.timeout,
                                 **self._opts)
+            producer._on_resolved = self._inner_resolved
             try:  # a leader ZooKeeper still lists may be dead: do not wait the whole timeout
                 producer._connect(min(self.timeout, INNER_CONNECT_S))
             except HubUnavailable as exc:
@@ -259,12 +266,49 @@ class ClusterProducer(Producer):
             self.resent += 1
         item.endpoint = endpoint
         item.sent_at = monotonic_ms()
-        inner = producer.publish_async(item.partition, item.payload, key=item.key,
-                                       headers=item.headers, msg_id=item.msg_id,
-                                       priority=item.priority, deliver_at=item.deliver_at)
-        item.inner = inner
-        inner.add_done_callback(lambda f, item=item: self._inner_done(item, f))
+        item.inner = inner = producer.publish_async(
+            item.partition, item.payload, key=item.key, headers=item.headers,
+            msg_id=item.msg_id, priority=item.priority, deliver_at=item.deliver_at)
+        self._attempts[inner] = item
+        # resolved before it was registered: the hook did not find it, so settle it here (the
+        # pop decides who does, the hook or this thread)
+        if inner._done and self._attempts.pop(inner, None) is not None:
+            self._inner_done(item, inner)
         return True
+
+    def _inner_resolved(self, futures: list[PublishFuture]) -> None:
+        """An inner producer resolved a batch (its I/O thread): the confirmed messages are
+        settled together (one lock, one outer resolution), the others one by one."""
+        confirmed, seqs = [], []
+        pop = self._attempts.pop
+        for inner in futures:
+            item = pop(inner, None)
+            if item is None or item.resolved or inner is not item.inner:
+                continue  # not registered yet (see _dispatch), or an earlier attempt
+            if inner._error is None:
+                confirmed.append(item)
+                seqs.append(inner._result)
+            else:
+                self._inner_done(item, inner)
+        if confirmed:
+            self._finish_confirmed(confirmed, seqs)
+
+    def _finish_confirmed(self, items: list[_Pending], seqs: list[int]) -> None:
+        futures, results = [], []
+        with self._lock:
+            unresolved = self._unresolved
+            for item, seq in zip(items, seqs):
+                if item.resolved:
+                    continue
+                item.resolved = True
+                self._pending.discard(item)
+                unresolved[item.partition] -= 1
+                if not unresolved[item.partition]:
+                    del unresolved[item.partition]
+                futures.append(item.future)
+                results.append(seq)
+        if futures:
+            self._resolve_batch(futures, results)
 
     def _inner_done(self, item: _Pending, inner: PublishFuture) -> None:
         """An attempt ended (called from an inner producer's I/O thread)."""
@@ -336,12 +380,13 @@ class ClusterProducer(Producer):
             # unconfirmed for a while: its leader may be gone (a refusal sets `wanted` itself)
             slow = any(i.inner is not None and now - i.sent_at >= REFRESH_MS
                        for i in self._pending)
-        if not waiting:
+        changed = self._cache.changed  # ZooKeeper's watch: read now, even with nothing sent
+        if not waiting and not changed:
             return
         fresh = None
-        if (slow or self._cache.wanted or self._retry) and self._cache.due(REFRESH_MS):
+        if (changed or slow or self._cache.wanted or self._retry) and self._cache.due(REFRESH_MS):
             try:
-                fresh = self._cache.source.fetch()  # outside the route lock: it may be slow
+                fresh = self._cache.fetch()  # outside the route lock: it may be slow
             except ZmqMqError as exc:
                 log.warning("%s", exc)
         with self._route_lock:

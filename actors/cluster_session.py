@@ -36,7 +36,8 @@ from .session import DEFAULT_CREDIT, MIN_RECONNECT_MS, Session, SubscriptionSpec
 
 log = logging.getLogger("zmq_mq.cluster")
 
-# Consumers and actors look at the placement this often even when all is well.
+# Consumers and actors given a list of hubs look at the placement this often even when all is
+# well; from ZooKeeper a watch brings a change at once (MetadataCache).
 IDLE_REFRESH_MS = 2000
 # The longest a cluster session's poll waits (its sockets change as leaders move).
 POLL_CAP_MS = 100

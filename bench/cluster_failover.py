@@ -1,7 +1,7 @@
 """Cluster failover time: leader kill -9 to the first confirmed publish on the new leader.
 
-Starts one ZooKeeper (``zmq_mq.testing.ZooKeeperServer``) and ``--hubs`` ``zmq-mq hub --cluster``
-processes on loopback, creates a topic of ``--partitions`` partitions with ``--replicas``
+Starts one ZooKeeper and ``--hubs`` ``zmq-mq hub --cluster`` processes on loopback
+(``zmq_mq.testing.Cluster``), creates a topic of ``--partitions`` partitions with ``--replicas``
 replicas and ``--min-insync 1`` (so the survivor takes publishes alone at once), and keeps a
 ``Producer("zk://...")`` publishing to one partition, one message at a time, each with a msg_id.
 Then, ``--kills`` times: choose the next partition, kill -9 its leader, and time
@@ -33,8 +33,7 @@ from pathlib import Path
 
 from zmq_mq.actors import Producer
 from zmq_mq.router import protocol
-from zmq_mq.router.cluster.coordinator import ClusterClient
-from zmq_mq.testing import HubProcess, ZooKeeperServer
+from zmq_mq.testing import Cluster
 
 TOPIC = "failover"
 
@@ -85,11 +84,6 @@ def wait(predicate, timeout: float, what: str, interval: float = 0.02) -> None:
     raise SystemExit(f"timed out after {timeout:g} s waiting for {what}")
 
 
-def healthy(client: ClusterClient, replicas: int) -> bool:
-    states = client.partitions(TOPIC)
-    return bool(states) and all(s.leader and len(s.isr) == replicas for s in states.values())
-
-
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -109,22 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="zmq-mq-failover-"))
-    zk = ZooKeeperServer(tmp / "zk", tick_ms=min(500, int(args.session * 1000 / 2))).start()
-    url = zk.url("/failover")
-    hubs: dict[str, HubProcess] = {}
+    cluster = Cluster(tmp, [f"hub{n}" for n in range(args.hubs)], chroot="/failover",
+                      session=args.session, sync=args.sync)
+    url = cluster.url
     load = None
     kills = []
     try:
-        for n in range(args.hubs):
-            node = f"hub{n}"
-            hubs[node] = HubProcess(tmp / node / "data",
-                                    ["--cluster", url, "--node", node, "--zk-session-timeout",
-                                     f"{args.session:g}", "--sync", args.sync],
-                                    log_dir=tmp / node).start()
-        client = ClusterClient(url).start()
-        client.create_topic(TOPIC, args.partitions, args.replicas, min_insync=1,
-                            wait=args.timeout)
-        wait(lambda: healthy(client, args.replicas), args.timeout, "every partition in sync")
+        cluster.start()
+        client = cluster.client
+        cluster.create_topic(TOPIC, args.partitions, args.replicas, min_insync=1,
+                             timeout=args.timeout)
         load = Load(url, args.partitions)
         load.start()
         for k in range(args.kills):
@@ -136,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             state = client.partition(part)
             victim, epoch = state.leader, state.epoch
             killed = time.monotonic()
-            hubs[victim].kill9()
+            cluster.kill(victim)
             moved = None
             while time.monotonic() - killed < args.timeout:
                 if moved is None:
@@ -154,27 +142,23 @@ def main(argv: list[str] | None = None) -> int:
                           "moved_s": round(moved, 4), "failover_s": round(failover, 4)})
             print(f"kill {k:3d} {part:12s} {victim:6s} moved {moved * 1000:7.0f} ms "
                   f"failover {failover * 1000:7.0f} ms", flush=True)
-            hubs[victim].restart()
-            wait(lambda: healthy(client, args.replicas), args.timeout,
-                 "the restarted hub back in sync")
+            cluster.restart(victim)
+            cluster.wait_settled(TOPIC, args.timeout)  # the restarted hub back in sync
         load.stop_event.set()
         load.join(args.timeout)
         if load.error is not None:
             raise SystemExit(f"the producer failed: {load.error}")
-        client.close()
     finally:
         if load is not None:
             load.stop_event.set()
-        for h in hubs.values():
-            h.stop()
-        zk.stop()
+        cluster.stop()
     shutil.rmtree(tmp, ignore_errors=True)  # reached only when the run completed
     fo = [k["failover_s"] for k in kills]
     mv = [k["moved_s"] for k in kills]
     report = {
         "kills": kills, "hubs": args.hubs, "partitions": args.partitions,
         "replicas": args.replicas, "min_insync": 1, "session_timeout_s": args.session,
-        "sync": args.sync, "zookeeper_tick_ms": zk.tick_ms,
+        "sync": args.sync, "zookeeper_tick_ms": cluster.zookeeper_server.tick_ms,
         "failover_p50_s": statistics.median(fo), "failover_max_s": max(fo),
         "moved_p50_s": statistics.median(mv), "moved_max_s": max(mv),
         "publish_failures": load.failures if load else 0,

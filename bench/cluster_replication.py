@@ -34,8 +34,7 @@ import time
 from pathlib import Path
 
 from zmq_mq.actors import Admin, Consumer, Producer
-from zmq_mq.router.cluster.coordinator import ClusterClient
-from zmq_mq.testing import HubProcess, ZooKeeperServer
+from zmq_mq.testing import Cluster, HubProcess
 
 PAYLOAD = 128
 
@@ -102,22 +101,18 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="zmq-mq-repl-"))
-    zk = ZooKeeperServer(tmp / "zk").start()
-    url = zk.url("/repl")
-    procs: list[HubProcess] = []
+    cluster = Cluster(tmp, ("a", "b"), chroot="/repl", session=args.session, sync=args.sync,
+                      tick_ms=500)
+    url = cluster.url
+    single = HubProcess(tmp / "single" / "data", ["--sync", args.sync], log_dir=tmp / "single")
     results: dict[str, dict[str, list[float]]] = {}
     try:
-        single = HubProcess(tmp / "single" / "data", ["--sync", args.sync],
-                            log_dir=tmp / "single").start()
-        procs.append(single)
-        for node in ("a", "b"):
-            procs.append(HubProcess(tmp / node / "data",
-                                    ["--cluster", url, "--node", node, "--zk-session-timeout",
-                                     f"{args.session:g}", "--sync", args.sync],
-                                    log_dir=tmp / node).start())
+        single.start()
+        cluster.start()
         legs = [("single", single.endpoint, None), ("cluster-r1", url, 1),
                 ("cluster-r2", url, 2), ("direct-r1", None, 1), ("direct-r2", None, 2)]
         leaders = {}
+        admin_topics: list[str] = []
         with Admin(url, timeout=args.timeout) as admin:
             for r in range(args.rounds):
                 for name, _, replicas in legs:
@@ -125,11 +120,12 @@ def main(argv: list[str] | None = None) -> int:
                         for w in ("w1", "w2"):
                             admin.create_topic(f"{w}.{name}.{r}", partitions=1,
                                                replicas=replicas)
-        time.sleep(1.0)  # every partition led and in sync (created with all replicas in sync)
-        with ClusterClient(url) as client:
-            hubs = client.hubs()
-            for name, state in client.partitions().items():
-                leaders[name] = hubs[state.leader].endpoint
+                            admin_topics.append(f"{w}.{name}.{r}")
+        for name in admin_topics:
+            cluster.wait_settled(name, args.timeout)  # led, every replica in sync
+        hubs = cluster.client.hubs()
+        for name, state in cluster.client.partitions().items():
+            leaders[name] = hubs[state.leader].endpoint
         for r in range(args.rounds):
             for name, endpoint, _ in legs:
                 for w, fn in (("w1", w1), ("w2", w2)):
@@ -141,9 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                     results.setdefault(name, {}).setdefault(w, []).append(rate)
                     print(f"round {r} {name:11s} {w.upper()} {rate:10,.0f} msg/s", flush=True)
     finally:
-        for h in procs:
-            h.stop()
-        zk.stop()
+        single.stop()
+        cluster.stop()
     shutil.rmtree(tmp, ignore_errors=True)  # reached only when the run completed
     report = {"messages": args.messages, "rounds": args.rounds, "sync": args.sync,
               "payload_bytes": PAYLOAD, "legs": {}}

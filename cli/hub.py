@@ -50,6 +50,11 @@ HUB_FILE_KEYS: dict[str, tuple[type, ...]] = {
     "authorized": (str,),
     "acl": (str,),
     "dedup_window": (int, float),
+    # cluster mode (checked as the flags are, by _cluster_options)
+    "cluster": (str,),
+    "node": (str,),
+    "advertise": (str,),
+    "zk_session_timeout": (int, float),
 }
 
 
@@ -154,7 +159,8 @@ def hub(
     if not opts["curve"] and (opts["authorized"] or opts["acl"]):
         fail("--authorized and --acl need --curve", 2)
     check_bind_options(opts["bind"], opts["pub"])
-    cluster_opts = _cluster_options(cluster, node, advertise, zk_session_timeout)
+    cluster_opts = _cluster_options(opts["cluster"], opts["node"], opts["advertise"],
+                                    opts["zk_session_timeout"])
     if cluster_opts is not None and opts["curve"]:
         fail("--cluster with --curve is not supported yet (hubs would need keys to replicate)", 2)
     config = HubConfig(

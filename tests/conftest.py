@@ -271,3 +271,47 @@ def own_zookeeper(tmp_path):
     server.start()
     yield server
     server.kill9()
+
+
+@pytest.fixture
+def hub_cluster(tmp_path, zookeeper):
+    """Start ``zmq-mq hub --cluster`` processes on the test's own chroot of the session's
+    ZooKeeper: ``hub_cluster("a", "b", "c", session=2.0, ...)`` returns a started
+    ``zmq_mq.testing.Cluster`` (one per test); every hub is resumed and stopped at the end."""
+    from zmq_mq.testing import Cluster
+
+    made: list[Cluster] = []
+
+    def start(*nodes: str, **options) -> Cluster:
+        cluster = Cluster(tmp_path / f"cluster{len(made)}", nodes, zookeeper=zookeeper,
+                          **options)
+        made.append(cluster)
+        return cluster.start()
+
+    yield start
+    for cluster in made:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster_hubs(tmp_path, zookeeper):
+    """Start cluster hubs on threads of the test (``zmq_mq.testing.ClusterHubThread``) on the
+    test's own chroot: ``cluster_hubs("a", "b", session_timeout=2.0, **hub_config)`` returns
+    them by node name; ``cluster_hubs.url`` is the cluster address. Stopped at the end."""
+    from zmq_mq.testing import ClusterHubThread
+
+    started: list[ClusterHubThread] = []
+
+    def start(*nodes: str, session_timeout: float = 2.0, **config) -> dict[str, ClusterHubThread]:
+        out = {}
+        for node in nodes:
+            h = ClusterHubThread(tmp_path / node, zookeeper, node,
+                                 session_timeout=session_timeout, **config).start()
+            started.append(h)
+            out[node] = h
+        return out
+
+    start.url = zookeeper
+    yield start
+    for h in reversed(started):
+        h.stop()

@@ -3,27 +3,22 @@
 partitions, leaders, in-sync replicas, replication lag), `zmq-mq dlq` through a cluster (each
 dead letter on the hub holding it), against a real ZooKeeper."""
 
-# ruff: noqa: F811  (the cluster_hubs and raw fixtures come from test_cluster_hub)
+# ruff: noqa: F811  (the raw fixture comes from test_cluster_hub; cluster_hubs is conftest's)
 from __future__ import annotations
 
 import json
 
 import pytest
 from conftest import run_cli, wait_for
-from test_cluster_hub import cluster_hubs, raw  # noqa: F401  (fixtures)
+from test_cluster_hub import raw  # noqa: F401  (fixture)
 from zmq_mq.router.cluster.coordinator import ClusterClient
-
-from zmq_mq.testing import ClusterHubThread
 
 WAIT = 30.0
 
 
 @pytest.fixture
-def three_hubs(tmp_path, zookeeper):
-    hubs = [ClusterHubThread(tmp_path / n, zookeeper, n).start() for n in ("a", "b", "c")]
-    yield hubs
-    for h in hubs:
-        h.stop()
+def three_hubs(cluster_hubs):
+    return cluster_hubs("a", "b", "c")
 
 
 def test_topic_create_on_a_cluster_address_places_partitions_and_replicas(three_hubs, zookeeper):
@@ -83,6 +78,39 @@ def test_a_wrong_cluster_flag_of_the_hub_is_one_line_and_exit_2(tmp_path, args, 
 def test_replicas_without_a_cluster_address_is_a_usage_error():
     done = run_cli("topic", "create", "x", "--replicas", "2", "--hub", "tcp://127.0.0.1:1")
     assert done.returncode == 2 and "zk://" in done.stderr.decode()
+
+
+def test_a_hub_joins_a_cluster_from_its_config_file_and_a_flag_overrides_the_files_node(
+        tmp_path, zookeeper, hub_process):
+    # Given a config file with every cluster setting, and --node on the command line
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(f'[hub]\ncluster = "{zookeeper}"\nnode = "from-file"\n'
+                   f'advertise = "tcp://127.0.0.1:1"\nzk-session-timeout = 3\n')
+    hub_process(extra=["--config", str(cfg), "--node", "from-flag"])
+    # Then the hub joined the file's cluster under the flag's name, advertising the file's
+    # endpoint (the file's session timeout is read too: a bad one is refused, below)
+    with ClusterClient(zookeeper) as client:
+        wait_for(lambda: "from-flag" in client.hubs(), WAIT, message="the hub in the cluster")
+        assert list(client.hubs()) == ["from-flag"]
+        assert client.hubs()["from-flag"].endpoint == "tcp://127.0.0.1:1"
+        session = client.zk.get(client.paths.hub("from-flag"))[1].ephemeralOwner
+        assert session  # an ephemeral node: the hub's session
+
+
+@pytest.mark.parametrize("text, message", [
+    ('node = "a"\n', "need --cluster"),
+    ('cluster = "zk://127.0.0.1:1/c"\nnode = 5\n', "node must be str"),
+    ('cluster = "zk://127.0.0.1:1/c"\nnode = "a"\nzk-session-timeout = 0\n',
+     "--zk-session-timeout must be > 0"),
+])
+def test_a_wrong_cluster_setting_in_the_config_file_is_one_line_and_exit_2(tmp_path, text,
+                                                                             message):
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(text)
+    done = run_cli("hub", "--config", str(cfg), "--data", str(tmp_path / "d"))
+    assert done.returncode == 2, done.stderr.decode()
+    err = done.stderr.decode()
+    assert message in err and err.count("\n") == 1, err
 
 
 def test_dlq_list_shows_each_letters_node_and_redrive_and_purge_act_on_that_hub(

@@ -571,12 +571,7 @@ def test_a_message_settled_after_its_partition_moved_is_acked_on_the_new_leader(
     from conftest import subscription_stats
 
     # Given a partition on two hubs that both hold its message as seq 1 (as replication would)
-    cluster.add("a")
-    cluster.add("b")
-    with Admin(cluster.url) as admin:
-        admin.create_topic("orders", partitions=1, replicas=2)
-    old = cluster.leaders("orders")["orders.0"]
-    new = "b" if old == "a" else "a"
+    old, new = _orders_on_two_hubs(cluster)
     for node in (old, new):
         with Producer(cluster.endpoint_of(node)) as producer:
             assert producer.publish("orders.0", b"m") == 1
@@ -710,12 +705,17 @@ def test_a_message_resent_after_a_lost_confirm_is_stored_once_thanks_to_its_auto
         real.stop()
 
 
+def _topic_on_one_hub(cluster, name: str) -> None:
+    """Hub a alone, and a topic ``name`` of 1 partition on it."""
+    cluster.add("a")
+    with Admin(cluster.url) as admin:
+        admin.create_topic(name, partitions=1, replicas=1)
+
+
 def test_automatic_msg_ids_are_distinct_without_reading_the_kernels_random_source_per_message(
         cluster, monkeypatch):
     # os.urandom (uuid4 per message) was a third of the cluster producer's publish_async time
-    cluster.add("a")
-    with Admin(cluster.url) as admin:
-        admin.create_topic("ids", partitions=1, replicas=1)
+    _topic_on_one_hub(cluster, "ids")
     import os as _os
 
     real_urandom = _os.urandom
@@ -736,3 +736,153 @@ def test_automatic_msg_ids_are_distinct_without_reading_the_kernels_random_sourc
     ids = [m.headers.get(protocol.MSG_ID_HEADER) for m in _stored(cluster.endpoint_of("a"),
                                                                   "ids.0")]
     assert len(ids) == 201 and all(ids) and len(set(ids)) == 201
+
+
+# --- placement changes reach clients through ZooKeeper watches, not a poll ----------------------
+
+NEVER_MS = 3_600_000  # a poll period no test waits for: only a watch can bring the change
+
+
+def _expire_session(zk, url: str) -> None:
+    """End a kazoo client's ZooKeeper session as ZooKeeper does for a silent client: another
+    connection takes the session over and closes it (the client then reconnects with a new
+    session, its one-shot watches gone)."""
+    from kazoo.client import KazooClient
+
+    from zmq_mq.router.cluster.address import parse_cluster_address
+
+    session_id, password = zk.client_id
+    thief = KazooClient(hosts=parse_cluster_address(url).hosts, client_id=(session_id, password),
+                        timeout=SESSION_TIMEOUT)
+    thief.start(10)
+    thief.stop()
+    thief.close()
+
+
+def _leader_seen(client_meta, partition: str) -> str | None:
+    meta = client_meta()
+    return meta.leaders.get(partition) if meta is not None else None
+
+
+def _orders_on_two_hubs(cluster) -> tuple[str, str]:
+    """Hubs a and b, topic orders of 1 partition on both: (its leader, the other hub)."""
+    cluster.add("a")
+    cluster.add("b")
+    with Admin(cluster.url) as admin:
+        admin.create_topic("orders", partitions=1, replicas=2)
+    old = cluster.leaders("orders")["orders.0"]
+    return old, "b" if old == "a" else "a"
+
+
+def _publish_on(cluster, node: str, payload: bytes) -> None:
+    """Publish to orders.0 on ``node``'s hub directly (a plain Producer)."""
+    with Producer(cluster.endpoint_of(node)) as direct:
+        direct.publish("orders.0", payload)
+
+
+def test_a_subscribed_consumer_follows_a_leader_change_at_once_without_a_poll_or_a_refusal(
+        cluster, monkeypatch):
+    import zmq_mq.actors.cluster_session as cluster_session
+
+    monkeypatch.setattr(cluster_session, "IDLE_REFRESH_MS", NEVER_MS)
+    old, new = _orders_on_two_hubs(cluster)
+    with Consumer(cluster.url, timeout=WAIT) as consumer:
+        consumer.subscribe("orders", group="g")
+        session = consumer._session
+        assert session.attachments[1]["orders.0"].endpoint == cluster.endpoint_of(old)
+        # When ZooKeeper moves orders.0 while its old leader still runs and never refuses (a
+        # plain hub): only ZooKeeper can tell the consumer, and it does not poll
+        cluster.leave(old)
+        _moved_to(cluster, "orders", "orders.0", new)
+        _publish_on(cluster, new, b"after")
+        # Then the consumer re-attached to the new leader and gets what it holds
+        msg = consumer.receive(timeout=WAIT)
+        assert msg is not None and msg.payload == b"after"
+        assert session.attachments[1]["orders.0"].endpoint == cluster.endpoint_of(new)
+        assert session.reattached == 1
+        msg.ack()
+
+
+def test_a_producer_routes_to_the_new_leader_once_zookeeper_names_it_without_a_poll(
+        cluster, monkeypatch):
+    import zmq_mq.actors.cluster_producer as cluster_producer
+
+    monkeypatch.setattr(cluster_producer, "REFRESH_MS", NEVER_MS)
+    old, new = _orders_on_two_hubs(cluster)
+    with Producer(cluster.url, timeout=WAIT) as producer:
+        producer.publish("orders", b"before")
+        cluster.leave(old)  # the old leader still runs and would confirm: no refusal to follow
+        _moved_to(cluster, "orders", "orders.0", new)
+        # the producer's view follows ZooKeeper's by itself (no publish, no poll)
+        wait_for(lambda: _leader_seen(lambda: producer._cache.meta, "orders.0") == new, WAIT,
+                 message="the producer seeing the new leader")
+        producer.publish("orders", b"after")
+    assert [m.payload for m in _stored(cluster.endpoint_of(old), "orders.0")] == [b"before"]
+    assert [m.payload for m in _stored(cluster.endpoint_of(new), "orders.0")] == [b"after"]
+
+
+def test_a_client_watches_again_after_its_zookeeper_session_expired(cluster, monkeypatch):
+    import zmq_mq.actors.cluster_producer as cluster_producer
+
+    monkeypatch.setattr(cluster_producer, "REFRESH_MS", NEVER_MS)
+    old, new = _orders_on_two_hubs(cluster)
+    with Producer(cluster.url, timeout=WAIT) as producer:
+        producer.publish("orders", b"before")
+        zk = producer._cache.source.client().zk
+        first = zk.client_id[0]
+        # Given the producer's ZooKeeper session ended (its one-shot watches with it)
+        _expire_session(zk, cluster.url)
+        wait_for(lambda: zk.connected and zk.client_id[0] != first, WAIT,
+                 message="a new ZooKeeper session")
+        # When the partition moves afterwards
+        cluster.leave(old)
+        _moved_to(cluster, "orders", "orders.0", new)
+        # Then the producer learns it all the same
+        wait_for(lambda: _leader_seen(lambda: producer._cache.meta, "orders.0") == new, WAIT,
+                 message="the producer seeing the new leader after its session expired")
+
+
+def test_a_consumer_watches_again_after_zookeeper_restarts(own_zookeeper, tmp_path, monkeypatch):
+    import zmq_mq.actors.cluster_session as cluster_session
+
+    monkeypatch.setattr(cluster_session, "IDLE_REFRESH_MS", NEVER_MS)
+    cluster = FakeCluster(own_zookeeper.url("/restart"), tmp_path)
+    try:
+        old, new = _orders_on_two_hubs(cluster)
+        with Consumer(cluster.url, timeout=WAIT) as consumer:
+            consumer.subscribe("orders", group="g")
+            # Given ZooKeeper restarted under the subscribed consumer
+            own_zookeeper.restart()
+            assert consumer.receive(timeout=0.5) is None  # pumps: it reconnects meanwhile
+            # When the partition moves afterwards
+            cluster.leave(old)
+            _moved_to(cluster, "orders", "orders.0", new)
+            _publish_on(cluster, new, b"after")
+            # Then the consumer follows it to the new leader all the same
+            msg = consumer.receive(timeout=WAIT)
+            assert msg is not None and msg.payload == b"after"
+            msg.ack()
+    finally:
+        cluster.close()
+
+
+def test_a_cluster_producer_settles_its_confirms_a_batch_at_a_time_not_one_by_one(
+        cluster, monkeypatch):
+    # resolving each confirm alone (a done-callback per message, a lock and a wake-up each)
+    # held the cluster producer to a fraction of the plain one's rate (bench/RESULTS.md)
+    _topic_on_one_hub(cluster, "batched")
+    with Producer(cluster.url, timeout=WAIT) as producer:
+        producer.publish("batched", b"first")  # connected, metadata read
+        resolutions = []
+        real = producer._resolve_batch
+
+        def counting(futures, *args, **kwargs):
+            resolutions.append(len(futures))
+            return real(futures, *args, **kwargs)
+
+        monkeypatch.setattr(producer, "_resolve_batch", counting)
+        futures = [producer.publish_async("batched", b"x") for _ in range(500)]
+        producer.flush()
+    assert sorted(f.result() for f in futures) == list(range(2, 502))
+    assert sum(resolutions) == 500
+    assert len(resolutions) < 100, f"{len(resolutions)} resolutions for 500 confirms"

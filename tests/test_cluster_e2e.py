@@ -17,8 +17,6 @@ delivers again from the replicated cursor. They are allowed; loss is not.
 from __future__ import annotations
 
 import collections
-import os
-import signal
 import threading
 import time
 
@@ -26,28 +24,10 @@ import pytest
 from conftest import wait_for
 from zmq_mq.actors import Admin, Consumer, Producer
 from zmq_mq.router import protocol
-from zmq_mq.testing import HubProcess
 
-SESSION = "2"  # s: ZooKeeper session timeout of the hubs
+SESSION = 2.0  # s: ZooKeeper session timeout of the hubs
 WAIT = 60.0
 PARTITIONS = 6
-
-
-@pytest.fixture
-def hubs3(tmp_path, zookeeper):
-    hubs: dict[str, HubProcess] = {}
-    for node in ("a", "b", "c"):
-        hubs[node] = HubProcess(tmp_path / node / "data",
-                                ["--cluster", zookeeper, "--node", node, "--zk-session-timeout",
-                                 SESSION, "--sync", "none"], log_dir=tmp_path / node).start()
-    yield zookeeper, hubs
-    for h in hubs.values():
-        if h.running():
-            try:
-                os.kill(h.pid, signal.SIGCONT)
-            except OSError:
-                pass
-            h.stop()
 
 
 def key_of(partition: int) -> str:
@@ -124,23 +104,15 @@ class Reader(threading.Thread):
             self.error = exc
 
 
-def leader_of(url: str, partition: str) -> tuple[str | None, int]:
-    from zmq_mq.router.cluster.coordinator import ClusterClient
-
-    with ClusterClient(url) as client:
-        state = client.partition(partition)
-    return state.leader, state.epoch
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("min_insync", [1, 2])
 def test_real_clients_resume_on_the_new_leader_after_a_leader_kill_and_lose_no_confirmed_message(
-        hubs3, min_insync):
-    url, hubs = hubs3
-    with Admin(url, timeout=WAIT) as admin:
+        hub_cluster, min_insync):
+    cluster = hub_cluster("a", "b", "c", session=SESSION)
+    url = cluster.url
+    with Admin(url, timeout=WAIT) as admin:  # the client's Admin, not the harness's
         admin.create_topic("orders", partitions=PARTITIONS, replicas=2, min_insync=min_insync)
-    wait_for(lambda: all(leader_of(url, f"orders.{p}")[0] for p in range(PARTITIONS)), WAIT,
-             message="every partition led")
+    cluster.wait_settled("orders", WAIT)
     load = Load(url, "orders")
     reader = Reader(url, "orders")
     load.start()
@@ -149,18 +121,13 @@ def test_real_clients_resume_on_the_new_leader_after_a_leader_kill_and_lose_no_c
         wait_for(lambda: all(len(load.by_partition[p]) >= 100 for p in range(PARTITIONS)), WAIT,
                  message="every partition confirming")
         wait_for(lambda: len(reader.received) >= 100, WAIT, message="consuming")
-        victim, epoch = leader_of(url, "orders.0")
-        led = {p for p in range(PARTITIONS) if leader_of(url, f"orders.{p}")[0] == victim}
-        hubs[victim].kill9()
+        victim, epoch = cluster.leader("orders.0")
+        led = {p for p in range(PARTITIONS) if cluster.leader(f"orders.{p}")[0] == victim}
+        cluster.kill(victim)
         killed_at = time.monotonic()
-
-        def moved():
-            leader, new_epoch = leader_of(url, "orders.0")
-            return leader not in (None, victim) and new_epoch > epoch
-
-        wait_for(moved, WAIT, message="orders.0 promoted on its follower")
+        cluster.wait_moved("orders.0", victim, epoch, WAIT)  # promoted on its follower
         if min_insync == 2:
-            hubs[victim].restart()  # the survivor alone refuses publishes until this one is back
+            cluster.restart(victim)  # the survivor alone refuses publishes until this one is back
 
         def resumed():
             return sum(t > killed_at for t in load.by_partition[0]) >= 100

@@ -12,8 +12,6 @@ client library's routing Producer is built by the client side of issue 13.
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
 
@@ -22,35 +20,10 @@ import zmq
 from conftest import wait_for
 from zmq_mq.actors.admin import Admin
 from zmq_mq.router import protocol
-from zmq_mq.router.cluster.coordinator import ClusterClient
 from zmq_mq.router.protocol import Command
-from zmq_mq.testing import HubProcess
 
-SESSION = "2"  # s: ZooKeeper session timeout of the hubs (the failure detector)
+SESSION = 2.0  # s: ZooKeeper session timeout of the hubs (the failure detector)
 WAIT = 40.0
-
-
-@pytest.fixture
-def cluster(tmp_path, zookeeper):
-    hubs: dict[str, HubProcess] = {}
-
-    def start(*nodes: str) -> dict[str, HubProcess]:
-        for node in nodes:
-            h = HubProcess(tmp_path / node / "data",
-                           ["--cluster", zookeeper, "--node", node, "--zk-session-timeout",
-                            SESSION, "--sync", "none"], log_dir=tmp_path / node)
-            hubs[node] = h.start()
-        return hubs
-
-    start.url = zookeeper
-    yield start
-    for h in hubs.values():
-        if h.running():
-            try:
-                os.kill(h.pid, signal.SIGCONT)
-            except OSError:
-                pass
-            h.stop()
 
 
 def ask(ctx: zmq.Context, endpoint: str, command: bytes, body, timeout: float = 2.0):
@@ -201,12 +174,29 @@ def settled(ctx, endpoints, topic: str, partitions: int) -> bool:
         meta["partitions"].get(f"{topic}.{i}", {}).get("leader") for i in range(partitions))
 
 
+def one_partition_on_two_hubs(cluster, context):
+    """Topic ``t`` (1 partition, 2 replicas, min_insync 1) on a cluster of two hubs, both in
+    sync: (leader node, follower node, leader endpoint, ``isr()`` as the leader answers it)."""
+    cluster.create_topic("t", 1, 2, min_insync=1, timeout=WAIT)
+    endpoints = cluster.endpoints()
+    wait_for(lambda: settled(context, endpoints, "t", 1), WAIT)
+    leader, _, endpoint = leader_of(context, endpoints, "t.0")
+    follower = next(n for n in cluster.hubs if n != leader)
+
+    def isr() -> list[str]:
+        meta = metadata(context, [endpoint])
+        return meta["partitions"]["t.0"]["isr"] if meta else []
+
+    wait_for(lambda: len(isr()) == 2, WAIT)
+    return leader, follower, endpoint, isr
+
+
 @pytest.mark.slow
 def test_a_killed_leaders_partition_moves_to_its_follower_and_no_confirmed_message_is_lost(
-        cluster, context):
-    hubs = cluster("a", "b", "c")
-    with ClusterClient(cluster.url) as client:
-        client.create_topic("orders", 6, 2, min_insync=1, wait=WAIT)
+        hub_cluster, context):
+    cluster = hub_cluster("a", "b", "c", session=SESSION)
+    hubs = cluster.hubs
+    cluster.create_topic("orders", 6, 2, min_insync=1, timeout=WAIT)
     endpoints = [h.endpoint for h in hubs.values()]
     wait_for(lambda: settled(context, endpoints, "orders", 6), WAIT)
     partition = "orders.0"
@@ -256,10 +246,11 @@ def test_a_killed_leaders_partition_moves_to_its_follower_and_no_confirmed_messa
 
 
 @pytest.mark.slow
-def test_a_paused_leader_deposed_meanwhile_never_confirms_its_late_publishes(cluster, context):
-    hubs = cluster("a", "b", "c")
-    with ClusterClient(cluster.url) as client:
-        client.create_topic("t", 3, 2, min_insync=1, wait=WAIT)
+def test_a_paused_leader_deposed_meanwhile_never_confirms_its_late_publishes(hub_cluster,
+                                                                             context):
+    cluster = hub_cluster("a", "b", "c", session=SESSION)
+    hubs = cluster.hubs
+    cluster.create_topic("t", 3, 2, min_insync=1, timeout=WAIT)
     endpoints = [h.endpoint for h in hubs.values()]
     wait_for(lambda: settled(context, endpoints, "t", 3), WAIT)
     partition = "t.0"
@@ -271,7 +262,7 @@ def test_a_paused_leader_deposed_meanwhile_never_confirms_its_late_publishes(clu
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
-    os.kill(hubs[leader].pid, signal.SIGSTOP)
+    cluster.pause(leader)
     try:
         def moved():
             new, new_epoch, _ = leader_of(context, others, partition)
@@ -282,7 +273,7 @@ def test_a_paused_leader_deposed_meanwhile_never_confirms_its_late_publishes(clu
         sock.send_multipart(protocol.encode(
             Command.PUBLISH, ["late", [[partition, b"late", None, None, {"msg_id": "late"}]]]))
     finally:
-        os.kill(hubs[leader].pid, signal.SIGCONT)
+        cluster.resume(leader)
     assert sock.poll(int(WAIT * 1000)), "the resumed leader never answered the late publish"
     command, body = protocol.decode(sock.recv_multipart(), protocol.HUB_COMMANDS)
     sock.close(linger=0)
@@ -313,66 +304,34 @@ def test_a_paused_leader_deposed_meanwhile_never_confirms_its_late_publishes(clu
 
 
 @pytest.mark.slow
-def test_a_paused_follower_leaves_the_in_sync_set_and_rejoins_once_caught_up(tmp_path,
-                                                                              zookeeper, context):
+def test_a_paused_follower_leaves_the_in_sync_set_and_rejoins_once_caught_up(hub_cluster,
+                                                                              context):
     # sessions longer than the replica lag (3 s): the leader, not the controller, drops it
-    hubs = {}
+    cluster = hub_cluster("a", "b", session=15)
+    hubs = cluster.hubs
+    leader, follower, endpoint, isr = one_partition_on_two_hubs(cluster, context)
+    cluster.pause(follower)
     try:
-        for node in ("a", "b"):
-            hubs[node] = HubProcess(tmp_path / node / "data",
-                                    ["--cluster", zookeeper, "--node", node,
-                                     "--zk-session-timeout", "15", "--sync", "none"],
-                                    log_dir=tmp_path / node).start()
-        with ClusterClient(zookeeper) as client:
-            client.create_topic("t", 1, 2, min_insync=1, wait=WAIT)
-        endpoints = [h.endpoint for h in hubs.values()]
-        wait_for(lambda: settled(context, endpoints, "t", 1), WAIT)
-        leader, _, endpoint = leader_of(context, endpoints, "t.0")
-        follower = next(n for n in hubs if n != leader)
-
-        def isr():
-            meta = metadata(context, [endpoint])
-            return meta["partitions"]["t.0"]["isr"] if meta else None
-
-        wait_for(lambda: isr() == ["a", "b"] or isr() == ["b", "a"], WAIT)
-        os.kill(hubs[follower].pid, signal.SIGSTOP)
-        try:
-            # held until the leader drops the silent follower from the in-sync set (after the
-            # 3 s replica lag: well before the follower's 15 s session would end)
-            reply = ask(context, endpoint, Command.PUBLISH,
-                        ["b1", [["t.0", b"1", None, None]]], 10)
-            assert reply is not None and reply[0] == Command.CONFIRM, reply
-            wait_for(lambda: isr() == [leader], WAIT, message="the shrunk set in ZooKeeper")
-        finally:
-            os.kill(hubs[follower].pid, signal.SIGCONT)
-        wait_for(lambda: follower in (isr() or []), WAIT,
-                 message="the follower back in the in-sync set once caught up")
-        with Admin(hubs[follower].endpoint, timeout=10) as admin:
-            assert [m.payload for m in admin.scan("t.0")] == [b"1"]
+        # held until the leader drops the silent follower from the in-sync set (after the
+        # 3 s replica lag: well before the follower's 15 s session would end)
+        reply = ask(context, endpoint, Command.PUBLISH,
+                    ["b1", [["t.0", b"1", None, None]]], 10)
+        assert reply is not None and reply[0] == Command.CONFIRM, reply
+        wait_for(lambda: isr() == [leader], WAIT, message="the shrunk set in ZooKeeper")
     finally:
-        for h in hubs.values():
-            try:
-                os.kill(h.pid, signal.SIGCONT)
-            except OSError:
-                pass
-            h.stop()
+        cluster.resume(follower)
+    wait_for(lambda: follower in isr(), WAIT,
+             message="the follower back in the in-sync set once caught up")
+    with Admin(hubs[follower].endpoint, timeout=10) as admin:
+        assert [m.payload for m in admin.scan("t.0")] == [b"1"]
 
 
 @pytest.mark.slow
-def test_a_killed_follower_restarts_catches_up_from_its_last_seq_and_rejoins(cluster, context):
-    hubs = cluster("a", "b")
-    with ClusterClient(cluster.url) as client:
-        client.create_topic("t", 1, 2, min_insync=1, wait=WAIT)
-    endpoints = [h.endpoint for h in hubs.values()]
-    wait_for(lambda: settled(context, endpoints, "t", 1), WAIT)
-    leader, _, endpoint = leader_of(context, endpoints, "t.0")
-    follower = next(n for n in hubs if n != leader)
-
-    def isr():
-        meta = metadata(context, [endpoint])
-        return meta["partitions"]["t.0"]["isr"] if meta else []
-
-    wait_for(lambda: len(isr()) == 2, WAIT)
+def test_a_killed_follower_restarts_catches_up_from_its_last_seq_and_rejoins(hub_cluster,
+                                                                             context):
+    cluster = hub_cluster("a", "b", session=SESSION)
+    hubs = cluster.hubs
+    leader, follower, endpoint, isr = one_partition_on_two_hubs(cluster, context)
     for i in range(5):
         assert ask(context, endpoint, Command.PUBLISH,
                    [f"a{i}", [["t.0", f"a{i}".encode(), None, None]]], 10)[0] == Command.CONFIRM

@@ -19,25 +19,6 @@ SESSION_TIMEOUT = 2.0
 WAIT = 30.0
 
 
-@pytest.fixture
-def cluster_hubs(tmp_path, zookeeper):
-    started: list[ClusterHubThread] = []
-
-    def start(*nodes: str, **kwargs) -> dict[str, ClusterHubThread]:
-        out = {}
-        for node in nodes:
-            h = ClusterHubThread(tmp_path / node, zookeeper, node,
-                                 session_timeout=SESSION_TIMEOUT, **kwargs).start()
-            started.append(h)
-            out[node] = h
-        return out
-
-    start.url = zookeeper
-    yield start
-    for h in reversed(started):
-        h.stop()
-
-
 class Raw:
     """A DEALER speaking the raw protocol to one hub."""
 

@@ -4,7 +4,7 @@ retention deletes, purges, topic limits and delay schedules reach the followers,
 follower serves what its leader served; a confirm held for replication counts in the publish
 latency when it leaves. docs/CLUSTER.md "The state stream"."""
 
-# ruff: noqa: F811  (the cluster_hubs and raw fixtures come from test_cluster_hub)
+# ruff: noqa: F811  (the raw fixture comes from test_cluster_hub; cluster_hubs is conftest's)
 from __future__ import annotations
 
 import time
@@ -13,7 +13,6 @@ from conftest import wait_for
 from test_cluster_hub import (  # noqa: F401  (fixtures)
     SESSION_TIMEOUT,
     WAIT,
-    cluster_hubs,
     leader_and_follower,
     metadata_when,
     raw,

@@ -508,3 +508,195 @@ class ZooKeeperServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# --- a cluster of hub processes on one ZooKeeper -----------------------------------------------
+
+
+class Cluster:
+    """One ZooKeeper and ``zmq-mq hub --cluster`` processes on loopback, for tests and
+    benchmarks of cluster mode (tests/, bench/cluster_*.py). ::
+
+        with Cluster(tmp_dir, nodes=("a", "b", "c")) as cluster:   # ZooKeeper + 3 hubs
+            cluster.create_topic("orders", partitions=6, replicas=2)  # waits: led, ISR full
+            victim, epoch = cluster.leader("orders.0")
+            cluster.kill(victim)          # kill -9 (also pause/resume/restart, restart_zookeeper)
+            cluster.wait_moved("orders.0", victim, epoch)
+            with Producer(cluster.url) as p: ...
+
+    ``root``: a directory of its own (each hub's data and log under ``root/<node>``, ZooKeeper's
+    under ``root/zk``). ``zookeeper``: the cluster address (``zk://HOST:PORT/CHROOT``) of a
+    ZooKeeper already running (the tests' shared one), else one is started here and stopped on
+    ``stop()``; ``zookeeper_server`` is that server (None for a given address), for a test
+    that restarts it. ``session``: the hubs' ZooKeeper session timeout in seconds (the failure
+    detector); ``sync``: their ``--sync``; ``extra``: more ``zmq-mq hub`` flags for each.
+
+    ``hubs`` maps node names to their :class:`HubProcess`; ``client`` is one
+    ``ClusterClient`` (opened on first use) for reading placement. ``stop()`` (or leaving the
+    ``with``) resumes paused hubs, stops every hub and the ZooKeeper it started: nothing of
+    it outlives the test.
+    """
+
+    def __init__(self, root: str | Path, nodes: tuple[str, ...] | list[str] = ("a", "b", "c"), *,
+                 zookeeper: str | None = None, chroot: str = "/zmq-mq", session: float = 2.0,
+                 sync: str = "none", extra: list[str] | None = None,
+                 tick_ms: int | None = None) -> None:
+        self.root = Path(root)
+        self.nodes = list(nodes)
+        self.session = session
+        self.sync = sync
+        self.extra = list(extra or [])
+        self.zookeeper_server: ZooKeeperServer | None = None
+        if zookeeper is None:
+            tick = tick_ms if tick_ms is not None else min(500, int(session * 1000 / 2))
+            self.zookeeper_server = ZooKeeperServer(self.root / "zk", tick_ms=tick,
+                                                    port=free_loopback_port())
+            zookeeper = self.zookeeper_server.url(chroot)
+        self.url = zookeeper
+        self.hubs: dict[str, HubProcess] = {}
+        self._client = None
+
+    # --- lifecycle ---
+
+    def start(self) -> "Cluster":
+        """Start ZooKeeper (if it is this cluster's own) and a hub for each of ``nodes``."""
+        try:
+            if self.zookeeper_server is not None:
+                self.zookeeper_server.start()
+            for node in self.nodes:
+                self.add(node)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def add(self, node: str, extra: list[str] | None = None) -> HubProcess:
+        """Start one more hub process, ``node``, in the cluster (ready once it printed its
+        ready line; it has joined ZooKeeper by then)."""
+        hub = HubProcess(self.root / node / "data",
+                         ["--cluster", self.url, "--node", node, "--zk-session-timeout",
+                          f"{self.session:g}", "--sync", self.sync, *self.extra,
+                          *(extra or [])],
+                         log_dir=self.root / node)
+        self.hubs[node] = hub
+        if node not in self.nodes:
+            self.nodes.append(node)
+        return hub.start()
+
+    def stop(self) -> None:
+        """Resume any paused hub, stop every hub (SIGTERM, SIGKILL if slow), close the client
+        and stop this cluster's own ZooKeeper."""
+        try:
+            for hub in self.hubs.values():
+                if hub.running():
+                    self.resume(hub)
+                    hub.stop()
+        finally:
+            if self._client is not None:
+                with contextlib.suppress(Exception):
+                    self._client.close()
+                self._client = None
+            if self.zookeeper_server is not None:
+                self.zookeeper_server.stop()
+
+    def __enter__(self) -> "Cluster":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- faults ---
+
+    def kill(self, node: str) -> None:
+        """``kill -9`` the hub ``node`` (its ZooKeeper session ends after ``session`` s)."""
+        self.hubs[node].kill9()
+
+    def restart(self, node: str) -> HubProcess:
+        """Start ``node`` again on its data and endpoint (stopping it first if it runs)."""
+        self.resume(self.hubs[node])
+        return self.hubs[node].restart()
+
+    def pause(self, node: str) -> None:
+        """SIGSTOP the hub ``node``: alive but silent (its session ends if paused too long)."""
+        os.kill(self.hubs[node].pid, signal.SIGSTOP)
+
+    def resume(self, node: str | HubProcess) -> None:
+        """SIGCONT (harmless on a hub that is not paused or no longer runs)."""
+        hub = self.hubs[node] if isinstance(node, str) else node
+        if hub.proc is not None:
+            with contextlib.suppress(OSError):
+                os.kill(hub.pid, signal.SIGCONT)
+
+    def restart_zookeeper(self) -> None:
+        """Stop this cluster's own ZooKeeper (SIGTERM) and start it again on its port and data:
+        what it stored stays, and sessions that come back within their timeout survive."""
+        if self.zookeeper_server is None:
+            raise RuntimeError("this cluster runs on a ZooKeeper it did not start")
+        self.zookeeper_server.restart()
+
+    # --- placement ---
+
+    @property
+    def client(self):
+        """A ``ClusterClient`` on this cluster's ZooKeeper (kept open until ``stop()``)."""
+        if self._client is None:
+            from .router.cluster.coordinator import ClusterClient
+
+            self._client = ClusterClient(self.url).start()
+        return self._client
+
+    def endpoints(self, live: bool = True) -> list[str]:
+        """The ROUTER endpoints of the hubs (only the running ones unless ``live=False``)."""
+        return [h.endpoint for h in self.hubs.values()
+                if h.endpoint and (h.running() or not live)]
+
+    def create_topic(self, name: str, partitions: int, replicas: int,
+                     min_insync: int | None = None, *, timeout: float = 60.0):
+        """Create a cluster topic and wait until every partition has a leader and its full
+        in-sync set (:meth:`wait_settled`); its ``TopicSpec``."""
+        spec = self.client.create_topic(name, partitions, replicas, min_insync=min_insync,
+                                        wait=timeout)
+        self.wait_settled(name, timeout=timeout)
+        return spec
+
+    def settled(self, topic: str) -> bool:
+        """Whether every partition of ``topic`` has a leader and every replica in sync."""
+        spec = self.client.topic(topic)
+        if spec is None:
+            return False
+        states = self.client.partitions(topic)
+        return len(states) == spec.partitions and all(
+            s.leader and len(s.isr) == len(s.replicas) for s in states.values())
+
+    def wait_settled(self, topic: str, timeout: float = 60.0) -> None:
+        """Wait until :meth:`settled` (TimeoutError with the placement if it is not)."""
+        self._wait(lambda: self.settled(topic), timeout,
+                   lambda: f"{topic} settled: {self.client.partitions(topic)}")
+
+    def leader(self, partition: str) -> tuple[str | None, int]:
+        """(leader node, epoch) of ``partition`` (``<topic>.<i>``) as ZooKeeper holds it."""
+        state = self.client.partition(partition)
+        return state.leader, state.epoch
+
+    def leader_endpoint(self, partition: str) -> str | None:
+        """The ROUTER endpoint of ``partition``'s leader (None while it has none)."""
+        leader, _ = self.leader(partition)
+        return self.hubs[leader].endpoint if leader in self.hubs else None
+
+    def wait_moved(self, partition: str, old: str, epoch: int, timeout: float = 60.0) -> str:
+        """Wait until ``partition`` is led by a node other than ``old`` at an epoch above
+        ``epoch``; the new leader's node."""
+        def moved() -> bool:
+            leader, now = self.leader(partition)
+            return leader not in (None, old) and now > epoch
+
+        self._wait(moved, timeout, lambda: f"{partition} moved off {old}")
+        return self.leader(partition)[0]
+
+    @staticmethod
+    def _wait(predicate, timeout: float, what, interval: float = 0.02) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout:g} s waiting for {what()}")
+            time.sleep(interval)
