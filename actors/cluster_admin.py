@@ -8,6 +8,7 @@ from typing import Any
 
 import zmq
 
+from ..router import protocol
 from .admin import Admin
 from .cluster import (
     ClusterUnavailable,
@@ -125,17 +126,31 @@ class ClusterAdmin(Admin):
     def fetch(self, topic: str, from_seq: int = 0, max_count: int = 1000) -> list:
         return self._leader(topic).fetch(topic, from_seq, max_count)
 
-    def purge(self, topic: str, seqs: Any) -> dict:
+    def purge(self, topic: str, seqs: Any, *, node: str | None = None) -> dict:
+        """Purge a partition on its leader. A dead-letter topic is each hub's own: ``node``
+        names the hub whose seqs ``seqs`` are (``dead_letters()`` gives each letter's); ``"all"``
+        without ``node`` purges it on every hub (each removes the dead letters of the partitions
+        it leads, from their followers too) and answers the total."""
+        if node is not None:
+            return self._on_node(node).purge(topic, seqs)
+        if topic.startswith(protocol.dlq_topic("")):
+            if seqs == "all":
+                purged = sum(a.purge(topic, "all")["purged"] for a in self._each().values())
+                return {"topic": topic, "purged": purged}
+            return self._any().purge(topic, seqs)  # a foreign dead letter: not_leader, no hint
         return self._on_leader(topic, lambda a: a.purge(topic, seqs))
+
+    def _on_node(self, node: str) -> Admin:
+        endpoint = self.metadata().hubs.get(node)
+        if endpoint is None:
+            raise ClusterUnavailable(f"no live hub {node!r} in the cluster")
+        return self._admin(endpoint)
 
     def redrive(self, topic: str, seqs: list[int], *, node: str | None = None) -> dict:
         """Redrive dead letters of ``topic``. A dead-letter topic is each hub's own (its seqs
         are that hub's): ``node`` names the hub (``dead_letters()`` gives each letter's)."""
         if node is not None:
-            endpoint = self.metadata().hubs.get(node)
-            if endpoint is None:
-                raise ClusterUnavailable(f"no live hub {node!r} in the cluster")
-            return self._admin(endpoint).redrive(topic, seqs)
+            return self._on_node(node).redrive(topic, seqs)
         if topic in self.metadata().leaders:
             return self._on_leader(topic, lambda a: a.redrive(topic, seqs))
         return self._any().redrive(topic, seqs)

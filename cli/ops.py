@@ -131,6 +131,10 @@ def stats(
 
 # --- dlq -----------------------------------------------------------------------------------
 
+NodeOption = typer.Option(
+    None, "--node", help="Cluster: the hub whose dead letters the seqs are (dlq list shows each "
+    "letter's node; default: found by seq in that listing).")
+
 
 def letter_json(letter: dict, group: str) -> dict:
     """A described dead letter as JSON-able data (payload as text, or base64 if not UTF-8)."""
@@ -143,7 +147,9 @@ def letter_json(letter: dict, group: str) -> dict:
 
 def _dlq_groups(admin: Admin) -> list[str]:
     prefix = "dlq."
-    return [t["topic"][len(prefix):] for t in admin.topics() if t["topic"].startswith(prefix)]
+    # through a cluster every hub has its own dlq.<group>: each group once
+    return list(dict.fromkeys(t["topic"][len(prefix):] for t in admin.topics()
+                              if t["topic"].startswith(prefix)))
 
 
 @dlq_app.command("list")
@@ -166,12 +172,15 @@ def dlq_list(
     from rich.table import Table
 
     table = Table(title=f"dead letters ({len(letters)})")
-    for col in ("group", "seq", "origin", "deliveries", "reason", "dead since", "key", "payload"):
+    cluster = any("node" in d for _, d in letters)  # a cluster: seqs are each hub's own
+    for col in ("group", *(("node",) if cluster else ()), "seq", "origin", "deliveries", "reason",
+                "dead since", "key", "payload"):
         table.add_column(col, justify="right" if col in ("seq", "deliveries") else "left")
     for g, d in letters:
         text = d["payload"][:40].decode("utf-8", "replace")
         table.add_row(
-            g, str(d["seq"]), f"{d['origin_topic']}:{d['origin_seq']}", str(d["deliveries"]),
+            g, *((str(d.get("node", "")),) if cluster else ()), str(d["seq"]),
+            f"{d['origin_topic']}:{d['origin_seq']}", str(d["deliveries"]),
             str(d["reason"]), _when(d["timestamp"]), str(d["key"] or ""), text,
         )
     console().print(table)
@@ -181,6 +190,7 @@ def dlq_list(
 def dlq_show(
     seq: int = typer.Argument(..., help="Sequence of the dead letter in dlq.<group>."),
     group: str = typer.Option(..., "--group", help="Subscription that dead-lettered it."),
+    node: str | None = NodeOption,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     hub: str | None = HubOption,
     timeout: float = TimeoutOption,
@@ -189,12 +199,22 @@ def dlq_show(
     topic = protocol.dlq_topic(group)
     try:
         with Admin(hub, timeout=timeout) as admin:
-            page = admin.fetch(topic, seq, 1)
+            if hasattr(admin, "metadata"):  # a cluster: the letter on the hub holding it
+                on = _by_node(admin, group, [seq], False, node)
+                letter = next(d for d in admin.dead_letters(group)
+                              if d["seq"] == seq and d["node"] in on)
+            else:
+                if node is not None:
+                    fail("--node needs a cluster address (--hub zk://... or a list of hubs)", 2)
+                page = admin.fetch(topic, seq, 1)
+                if not page or page[0].seq != seq:
+                    fail(f"no dead letter {seq} in {topic}")
+                letter = protocol.describe_dead_letter(page[0].seq, page[0].record)
     except (HubUnavailable, HubError, ZmqMqError) as exc:
         fail(str(exc))
-    if not page or page[0].seq != seq:
-        fail(f"no dead letter {seq} in {topic}")
-    data = letter_json(protocol.describe_dead_letter(page[0].seq, page[0].record), group)
+    except StopIteration:
+        fail(f"no dead letter {seq} in {topic} on {node}")
+    data = letter_json(letter, group)
     if as_json:
         typer.echo(json.dumps(data, indent=2, default=str))
         return
@@ -218,6 +238,39 @@ def _chosen(admin: Admin, topic: str, seqs: list[int], all_: bool) -> list[int]:
     return list(dict.fromkeys(seqs))
 
 
+def _by_node(admin: Any, group: str, seqs: list[int], all_: bool,
+             node: str | None) -> dict[str | None, list[int]]:
+    """The dead letters to act on, by the hub holding them (key None: a single hub). In a
+    cluster a dead letter's seq is its hub's own: ``node`` names the hub, else each seq is
+    looked up in the listing (``dead_letters``: each letter once, on the hub that redrives it)."""
+    if bool(seqs) == all_:
+        fail("give --seq N (repeatable) or --all", 2)
+    if not hasattr(admin, "metadata"):  # one hub
+        if node is not None:
+            fail("--node needs a cluster address (--hub zk://... or a list of hubs)", 2)
+        return {None: _chosen(admin, protocol.dlq_topic(group), seqs, all_)}
+    wanted = list(dict.fromkeys(seqs))
+    if node is not None and not all_:
+        return {node: wanted}
+    out: dict[str | None, list[int]] = {}
+    letters = admin.dead_letters(group)
+    if all_:
+        for d in letters:
+            if node is None or d["node"] == node:
+                out.setdefault(d["node"], []).append(d["seq"])
+        return out
+    for seq in wanted:
+        nodes = sorted({d["node"] for d in letters if d["seq"] == seq})
+        if not nodes:
+            fail(f"no dead letter {seq} in {protocol.dlq_topic(group)} on any hub "
+                 f"(zmq-mq dlq list --group {group} shows each with its node)")
+        if len(nodes) > 1:
+            fail(f"dead letter seq {seq} is on hubs {', '.join(nodes)} (each hub numbers its "
+                 f"own): give --node", 2)
+        out.setdefault(nodes[0], []).append(seq)
+    return out
+
+
 def _progress(total: int, label: str):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -232,6 +285,7 @@ def dlq_redrive(
     group: str = typer.Option(..., "--group", help="Subscription whose dead letters to send back."),
     seq: list[int] = typer.Option([], "--seq", help="Sequence in dlq.<group> (repeatable)."),
     all_: bool = typer.Option(False, "--all", help="Every dead letter of the group."),
+    node: str | None = NodeOption,
     as_json: bool = typer.Option(False, "--json", help="Print the per-letter results as JSON."),
     hub: str | None = HubOption,
     timeout: float = TimeoutOption,
@@ -239,19 +293,26 @@ def dlq_redrive(
     """Send dead letters back to their origin topic and remove them from the DLQ.
 
     Same key, payload and headers (plus x-redriven-from); publish and removal happen in one hub
-    transaction, so a crash in the middle neither loses nor duplicates a message.
+    transaction, so a crash in the middle neither loses nor duplicates a message. Through a
+    cluster each dead letter is redriven on the hub that holds it (--node, or found by seq in
+    the listing).
     """
     topic = protocol.dlq_topic(group)
     results: list[dict] = []
     try:
         with Admin(hub, timeout=timeout) as admin:
-            seqs = _chosen(admin, topic, seq, all_)
-            with _progress(len(seqs), f"redriving {topic}") as progress:
-                task = progress.add_task("redrive", total=len(seqs))
-                for i in range(0, len(seqs), DLQ_CHUNK):
-                    chunk = seqs[i : i + DLQ_CHUNK]
-                    results += admin.redrive(topic, chunk)["results"]
-                    progress.advance(task, len(chunk))
+            by_node = _by_node(admin, group, seq, all_, node)
+            total = sum(map(len, by_node.values()))
+            with _progress(total, f"redriving {topic}") as progress:
+                task = progress.add_task("redrive", total=total)
+                for on, seqs in by_node.items():
+                    for i in range(0, len(seqs), DLQ_CHUNK):
+                        chunk = seqs[i : i + DLQ_CHUNK]
+                        answer = (admin.redrive(topic, chunk) if on is None
+                                  else admin.redrive(topic, chunk, node=on))
+                        results += [r if on is None else {**r, "node": on}
+                                    for r in answer["results"]]
+                        progress.advance(task, len(chunk))
     except (HubUnavailable, HubError, ZmqMqError) as exc:
         fail(str(exc))
     failed = [r for r in results if "error" in r]
@@ -270,22 +331,30 @@ def dlq_purge(
     group: str = typer.Option(..., "--group", help="Subscription whose dead letters to delete."),
     seq: list[int] = typer.Option([], "--seq", help="Sequence in dlq.<group> (repeatable)."),
     all_: bool = typer.Option(False, "--all", help="Every dead letter of the group."),
+    node: str | None = NodeOption,
     hub: str | None = HubOption,
     timeout: float = TimeoutOption,
 ) -> None:
-    """Delete dead letters for good."""
+    """Delete dead letters for good (through a cluster: on the hub holding each, as redrive)."""
     topic = protocol.dlq_topic(group)
     if bool(seq) == all_:
         fail("give --seq N (repeatable) or --all", 2)
     purged = 0
     try:
         with Admin(hub, timeout=timeout) as admin:
-            if all_:
+            cluster = hasattr(admin, "metadata")
+            if node is not None and not cluster:
+                fail("--node needs a cluster address (--hub zk://... or a list of hubs)", 2)
+            if all_ and node is None:  # a cluster: every hub purges what it leads
                 purged = admin.purge(topic, "all")["purged"]
-            else:
+            elif not cluster:
                 seqs = list(dict.fromkeys(seq))
                 for i in range(0, len(seqs), DLQ_CHUNK):
                     purged += admin.purge(topic, seqs[i : i + DLQ_CHUNK])["purged"]
+            else:
+                for on, seqs in _by_node(admin, group, seq, all_, node).items():
+                    for i in range(0, len(seqs), DLQ_CHUNK):
+                        purged += admin.purge(topic, seqs[i : i + DLQ_CHUNK], node=on)["purged"]
     except (HubUnavailable, HubError, ZmqMqError) as exc:
         fail(str(exc))
     typer.echo(f"purged {purged} dead letters from {topic}", err=True)

@@ -413,6 +413,8 @@ class ClusterHub(Hub):
             touched = list(leading) or [""]
         mark = len(self._outbox)
         mark_received = len(self._confirmed_at)
+        if leading:
+            self._trim_dead_letter_topics()
         removed = self._dead_letters_removed() if leading else []
         purges = {t: _runs(seqs) for t, seqs in turn.deletes.items() if t in leading}
         admin_refs = [(identity, ref) for identity, command, ref, _ in turn.admin
@@ -467,6 +469,22 @@ class ClusterHub(Hub):
                 for identity, node, from_seq, limit, _ in parked:
                     self._answer_fetch(identity, topic, lead, from_seq, limit, node)
         return stored
+
+    def _trim_dead_letter_topics(self) -> None:
+        """Stage the retention deletes of this hub's dead-letter topics now (the base commit
+        would, after the removals are read): the dead letters they take of partitions this hub
+        leads leave their followers' copies too."""
+        trimmer = self.trimmer
+        limits = trimmer.limits
+        dlq = {t: lim for t, lim in limits.items() if t.startswith(DLQ_PREFIX)}
+        if not dlq:
+            return
+        trimmer.limits = dlq
+        try:
+            trimmer.trim(self.turn.appends, self.turn.deletes, self._ack_floors,
+                         self.clock.wall_ms())
+        finally:
+            trimmer.limits = limits
 
     def _dead_letters_removed(self) -> list[tuple[str, str, list]]:
         """Dead letters of partitions this hub leads that this turn deletes from a dead-letter
@@ -581,9 +599,14 @@ class ClusterHub(Hub):
                 body["sched"] = sched
         reported = lead.reported.get(node)
         if reported is not None:
-            events = lead.events_from(node, reported[2], self.node)
-            if events:
-                body["events"] = events
+            if lead.needs_snapshot(reported[2]):
+                # new to this leadership, or away past the kept entries: the partition's dead
+                # letters as they are now, then the entries from `next` on
+                body["snapshot"] = {"next": lead.next_event, "dead": self._dead_letters_of(name)}
+            else:
+                events = lead.events_from(node, reported[2], self.node)
+                if events:
+                    body["events"] = events
             if self._needs_holes(lead, node, info, from_seq, now):
                 body["holes"] = self.store.gaps(name, from_seq - 1)
                 lead.holes_sent_at[node] = now
@@ -603,7 +626,8 @@ class ClusterHub(Hub):
 
     def _state_news(self, lead: Leadership, node: str, info: Any, from_seq: int) -> bool:
         """Whether a caught-up follower's fetch has something to apply now besides records:
-        state-stream entries, a log start moved by retention or PURGE, holes."""
+        state-stream entries, a log start moved by retention or PURGE, holes. (A snapshot
+        alone waits for the long poll's end: the first fetch of every follower asks for one.)"""
         first, count, events_next = lead.reported[node]
         if lead.events and lead.events[-1][0] >= events_next:
             return True
@@ -718,6 +742,9 @@ class ClusterHub(Hub):
                 f.last_epoch = history[-1][0] if history else -1
             return
         try:  # the state beside the records, before the cursors that imply it
+            snapshot = body.get("snapshot")
+            if isinstance(snapshot, dict):
+                self._apply_snapshot(name, f, snapshot)
             self._apply_events(name, f, body.get("events"))
             self._apply_deletes(name, body.get("first_seq"), body.get("holes"))
         except Exception as exc:
@@ -799,6 +826,73 @@ class ClusterHub(Hub):
             self.store.set_topic_config(name, config)  # its limits: live once it leads
         f.events_next = nxt
         self.store.set_stream_position(name, f.epoch, nxt)  # not applied twice after a restart
+
+    def _apply_snapshot(self, name: str, f: Following, snapshot: dict) -> None:
+        """The leader's dead letters of partition ``name`` as they are at its state entry
+        ``next`` - 1: this hub's dead-letter topics get the ones they lack and lose the ones the
+        leader no longer holds (redriven, purged, trimmed); then the entries from ``next`` on."""
+        nxt, dead = snapshot.get("next"), snapshot.get("dead")
+        if type(nxt) is not int or nxt < 1 or not isinstance(dead, dict):
+            return
+        want: dict[str, dict[int, bytes]] = {}
+        for topic, records in dead.items():
+            if not (isinstance(topic, str) and topic.startswith(DLQ_PREFIX)
+                    and isinstance(records, list)):
+                continue
+            for record in records:
+                origin = _dead_letter_origin(record) if isinstance(record, bytes) else None
+                if origin is not None and origin[0] == name:
+                    want.setdefault(topic, {}).setdefault(origin[1], record)
+        add: dict[str, list[bytes]] = {}
+        removed = 0
+        for topic in sorted(set(want) | {t for t in self.store.topics if t.startswith(DLQ_PREFIX)}):
+            wanted = want.get(topic, {})
+            held: set[int] = set()
+            gone = []
+            for seq, origin in self._dead_letter_origins(topic):
+                if origin[0] != name:
+                    continue
+                if origin[1] in wanted and origin[1] not in held:
+                    held.add(origin[1])
+                else:
+                    gone.append(seq)
+            if gone:
+                removed += self.store.delete(topic, gone)
+            missing = [record for seq, record in wanted.items() if seq not in held]
+            if missing:
+                add[topic] = missing
+        if add:
+            self._store_dead_letters(add)
+        if add or removed:
+            log.info("cluster hub %s: %s dead letters caught up from the leader's snapshot: %d "
+                     "added, %d removed", self.node, name, sum(map(len, add.values())), removed)
+        f.events_next = nxt
+        self.store.set_stream_position(name, f.epoch, nxt)
+
+    def _dead_letter_origins(self, topic: str) -> list[tuple[int, tuple[str, int]]]:
+        """``(seq, (origin partition, origin seq))`` of the dead letters in ``topic`` here
+        (the first MAX_SCAN records)."""
+        info = self.store.topics.get(topic)
+        if info is None or not info.count:
+            return []
+        out = []
+        for seq, record in self.store.read_range(topic, info.first_seq, MAX_SCAN):
+            origin = _dead_letter_origin(record)
+            if origin is not None:
+                out.append((seq, origin))
+        return out
+
+    def _dead_letters_of(self, name: str) -> dict[str, list[bytes]]:
+        """The dead letters of partition ``name`` this hub holds, by dead-letter topic."""
+        out: dict[str, list[bytes]] = {}
+        for topic, info in list(self.store.topics.items()):
+            if not topic.startswith(DLQ_PREFIX) or not info.count:
+                continue
+            for _, record in self.store.read_range(topic, info.first_seq, MAX_SCAN):
+                origin = _dead_letter_origin(record)
+                if origin is not None and origin[0] == name:
+                    out.setdefault(topic, []).append(record)
+        return out
 
     def _store_dead_letters(self, dead: dict[str, list[bytes]]) -> None:
         firsts = self.store.commit(dead, now_ms=self.clock.wall_ms())
@@ -1043,14 +1137,22 @@ def _admin(command: bytes):
             req = parse_admin(body, name)
         except Refusal:
             req = None  # malformed: the handler says why
+        if (req is not None and command == Command.TOPIC and req.arg == "delete"
+                and _cluster_partition(hub, req.topic)):
+            raise Refusal(ErrorCode.INVALID, f"{req.topic} is a cluster partition: its log is "
+                          "on every replica, a delete here would empty one copy; PURGE it "
+                          "(all) to empty every copy", req.ref)
+        dlq = req is not None and command == Command.PURGE and req.topic.startswith(DLQ_PREFIX)
         if req is not None and not (command == Command.TOPIC and req.arg == "get"):
             try:
                 _guard(hub, identity, command, req.topic, req.ref, False)
-                if command == Command.REDRIVE:
-                    _guard_origins(hub, identity, req)
+                if command == Command.REDRIVE or (dlq and req.arg != "all"):
+                    _guard_origins(hub, identity, req, command)
             except _Answered:
                 return
         inner(hub, identity, peer, body)
+        if dlq and req.arg == "all" and hub.states:
+            _keep_followed_dead_letters(hub, identity, req)
         if (command == Command.TOPIC and req is not None and req.arg in ("create", "config")
                 and req.topic in hub.leading):
             # the new limits travel as a state entry; the REPLY waits for the followers
@@ -1060,11 +1162,41 @@ def _admin(command: bytes):
     return handler
 
 
-def _guard_origins(hub: ClusterHub, identity: bytes, req: Any) -> None:
+def _cluster_partition(hub: ClusterHub, topic: str) -> bool:
+    return (topic in hub.states or topic in hub.topic_specs
+            or topic.rpartition(".")[0] in hub.topic_specs)
+
+
+def _keep_followed_dead_letters(hub: ClusterHub, identity: bytes, req: Any) -> None:
+    """A PURGE of all of a dead-letter topic takes the dead letters of partitions this hub
+    leads (removed from their followers too) and of no cluster partition; those of a partition
+    another hub leads stay: their leader's PURGE removes them from every copy."""
+    turn = hub.turn
+    staged = turn.deletes.get(req.topic)
+    if not isinstance(staged, range) or not len(staged):
+        return
+    keep = {seq for seq, record in hub.store.read_range(req.topic, staged.start,
+                                                        min(len(staged), MAX_SCAN))
+            if (origin := _dead_letter_origin(record)) is not None
+            and origin[0] in hub.states and origin[0] not in hub.leading}
+    if not keep:
+        return
+    turn.deletes[req.topic] = set(staged) - keep
+    for who, command, ref, result in turn.admin:
+        if who == identity and command == Command.PURGE and ref == req.ref:
+            result["purged"] = max(0, result["purged"] - len(keep))
+
+
+def _guard_origins(hub: ClusterHub, identity: bytes, req: Any,
+                   command: bytes = Command.REDRIVE) -> None:
+    """A REDRIVE (or PURGE) of dead letters is refused whole if one came from a partition
+    this hub does not lead: its leader removes it, from every copy."""
     seqs = req.arg
     if not isinstance(seqs, list):
         return
-    wanted = [s for s in seqs[: hub.config.max_batch_messages] if type(s) is int and s >= 0]
+    if command == Command.REDRIVE:  # the hub redrives this many at most
+        seqs = seqs[: hub.config.max_batch_messages]
+    wanted = [s for s in seqs if type(s) is int and s >= 0]
     checked = set()
     for record in hub.store.read(req.topic, wanted):
         origin = _dead_letter_origin(record) if record is not None else None
@@ -1074,9 +1206,10 @@ def _guard_origins(hub: ClusterHub, identity: bytes, req: Any) -> None:
         try:
             hub._check_topic(origin[0], req.ref)
         except NotLeader as exc:
+            verb = "redriven" if command == Command.REDRIVE else "purged"
             hub._error(identity, exc.code, f"{exc.message}; a dead letter of {origin[0]} is "
-                       f"redriven by its leader (its own {req.topic} seqs: list them there)",
-                       Command.REDRIVE, req.ref, **exc.extra)
+                       f"{verb} by its leader (its own {req.topic} seqs: list them there)",
+                       command, req.ref, **exc.extra)
             raise _Answered() from None
 
 

@@ -164,7 +164,9 @@ class Following:
     last_epoch: int = -1  # the latest leader epoch of this hub's copy (divergence check)
     inflight_at: int | None = None  # monotonic ms the REPLICATE in flight was sent
     retry_at: int = 0  # after an error: not before this
-    events_next: int = 1  # the next entry of this leader's state stream to apply
+    # the next entry of this leader's state stream to apply; 0: none applied in this leadership
+    # (the follower asks for a snapshot of the partition's dead letters first)
+    events_next: int = 0
     # ask for every subscription state, not only those changed since the leader's last answer:
     # until an answer is applied (a new following, or one lost, refused or not applied)
     full_subs: bool = True
@@ -220,6 +222,13 @@ class Leadership:
             return []
         start = max(0, first - self.events[0][0])
         return [[n, ev] for n, ev in self.events[start : start + limit]]
+
+    def needs_snapshot(self, events_from: int) -> bool:
+        """Whether a follower asking for entries from ``events_from`` lacks some this
+        leadership no longer keeps (or any: 0, a follower new to this leadership): it gets a
+        snapshot of the state the entries would have built instead."""
+        first_kept = self.events[0][0] if self.events else self.next_event
+        return events_from < first_kept
 
     def committed(self, me: str) -> int | None:
         """The highest seq every in-sync follower holds (None: no in-sync follower)."""

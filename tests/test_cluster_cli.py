@@ -1,13 +1,16 @@
 """The cluster on the command line: ``zmq-mq hub --cluster`` flag checks, ``zmq-mq topic create
 --hub zk://... --partitions N --replicas R``, ``zmq-mq cluster status [--json]`` (hubs,
-partitions, leaders, in-sync replicas, replication lag), against a real ZooKeeper."""
+partitions, leaders, in-sync replicas, replication lag), `zmq-mq dlq` through a cluster (each
+dead letter on the hub holding it), against a real ZooKeeper."""
 
+# ruff: noqa: F811  (the raw fixture comes from test_cluster_hub; cluster_hubs is conftest's)
 from __future__ import annotations
 
 import json
 
 import pytest
 from conftest import run_cli, wait_for
+from test_cluster_hub import raw  # noqa: F401  (fixture)
 from zmq_mq.router.cluster.coordinator import ClusterClient
 
 WAIT = 30.0
@@ -108,3 +111,57 @@ def test_a_wrong_cluster_setting_in_the_config_file_is_one_line_and_exit_2(tmp_p
     assert done.returncode == 2, done.stderr.decode()
     err = done.stderr.decode()
     assert message in err and err.count("\n") == 1, err
+
+
+def test_dlq_list_shows_each_letters_node_and_redrive_and_purge_act_on_that_hub(
+        cluster_hubs, raw, zookeeper):
+    from test_cluster_hub import metadata_when, settled
+    from zmq_mq.router.protocol import Command
+
+    hubs = cluster_hubs("a", "b", "c")
+    with ClusterClient(zookeeper) as client:
+        client.create_topic("t", 3, 1, wait=WAIT)  # each hub leads one partition
+    meta = metadata_when(raw(hubs["a"].endpoint), lambda m: settled(m, "t", 3, 1))
+    for i, (name, state) in enumerate(sorted(meta["partitions"].items())):
+        leader = hubs[state["leader"]]
+        wait_for(lambda leader=leader, name=name: name in leader.hub.leading, WAIT)
+        endpoint = leader.endpoint
+        command, body = raw(endpoint).ask(Command.PUBLISH, [f"b{i}", [[name, b"x", None, None]]])
+        assert command == Command.CONFIRM, body
+        consumer = raw(endpoint)
+        assert consumer.ask(Command.SUBSCRIBE, {"sid": 1, "topic": name, "group": "g",
+                                                "credit": 1})[0] == Command.SUBSCRIBED
+        assert consumer.recv()[0] == Command.DELIVER
+        consumer.send(Command.REJECT, [1, {name: [1]}, "bad"])
+
+    def listed() -> list[tuple[str, int, str]]:
+        done = run_cli("dlq", "list", "--group", "g", "--json", "--hub", zookeeper)
+        assert done.returncode == 0, done.stderr.decode()
+        return sorted((d["node"], d["seq"], d["origin_topic"]) for d in json.loads(done.stdout))
+
+    wait_for(lambda: len(listed()) == 3, WAIT, 0.2, "a dead letter on each hub")
+    letters = listed()
+    assert [(n, s) for n, s, _ in letters] == [("a", 1), ("b", 1), ("c", 1)]  # seq 1 each
+    every = run_cli("dlq", "list", "--json", "--hub", zookeeper)  # all groups: g once
+    assert every.returncode == 0 and len(json.loads(every.stdout)) == 3, every.stderr.decode()
+    table = run_cli("dlq", "list", "--group", "g", "--hub", zookeeper)
+    assert "node" in table.stdout.decode()
+    shown = run_cli("dlq", "show", "1", "--group", "g", "--node", "c", "--json", "--hub",
+                    zookeeper)
+    assert shown.returncode == 0, shown.stderr.decode()
+    assert json.loads(shown.stdout)["origin_topic"] == next(o for n, _, o in letters if n == "c")
+    ambiguous = run_cli("dlq", "redrive", "--group", "g", "--seq", "1", "--hub", zookeeper)
+    assert ambiguous.returncode == 2 and "--node" in ambiguous.stderr.decode()
+    done = run_cli("dlq", "redrive", "--group", "g", "--seq", "1", "--node", "b", "--hub",
+                   zookeeper)
+    assert done.returncode == 0, done.stderr.decode()
+    assert [(n, s) for n, s, _ in listed()] == [("a", 1), ("c", 1)]
+    origin_b = next(o for n, _, o in letters if n == "b")
+    assert hubs["b"].hub.store.topics[origin_b].last_seq == 2  # redriven on its leader
+    done = run_cli("dlq", "purge", "--group", "g", "--seq", "1", "--node", "c", "--hub",
+                   zookeeper)
+    assert done.returncode == 0 and "purged 1" in done.stderr.decode(), done.stderr.decode()
+    done = run_cli("dlq", "redrive", "--group", "g", "--all", "--hub", zookeeper)
+    assert done.returncode == 0 and "redriven 1 of 1" in done.stderr.decode(), \
+        done.stderr.decode()
+    assert listed() == []

@@ -68,7 +68,6 @@ def test_purge_redrive_and_topic_changes_on_a_follower_are_refused_with_the_lead
         (Command.REDRIVE, [3, "t.0", [1]]),
         (Command.TOPIC, [4, "config", "t.0", {"max_messages": 1}]),
         (Command.TOPIC, [5, "create", "t.0", {"max_messages": 1}]),
-        (Command.TOPIC, [6, "delete", "t.0", None]),
     ]:
         reply, err = client.ask(command, body)
         assert reply == Command.ERROR, (command, err)
@@ -259,3 +258,137 @@ def test_a_purge_below_min_insync_is_answered_by_the_leader_alone(cluster_hubs, 
              message="the follower out of the in-sync set")
     reply, body = raw(leader.endpoint).ask(Command.PURGE, [1, "t.0", [1]], timeout=10)
     assert reply == Command.REPLY and body[1]["purged"] == 1
+
+
+def dead_on(hub) -> list[int]:
+    """The origin seqs of the dead letters of t.0 in ``hub``'s own dlq.g."""
+    with Admin(hub.endpoint, timeout=10) as admin:
+        return sorted(d["origin_seq"] for d in admin.dead_letters("g")
+                      if d["origin_topic"] == "t.0")
+
+
+def reject(client, n: int) -> None:
+    """Subscribe group g (sid 1) to t.0 and reject the next ``n`` deliveries: dead letters."""
+    if client.ask(Command.SUBSCRIBE, {"sid": 1, "topic": "t.0", "group": "g",
+                                      "credit": 10})[0] != Command.SUBSCRIBED:
+        raise AssertionError("not subscribed")
+    seqs: list[int] = []
+    while len(seqs) < n:
+        command, body = client.recv()
+        assert command == Command.DELIVER
+        seqs += [entry[0] for entry in body[2]]
+    client.send(Command.REJECT, [1, {"t.0": seqs}, "bad"])
+
+
+def test_a_follower_new_to_the_leadership_catches_up_the_dead_letters_it_missed(
+        cluster_hubs, raw):
+    hubs = cluster_hubs("a", "b", "c")
+    with ClusterClient(cluster_hubs.url, session_timeout=SESSION_TIMEOUT) as client:
+        client.create_topic("t", 1, 3, min_insync=1, wait=WAIT)
+    meta = metadata_when(raw(hubs["a"].endpoint), lambda m: settled(m, "t", 1, 3))
+    leader, follower = leader_and_follower(hubs, meta, "t.0")
+    away = next(h for h in hubs.values() if h not in (leader, follower))
+    wait_for(lambda: "t.0" in away.hub.following, WAIT)
+    client = raw(leader.endpoint)
+    publish(client, 2)
+    reject(client, 2)
+    wait_for(lambda: dead_on(away) == dead_on(follower) == [1, 2], WAIT,
+             message="the dead letters on both followers")
+    away.hub.fetcher.fetch = lambda *args: None  # away: it misses what follows
+    wait_for(lambda: away.node not in leader.hub.leading["t.0"].isr, WAIT,
+             message="the away follower out of the in-sync set")
+    with Admin(leader.endpoint, timeout=10) as admin:  # one dead letter out, one more in
+        first = next(d["seq"] for d in admin.dead_letters("g") if d["origin_seq"] == 1)
+        assert admin.redrive("dlq.g", [first])["redriven"] == 1
+    publish(raw(leader.endpoint), 1, "b2")  # seq 4, after the redriven m0 at seq 3
+    client = raw(leader.endpoint)  # the first went silent while the follower left
+    assert client.ask(Command.SUBSCRIBE, {"sid": 2, "topic": "t.0", "group": "g",
+                                          "credit": 10})[0] == Command.SUBSCRIBED
+    got: list[int] = []
+    while 4 not in got:
+        command, body = client.recv()
+        if command == Command.DELIVER:
+            got += [entry[0] for entry in body[2]]
+    client.send(Command.REJECT, [2, {"t.0": [4]}, "bad"])
+    wait_for(lambda: dead_on(follower) == [2, 4], WAIT)
+    assert dead_on(away) == [1, 2]
+
+    fail_over(leader, follower, raw)  # the new leadership's stream starts empty
+    del away.hub.fetcher.fetch  # back, following the new leader from its first entry
+    wait_for(lambda: "t.0" in away.hub.following
+             and away.hub.following["t.0"].leader == follower.node, WAIT)
+    wait_for(lambda: dead_on(away) == [2, 4], WAIT,
+             message="the away follower holds the new leader's dead letters")
+    assert away.hub.following["t.0"].events_next >= 1
+
+
+def test_a_follower_away_past_the_kept_entries_converges_to_the_leaders_dead_letters(
+        cluster_hubs, raw, monkeypatch):
+    from zmq_mq.router import replication
+
+    monkeypatch.setattr(replication, "MAX_EVENTS", 2)  # entries kept for a replica away
+    hubs = cluster_hubs("a", "b", "c")
+    with ClusterClient(cluster_hubs.url, session_timeout=SESSION_TIMEOUT) as client:
+        client.create_topic("t", 1, 3, min_insync=1, wait=WAIT)
+    meta = metadata_when(raw(hubs["a"].endpoint), lambda m: settled(m, "t", 1, 3))
+    leader, follower = leader_and_follower(hubs, meta, "t.0")
+    away = next(h for h in hubs.values() if h not in (leader, follower))
+    wait_for(lambda: "t.0" in away.hub.following, WAIT)
+    wait_for(lambda: leader.hub.leading["t.0"].reported.get(away.node, (0, 0, 0))[2] >= 1,
+             WAIT, message="the away follower past its snapshot")
+    away.hub.fetcher.fetch = lambda *args: None
+    client = raw(leader.endpoint)
+    publish(client, 4)
+    reject(client, 4)  # four entries, two kept
+    wait_for(lambda: dead_on(follower) == [1, 2, 3, 4], WAIT)
+    assert leader.hub.leading["t.0"].events[0][0] > 1  # the oldest dropped
+    assert dead_on(away) == []
+    del away.hub.fetcher.fetch
+    wait_for(lambda: dead_on(away) == [1, 2, 3, 4], WAIT,
+             message="the away follower caught up through a snapshot")
+
+
+def test_a_dead_letter_topics_retention_on_the_leader_removes_those_dead_letters_from_followers(
+        cluster_hubs, raw):
+    _, leader, follower = one_partition(cluster_hubs, raw)
+    client = raw(leader.endpoint)
+    publish(raw(leader.endpoint), 3)
+    reject(client, 3)
+    wait_for(lambda: dead_on(follower) == [1, 2, 3], WAIT)
+    with Admin(leader.endpoint, timeout=10) as admin:  # the leader's own dlq.g limits
+        admin.configure_topic("dlq.g", max_messages=1)
+    wait_for(lambda: dead_on(leader) == [3], WAIT, message="the leader's dlq.g trimmed")
+    wait_for(lambda: dead_on(follower) == [3], WAIT,
+             message="the trimmed dead letters gone from the follower too")
+
+
+def test_a_dead_letter_purge_on_a_hub_not_leading_their_partition_leaves_them_to_the_leader(
+        cluster_hubs, raw):
+    _, leader, follower = one_partition(cluster_hubs, raw)
+    client = raw(leader.endpoint)
+    publish(raw(leader.endpoint), 2)
+    reject(client, 2)
+    wait_for(lambda: dead_on(follower) == [1, 2], WAIT)
+    with Admin(follower.endpoint, timeout=10) as admin:
+        local = admin.dead_letters("g")[0]["seq"]
+    on_follower = raw(follower.endpoint)
+    reply, err = on_follower.ask(Command.PURGE, [1, "dlq.g", [local]])
+    assert reply == Command.ERROR and err["code"] == "not_leader", err
+    assert err["leader"] == leader.node and err["leader_endpoint"] == leader.endpoint
+    reply, body = on_follower.ask(Command.PURGE, [2, "dlq.g", "all"])
+    assert reply == Command.REPLY and body[1]["purged"] == 0  # not this hub's to remove
+    assert dead_on(follower) == [1, 2]
+    with ClusterAdmin(cluster_hubs.url, timeout=10) as admin:  # every hub purges its own
+        assert admin.purge("dlq.g", "all")["purged"] == 2
+    assert dead_on(leader) == dead_on(follower) == []  # answered once the follower applied it
+
+
+def test_a_cluster_partition_is_not_deleted_on_one_hub(cluster_hubs, raw):
+    _, leader, follower = one_partition(cluster_hubs, raw)
+    publish(raw(leader.endpoint), 3)
+    wait_for(lambda: log_of(follower) == (1, 3, 3), WAIT)
+    for hub in (leader, follower):
+        reply, err = raw(hub.endpoint).ask(Command.TOPIC, [1, "delete", "t.0", None])
+        assert reply == Command.ERROR and err["code"] == "invalid", err
+        assert "PURGE" in err["message"]
+    assert log_of(leader) == log_of(follower) == (1, 3, 3)
