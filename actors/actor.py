@@ -243,6 +243,16 @@ class Actor:
         self._by_sid: dict[int, _Route] = {}
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._tasks: set = set()
+        # All handlers async (and one hub socket): the session's I/O runs on the asyncio loop
+        # while _io_on_loop (see _loop_on_aio); _io_lock is held by each of its turns, so the
+        # run() thread takes the session back (stopping, reconnecting) between turns, never
+        # waiting for a handler.
+        self._io_on_loop = False
+        self._io_lock = threading.Lock()
+        self._aio_fd: int | None = None
+        self._aio_turn_due = False
+        self._aio_timer: asyncio.TimerHandle | None = None
+        self._aio_timer_at = 0
         self.error: BaseException | None = None
         self.session: Session | None = None
 
@@ -372,7 +382,10 @@ class Actor:
             self._started.set()
             log.info("actor %s attached to %s", self.name,
                      ", ".join(f"{r.topic}/{r.group}" for r in self._routes))
-            self._loop(session, waker)
+            if aloop_thread is not None and not workers and isinstance(session, Session):
+                self._loop_on_aio(session, waker)
+            else:
+                self._loop(session, waker)
             self._drain(session, waker)
         finally:
             with self._tcond:
@@ -585,7 +598,9 @@ class Actor:
                     self._tcond.notify(len(plain))
         if coros:
             self._aq.extend(coros)
-            if not self._akick_due:
+            if self._io_on_loop:  # called on the asyncio loop (see _aio_turn): no hand-off
+                self._akick()
+            elif not self._akick_due:
                 self._akick_due = True
                 self._aloop.call_soon_threadsafe(self._akick)
 
@@ -624,6 +639,127 @@ class Actor:
         if not session.detach_all(self.timeout):
             log.warning("hub did not confirm detach of %s", self.name)
 
+    # --- all handlers async: the session's I/O on the asyncio loop -----------------------------
+
+    def _loop_on_aio(self, session: Session, waker: Waker) -> None:
+        """The loop of an actor whose handlers are all ``async def``: the hub socket is read and
+        written on the asyncio loop (``_aio_turn``), so a DELIVER frame starts its handlers in
+        the same loop iteration and the acks of handlers that finish go out in the next one:
+        no hand-off between threads, no GIL passed back and forth per message.
+
+        This thread stays the session's other owner: it takes the session back (under
+        ``_io_lock``, between two turns, never waiting for a handler) when stopping, so a
+        handler that blocks the loop cannot hold the stop past grace (``_drain`` runs here as
+        in the threaded loop), and for a reconnect when the loop found the hub silent (a
+        reconnect waits for the handshake; the handlers go on meanwhile)."""
+        loop = self._aloop
+        with self._io_lock:
+            self._io_on_loop = True
+        loop.call_soon_threadsafe(self._aio_watch)
+        try:
+            while not self._stop.is_set():
+                if waker.rx.poll(session.conn.heartbeat_ms):
+                    waker.drain()
+                if self._stop.is_set():
+                    break
+                if not self._io_on_loop:  # the loop gave the session back: hub silent
+                    session.keepalive()  # reconnect (or give up until the next try)
+                    with self._io_lock:
+                        self._io_on_loop = not self._stop.is_set()
+                    if self._io_on_loop:
+                        loop.call_soon_threadsafe(self._aio_watch)
+        finally:
+            with self._io_lock:  # after this no turn touches the session
+                self._io_on_loop = False
+            try:
+                loop.call_soon_threadsafe(self._aio_unwatch)
+            except RuntimeError:
+                pass
+
+    def _aio_watch(self) -> None:
+        """On the loop: watch the hub socket (again, after a reconnect) and take a turn."""
+        with self._io_lock:
+            if not self._io_on_loop:
+                return
+            self._aio_unwatch()
+            self._aio_fd = self.session.conn.socket.getsockopt(zmq.FD)
+            self._aloop.add_reader(self._aio_fd, self._aio_turn)
+        self._aio_turn()
+
+    def _aio_unwatch(self) -> None:
+        if self._aio_fd is not None:
+            try:
+                self._aloop.remove_reader(self._aio_fd)
+            except (OSError, ValueError):
+                pass
+            self._aio_fd = None
+        if self._aio_timer is not None:
+            self._aio_timer.cancel()
+            self._aio_timer = None
+
+    def _aio_turn_soon(self) -> None:
+        if not self._aio_turn_due:
+            self._aio_turn_due = True
+            self._aloop.call_soon(self._aio_turn)
+
+    def _aio_timer_fired(self) -> None:
+        self._aio_timer = None
+        self._aio_turn()
+
+    def _aio_turn(self) -> None:
+        """One turn of ``_loop`` on the asyncio loop: acks and other results out, what the hub
+        sent read and handed to the chains (started in this loop iteration), windows and
+        PROGRESS; then the timer of the next thing due. Runs when the socket's descriptor
+        signals, when handlers finish (once per loop iteration), and on that timer."""
+        self._aio_turn_due = False
+        with self._io_lock:
+            if not self._io_on_loop:  # the run() thread has the session now
+                if self._results:
+                    self._waker.wake()
+                return
+            session = self.session
+            conn = session.conn
+            try:
+                self._apply_results(session)
+                sock = conn.socket
+                if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    session.pump(0, 0)  # never waits, never reconnects
+                else:
+                    session.keepalive(0)
+                self._take_inbox(session)
+                now = monotonic_ms()
+                if self.prefetch is None:
+                    self._adapt(session, now)
+                if now >= self._next_keepalive:
+                    self._keep_queued_alive(session, now)
+                readable = sock.getsockopt(zmq.EVENTS) & zmq.POLLIN
+                if not readable and session.specs and conn.hub_silent(conn.now_ms()):
+                    # reconnecting waits for a handshake: the run() thread does it
+                    self._io_on_loop = False
+                    self._aio_unwatch()
+                    self._waker.wake()
+                    return
+            except Exception:  # e.g. a frame that does not decode: logged, the loop goes on
+                log.exception("actor %s: talking to the hub", self.name)
+                readable = False
+                now = monotonic_ms()
+        # ZeroMQ's descriptor signals edges: what arrived while we read or wrote is looked
+        # for here, not left for the next signal
+        if readable or self._results:
+            self._aio_turn_soon()
+        timeout = session.conn.heartbeat_ms
+        if self._acks_due is not None:
+            timeout = min(timeout, max(0, self._acks_due - now))
+        if self._aq:
+            timeout = min(timeout, max(1, self._next_keepalive - now), self._windows_hold_ms())
+        at = now + timeout
+        timer = self._aio_timer
+        if timer is None or at < self._aio_timer_at:
+            if timer is not None:
+                timer.cancel()
+            self._aio_timer_at = at
+            self._aio_timer = self._aloop.call_later(timeout / 1000, self._aio_timer_fired)
+
     # --- worker side -----------------------------------------------------------------------
 
     def _failed(self, msg: Message, route: _Route, exc: BaseException) -> None:
@@ -643,6 +779,11 @@ class Actor:
 
     def _finished_one(self, msg: Message, kind: str = "done") -> None:
         self._results.append((msg, kind, None))
+        if self._io_on_loop:  # on the asyncio loop, which does the I/O: one turn for all
+            if not self._aio_turn_due:
+                self._aio_turn_due = True
+                self._aloop.call_soon(self._aio_turn)
+            return
         waker = self._waker  # only workers and tasks of a running actor get here
         if not waker.sent:
             waker.wake()
@@ -786,6 +927,11 @@ class Actor:
         waker = self._waker
         if waker is not None:
             waker.wake()
+        if self._io_on_loop:
+            try:
+                self._aloop.call_soon_threadsafe(self._aio_turn_soon)
+            except RuntimeError:  # the loop is closed
+                pass
 
     def _apply_results(self, session: Session) -> None:
         results = self._results
