@@ -90,7 +90,8 @@ def main() -> int:
     distinct = set(seqs)
     slow, fast = got["slow"], got["fast"]
     report = {
-        "script": "workqueue.py", "messages": n, "slow_ms": args.slow_ms, "handler": args.handler, "ack_wait_s": args.ack_wait,
+        "script": "workqueue.py", "messages": n, "slow_ms": args.slow_ms, "handler": args.handler,
+        "ack_wait_s": args.ack_wait,
         "sync": args.sync, "machine": machine_info(), "git": git_info(),
         "slow_handled": len(slow[0]), "fast_handled": len(fast[0]),
         "fast_share": len(fast[0]) / n if n else 0.0,
