@@ -262,6 +262,50 @@ def test_zmq_mq_run_with_hung_handlers_exits_soon_after_its_grace_on_sigterm(hub
     assert sorted(back) == [(1, 1), (2, 1), (3, 1), (4, 1)]
 
 
+HUNG_ASYNC_SCRIPT = textwrap.dedent(
+    """
+    import sys, threading
+    from zmq_mq.actors import Actor
+
+    actor = Actor(name="hung-run-async", concurrency=4, grace=0.5)
+
+    @actor.subscribe("hungrunasync", group="g", max_deliver=0)
+    async def handle(msg):
+        sys.stdout.write(f"in {msg.seq}\\n")
+        sys.stdout.flush()
+        threading.Event().wait()  # blocks the actor's asyncio loop for good
+    """
+)
+
+
+def test_zmq_mq_run_with_an_async_handler_blocking_its_loop_exits_soon_after_grace_on_sigterm(
+        hub, processes, tmp_path):
+    # Given `zmq-mq run` of an actor of async handlers (its hub socket served on its asyncio
+    # loop), one of which blocks that loop for good while it holds four messages
+    with Producer(hub.endpoint) as p:
+        for i in range(4):
+            p.publish("hungrunasync", b"%d" % i)
+    script = tmp_path / "hung_run_async_actor.py"
+    script.write_text(HUNG_ASYNC_SCRIPT)
+    env = dict(os.environ, ZMQ_MQ_HUB=hub.endpoint)
+    proc = processes(subprocess.Popen([*zmq_mq_command(), "run", str(script)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+    assert proc.stdout.readline().startswith("in")
+    wait_for(lambda: sub_state(hub.endpoint, "hungrunasync", "g").get("in_flight") == 4,
+             message="four messages held")
+    # When it gets SIGTERM
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    took = time.monotonic() - start
+    # Then it exits cleanly soon after its 0.5 s grace (the loop never runs again), and the
+    # hub has the four messages back, unacked
+    assert proc.returncode == 0
+    assert took < 0.5 + 2.5, f"exit took {took:.1f} s"
+    state = sub_state(hub.endpoint, "hungrunasync", "g")
+    assert state["ack_floor"] == 0 and state["in_flight"] == 0
+
+
 # --- max_deliver counts tries ------------------------------------------------------------------
 
 
