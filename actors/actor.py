@@ -253,6 +253,7 @@ class Actor:
         self._aio_turn_due = False
         self._aio_timer: asyncio.TimerHandle | None = None
         self._aio_timer_at = 0
+        self._aio_turned = 0  # when the loop last took a turn (ms)
         self.error: BaseException | None = None
         self.session: Session | None = None
 
@@ -647,21 +648,30 @@ class Actor:
         the same loop iteration and the acks of handlers that finish go out in the next one:
         no hand-off between threads, no GIL passed back and forth per message.
 
-        This thread stays the session's other owner: it takes the session back (under
+        This thread stays the session's other owner: it takes the session (under
         ``_io_lock``, between two turns, never waiting for a handler) when stopping, so a
         handler that blocks the loop cannot hold the stop past grace (``_drain`` runs here as
-        in the threaded loop), and for a reconnect when the loop found the hub silent (a
-        reconnect waits for the handshake; the handlers go on meanwhile)."""
+        in the threaded loop); for a reconnect when the loop found the hub silent (a reconnect
+        waits for the handshake; the handlers go on meanwhile); and for heartbeats while a
+        handler blocks the loop."""
         loop = self._aloop
         with self._io_lock:
             self._io_on_loop = True
         loop.call_soon_threadsafe(self._aio_watch)
         try:
             while not self._stop.is_set():
-                if waker.rx.poll(session.conn.heartbeat_ms):
+                hb = session.conn.heartbeat_ms
+                if waker.rx.poll(hb // 2):
                     waker.drain()
                 if self._stop.is_set():
                     break
+                if self._io_on_loop and monotonic_ms() - self._aio_turned > hb // 2:
+                    # no turn for half a heartbeat interval: a handler blocks the loop; the
+                    # heartbeats go on from here (between two turns), so the hub does not take
+                    # the actor for dead and hand its messages to another one
+                    with self._io_lock:
+                        if self._io_on_loop:
+                            session.keepalive(0)
                 if not self._io_on_loop:  # the loop gave the session back: hub silent
                     session.keepalive()  # reconnect (or give up until the next try)
                     with self._io_lock:
@@ -712,6 +722,7 @@ class Actor:
         PROGRESS; then the timer of the next thing due. Runs when the socket's descriptor
         signals, when handlers finish (once per loop iteration), and on that timer."""
         self._aio_turn_due = False
+        self._aio_turned = monotonic_ms()
         with self._io_lock:
             if not self._io_on_loop:  # the run() thread has the session now
                 if self._results:

@@ -93,6 +93,39 @@ def test_a_consumer_used_without_with_keeps_its_message_while_the_user_works(qui
         other.close()
 
 
+def test_an_async_handler_blocking_the_loop_past_the_hubs_liveness_keeps_its_message(quick_hub):
+    # Given an actor of async handlers (its hub socket served on its asyncio loop) whose handler
+    # blocks that loop for 2 s, over three of the hub's liveness windows (3 x 200 ms)
+    runs: list[tuple[int, int]] = []
+    done = threading.Event()
+
+    async def handle(msg):
+        runs.append((msg.seq, msg.deliveries))
+        time.sleep(2.0)  # sync work in an async def: the loop does nothing else meanwhile
+        done.set()
+
+    actor = Actor(quick_hub.endpoint, name="blocker", concurrency=1)
+    actor.add_handler("blocking", handle, group="g", ack_wait=60)
+    other = Consumer(quick_hub.endpoint, name="other")
+    actor.start()
+    try:
+        with Producer(quick_hub.endpoint) as p:
+            p.publish("blocking", b"x")
+        wait_for(lambda: bool(runs), message="the handler started")
+        # When another member of the group asks while the loop is blocked
+        other.subscribe("blocking", "g")
+        # Then the hub still counts the actor alive (its thread heartbeats): nobody else gets
+        # the message, and it runs once and is acked
+        assert other.receive(timeout=1.0) is None
+        assert done.wait(10)
+        wait_for(lambda: sub_state(quick_hub.endpoint, "blocking", "g").get("ack_floor") == 1,
+                 message="the ack")
+    finally:
+        other.close()
+        actor.stop()
+    assert runs == [(1, 1)]
+
+
 def test_a_consumer_keeps_its_receive_and_close_timeouts_while_its_hub_is_gone(hub):
     # Given a subscribed consumer whose hub has died
     c = Consumer(hub.endpoint, timeout=10.0)
