@@ -179,6 +179,11 @@ class Actor:
     least this (default ``GC_THRESHOLD``, 50,000; restored when the last actor stops): with
     thousands of handlers in flight the default 700 spent ~25 % of the process in GC passes.
     ``None`` leaves the GC as the application set it.
+    ``loop_io``: when every handler is ``async def``, serve the hub socket on the asyncio loop
+    that runs them (default True; see ``_loop_on_aio``); False: on a thread of its own, as an
+    actor with plain handlers does. Measured (bench/RESULTS.md, issue 12 i12-loop): True is
+    faster when the handlers wait for the hub (credit about the concurrency; quick handlers),
+    False slightly faster with thousands of slow handlers and a deeper window.
     """
 
     def __init__(self, endpoint: str | None = None, *, name: str | None = None,
@@ -187,7 +192,7 @@ class Actor:
                  state_dir: str | os.PathLike | None = None,
                  idempotency_ttl: float = DEFAULT_TTL, rng: random.Random | None = None,
                  prefetch: int | None = None, clock: Clock | None = None,
-                 gc_threshold: int | None = GC_THRESHOLD) -> None:
+                 gc_threshold: int | None = GC_THRESHOLD, loop_io: bool = True) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, int)
@@ -199,6 +204,7 @@ class Actor:
         self.concurrency = concurrency
         self.prefetch = prefetch
         self.gc_threshold = gc_threshold
+        self.loop_io = loop_io
         self.timeout = timeout
         self.grace = grace
         self.state_dir = state_dir
@@ -383,7 +389,8 @@ class Actor:
             self._started.set()
             log.info("actor %s attached to %s", self.name,
                      ", ".join(f"{r.topic}/{r.group}" for r in self._routes))
-            if aloop_thread is not None and not workers and isinstance(session, Session):
+            if (self.loop_io and aloop_thread is not None and not workers
+                    and isinstance(session, Session)):
                 self._loop_on_aio(session, waker)
             else:
                 self._loop(session, waker)

@@ -208,10 +208,13 @@ def _reading_threads(monkeypatch) -> list[str]:
     return names
 
 
-@pytest.mark.parametrize("kinds, reader", [(("async",), "asyncio"), (("async", "sync"), "loop")])
-def test_an_actor_of_async_handlers_only_reads_the_hub_on_its_asyncio_loop(hub, monkeypatch,
-                                                                             kinds, reader):
-    # Given an actor whose handlers are all async (or one of them a plain function)
+@pytest.mark.parametrize("kinds, loop_io, reader", [(("async",), True, "asyncio"),
+                                                    (("async", "sync"), True, "loop"),
+                                                    (("async",), False, "loop")])
+def test_an_actor_of_async_handlers_only_reads_the_hub_on_its_asyncio_loop(
+        hub, monkeypatch, kinds, loop_io, reader):
+    # Given an actor whose handlers are all async (or one of them a plain function, or
+    # loop_io=False)
     readers = _reading_threads(monkeypatch)
     handler_threads: set[str] = set()
     done = threading.Semaphore(0)
@@ -223,7 +226,7 @@ def test_an_actor_of_async_handlers_only_reads_the_hub_on_its_asyncio_loop(hub, 
     def handle_sync(msg):
         done.release()
 
-    actor = Actor(hub.endpoint, name=f"reader-{len(kinds)}", concurrency=4)
+    actor = Actor(hub.endpoint, name=f"reader-{len(kinds)}", concurrency=4, loop_io=loop_io)
     for kind in kinds:
         actor.add_handler(f"reader.{kind}", handle_async if kind == "async" else handle_sync,
                           group="g")
@@ -239,7 +242,8 @@ def test_an_actor_of_async_handlers_only_reads_the_hub_on_its_asyncio_loop(hub, 
     finally:
         actor.stop()
     # Then with only async handlers the DELIVER frames were read on the asyncio loop that runs
-    # them (no hand-off between threads); with a plain handler too, on the actor's loop thread
+    # them (no hand-off between threads); with a plain handler too (or loop_io=False), on the
+    # actor's loop thread
     asyncio_thread = f"{actor.name}-asyncio"
     assert handler_threads == {asyncio_thread}
     after_attach = readers[-1:]  # the first ones may come with SUBSCRIBED, read by run()
