@@ -20,7 +20,10 @@ handlers run on ``concurrency`` worker threads, ``async def`` handlers on one as
 thread, at most ``concurrency`` at once (of each kind). Everything is batched: a DELIVER frame
 becomes one hand-off to the workers (they pull from a local queue; one wake-up per batch), the
 messages finished in a loop turn become one ACK frame, and the window of messages held changes
-at most once per turn (one CREDIT).
+at most once per turn (one CREDIT). An actor whose handlers are all ``async def`` has no
+separate loop thread for the socket: the asyncio loop reads and writes it itself, between its
+handlers (``_loop_on_aio``; ``loop_io=False`` opts out), and the thread that called ``run()``
+only steps in to stop, reconnect, or heartbeat while a handler blocks the loop.
 
 The window each subscription grants the hub adapts (``actors/window.py``): it starts at
 ``concurrency``, doubles while the workers run dry with the window full (the hub, not the
