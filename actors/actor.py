@@ -20,7 +20,10 @@ handlers run on ``concurrency`` worker threads, ``async def`` handlers on one as
 thread, at most ``concurrency`` at once (of each kind). Everything is batched: a DELIVER frame
 becomes one hand-off to the workers (they pull from a local queue; one wake-up per batch), the
 messages finished in a loop turn become one ACK frame, and the window of messages held changes
-at most once per turn (one CREDIT).
+at most once per turn (one CREDIT). An actor whose handlers are all ``async def`` has no
+separate loop thread for the socket: the asyncio loop reads and writes it itself, between its
+handlers (``_loop_on_aio``; ``loop_io=False`` opts out), and the thread that called ``run()``
+only steps in to stop, reconnect, or heartbeat while a handler blocks the loop.
 
 The window each subscription grants the hub adapts (``actors/window.py``): it starts at
 ``concurrency``, doubles while the workers run dry with the window full (the hub, not the
@@ -179,6 +182,11 @@ class Actor:
     least this (default ``GC_THRESHOLD``, 50,000; restored when the last actor stops): with
     thousands of handlers in flight the default 700 spent ~25 % of the process in GC passes.
     ``None`` leaves the GC as the application set it.
+    ``loop_io``: when every handler is ``async def``, serve the hub socket on the asyncio loop
+    that runs them (default True; see ``_loop_on_aio``); False: on a thread of its own, as an
+    actor with plain handlers does. Measured (bench/RESULTS.md, issue 12 i12-loop): True is
+    faster when the handlers wait for the hub (credit about the concurrency; quick handlers),
+    False slightly faster with thousands of slow handlers and a deeper window.
     """
 
     def __init__(self, endpoint: str | None = None, *, name: str | None = None,
@@ -187,7 +195,7 @@ class Actor:
                  state_dir: str | os.PathLike | None = None,
                  idempotency_ttl: float = DEFAULT_TTL, rng: random.Random | None = None,
                  prefetch: int | None = None, clock: Clock | None = None,
-                 gc_threshold: int | None = GC_THRESHOLD) -> None:
+                 gc_threshold: int | None = GC_THRESHOLD, loop_io: bool = True) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, int)
@@ -199,6 +207,7 @@ class Actor:
         self.concurrency = concurrency
         self.prefetch = prefetch
         self.gc_threshold = gc_threshold
+        self.loop_io = loop_io
         self.timeout = timeout
         self.grace = grace
         self.state_dir = state_dir
@@ -243,6 +252,17 @@ class Actor:
         self._by_sid: dict[int, _Route] = {}
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._tasks: set = set()
+        # All handlers async (and one hub socket): the session's I/O runs on the asyncio loop
+        # while _io_on_loop (see _loop_on_aio); _io_lock is held by each of its turns, so the
+        # run() thread takes the session back (stopping, reconnecting) between turns, never
+        # waiting for a handler.
+        self._io_on_loop = False
+        self._io_lock = threading.Lock()
+        self._aio_fd: int | None = None
+        self._aio_turn_due = False
+        self._aio_timer: asyncio.TimerHandle | None = None
+        self._aio_timer_at = 0
+        self._aio_turned = 0  # when the loop last took a turn (ms)
         self.error: BaseException | None = None
         self.session: Session | None = None
 
@@ -372,7 +392,11 @@ class Actor:
             self._started.set()
             log.info("actor %s attached to %s", self.name,
                      ", ".join(f"{r.topic}/{r.group}" for r in self._routes))
-            self._loop(session, waker)
+            if (self.loop_io and aloop_thread is not None and not workers
+                    and isinstance(session, Session)):
+                self._loop_on_aio(session, waker)
+            else:
+                self._loop(session, waker)
             self._drain(session, waker)
         finally:
             with self._tcond:
@@ -585,7 +609,9 @@ class Actor:
                     self._tcond.notify(len(plain))
         if coros:
             self._aq.extend(coros)
-            if not self._akick_due:
+            if self._io_on_loop:  # called on the asyncio loop (see _aio_turn): no hand-off
+                self._akick()
+            elif not self._akick_due:
                 self._akick_due = True
                 self._aloop.call_soon_threadsafe(self._akick)
 
@@ -624,6 +650,137 @@ class Actor:
         if not session.detach_all(self.timeout):
             log.warning("hub did not confirm detach of %s", self.name)
 
+    # --- all handlers async: the session's I/O on the asyncio loop -----------------------------
+
+    def _loop_on_aio(self, session: Session, waker: Waker) -> None:
+        """The loop of an actor whose handlers are all ``async def``: the hub socket is read and
+        written on the asyncio loop (``_aio_turn``), so a DELIVER frame starts its handlers in
+        the same loop iteration and the acks of handlers that finish go out in the next one:
+        no hand-off between threads, no GIL passed back and forth per message.
+
+        This thread stays the session's other owner: it takes the session (under
+        ``_io_lock``, between two turns, never waiting for a handler) when stopping, so a
+        handler that blocks the loop cannot hold the stop past grace (``_drain`` runs here as
+        in the threaded loop); for a reconnect when the loop found the hub silent (a reconnect
+        waits for the handshake; the handlers go on meanwhile); and for heartbeats while a
+        handler blocks the loop."""
+        loop = self._aloop
+        with self._io_lock:
+            self._io_on_loop = True
+        loop.call_soon_threadsafe(self._aio_watch)
+        try:
+            while not self._stop.is_set():
+                hb = session.conn.heartbeat_ms
+                if waker.rx.poll(hb // 2):
+                    waker.drain()
+                if self._stop.is_set():
+                    break
+                if self._io_on_loop and monotonic_ms() - self._aio_turned > hb // 2:
+                    # no turn for half a heartbeat interval: a handler blocks the loop; the
+                    # heartbeats go on from here (between two turns), so the hub does not take
+                    # the actor for dead and hand its messages to another one
+                    with self._io_lock:
+                        if self._io_on_loop:
+                            session.keepalive(0)
+                if not self._io_on_loop:  # the loop gave the session back: hub silent
+                    session.keepalive()  # reconnect (or give up until the next try)
+                    with self._io_lock:
+                        self._io_on_loop = not self._stop.is_set()
+                    if self._io_on_loop:
+                        loop.call_soon_threadsafe(self._aio_watch)
+        finally:
+            with self._io_lock:  # after this no turn touches the session
+                self._io_on_loop = False
+            try:
+                loop.call_soon_threadsafe(self._aio_unwatch)
+            except RuntimeError:
+                pass
+
+    def _aio_watch(self) -> None:
+        """On the loop: watch the hub socket (again, after a reconnect) and take a turn."""
+        with self._io_lock:
+            if not self._io_on_loop:
+                return
+            self._aio_unwatch()
+            self._aio_fd = self.session.conn.socket.getsockopt(zmq.FD)
+            self._aloop.add_reader(self._aio_fd, self._aio_turn)
+        self._aio_turn()
+
+    def _aio_unwatch(self) -> None:
+        if self._aio_fd is not None:
+            try:
+                self._aloop.remove_reader(self._aio_fd)
+            except (OSError, ValueError):
+                pass
+            self._aio_fd = None
+        if self._aio_timer is not None:
+            self._aio_timer.cancel()
+            self._aio_timer = None
+
+    def _aio_turn_soon(self) -> None:
+        if not self._aio_turn_due:
+            self._aio_turn_due = True
+            self._aloop.call_soon(self._aio_turn)
+
+    def _aio_timer_fired(self) -> None:
+        self._aio_timer = None
+        self._aio_turn()
+
+    def _aio_turn(self) -> None:
+        """One turn of ``_loop`` on the asyncio loop: acks and other results out, what the hub
+        sent read and handed to the chains (started in this loop iteration), windows and
+        PROGRESS; then the timer of the next thing due. Runs when the socket's descriptor
+        signals, when handlers finish (once per loop iteration), and on that timer."""
+        self._aio_turn_due = False
+        self._aio_turned = monotonic_ms()
+        with self._io_lock:
+            if not self._io_on_loop:  # the run() thread has the session now
+                if self._results:
+                    self._waker.wake()
+                return
+            session = self.session
+            conn = session.conn
+            try:
+                self._apply_results(session)
+                sock = conn.socket
+                if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    session.pump(0, 0)  # never waits, never reconnects
+                else:
+                    session.keepalive(0)
+                self._take_inbox(session)
+                now = monotonic_ms()
+                if self.prefetch is None:
+                    self._adapt(session, now)
+                if now >= self._next_keepalive:
+                    self._keep_queued_alive(session, now)
+                readable = sock.getsockopt(zmq.EVENTS) & zmq.POLLIN
+                if not readable and session.specs and conn.hub_silent(conn.now_ms()):
+                    # reconnecting waits for a handshake: the run() thread does it
+                    self._io_on_loop = False
+                    self._aio_unwatch()
+                    self._waker.wake()
+                    return
+            except Exception:  # e.g. a frame that does not decode: logged, the loop goes on
+                log.exception("actor %s: talking to the hub", self.name)
+                readable = False
+                now = monotonic_ms()
+        # ZeroMQ's descriptor signals edges: what arrived while we read or wrote is looked
+        # for here, not left for the next signal
+        if readable or self._results:
+            self._aio_turn_soon()
+        timeout = session.conn.heartbeat_ms
+        if self._acks_due is not None:
+            timeout = min(timeout, max(0, self._acks_due - now))
+        if self._aq:
+            timeout = min(timeout, max(1, self._next_keepalive - now), self._windows_hold_ms())
+        at = now + timeout
+        timer = self._aio_timer
+        if timer is None or at < self._aio_timer_at:
+            if timer is not None:
+                timer.cancel()
+            self._aio_timer_at = at
+            self._aio_timer = self._aloop.call_later(timeout / 1000, self._aio_timer_fired)
+
     # --- worker side -----------------------------------------------------------------------
 
     def _failed(self, msg: Message, route: _Route, exc: BaseException) -> None:
@@ -643,6 +800,11 @@ class Actor:
 
     def _finished_one(self, msg: Message, kind: str = "done") -> None:
         self._results.append((msg, kind, None))
+        if self._io_on_loop:  # on the asyncio loop, which does the I/O: one turn for all
+            if not self._aio_turn_due:
+                self._aio_turn_due = True
+                self._aloop.call_soon(self._aio_turn)
+            return
         waker = self._waker  # only workers and tasks of a running actor get here
         if not waker.sent:
             waker.wake()
@@ -786,6 +948,11 @@ class Actor:
         waker = self._waker
         if waker is not None:
             waker.wake()
+        if self._io_on_loop:
+            try:
+                self._aloop.call_soon_threadsafe(self._aio_turn_soon)
+            except RuntimeError:  # the loop is closed
+                pass
 
     def _apply_results(self, session: Session) -> None:
         results = self._results

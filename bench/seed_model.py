@@ -1,7 +1,7 @@
 """The seed's load model: one Actor process with slow ``async def`` handlers drains a backlog.
 
     python bench/seed_model.py [--messages 100000] [--work-ms 100] [--concurrency 5000]
-                               [--credit C] [--sync full] [--json-out FILE]
+                               [--credit C] [--sync full] [--loop-io on|off] [--json-out FILE]
 
 ``--credit 0`` gives the subscription no credit: the Actor's default, 1.5 x concurrency.
 
@@ -43,6 +43,9 @@ def main() -> int:
                          "model; 0: none given, the Actor's default of 1.5 x concurrency)")
     ap.add_argument("--sync", default="full", choices=["full", "none"])
     ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--loop-io", default="on", choices=["on", "off"],
+                    help="Actor(loop_io=...): the hub socket on the handlers' asyncio loop "
+                         "(on, the default) or on a thread of its own (off)")
     ap.add_argument("--json-out")
     args = ap.parse_args()
     n, c, work_s = args.messages, args.concurrency, args.work_ms / 1000
@@ -57,7 +60,8 @@ def main() -> int:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     stop = ctx.Event()
-    proc = ctx.Process(target=_actor_main, args=(hub.endpoint, c, credit, work_s, out, stop))
+    proc = ctx.Process(target=_actor_main, args=(hub.endpoint, c, credit, work_s, out, stop,
+                                                   args.loop_io == "on"))
     samples: list[tuple[float, int]] = []
     try:
         with Producer(hub.endpoint, timeout=60) as prod:
@@ -103,7 +107,7 @@ def main() -> int:
     steady_rate = (len(mid) - 1) / (mid[-1] - mid[0]) if len(mid) > 1 and mid[-1] > mid[0] else None
     report = {
         "script": "seed_model.py", "messages": n, "work_ms": args.work_ms, "concurrency": c,
-        "credit": credit_shown,
+        "credit": credit_shown, "loop_io": args.loop_io,
         "sync": args.sync, "machine": machine_info(), "git": git_info(),
         "drained": drained_at is not None, "drain_s": round(wall, 3),
         "msg_per_s": round(rate, 1), "ideal_msg_per_s": round(ideal, 1),
@@ -135,14 +139,15 @@ def main() -> int:
     return 0 if report["ok"] and report["duplicates"] == 0 else 1
 
 
-def _actor_main(endpoint: str, concurrency: int, credit: int, work_s: float, out, stop) -> None:
+def _actor_main(endpoint: str, concurrency: int, credit: int, work_s: float, out, stop,
+                loop_io: bool = True) -> None:
     import asyncio
     import os
 
     from zmq_mq.actors import Actor
 
     handled: list[tuple[int, float, float]] = []  # seq, handler start, its run time (s)
-    actor = Actor(endpoint, name="seed", concurrency=concurrency)
+    actor = Actor(endpoint, name="seed", concurrency=concurrency, loop_io=loop_io)
 
     @actor.subscribe(TOPIC, group=GROUP, credit=credit or None)
     async def handle(msg):

@@ -1,11 +1,12 @@
 """Work-queue fairness: does a slow actor hoard messages that an idle actor of its group could take?
 
     python bench/workqueue.py [--messages 10000] [--slow-ms 50] [--ack-wait 30] [--sync full]
-                              [--json-out FILE]
+                              [--handler sync|async] [--json-out FILE]
 
 One hub (``zmq-mq hub`` subprocess, fresh data directory, as ``zmq-mq bench`` starts its hubs).
 Two Actor processes, each on the README defaults (``Actor(endpoint)``, one subscription of group
-``work``): *slow*, whose handler sleeps ``--slow-ms``, and *fast*, whose handler does nothing.
+``work``): *slow*, whose handler sleeps ``--slow-ms``, and *fast*, whose handler does nothing
+(``--handler async``: both ``async def``, the slow one awaiting ``asyncio.sleep``).
 Once both are attached, ``--messages`` messages are published as fast as the producer allows.
 Reported: how many each actor handled (the issue's acceptance: fast >= 90 %), lost and duplicate
 handlings, the most deliveries any message had (1: none waited in an actor until its ack_wait
@@ -34,6 +35,7 @@ def main() -> int:
     ap.add_argument("--ack-wait", type=float, default=30.0)
     ap.add_argument("--sync", default="full", choices=["full", "none"])
     ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--handler", default="sync", choices=["sync", "async"])
     ap.add_argument("--json-out")
     args = ap.parse_args()
     n = args.messages
@@ -46,7 +48,7 @@ def main() -> int:
     stop = {role: ctx.Event() for role in ("slow", "fast")}
     procs = [ctx.Process(target=_actor_main, args=(hub.endpoint, role,
                                                     args.slow_ms / 1000 if role == "slow" else 0.0,
-                                                    args.ack_wait, out, stop[role]))
+                                                    args.ack_wait, out, stop[role], args.handler))
              for role in ("slow", "fast")]
     report: dict = {}
     try:
@@ -88,7 +90,8 @@ def main() -> int:
     distinct = set(seqs)
     slow, fast = got["slow"], got["fast"]
     report = {
-        "script": "workqueue.py", "messages": n, "slow_ms": args.slow_ms, "ack_wait_s": args.ack_wait,
+        "script": "workqueue.py", "messages": n, "slow_ms": args.slow_ms, "handler": args.handler,
+        "ack_wait_s": args.ack_wait,
         "sync": args.sync, "machine": machine_info(), "git": git_info(),
         "slow_handled": len(slow[0]), "fast_handled": len(fast[0]),
         "fast_share": len(fast[0]) / n if n else 0.0,
@@ -111,18 +114,29 @@ def main() -> int:
     return 0 if report["lost"] == 0 and report["duplicates"] == 0 else 1
 
 
-def _actor_main(endpoint: str, role: str, work_s: float, ack_wait: float, out, stop) -> None:
+def _actor_main(endpoint: str, role: str, work_s: float, ack_wait: float, out, stop,
+                handler: str = "sync") -> None:
+    import asyncio
+
     from zmq_mq.actors import Actor
 
     handled: list[tuple[int, int, float]] = []  # seq, deliveries, publish -> start (s)
     actor = Actor(endpoint, name=role)
 
-    @actor.subscribe(TOPIC, group=GROUP, ack_wait=ack_wait)
     def handle(msg):
         started = time.time()
         handled.append((msg.seq, msg.deliveries, started - float(msg.payload[:20])))
         if work_s:
             time.sleep(work_s)  # the slow handler's work
+
+    async def handle_async(msg):
+        started = time.time()
+        handled.append((msg.seq, msg.deliveries, started - float(msg.payload[:20])))
+        if work_s:
+            await asyncio.sleep(work_s)
+
+    actor.add_handler(TOPIC, handle_async if handler == "async" else handle, group=GROUP,
+                      ack_wait=ack_wait)
 
     actor.start()
     out.put(("ready", role))

@@ -93,6 +93,39 @@ def test_a_consumer_used_without_with_keeps_its_message_while_the_user_works(qui
         other.close()
 
 
+def test_an_async_handler_blocking_the_loop_past_the_hubs_liveness_keeps_its_message(quick_hub):
+    # Given an actor of async handlers (its hub socket served on its asyncio loop) whose handler
+    # blocks that loop for 2 s, over three of the hub's liveness windows (3 x 200 ms)
+    runs: list[tuple[int, int]] = []
+    done = threading.Event()
+
+    async def handle(msg):
+        runs.append((msg.seq, msg.deliveries))
+        time.sleep(2.0)  # sync work in an async def: the loop does nothing else meanwhile
+        done.set()
+
+    actor = Actor(quick_hub.endpoint, name="blocker", concurrency=1)
+    actor.add_handler("blocking", handle, group="g", ack_wait=60)
+    other = Consumer(quick_hub.endpoint, name="other")
+    actor.start()
+    try:
+        with Producer(quick_hub.endpoint) as p:
+            p.publish("blocking", b"x")
+        wait_for(lambda: bool(runs), message="the handler started")
+        # When another member of the group asks while the loop is blocked
+        other.subscribe("blocking", "g")
+        # Then the hub still counts the actor alive (its thread heartbeats): nobody else gets
+        # the message, and it runs once and is acked
+        assert other.receive(timeout=1.0) is None
+        assert done.wait(10)
+        wait_for(lambda: sub_state(quick_hub.endpoint, "blocking", "g").get("ack_floor") == 1,
+                 message="the ack")
+    finally:
+        other.close()
+        actor.stop()
+    assert runs == [(1, 1)]
+
+
 def test_a_consumer_keeps_its_receive_and_close_timeouts_while_its_hub_is_gone(hub):
     # Given a subscribed consumer whose hub has died
     c = Consumer(hub.endpoint, timeout=10.0)
@@ -260,6 +293,50 @@ def test_zmq_mq_run_with_hung_handlers_exits_soon_after_its_grace_on_sigterm(hub
             back.append((m.seq, m.deliveries))
             m.ack()
     assert sorted(back) == [(1, 1), (2, 1), (3, 1), (4, 1)]
+
+
+HUNG_ASYNC_SCRIPT = textwrap.dedent(
+    """
+    import sys, threading
+    from zmq_mq.actors import Actor
+
+    actor = Actor(name="hung-run-async", concurrency=4, grace=0.5)
+
+    @actor.subscribe("hungrunasync", group="g", max_deliver=0)
+    async def handle(msg):
+        sys.stdout.write(f"in {msg.seq}\\n")
+        sys.stdout.flush()
+        threading.Event().wait()  # blocks the actor's asyncio loop for good
+    """
+)
+
+
+def test_zmq_mq_run_with_an_async_handler_blocking_its_loop_exits_soon_after_grace_on_sigterm(
+        hub, processes, tmp_path):
+    # Given `zmq-mq run` of an actor of async handlers (its hub socket served on its asyncio
+    # loop), one of which blocks that loop for good while it holds four messages
+    with Producer(hub.endpoint) as p:
+        for i in range(4):
+            p.publish("hungrunasync", b"%d" % i)
+    script = tmp_path / "hung_run_async_actor.py"
+    script.write_text(HUNG_ASYNC_SCRIPT)
+    env = dict(os.environ, ZMQ_MQ_HUB=hub.endpoint)
+    proc = processes(subprocess.Popen([*zmq_mq_command(), "run", str(script)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+    assert proc.stdout.readline().startswith("in")
+    wait_for(lambda: sub_state(hub.endpoint, "hungrunasync", "g").get("in_flight") == 4,
+             message="four messages held")
+    # When it gets SIGTERM
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    took = time.monotonic() - start
+    # Then it exits cleanly soon after its 0.5 s grace (the loop never runs again), and the
+    # hub has the four messages back, unacked
+    assert proc.returncode == 0
+    assert took < 0.5 + 2.5, f"exit took {took:.1f} s"
+    state = sub_state(hub.endpoint, "hungrunasync", "g")
+    assert state["ack_floor"] == 0 and state["in_flight"] == 0
 
 
 # --- max_deliver counts tries ------------------------------------------------------------------

@@ -193,6 +193,104 @@ def test_async_handlers_run_concurrently_up_to_the_concurrency_and_ack_or_nack(h
     assert state["ack_floor"] == 20 and state["in_flight"] == 0
 
 
+def _reading_threads(monkeypatch) -> list[str]:
+    """The names of the threads that read DELIVER frames (Session._on_deliver), as they come."""
+    from zmq_mq.actors.session import Session
+
+    names: list[str] = []
+    original = Session._on_deliver
+
+    def on_deliver(self, body):
+        names.append(threading.current_thread().name)
+        return original(self, body)
+
+    monkeypatch.setattr(Session, "_on_deliver", on_deliver)
+    return names
+
+
+@pytest.mark.parametrize("kinds, loop_io, reader", [(("async",), True, "asyncio"),
+                                                    (("async", "sync"), True, "loop"),
+                                                    (("async",), False, "loop")])
+def test_an_actor_of_async_handlers_only_reads_the_hub_on_its_asyncio_loop(
+        hub, monkeypatch, kinds, loop_io, reader):
+    # Given an actor whose handlers are all async (or one of them a plain function, or
+    # loop_io=False)
+    readers = _reading_threads(monkeypatch)
+    handler_threads: set[str] = set()
+    done = threading.Semaphore(0)
+
+    async def handle_async(msg):
+        handler_threads.add(threading.current_thread().name)
+        done.release()
+
+    def handle_sync(msg):
+        done.release()
+
+    actor = Actor(hub.endpoint, name=f"reader-{len(kinds)}", concurrency=4, loop_io=loop_io)
+    for kind in kinds:
+        actor.add_handler(f"reader.{kind}", handle_async if kind == "async" else handle_sync,
+                          group="g")
+    actor.start()
+    try:
+        # When messages come
+        with Producer(hub.endpoint) as p:
+            for kind in kinds:
+                for i in range(5):
+                    p.publish(f"reader.{kind}", b"%d" % i)
+        for _ in range(5 * len(kinds)):
+            assert done.acquire(timeout=10)
+    finally:
+        actor.stop()
+    # Then with only async handlers the DELIVER frames were read on the asyncio loop that runs
+    # them (no hand-off between threads); with a plain handler too (or loop_io=False), on the
+    # actor's loop thread
+    asyncio_thread = f"{actor.name}-asyncio"
+    assert handler_threads == {asyncio_thread}
+    after_attach = readers[-1:]  # the first ones may come with SUBSCRIBED, read by run()
+    if reader == "asyncio":
+        assert after_attach == [asyncio_thread]
+    else:
+        assert asyncio_thread not in readers
+
+
+@pytest.mark.slow
+def test_an_actor_of_async_handlers_reattaches_after_a_hub_restart_and_handles_what_follows(
+        hub_process):
+    # Given an actor of async handlers, its hub heartbeating every 200 ms
+    hub = hub_process(extra=["--heartbeat-ms", "200"])
+    seen: set[int] = set()
+    got = threading.Condition()
+
+    async def handle(msg):
+        with got:
+            seen.add(msg.seq)
+            got.notify_all()
+
+    actor = Actor(hub.endpoint, name="aio-restart", concurrency=4, timeout=5)
+    actor.add_handler("aiorestart", handle, group="g")
+    actor.start()
+    try:
+        with Producer(hub.endpoint) as p:
+            p.publish("aiorestart", b"1")
+        with got:
+            assert got.wait_for(lambda: 1 in seen, 10)
+        # When the hub is killed -9 and restarted on its data
+        hub.kill9()
+        time.sleep(0.5)  # down for a few heartbeats: the actor finds it silent
+        hub.restart()
+        with Producer(hub.endpoint) as p:
+            p.publish("aiorestart", b"2")
+            p.publish("aiorestart", b"3")
+        # Then the actor reconnected, re-attached and handles what came after
+        with got:
+            assert got.wait_for(lambda: {2, 3} <= seen, 30), f"seen {sorted(seen)}"
+    finally:
+        actor.stop()
+    assert not actor.running
+    wait_for(lambda: sub_state(hub.endpoint, "aiorestart", "g").get("ack_floor") == 3,
+             message="all three acked")
+
+
 def test_stopping_waits_for_running_async_handlers_within_grace(hub):
     # Given an async handler in the middle of slow work
     entered = threading.Event()
