@@ -1,7 +1,9 @@
 """The seed's load model: one Actor process with slow ``async def`` handlers drains a backlog.
 
     python bench/seed_model.py [--messages 100000] [--work-ms 100] [--concurrency 5000]
-                               [--credit C] [--sync full] [--loop-io on|off] [--json-out FILE]
+                               [--credit C] [--sync full] [--loop-io on|off]
+                               [--event-loop auto|asyncio|uvloop]
+                               [--json-out FILE]
 
 ``--credit 0`` gives the subscription no credit: the Actor's default, 1.5 x concurrency.
 
@@ -46,6 +48,9 @@ def main() -> int:
     ap.add_argument("--loop-io", default="on", choices=["on", "off"],
                     help="Actor(loop_io=...): the hub socket on the handlers' asyncio loop "
                          "(on, the default) or on a thread of its own (off)")
+    ap.add_argument("--event-loop", choices=["auto", "asyncio", "uvloop"],
+                    help="Actor(event_loop=...): the handlers' loop (default: the Actor's own "
+                         "default, not passed, so older Actors run the script too)")
     ap.add_argument("--json-out")
     args = ap.parse_args()
     n, c, work_s = args.messages, args.concurrency, args.work_ms / 1000
@@ -61,7 +66,7 @@ def main() -> int:
     out = ctx.Queue()
     stop = ctx.Event()
     proc = ctx.Process(target=_actor_main, args=(hub.endpoint, c, credit, work_s, out, stop,
-                                                   args.loop_io == "on"))
+                                                   args.loop_io == "on", args.event_loop))
     samples: list[tuple[float, int]] = []
     try:
         with Producer(hub.endpoint, timeout=60) as prod:
@@ -107,7 +112,7 @@ def main() -> int:
     steady_rate = (len(mid) - 1) / (mid[-1] - mid[0]) if len(mid) > 1 and mid[-1] > mid[0] else None
     report = {
         "script": "seed_model.py", "messages": n, "work_ms": args.work_ms, "concurrency": c,
-        "credit": credit_shown, "loop_io": args.loop_io,
+        "credit": credit_shown, "loop_io": args.loop_io, "event_loop": args.event_loop or "default",
         "sync": args.sync, "machine": machine_info(), "git": git_info(),
         "drained": drained_at is not None, "drain_s": round(wall, 3),
         "msg_per_s": round(rate, 1), "ideal_msg_per_s": round(ideal, 1),
@@ -118,6 +123,18 @@ def main() -> int:
         if steady else 0, "in_flight_mean": round(statistics.fmean(steady), 1) if steady else 0,
         "in_flight_samples": len(steady),
         "attach_to_first_start_s": round(starts[0] - attached_at, 3) if starts else None,
+        # the ramp: attach -> every slot started once (the concurrency-th handler start)
+        "attach_to_full_s": round(starts[min(c, len(starts)) - 1] - attached_at, 3)
+        if starts else None,
+        # the tail: the last handler's end -> the hub has its ack (as sampled, every 20 ms)
+        "last_end_to_drained_s": round(end - max(s + r for _, s, r in handled), 3)
+        if handled else None,
+        # Where the slot time goes, in % of concurrency x drain time: handlers waiting for the
+        # work (ideally all of it), their timers firing late (run - work), slots idle during
+        # the ramp (attach -> every slot started), the steady part and the tail (the last
+        # ``work`` seconds, slots emptying as the last messages finish).
+        **_slot_use(handled, c, work_s, attached_at, end,
+                    starts[min(c, len(starts)) - 1] if starts else attached_at),
         "steady_msg_per_s": round(steady_rate, 1) if steady_rate else None,
         "steady_pct_of_ideal": round(100 * steady_rate / ideal, 1) if steady_rate and ideal else None,
         "handler_run_ms_p50": round(runs[len(runs) // 2] * 1000, 2) if runs else None,
@@ -127,7 +144,9 @@ def main() -> int:
     report["ok"] = report["drained"] and report["lost"] == 0
     for k in ("messages", "work_ms", "concurrency", "credit", "sync", "drain_s", "msg_per_s",
               "ideal_msg_per_s", "pct_of_ideal", "in_flight_min", "in_flight_median",
-              "in_flight_mean", "attach_to_first_start_s", "steady_msg_per_s", "steady_pct_of_ideal",
+              "in_flight_mean", "attach_to_first_start_s", "attach_to_full_s",
+              "last_end_to_drained_s", "slot_work_pct", "slot_late_pct", "slot_idle_ramp_pct",
+              "slot_idle_steady_pct", "slot_idle_tail_pct", "steady_msg_per_s", "steady_pct_of_ideal",
               "handler_run_ms_p50", "handler_run_ms_p99", "lost", "duplicates", "ok"):
         print(f"{k:24} {report[k]}")
     for who in ("hub_cpu", "actor_cpu"):
@@ -139,15 +158,44 @@ def main() -> int:
     return 0 if report["ok"] and report["duplicates"] == 0 else 1
 
 
+def _slot_use(handled: list, c: int, work_s: float, t0: float, end: float,
+              full: float) -> dict:
+    """Slot time in % of ``c`` x (end - t0): working, late timers, idle by phase."""
+    total = c * (end - t0)
+    if total <= 0 or not handled:
+        return {}
+    tail_from = max(full, end - work_s)
+    busy = {"ramp": 0.0, "steady": 0.0, "tail": 0.0}
+    late = 0.0
+    for _, start, run in handled:
+        stop = start + run
+        late += max(0.0, run - work_s)
+        for phase, lo, hi in (("ramp", t0, full), ("steady", full, tail_from),
+                              ("tail", tail_from, end)):
+            overlap = min(stop, hi) - max(start, lo)
+            if overlap > 0:
+                busy[phase] += overlap
+    spans = {"ramp": full - t0, "steady": tail_from - full, "tail": end - tail_from}
+
+    def pct(x: float) -> float:
+        return round(100 * x / total, 2)
+
+    out = {"slot_work_pct": pct(len(handled) * work_s), "slot_late_pct": pct(late)}
+    for phase in ("ramp", "steady", "tail"):
+        out[f"slot_idle_{phase}_pct"] = pct(max(0.0, c * spans[phase] - busy[phase]))
+    return out
+
+
 def _actor_main(endpoint: str, concurrency: int, credit: int, work_s: float, out, stop,
-                loop_io: bool = True) -> None:
+                loop_io: bool = True, event_loop: str | None = None) -> None:
     import asyncio
     import os
 
     from zmq_mq.actors import Actor
 
     handled: list[tuple[int, float, float]] = []  # seq, handler start, its run time (s)
-    actor = Actor(endpoint, name="seed", concurrency=concurrency, loop_io=loop_io)
+    kw = {} if event_loop is None else {"event_loop": event_loop}
+    actor = Actor(endpoint, name="seed", concurrency=concurrency, loop_io=loop_io, **kw)
 
     @actor.subscribe(TOPIC, group=GROUP, credit=credit or None)
     async def handle(msg):

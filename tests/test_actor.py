@@ -234,3 +234,48 @@ def test_async_handlers_see_each_message_at_once_however_long_the_heartbeat(tmp_
         actor.stop()
         h.stop()
     assert len(seen) == 30
+
+
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop", "auto"])
+def test_async_handlers_run_on_the_event_loop_the_actor_was_asked_for(tmp_path, event_loop):
+    # Given an actor told which asyncio loop runs its async def handlers
+    import asyncio
+
+    from zmq_mq.testing import HubThread
+
+    try:
+        import uvloop
+    except ImportError:
+        uvloop = None
+    if event_loop == "uvloop" and uvloop is None:
+        pytest.skip("uvloop is not installed")
+    h = HubThread(tmp_path / "data").start()
+    loops: list[type] = []
+    got = threading.Event()
+
+    async def handle(msg):
+        loops.append(type(asyncio.get_running_loop()))
+        got.set()
+
+    actor = Actor(h.endpoint, name="loops", concurrency=4, event_loop=event_loop)
+    actor.add_handler("loops", handle, group="g")
+    try:
+        actor.start()
+        with Producer(h.endpoint) as p:
+            p.publish("loops", b"x")
+        # When a message comes, Then its handler ran on that kind of loop
+        assert got.wait(10)
+    finally:
+        actor.stop()
+        h.stop()
+    wants_uvloop = event_loop == "uvloop" or event_loop == "auto" and uvloop is not None
+    if wants_uvloop:
+        assert loops[0] is uvloop.Loop
+    else:
+        assert issubclass(loops[0], asyncio.BaseEventLoop) and loops[0] is not getattr(
+            uvloop, "Loop", None)
+
+
+def test_an_unknown_event_loop_is_refused_in_one_line():
+    with pytest.raises(ValueError, match="event_loop must be 'auto', 'asyncio' or 'uvloop'"):
+        Actor("tcp://127.0.0.1:1", event_loop="trio")
